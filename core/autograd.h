@@ -1,0 +1,71 @@
+#pragma once
+// Define-by-run autograd. Every differentiable op that sees an input requiring grad records one
+// Node for its (single) output: the edges to its inputs' nodes (or leaves), and a backward
+// closure written right beside the op's forward. `backward()` walks the graph in reverse
+// topological order and frees each node's saved tensors as soon as the node has run.
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace liandan {
+
+// ---- grad mode
+bool grad_mode_enabled();
+void set_grad_mode(bool on);
+struct NoGradGuard {
+  bool prev;
+  NoGradGuard() : prev(grad_mode_enabled()) { set_grad_mode(false); }
+  ~NoGradGuard() { set_grad_mode(prev); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+};
+
+// A tensor saved for backward, with the storage version it had when saved. Reading it after an
+// in-place write raises an error instead of silently computing a wrong gradient.
+class SavedTensor {
+ public:
+  SavedTensor() = default;
+  SavedTensor(const Tensor& t, const char* op);  // saves a detached alias (no reference cycle)
+  const Tensor& get() const;
+  bool defined() const { return t_.defined(); }
+
+ private:
+  Tensor t_;
+  uint64_t version_ = 0;
+  const char* op_ = "";
+};
+
+// Gradients w.r.t. each input, given the gradient of the output. An undefined Tensor means "no
+// gradient for this input".
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
+
+struct Edge {
+  std::shared_ptr<Node> node;        // the input's grad_fn, or
+  std::shared_ptr<TensorImpl> leaf;  // the input itself when it is a leaf that requires grad
+};
+
+struct Node {
+  const char* name = "";
+  std::vector<Edge> next;  // one per input, in the op's argument order
+  BackwardFn backward;
+  bool released = false;   // backward has run and freed the saved tensors
+};
+
+// True when grad mode is on and any input requires grad.
+bool needs_grad(std::initializer_list<const Tensor*> inputs);
+inline bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!grad_mode_enabled()) return false;
+  for (auto& t : inputs) if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+// Attaches a node to `out` when an input requires grad. `inputs` are in the order the backward
+// function returns gradients.
+void record(const char* name, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn);
+
+// Runs backpropagation from `root` with incoming gradient `grad`.
+void run_backward(const Tensor& root, const Tensor& grad);
+
+}  // namespace liandan

@@ -1,0 +1,342 @@
+// Elementwise ops. Each op is a forward lambda and its derivative, side by side; the derivative
+// runs as one fused pass over (x, y, grad) instead of a chain of tensor ops.
+#include <cmath>
+
+#include "core/cpu/map.h"
+#include "core/cpu/vecmath.h"
+#include "core/ops.h"
+
+namespace liandan {
+
+using cpu::map;
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    LD_CHECK(da == db || da == 1 || db == 1, op, ": cannot broadcast shapes ", shape_str(a), " and ",
+             shape_str(b), " (dim ", int64_t(i) - int64_t(n), ": ", da, " vs ", db, ")");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+namespace {
+
+void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  LD_CHECK(a.defined() && b.defined(), op, ": undefined tensor argument");
+  LD_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch: ", dtype_name(a.dtype()), " ",
+           shape_str(a.shape()), " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
+  LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
+}
+
+// ---- unary ops: y = F(x), dx = D(x, y, g)
+
+template <class Fwd, class Bwd>
+Tensor unary(const char* name, const Tensor& x, Fwd fwd, Bwd bwd) {
+  LD_CHECK(x.defined(), name, ": undefined tensor argument");
+  Tensor y = LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+    return map<scalar_t, 1>(x.shape(), {&x}, [fwd](scalar_t v) { return scalar_t(fwd(v)); });
+  });
+  if (needs_grad({&x})) {
+    SavedTensor sx(x, name), sy(y, name);
+    record(name, y, {x}, [sx, sy, bwd, name](const Tensor& g) {
+      const Tensor &xv = sx.get(), &yv = sy.get();
+      return std::vector<Tensor>{LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
+        return map<scalar_t, 3>(xv.shape(), {&xv, &yv, &g},
+                                [bwd](scalar_t a, scalar_t b, scalar_t c) { return scalar_t(bwd(a, b, c)); });
+      })};
+    });
+  }
+  return y;
+}
+
+// ---- binary ops with broadcasting
+
+template <class Fwd>
+Tensor binary_forward(const char* name, const Tensor& a, const Tensor& b, Fwd fwd) {
+  check_same_dtype(a, b, name);
+  Shape s = broadcast_shapes(a.shape(), b.shape(), name);
+  return LD_DISPATCH_FLOAT(a.dtype(), name, [&] {
+    return map<scalar_t, 2>(s, {&a, &b}, [fwd](scalar_t u, scalar_t v) { return scalar_t(fwd(u, v)); });
+  });
+}
+
+// Gradient of a binary op w.r.t. one input: map(D(a, b, g)) reduced to that input's shape.
+template <class D>
+Tensor binary_grad(const char* name, const Tensor& a, const Tensor& b, const Tensor& g, const Shape& to, D d) {
+  Tensor full = LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
+    return map<scalar_t, 3>(g.shape(), {&a, &b, &g},
+                            [d](scalar_t u, scalar_t v, scalar_t w) { return scalar_t(d(u, v, w)); });
+  });
+  return sum_to(full, to);
+}
+
+template <class Fwd, class Da, class Db>
+Tensor binary(const char* name, const Tensor& a, const Tensor& b, Fwd fwd, Da da, Db db) {
+  Tensor y = binary_forward(name, a, b, fwd);
+  if (needs_grad({&a, &b})) {
+    bool ga = a.requires_grad(), gb = b.requires_grad();
+    SavedTensor sa(a, name), sb(b, name);
+    Shape as = a.shape(), bs = b.shape();
+    record(name, y, {a, b}, [=](const Tensor& g) {
+      const Tensor &av = sa.get(), &bv = sb.get();
+      return std::vector<Tensor>{ga ? binary_grad(name, av, bv, g, as, da) : Tensor(),
+                                 gb ? binary_grad(name, av, bv, g, bs, db) : Tensor()};
+    });
+  }
+  return y;
+}
+
+template <class Fwd>
+Tensor compare(const char* name, const Tensor& a, const Tensor& b, Fwd fwd) {
+  return binary_forward(name, a, b, [fwd](auto u, auto v) { return fwd(u, v) ? 1 : 0; });
+}
+
+}  // namespace
+
+// add/sub only pass the gradient through (reduced over broadcast dims), so they need no saved inputs.
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_forward("add", a, b, [](auto u, auto v) { return u + v; });
+  Shape as = a.shape(), bs = b.shape();
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  record("add", y, {a, b}, [=](const Tensor& g) {
+    return std::vector<Tensor>{ga ? sum_to(g, as) : Tensor(), gb ? sum_to(g, bs) : Tensor()};
+  });
+  return y;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor y = binary_forward("sub", a, b, [](auto u, auto v) { return u - v; });
+  Shape as = a.shape(), bs = b.shape();
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  record("sub", y, {a, b}, [=](const Tensor& g) {
+    return std::vector<Tensor>{ga ? sum_to(g, as) : Tensor(), gb ? sum_to(neg(g), bs) : Tensor()};
+  });
+  return y;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary("mul", a, b, [](auto u, auto v) { return u * v; },
+                [](auto, auto v, auto g) { return g * v; }, [](auto u, auto, auto g) { return g * u; });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  return binary("div", a, b, [](auto u, auto v) { return u / v; },
+                [](auto, auto v, auto g) { return g / v; },
+                [](auto u, auto v, auto g) { return -g * u / (v * v); });
+}
+
+Tensor pow(const Tensor& a, const Tensor& b) {
+  return binary("pow", a, b, [](auto u, auto v) { return std::pow(u, v); },
+                [](auto u, auto v, auto g) { return v == 0 ? decltype(g)(0) : g * v * std::pow(u, v - 1); },
+                // d/db a^b = a^b log a; taken as 0 where a == 0 (as torch does)
+                [](auto u, auto v, auto g) { return u == 0 ? decltype(g)(0) : g * std::pow(u, v) * std::log(u); });
+}
+
+// Ties send the gradient half to each side, as torch does.
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return binary("maximum", a, b, [](auto u, auto v) { return (u != u || u > v) ? u : v; },
+                [](auto u, auto v, auto g) { return u > v ? g : u == v ? g / 2 : decltype(g)(0); },
+                [](auto u, auto v, auto g) { return v > u ? g : u == v ? g / 2 : decltype(g)(0); });
+}
+
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  return binary("minimum", a, b, [](auto u, auto v) { return (u != u || u < v) ? u : v; },
+                [](auto u, auto v, auto g) { return u < v ? g : u == v ? g / 2 : decltype(g)(0); },
+                [](auto u, auto v, auto g) { return v < u ? g : u == v ? g / 2 : decltype(g)(0); });
+}
+
+// ---- scalar forms
+
+Tensor add(const Tensor& a, double s) {
+  return unary("add_scalar", a, [s](auto x) { return x + decltype(x)(s); },
+               [](auto, auto, auto g) { return g; });
+}
+Tensor mul(const Tensor& a, double s) {
+  return unary("mul_scalar", a, [s](auto x) { return x * decltype(x)(s); },
+               [s](auto, auto, auto g) { return g * decltype(g)(s); });
+}
+Tensor rsub(const Tensor& a, double s) {
+  return unary("rsub", a, [s](auto x) { return decltype(x)(s) - x; }, [](auto, auto, auto g) { return -g; });
+}
+Tensor rdiv(const Tensor& a, double s) {
+  return unary("rdiv", a, [s](auto x) { return decltype(x)(s) / x; },
+               [](auto x, auto y, auto g) { return -g * y / x; });
+}
+Tensor pow(const Tensor& a, double e) {
+  if (e == 2.0) return square(a);
+  return unary("pow_scalar", a, [e](auto x) { return std::pow(x, decltype(x)(e)); },
+               [e](auto x, auto, auto g) {
+                 using T = decltype(x);
+                 return e == 0 ? T(0) : g * T(e) * std::pow(x, T(e - 1));
+               });
+}
+
+// ---- unary math
+
+Tensor neg(const Tensor& x) {
+  return unary("neg", x, [](auto v) { return -v; }, [](auto, auto, auto g) { return -g; });
+}
+Tensor exp(const Tensor& x) {
+  return unary("exp", x, [](auto v) { return cpu::vexp(v); }, [](auto, auto y, auto g) { return g * y; });
+}
+Tensor log(const Tensor& x) {
+  return unary("log", x, [](auto v) { return std::log(v); }, [](auto v, auto, auto g) { return g / v; });
+}
+Tensor log1p(const Tensor& x) {
+  return unary("log1p", x, [](auto v) { return std::log1p(v); },
+               [](auto v, auto, auto g) { return g / (1 + v); });
+}
+Tensor sqrt(const Tensor& x) {
+  return unary("sqrt", x, [](auto v) { return std::sqrt(v); }, [](auto, auto y, auto g) { return g / (2 * y); });
+}
+Tensor rsqrt(const Tensor& x) {
+  return unary("rsqrt", x, [](auto v) { return 1 / std::sqrt(v); },
+               [](auto v, auto y, auto g) { return -g * y / (2 * v); });
+}
+Tensor abs(const Tensor& x) {
+  return unary("abs", x, [](auto v) { return std::abs(v); },
+               [](auto v, auto, auto g) { return v > 0 ? g : v < 0 ? -g : decltype(g)(0); });
+}
+Tensor sin(const Tensor& x) {
+  return unary("sin", x, [](auto v) { return std::sin(v); }, [](auto v, auto, auto g) { return g * std::cos(v); });
+}
+Tensor cos(const Tensor& x) {
+  return unary("cos", x, [](auto v) { return std::cos(v); }, [](auto v, auto, auto g) { return -g * std::sin(v); });
+}
+Tensor square(const Tensor& x) {
+  return unary("square", x, [](auto v) { return v * v; }, [](auto v, auto, auto g) { return 2 * g * v; });
+}
+// Gradient flows where lo <= x <= hi (inclusive, as torch).
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  double l = lo.value_or(-INFINITY), h = hi.value_or(INFINITY);
+  LD_CHECK(l <= h, "clamp: min ", l, " > max ", h);
+  return unary("clamp", x, [l, h](auto v) {
+    using T = decltype(v);
+    return v != v ? v : v < T(l) ? T(l) : v > T(h) ? T(h) : v;
+  }, [l, h](auto v, auto, auto g) {
+    using T = decltype(v);
+    return (v >= T(l) && v <= T(h)) ? g : T(0);
+  });
+}
+Tensor tanh(const Tensor& x) {
+  return unary("tanh", x, [](auto v) { return cpu::vtanh(v); },
+               [](auto, auto y, auto g) { return g * (1 - y * y); });
+}
+Tensor sigmoid(const Tensor& x) {
+  return unary("sigmoid", x, [](auto v) { return cpu::vsigmoid(v); },
+               [](auto, auto y, auto g) { return g * y * (1 - y); });
+}
+Tensor relu(const Tensor& x) {
+  return unary("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
+               [](auto v, auto, auto g) { return v > 0 ? g : decltype(g)(0); });
+}
+Tensor gelu(const Tensor& x, GeluApprox approx) {
+  if (approx == GeluApprox::tanh) {
+    // 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+    return unary("gelu_tanh", x, [](auto v) {
+      using T = decltype(v);
+      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
+      return T(0.5) * v * (1 + cpu::vtanh(u));
+    }, [](auto v, auto, auto g) {
+      using T = decltype(v);
+      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
+      T th = cpu::vtanh(u);
+      T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * v * v);
+      return g * (T(0.5) * (1 + th) + T(0.5) * v * (1 - th * th) * du);
+    });
+  }
+  // x Phi(x); d/dx = Phi(x) + x phi(x)
+  return unary("gelu", x, [](auto v) {
+    using T = decltype(v);
+    return T(0.5) * v * (1 + cpu::verf(v * T(0.7071067811865476)));
+  }, [](auto v, auto, auto g) {
+    using T = decltype(v);
+    T cdf = T(0.5) * (1 + cpu::verf(v * T(0.7071067811865476)));
+    T pdf = T(0.3989422804014327) * cpu::vexp(T(-0.5) * v * v);
+    return g * (cdf + v * pdf);
+  });
+}
+Tensor silu(const Tensor& x) {
+  return unary("silu", x, [](auto v) { return v * cpu::vsigmoid(v); }, [](auto v, auto, auto g) {
+    auto s = cpu::vsigmoid(v);
+    return g * s * (1 + v * (1 - s));
+  });
+}
+Tensor elu(const Tensor& x, double alpha) {
+  return unary("elu", x, [alpha](auto v) {
+    using T = decltype(v);
+    return v > 0 ? v : T(alpha) * (cpu::vexp(v) - 1);
+  }, [alpha](auto v, auto y, auto g) {
+    using T = decltype(v);
+    return v > 0 ? g : g * (y + T(alpha));
+  });
+}
+// (1/beta) log(1 + e^{beta x}); linear above `threshold` (as torch) for stability.
+Tensor softplus(const Tensor& x, double beta, double threshold) {
+  LD_CHECK(beta > 0, "softplus: beta must be positive, got ", beta);
+  return unary("softplus", x, [beta, threshold](auto v) {
+    using T = decltype(v);
+    T bx = T(beta) * v;
+    return bx > T(threshold) ? v : std::log1p(cpu::vexp(bx)) / T(beta);
+  }, [beta, threshold](auto v, auto, auto g) {
+    using T = decltype(v);
+    T bx = T(beta) * v;
+    return bx > T(threshold) ? g : g * cpu::vsigmoid(bx);
+  });
+}
+
+// ---- comparisons (no gradient)
+Tensor eq(const Tensor& a, const Tensor& b) { return compare("eq", a, b, [](auto u, auto v) { return u == v; }); }
+Tensor ne(const Tensor& a, const Tensor& b) { return compare("ne", a, b, [](auto u, auto v) { return u != v; }); }
+Tensor lt(const Tensor& a, const Tensor& b) { return compare("lt", a, b, [](auto u, auto v) { return u < v; }); }
+Tensor le(const Tensor& a, const Tensor& b) { return compare("le", a, b, [](auto u, auto v) { return u <= v; }); }
+Tensor gt(const Tensor& a, const Tensor& b) { return compare("gt", a, b, [](auto u, auto v) { return u > v; }); }
+Tensor ge(const Tensor& a, const Tensor& b) { return compare("ge", a, b, [](auto u, auto v) { return u >= v; }); }
+Tensor gt(const Tensor& a, double s) { return gt(a, full({}, s, a.dtype())); }
+Tensor lt(const Tensor& a, double s) { return lt(a, full({}, s, a.dtype())); }
+
+// ---- selection
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_same_dtype(a, b, "where");
+  check_same_dtype(cond, a, "where (condition)");
+  Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  Tensor y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
+    return map<scalar_t, 3>(s, {&cond, &a, &b}, [](scalar_t c, scalar_t u, scalar_t v) { return c != 0 ? u : v; });
+  });
+  if (needs_grad({&a, &b})) {
+    SavedTensor sc(cond, "where");
+    Shape as = a.shape(), bs = b.shape();
+    bool ga = a.requires_grad(), gb = b.requires_grad();
+    record("where", y, {a, b}, [=](const Tensor& g) {
+      const Tensor& c = sc.get();
+      Tensor zero = zeros({}, g.dtype());
+      return std::vector<Tensor>{ga ? sum_to(where(c, g, zero), as) : Tensor(),
+                                 gb ? sum_to(where(c, zero, g), bs) : Tensor()};
+    });
+  }
+  return y;
+}
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  return where(mask, full({}, value, x.dtype()), x);
+}
+
+Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {
+  LD_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
+  if (!train || p == 0) return x;
+  Tensor u = rand(x.shape(), gen, x.dtype());
+  double keep = 1.0 - p;
+  // mask = 1/keep where kept, 0 where dropped; y = x * mask
+  Tensor mask = LD_DISPATCH_FLOAT(x.dtype(), "dropout", [&] {
+    scalar_t k = scalar_t(keep), inv = scalar_t(1.0 / keep);
+    return map<scalar_t, 1>(x.shape(), {&u}, [k, inv](scalar_t v) { return v < k ? inv : scalar_t(0); });
+  });
+  return mul(x, mask);
+}
+
+}  // namespace liandan

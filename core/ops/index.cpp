@@ -1,0 +1,186 @@
+// Indexing ops with i64 indices. Every index is range-checked (an error names the op, the value
+// and the valid range). Scatters are parallel over positions that cannot collide and sequential
+// along the scattered dim, so they are deterministic.
+#include "core/cpu/loops.h"
+#include "core/ops.h"
+
+namespace liandan {
+
+namespace {
+
+void check_index_tensor(const Tensor& idx, const char* op) {
+  LD_CHECK(idx.defined() && idx.dtype() == DType::i64, op, ": indices must be an i64 tensor, got ",
+           idx.defined() ? dtype_name(idx.dtype()) : "undefined");
+}
+
+void check_range(const Tensor& idx_c, int64_t n, const char* op) {
+  const int64_t* p = idx_c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < idx_c.numel(); ++i)
+    LD_CHECK(p[i] >= 0 && p[i] < n, op, ": index ", p[i], " out of range [0, ", n, ")");
+}
+
+// For the positions of `shape` around `dim`: offset (in a tensor with `strides`) of the
+// coordinates given by row `o` (dims before `dim`) and column `j` (dims after), sizes from `shape`.
+int64_t outer_inner_offset(const Shape& shape, const Shape& strides, int64_t dim, int64_t o, int64_t j) {
+  int64_t off = 0;
+  for (int64_t d = int64_t(shape.size()) - 1; d > dim; --d) {
+    off += (j % shape[d]) * strides[d];
+    j /= shape[d];
+  }
+  for (int64_t d = dim - 1; d >= 0; --d) {
+    off += (o % shape[d]) * strides[d];
+    o /= shape[d];
+  }
+  return off;
+}
+
+// dst[.., idx[.., k, ..], ..] (op)= src[.., k, ..] along dim (scatter) or
+// dst[.., k, ..] = src[.., idx[.., k, ..], ..] (gather). `idx` has `shape`; dst/src are indexed with
+// their own strides at the same outer/inner coordinates.
+template <class T, bool Gather>
+void scatter_gather_kernel(const Tensor& idx, const Tensor& src, const Tensor& dst, int64_t dim) {
+  const Shape& s = idx.shape();
+  int64_t outer = 1, K = s.empty() ? 1 : s[dim], inner = 1;
+  for (int64_t d = 0; d < int64_t(s.size()); ++d) (d < dim ? outer : d > dim ? inner : K) *= d == dim ? 1 : s[d];
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  const T* ps = static_cast<const T*>(src.impl()->storage->data) + src.offset();
+  T* pd = static_cast<T*>(dst.impl()->storage->data) + dst.offset();
+  Shape is = contiguous_strides(s);
+  int64_t sd = src.dim() ? src.strides()[dim] : 0, dd = dst.dim() ? dst.strides()[dim] : 0;
+  cpu::parallel_range(outer * inner, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      int64_t o = it / inner, j = it % inner;
+      int64_t io = outer_inner_offset(s, is, dim, o, j);
+      int64_t so = outer_inner_offset(s, src.strides(), dim, o, j);
+      int64_t dof = outer_inner_offset(s, dst.strides(), dim, o, j);
+      int64_t ik = s.empty() ? 0 : is[dim];
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t at = pi[io + k * ik];
+        if constexpr (Gather) pd[dof + k * dd] = ps[so + at * sd];
+        else pd[dof + at * dd] += ps[so + k * sd];
+      }
+    }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, K)));
+}
+
+void check_gather_shapes(const Tensor& x, int64_t d, const Tensor& index, const Tensor* src, const char* op) {
+  LD_CHECK(index.dim() == x.dim(), op, ": index has ", index.dim(), " dims, input ", shape_str(x.shape()),
+           " has ", x.dim());
+  for (int64_t k = 0; k < x.dim(); ++k) {
+    LD_CHECK(k == d || index.shape()[k] <= x.shape()[k], op, ": index shape ", shape_str(index.shape()),
+             " exceeds input shape ", shape_str(x.shape()), " at dim ", k);
+    if (src) LD_CHECK(index.shape()[k] <= src->shape()[k], op, ": index shape ", shape_str(index.shape()),
+                      " exceeds src shape ", shape_str(src->shape()), " at dim ", k);
+  }
+}
+
+}  // namespace
+
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  check_index_tensor(index, "gather");
+  int64_t d = wrap_dim(dim, x.dim(), "gather");
+  check_gather_shapes(x, d, index, nullptr, "gather");
+  Tensor ic = index.contiguous();
+  check_range(ic, x.dim() ? x.shape()[d] : 1, "gather");
+  Tensor out = empty(index.shape(), x.dtype());
+  LD_DISPATCH_FLOAT(x.dtype(), "gather", [&] { scatter_gather_kernel<scalar_t, true>(ic, x, out, d); });
+  if (needs_grad({&x})) {
+    Shape xs = x.shape();
+    record("gather", out, {x}, [ic, d, xs](const Tensor& g) {
+      return std::vector<Tensor>{scatter_add(zeros(xs, g.dtype()), d, ic, g)};
+    });
+  }
+  return out;
+}
+
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src) {
+  check_index_tensor(index, "scatter_add");
+  LD_CHECK(x.dtype() == src.dtype(), "scatter_add: dtype mismatch ", dtype_name(x.dtype()), " vs ",
+           dtype_name(src.dtype()));
+  int64_t d = wrap_dim(dim, x.dim(), "scatter_add");
+  LD_CHECK(src.dim() == x.dim(), "scatter_add: src ", shape_str(src.shape()), " and input ", shape_str(x.shape()),
+           " differ in rank");
+  check_gather_shapes(x, d, index, &src, "scatter_add");
+  Tensor ic = index.contiguous();
+  check_range(ic, x.dim() ? x.shape()[d] : 1, "scatter_add");
+  Tensor out;
+  {
+    NoGradGuard ng;
+    out = x.clone();
+  }
+  LD_DISPATCH_FLOAT(x.dtype(), "scatter_add", [&] { scatter_gather_kernel<scalar_t, false>(ic, src, out, d); });
+  if (needs_grad({&x, &src})) {
+    bool gx = x.requires_grad(), gs = src.requires_grad();
+    Shape ss = src.shape(), is = index.shape();
+    record("scatter_add", out, {x, src}, [=](const Tensor& g) {
+      Tensor dsrc;
+      if (gs) {
+        dsrc = gather(g, d, ic);
+        if (is != ss) dsrc = pad(dsrc, [&] {  // src larger than index: zero gradient outside it
+          std::vector<int64_t> p;
+          for (int64_t k = int64_t(ss.size()) - 1; k >= 0; --k) { p.push_back(0); p.push_back(ss[k] - is[k]); }
+          return p;
+        }());
+      }
+      return std::vector<Tensor>{gx ? g : Tensor(), dsrc};
+    });
+  }
+  return out;
+}
+
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  check_index_tensor(index, "index_select");
+  LD_CHECK(index.dim() <= 1, "index_select: index must be 0-D or 1-D, got ", shape_str(index.shape()));
+  int64_t d = wrap_dim(dim, x.dim(), "index_select");
+  Tensor ic = index.reshape({-1}).contiguous();
+  int64_t n = x.dim() ? x.shape()[d] : 1;
+  check_range(ic, n, "index_select");
+  Tensor xc = x.contiguous();
+  Shape os = x.shape();
+  if (x.dim()) os[d] = ic.numel();
+  Tensor out = empty(os, x.dtype());
+  int64_t outer = 1, inner = 1;
+  for (int64_t k = 0; k < x.dim(); ++k) (k < d ? outer : k > d ? inner : outer) *= k == d ? 1 : x.shape()[k];
+  int64_t K = ic.numel();
+  const int64_t* pi = ic.data_ptr<int64_t>();
+  LD_DISPATCH_FLOAT(x.dtype(), "index_select", [&] {
+    const scalar_t* px = xc.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    cpu::parallel_range(outer * K, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) {
+        int64_t o = it / K, k = it % K;
+        std::copy(px + (o * n + pi[k]) * inner, px + (o * n + pi[k] + 1) * inner, po + it * inner);
+      }
+    }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, inner)));
+  });
+  if (needs_grad({&x})) {
+    Shape xs = x.shape();
+    record("index_select", out, {x}, [=](const Tensor& g) {
+      // index_add: scatter rows of g back, sequential over k per (outer, column) -> deterministic.
+      Tensor gc = g.contiguous();
+      Tensor dx = zeros(xs, g.dtype());
+      LD_DISPATCH_FLOAT(g.dtype(), "index_select backward", [&] {
+        const scalar_t* pg = gc.data_ptr<scalar_t>();
+        scalar_t* pd = dx.data_ptr<scalar_t>();
+        cpu::parallel_range(outer * inner, [&](int64_t b, int64_t e) {
+          for (int64_t it = b; it < e; ++it) {
+            int64_t o = it / inner, j = it % inner;
+            for (int64_t k = 0; k < K; ++k) pd[(o * n + pi[k]) * inner + j] += pg[(o * K + k) * inner + j];
+          }
+        }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, K)));
+      });
+      return std::vector<Tensor>{dx};
+    });
+  }
+  return out;
+}
+
+Tensor embedding(const Tensor& weight, const Tensor& indices) {
+  LD_CHECK(weight.dim() == 2, "embedding: weight must be 2-D [num, dim], got ", shape_str(weight.shape()));
+  check_index_tensor(indices, "embedding");
+  Shape os = indices.shape();
+  os.push_back(weight.shape()[1]);
+  return index_select(weight, 0, indices.reshape({-1})).reshape(os);
+}
+
+}  // namespace liandan

@@ -1,0 +1,146 @@
+// matmul on OpenBLAS. A transposed operand (a view with unit stride along its rows) is passed to
+// BLAS with the transpose flag instead of being copied; `x @ W` with a 2-D W folds all batch dims
+// of x into one GEMM (the Linear-layer case).
+#include <cblas.h>
+
+#include "core/cpu/loops.h"
+#include "core/ops.h"
+
+namespace liandan {
+
+namespace {
+
+// How BLAS can read a strided 2-D matrix without copying it.
+struct BlasView {
+  bool ok = false;
+  bool trans = false;
+  int64_t ld = 0;
+};
+
+BlasView blas_view(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
+  if (scol == 1 && (rows == 1 || srow >= std::max<int64_t>(cols, 1))) return {true, false, rows == 1 ? std::max<int64_t>(cols, 1) : srow};
+  if (srow == 1 && (cols == 1 || scol >= std::max<int64_t>(rows, 1))) return {true, true, cols == 1 ? std::max<int64_t>(rows, 1) : scol};
+  return {};
+}
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+          T* C, int64_t ldc) {
+  auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), 1.0f, A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), 1.0, A, int(lda), B, int(ldb), 0.0, C, int(ldc));
+}
+
+// C[b] = A[b] @ B[b] for 3-D operands (batch dims already broadcast and flattened).
+Tensor bmm_kernel(Tensor a, Tensor b) {
+  int64_t batch = a.shape()[0], M = a.shape()[1], K = a.shape()[2], N = b.shape()[2];
+  BlasView va = blas_view(M, K, a.strides()[1], a.strides()[2]);
+  BlasView vb = blas_view(K, N, b.strides()[1], b.strides()[2]);
+  if (!va.ok) { a = a.contiguous(); va = blas_view(M, K, K, 1); }
+  if (!vb.ok) { b = b.contiguous(); vb = blas_view(K, N, N, 1); }
+  Tensor c = empty({batch, M, N}, a.dtype());
+  if (c.numel() == 0) return c;
+  if (K == 0) return c.zero_();
+  LD_DISPATCH_FLOAT(a.dtype(), "matmul", [&] {
+    const scalar_t *pa = a.data_ptr<scalar_t>(), *pb = b.data_ptr<scalar_t>();
+    scalar_t* pc = c.data_ptr<scalar_t>();
+    int64_t sa = a.strides()[0], sb = b.strides()[0];
+    auto one = [&](int64_t i) {
+      gemm<scalar_t>(va.trans, vb.trans, M, N, K, pa + i * sa, va.ld, pb + i * sb, vb.ld, pc + i * M * N, N);
+    };
+    // Many small products: one per thread (OpenBLAS runs single-threaded inside a parallel region).
+    // Few large ones: one after another, each using all threads inside BLAS.
+    if (batch > 1 && M * N * K < (int64_t(1) << 21)) {
+      cpu::parallel_range(batch, [&](int64_t s, int64_t e) { for (int64_t i = s; i < e; ++i) one(i); },
+                          std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * N * K)));
+    } else {
+      for (int64_t i = 0; i < batch; ++i) one(i);
+    }
+  });
+  return c;
+}
+
+Tensor matmul_nd(const Tensor& a, const Tensor& b) {
+  int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  LD_CHECK(b.size(-2) == K, "matmul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+           " cannot be multiplied (", K, " vs ", b.size(-2), ")");
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(ba, bb, "matmul (batch dims)");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  // x[..., M, K] @ W[K, N]: fold the batch into M when x's rows are evenly spaced.
+  if (b.dim() == 2 && a.dim() > 2) {
+    Tensor a2 = a.is_contiguous() ? a : a.contiguous();
+    Tensor c = bmm_kernel(a2.reshape({1, -1, K}), b.unsqueeze(0));
+    return c.reshape(out_shape);
+  }
+  int64_t nb = shape_numel(batch);
+  Shape ea = batch, eb = batch;
+  ea.push_back(M); ea.push_back(K);
+  eb.push_back(K); eb.push_back(N);
+  // Broadcast batch dims are stride-0 views; flatten them when that is a view, else copy.
+  auto to3 = [&](const Tensor& t, const Shape& full, int64_t r, int64_t c) {
+    Tensor e = t.expand(full);
+    if (full.size() == 2) return e.unsqueeze(0);
+    // Batch dims collapse into one stride when they are uniformly spaced.
+    const Shape& st = e.strides();
+    size_t nbd = full.size() - 2;
+    std::vector<size_t> varying;  // batch dims of size > 1
+    for (size_t d = 0; d < nbd; ++d) if (full[d] != 1) varying.push_back(d);
+    bool uniform = true;
+    for (size_t i = 0; i + 1 < varying.size(); ++i)
+      uniform &= st[varying[i]] == st[varying[i + 1]] * full[varying[i + 1]];
+    if (uniform) {
+      auto impl = std::make_shared<TensorImpl>(*e.impl());
+      impl->grad_fn = nullptr;
+      impl->requires_grad = false;
+      impl->shape = {nb, r, c};
+      impl->strides = {varying.empty() ? 0 : st[varying.back()], st[nbd], st[nbd + 1]};
+      return Tensor(impl);
+    }
+    return e.contiguous().reshape({nb, r, c});
+  };
+  Tensor c = bmm_kernel(to3(a, ea, M, K), to3(b, eb, K, N));
+  return c.reshape(out_shape);
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  LD_CHECK(a.defined() && b.defined(), "matmul: undefined tensor argument");
+  LD_CHECK(a.dtype() == b.dtype(), "matmul: dtype mismatch ", dtype_name(a.dtype()), " ", shape_str(a.shape()),
+           " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
+  LD_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", shape_str(a.shape()),
+           " and ", shape_str(b.shape()));
+  // torch.matmul's 1-D rules: a vector is a row (left) or a column (right), removed from the result.
+  if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
+  if (b.dim() == 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
+  Tensor c;
+  {
+    NoGradGuard ng;
+    c = matmul_nd(a.detach(), b.detach());
+  }
+  if (needs_grad({&a, &b})) {
+    SavedTensor sa(a, "matmul"), sb(b, "matmul");
+    bool ga = a.requires_grad(), gb = b.requires_grad();
+    Shape as = a.shape(), bs = b.shape();
+    record("matmul", c, {a, b}, [=](const Tensor& g) {
+      const Tensor &av = sa.get(), &bv = sb.get();
+      Tensor da, db;
+      if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as);
+      if (gb) {
+        if (bs.size() == 2 && as.size() > 2)  // Linear case: one GEMM over all rows
+          db = matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
+        else
+          db = sum_to(matmul(av.transpose(-1, -2), g), bs);
+      }
+      return std::vector<Tensor>{da, db};
+    });
+  }
+  return c;
+}
+
+}  // namespace liandan
