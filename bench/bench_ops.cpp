@@ -1,1 +1,315 @@
-int main() { return 0; }
+// bench_ops: liandan's side of bench/run. One process runs one workload and prints one JSON line.
+//
+//   bench_ops --list                             every workload, "NAME<TAB>CONFIG" per line
+//   bench_ops --info                             threads and the OpenBLAS core in use (JSON)
+//   bench_ops --workload NAME --config CONFIG    times it: {"name","config","ms","min_ms","iters","runs"}
+//     [--threads N] [--runs R] [--min-run-s S]
+//
+// A workload is (name, config): the config string holds the shapes, and `dims(config)` reads its
+// integers in order ("4096x256x768" -> 4096, 256, 768). bench/torch_ops.py holds the same
+// (name, config) pairs for PyTorch; bench/run pairs them up. To add a workload, add one `reg`
+// entry here and one `@workload` entry there with the same name and config strings.
+//
+// Timing (identical in torch_ops.py): warm up (>= 2 calls and >= 0.1 s); pick n calls per run so a
+// run lasts >= min_run_s (from the warm-up's mean call time); do `runs` runs (fewer, but >= 3, when
+// they would take over 2 s); report the median (and the min) of the per-call times, in ms.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "core/threads.h"
+
+extern "C" char* openblas_get_corename();
+extern "C" char* openblas_get_config();
+extern "C" int openblas_get_num_threads();
+
+namespace {
+
+using namespace liandan;
+using Body = std::function<void()>;
+using Dims = std::vector<int64_t>;
+
+// ------------------------------------------------------------------------------------ registry
+struct Workload {
+  std::string name, config;
+  std::function<Body(const Dims&)> setup;  // builds inputs, returns the timed body
+};
+
+std::vector<Workload>& registry() {
+  static std::vector<Workload> r;
+  return r;
+}
+
+void reg(const std::string& name, const std::vector<std::string>& configs, std::function<Body(const Dims&)> setup) {
+  for (auto& c : configs) registry().push_back({name, c, setup});
+}
+
+Dims dims(const std::string& config) {
+  Dims d;
+  for (size_t i = 0; i < config.size();) {
+    if (std::isdigit(static_cast<unsigned char>(config[i]))) {
+      size_t j = i;
+      while (j < config.size() && std::isdigit(static_cast<unsigned char>(config[j]))) ++j;
+      d.push_back(std::stoll(config.substr(i, j - i)));
+      i = j;
+    } else {
+      ++i;
+    }
+  }
+  return d;
+}
+
+Tensor rn(const Shape& s, bool rg = false) {
+  Tensor t = randn(s);
+  if (rg) t.requires_grad_(true);
+  return t;
+}
+
+void clear_grads(std::initializer_list<const Tensor*> ts) {
+  for (auto* t : ts) t->set_grad(Tensor());
+}
+
+const std::vector<std::string> kMatmulConfigs = {
+    "64x64x64",    "128x128x128",    "256x256x256",  "512x512x512",
+    "1024x1024x1024", "2048x2048x2048", "4096x256x768", "4096x768x256",
+};
+
+void register_all() {
+  // ---- matmul: config MxKxN, [M,K] @ [K,N]
+  reg("matmul", kMatmulConfigs, [](const Dims& d) -> Body {
+    Tensor a = rn({d[0], d[1]}), b = rn({d[1], d[2]});
+    return [=] { matmul(a, b); };
+  });
+  reg("matmul+bwd", kMatmulConfigs, [](const Dims& d) -> Body {
+    Tensor a = rn({d[0], d[1]}, true), b = rn({d[1], d[2]}, true), g = rn({d[0], d[2]});
+    return [=] {
+      matmul(a, b).backward(g);
+      clear_grads({&a, &b});
+    };
+  });
+  // ---- raw cblas_sgemm on liandan-allocated buffers: the ceiling for matmul (no torch side)
+  reg("sgemm_raw", kMatmulConfigs, [](const Dims& d) -> Body {
+    int M = int(d[0]), K = int(d[1]), N = int(d[2]);
+    Tensor a = rn({M, K}), b = rn({K, N}), c = empty({M, N});
+    return [=] {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a.data_ptr<float>(), K,
+                  b.data_ptr<float>(), N, 0.0f, c.data_ptr<float>(), N);
+    };
+  });
+  // forward C = A B, then dA = G B^T and dB = A^T G: the three GEMMs of matmul+bwd
+  reg("sgemm_raw+bwd", kMatmulConfigs, [](const Dims& d) -> Body {
+    int M = int(d[0]), K = int(d[1]), N = int(d[2]);
+    Tensor a = rn({M, K}), b = rn({K, N}), g = rn({M, N}), c = empty({M, N}), ga = empty({M, K}), gb = empty({K, N});
+    return [=] {
+      const float *A = a.data_ptr<float>(), *B = b.data_ptr<float>(), *G = g.data_ptr<float>();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, c.data_ptr<float>(), N);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, N, 1.0f, G, N, B, N, 0.0f, ga.data_ptr<float>(), K);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, A, K, G, N, 0.0f, gb.data_ptr<float>(), N);
+    };
+  });
+  // ---- batched matmul (attention scores): config BxMxKxN, [B,M,K] @ [B,K,N]
+  reg("bmm", {"96x128x64x128"}, [](const Dims& d) -> Body {
+    Tensor a = rn({d[0], d[1], d[2]}), b = rn({d[0], d[2], d[3]});
+    return [=] { matmul(a, b); };
+  });
+  reg("bmm+bwd", {"96x128x64x128"}, [](const Dims& d) -> Body {
+    Tensor a = rn({d[0], d[1], d[2]}, true), b = rn({d[0], d[2], d[3]}, true), g = rn({d[0], d[1], d[3]});
+    return [=] {
+      matmul(a, b).backward(g);
+      clear_grads({&a, &b});
+    };
+  });
+  // ---- softmax over the last dim: config RxC
+  reg("softmax", {"4096x1024"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]});
+    return [=] { softmax(x, -1); };
+  });
+  reg("softmax+bwd", {"4096x1024"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), g = rn({d[0], d[1]});
+    return [=] {
+      softmax(x, -1).backward(g);
+      clear_grads({&x});
+    };
+  });
+  // ---- layer_norm over the last dim with weight and bias: config RxC
+  reg("layer_norm", {"4096x768"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}), w = rn({d[1]}), b = rn({d[1]});
+    return [=] { layer_norm(x, {d[1]}, w, b, 1e-5); };
+  });
+  reg("layer_norm+bwd", {"4096x768"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), w = rn({d[1]}, true), b = rn({d[1]}, true), g = rn({d[0], d[1]});
+    return [=] {
+      layer_norm(x, {d[1]}, w, b, 1e-5).backward(g);
+      clear_grads({&x, &w, &b});
+    };
+  });
+  // ---- gelu, exact erf form: config RxC
+  reg("gelu", {"4096x3072"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]});
+    return [=] { gelu(x, GeluApprox::none); };
+  });
+  reg("gelu+bwd", {"4096x3072"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), g = rn({d[0], d[1]});
+    return [=] {
+      gelu(x, GeluApprox::none).backward(g);
+      clear_grads({&x});
+    };
+  });
+  // ---- broadcasting add (bias add): config RxC+C, [R,C] + [C]
+  reg("add_bcast", {"4096x768+768"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}), b = rn({d[2]});
+    return [=] { add(x, b); };
+  });
+  reg("add_bcast+bwd", {"4096x768+768"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), b = rn({d[2]}, true), g = rn({d[0], d[1]});
+    return [=] {
+      add(x, b).backward(g);
+      clear_grads({&x, &b});
+    };
+  });
+  // ---- conv2d with bias, stride 1: config xNxCxHxW,wOxCxKxK,padP
+  const std::vector<std::string> conv_configs = {"x64x32x28x28,w32x32x3x3,pad1", "x64x1x28x28,w32x1x3x3,pad1"};
+  reg("conv2d", conv_configs, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1], d[2], d[3]}), w = rn({d[4], d[5], d[6], d[7]}), b = rn({d[4]});
+    int64_t pad = d[8];
+    return [=] { conv2d(x, w, b, 1, pad); };
+  });
+  // The input needs a gradient unless it is the network's input (one channel).
+  reg("conv2d+bwd", conv_configs, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1], d[2], d[3]}, d[1] > 1), w = rn({d[4], d[5], d[6], d[7]}, true), b = rn({d[4]}, true);
+    Tensor g = rn({d[0], d[4], d[2] + 2 * d[8] - d[6] + 1, d[3] + 2 * d[8] - d[7] + 1});
+    int64_t pad = d[8];
+    return [=] {
+      conv2d(x, w, b, 1, pad).backward(g);
+      clear_grads({&x, &w, &b});
+    };
+  });
+  // ---- per-op overhead: add of two tiny tensors, forward only: config N
+  reg("add_tiny", {"1", "4"}, [](const Dims& d) -> Body {
+    Tensor a = rn({d[0]}), b = rn({d[0]});
+    return [=] { add(a, b); };
+  });
+}
+
+// ------------------------------------------------------------------------------------ timing
+struct Timing {
+  double median_ms, min_ms;
+  int64_t iters;
+  int runs;
+};
+
+Timing time_body(const Body& body, int runs, double min_run_s) {
+  using clock = std::chrono::steady_clock;
+  auto secs = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  // Warm-up: at least 2 calls and 0.1 s; the mean of the calls after the first sizes the runs.
+  int64_t done = 0;
+  double first = 0;
+  auto w0 = clock::now();
+  double elapsed = 0;
+  while (done < 2 || elapsed < 0.1) {
+    body();
+    elapsed = secs(w0, clock::now());
+    if (++done == 1) first = elapsed;
+  }
+  double per = std::max((elapsed - first) / double(done - 1), 1e-9);
+  int64_t n = std::max<int64_t>(1, int64_t(std::ceil(min_run_s / per)));
+  // Slow workloads (over ~2 s for all runs) get fewer runs, but at least 3.
+  if (per * double(n) * runs > 2.0) runs = std::max(std::min(runs, 3), int(2.0 / (per * double(n))));
+  std::vector<double> per_call;
+  for (int r = 0; r < runs; ++r) {
+    auto t0 = clock::now();
+    for (int64_t i = 0; i < n; ++i) body();
+    per_call.push_back(secs(t0, clock::now()) / double(n) * 1e3);
+  }
+  std::sort(per_call.begin(), per_call.end());
+  size_t m = per_call.size();
+  double med = m % 2 ? per_call[m / 2] : 0.5 * (per_call[m / 2 - 1] + per_call[m / 2]);
+  return {med, per_call.front(), n, runs};
+}
+
+std::string json_str(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\';
+    o += c;
+  }
+  return o + "\"";
+}
+
+int usage(const char* argv0) {
+  std::fprintf(stderr,
+               "usage: %s --list | --info | --workload NAME --config CONFIG [--threads N] [--runs R] "
+               "[--min-run-s S]\n",
+               argv0);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  std::string mode, name, config;
+  int threads = 0, runs = 7;
+  double min_run_s = 0.05;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) { std::fprintf(stderr, "bench_ops: %s needs a value\n", a.c_str()); std::exit(2); }
+      return argv[++i];
+    };
+    if (a == "--list" || a == "--info") mode = a;
+    else if (a == "--workload") { mode = "--workload"; name = next(); }
+    else if (a == "--config") config = next();
+    else if (a == "--threads") threads = std::atoi(next().c_str());
+    else if (a == "--runs") runs = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--min-run-s") min_run_s = std::atof(next().c_str());
+    else return usage(argv[0]);
+  }
+  if (threads > 0) set_num_threads(threads);
+
+  if (mode == "--list") {
+    for (auto& w : registry()) std::printf("%s\t%s\n", w.name.c_str(), w.config.c_str());
+    return 0;
+  }
+  if (mode == "--info") {
+    std::printf("{\"threads\": %d, \"openblas_threads\": %d, \"openblas_core\": %s, \"openblas_config\": %s}\n",
+                get_num_threads(), openblas_get_num_threads(), json_str(openblas_get_corename()).c_str(),
+                json_str(openblas_get_config()).c_str());
+    return 0;
+  }
+  if (mode != "--workload") return usage(argv[0]);
+
+  bool found = false;
+  for (auto& w : registry()) {
+    if (w.name != name || (!config.empty() && w.config != config)) continue;
+    found = true;
+    try {
+      manual_seed(0);
+      Body body = w.setup(dims(w.config));
+      Timing t = time_body(body, runs, min_run_s);
+      std::printf("{\"name\": %s, \"config\": %s, \"ms\": %.6g, \"min_ms\": %.6g, \"iters\": %lld, \"runs\": %d, "
+                  "\"threads\": %d}\n",
+                  json_str(w.name).c_str(), json_str(w.config).c_str(), t.median_ms, t.min_ms,
+                  static_cast<long long>(t.iters), t.runs, get_num_threads());
+      std::fflush(stdout);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_ops: %s [%s]: %s\n", w.name.c_str(), w.config.c_str(), e.what());
+      return 1;
+    }
+  }
+  if (found) return 0;
+  std::fprintf(stderr, "bench_ops: no workload %s [%s] (see --list)\n", name.c_str(), config.c_str());
+  return 3;
+}

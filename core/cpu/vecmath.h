@@ -16,9 +16,10 @@ inline float bits_to_float(int32_t i) {
   return f;
 }
 
+// Results below FLT_MIN (x < -87.3) flush to 0; above FLT_MAX (x > 88.72) they overflow to inf.
 inline float vexp(float x) {
-  float xc = std::fmin(std::fmax(x, -87.3f), 88.7f);
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float xc = std::fmin(std::fmax(x, -87.3f), 88.75f);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);  // in [-126, 128]
   float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -27,9 +28,11 @@ inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   float y = p * r * r + r + 1.0f;
-  float v = y * bits_to_float((int32_t(n) + 127) << 23);
+  // 2^n as 2^h * 2^(n-h): 2^128 is not a float, yet e^x is finite up to x = 88.72 (n = 128, y < 1).
+  int32_t ni = int32_t(n), h = ni >> 1;
+  float v = y * bits_to_float((h + 127) << 23) * bits_to_float((ni - h + 127) << 23);
   v = x < -87.3f ? 0.0f : v;
-  v = x > 88.7f ? INFINITY : v;
+  v = x > 88.75f ? INFINITY : v;
   return x != x ? x : v;
 }
 inline double vexp(double x) { return std::exp(x); }

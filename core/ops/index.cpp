@@ -155,8 +155,10 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   });
   if (needs_grad({&x})) {
     Shape xs = x.shape();
+    // The closure keeps `ic` alive: the caller's index tensor may be freed before backward runs.
     record("index_select", out, {x}, [=](const Tensor& g) {
       // index_add: scatter rows of g back, sequential over k per (outer, column) -> deterministic.
+      const int64_t* pi = ic.data_ptr<int64_t>();
       Tensor gc = g.contiguous();
       Tensor dx = zeros(xs, g.dtype());
       LD_DISPATCH_FLOAT(g.dtype(), "index_select backward", [&] {
@@ -178,6 +180,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
   LD_CHECK(weight.dim() == 2, "embedding: weight must be 2-D [num, dim], got ", shape_str(weight.shape()));
   check_index_tensor(indices, "embedding");
+  check_range(indices.contiguous(), weight.shape()[0], "embedding");  // name embedding, not index_select
   Shape os = indices.shape();
   os.push_back(weight.shape()[1]);
   return index_select(weight, 0, indices.reshape({-1})).reshape(os);

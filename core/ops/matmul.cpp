@@ -71,6 +71,9 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
+  // An empty result, or K = 0 (every element an empty sum): no GEMM, and no reshape of an empty
+  // tensor (reshape({1, -1, 0}) cannot infer -1).
+  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, a.dtype());
   // x[..., M, K] @ W[K, N]: fold the batch into M when x's rows are evenly spaced.
   if (b.dim() == 2 && a.dim() > 2) {
     Tensor a2 = a.is_contiguous() ? a : a.contiguous();
@@ -115,8 +118,13 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
            " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
   LD_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", shape_str(a.shape()),
            " and ", shape_str(b.shape()));
+  // Checked here so that the message shows the caller's shapes, not the 1-D promoted ones.
+  int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
+  LD_CHECK(ka == kb, "matmul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+           " cannot be multiplied (", ka, " vs ", kb, ")");
   // torch.matmul's 1-D rules: a vector is a row (left) or a column (right), removed from the result.
-  if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
+  // vector @ vector: [1, K] @ [K] is [1] already (the column was removed), so dim 0 goes.
+  if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(b.dim() == 1 ? 0 : -2);
   if (b.dim() == 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
   Tensor c;
   {
@@ -133,7 +141,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as);
       if (gb) {
         if (bs.size() == 2 && as.size() > 2)  // Linear case: one GEMM over all rows
-          db = matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
+          db = av.numel() == 0 ? zeros(bs, g.dtype())  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
+                               : matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
         else
           db = sum_to(matmul(av.transpose(-1, -2), g), bs);
       }

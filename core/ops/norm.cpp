@@ -211,7 +211,7 @@ Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, con
            num_groups, " groups");
   check_affine(weight, {C}, x, "group_norm", "weight");
   check_affine(bias, {C}, x, "group_norm", "bias");
-  int64_t S = C ? x.numel() / (N * C) : 0;
+  int64_t S = (N && C) ? x.numel() / (N * C) : 0;  // N = 0 (empty batch) must not divide by zero
   RowNorm p{N * num_groups, (C / num_groups) * S, S, num_groups, true, true};
   return norm_impl("group_norm", x, p, {C}, weight, bias, eps);
 }

@@ -108,6 +108,7 @@ Shape norm_dims(const Shape& dims, int64_t ndim, const char* op) {
   for (int64_t v : dims) d.push_back(wrap_dim(v, ndim, op));
   std::sort(d.begin(), d.end());
   LD_CHECK(std::adjacent_find(d.begin(), d.end()) == d.end(), op, ": repeated dim in ", shape_str(dims));
+  if (ndim == 0) d.clear();  // a 0-d tensor accepts dim 0 / -1 (as torch) but has no dim to reduce
   return d;
 }
 

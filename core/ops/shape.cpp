@@ -121,6 +121,7 @@ Tensor Tensor::narrow(int64_t dim_, int64_t start, int64_t length) const {
 
 Tensor Tensor::select(int64_t dim_, int64_t index) const {
   int64_t d = wrap_dim(dim_, dim(), "select");
+  LD_CHECK(dim() > 0, "select: cannot select from a 0-d tensor");
   int64_t n = shape()[d];
   LD_CHECK(index >= -n && index < n, "select: index ", index, " out of range for dim ", d, " of size ", n);
   if (index < 0) index += n;
@@ -142,7 +143,7 @@ Tensor Tensor::expand(const Shape& shape) const {
     }
     int64_t have = this->shape()[src];
     if (want == -1) want = have;
-    LD_CHECK(have == want || have == 1, "expand: cannot expand shape ", shape_str(this->shape()), " to ",
+    LD_CHECK(want >= 0 && (have == want || have == 1), "expand: cannot expand shape ", shape_str(this->shape()), " to ",
              shape_str(shape), " (dim ", i, ": ", have, " vs ", want, ")");
     s[i] = want;
     st[i] = have == want ? strides()[src] : 0;
@@ -153,18 +154,29 @@ Tensor Tensor::expand(const Shape& shape) const {
   return out;
 }
 
+// Dropping size-1 dims is always a view (reshape would copy a non-contiguous tensor).
 Tensor Tensor::squeeze(int64_t dim_) const {
   int64_t d = wrap_dim(dim_, dim(), "squeeze");
   if (dim() == 0 || shape()[d] != 1) return *this;
-  Shape s = shape();
+  Shape s = shape(), st = strides();
   s.erase(s.begin() + d);
-  return reshape(s);
+  st.erase(st.begin() + d);
+  Tensor out = make_view(*this, s, st, offset());
+  record("squeeze", out, {*this}, [d](const Tensor& g) { return std::vector<Tensor>{g.unsqueeze(d)}; });
+  return out;
 }
 
 Tensor Tensor::squeeze() const {
-  Shape s;
-  for (int64_t v : shape()) if (v != 1) s.push_back(v);
-  return reshape(s);
+  Shape s, st;
+  for (int64_t d = 0; d < dim(); ++d) {
+    if (shape()[d] == 1) continue;
+    s.push_back(shape()[d]);
+    st.push_back(strides()[d]);
+  }
+  Tensor out = make_view(*this, s, st, offset());
+  Shape in_shape = shape();
+  record("squeeze", out, {*this}, [in_shape](const Tensor& g) { return std::vector<Tensor>{reshape_grad(g, in_shape)}; });
+  return out;
 }
 
 Tensor Tensor::unsqueeze(int64_t dim_) const {
@@ -195,6 +207,7 @@ Tensor Tensor::flatten(int64_t start, int64_t end) const {
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   LD_CHECK(!xs.empty(), "cat: expected a non-empty list of tensors");
   const Tensor& x0 = xs[0];
+  LD_CHECK(x0.dim() > 0, "cat: zero-dimensional tensors cannot be concatenated");
   int64_t d = wrap_dim(dim, x0.dim(), "cat");
   Shape out_shape = x0.shape();
   int64_t total = 0;
@@ -259,6 +272,7 @@ std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
   int64_t n = x.size(dim);
   std::vector<int64_t> sizes;
   for (int64_t at = 0; at < n; at += split_size) sizes.push_back(std::min(split_size, n - at));
+  if (n == 0) sizes.push_back(0);  // as torch: an empty dim splits into one empty piece
   return split(x, sizes, dim);
 }
 

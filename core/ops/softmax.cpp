@@ -64,8 +64,10 @@ void softmax_row(const T* x, T* y, int64_t n, int64_t s, bool log) {
     }
   }
   if (log) {
-    T lse = m + T(std::log(sum));
-    for (int64_t i = 0; i < n; ++i) y[i * s] = x[i * s] - lse;
+    // (x - m) - log(sum), not x - (m + log(sum)): m + log(sum) rounds to the precision of m
+    // (in f32, ulp(1e4) ~ 1e-3), while x - m is exact near the max.
+    T ls = T(std::log(sum));
+    for (int64_t i = 0; i < n; ++i) y[i * s] = (x[i * s] - m) - ls;
   } else {
     T inv = T(1.0 / sum);
     for (int64_t i = 0; i < n; ++i) y[i * s] *= inv;
