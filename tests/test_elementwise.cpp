@@ -518,6 +518,44 @@ TEST_CASE("binary ops: large broadcast non-contiguous inputs run in parallel and
   }
 }
 
+TEST_CASE("binary ops: the same tensor on both sides; zero-size broadcasting") {
+  for (const BinaryCase& c : binary_cases()) {
+    INFO("op ", std::string(c.name));
+    Tensor x = leaf({3, 4}, Layout::transposed, positive);
+    Fn f = [&](const std::vector<Tensor>& xs) { return c.op(xs[0], xs[0]); };
+    CHECK_GRAD(f, {x});
+    // x op x.t(): two different views of one leaf
+    Tensor s = leaf({3, 3}, Layout::strided, positive);
+    Fn g = [&](const std::vector<Tensor>& xs) { return c.op(xs[0], xs[0].t()); };
+    CHECK_GRAD(g, {s});
+  }
+  // broadcasting against an empty dim gives an empty result, and empty gradients of the right shape
+  Tensor a = zeros({0, 3}, DType::f64).requires_grad_(), b = ones({3}, DType::f64).requires_grad_();
+  Tensor y = mul(a, b);
+  CHECK(y.shape() == Shape{0, 3});
+  sum(y).backward();
+  CHECK(a.grad().shape() == Shape{0, 3});
+  CHECK(b.grad().to_vector() == std::vector<double>{0, 0, 0});
+  CHECK(exp(zeros({2, 0})).shape() == Shape{2, 0});
+}
+
+TEST_CASE("elementwise ops: an in-place write to a tensor saved for backward is detected") {
+  Tensor x = leaf({3});
+  Tensor y = exp(x);  // saves its output
+  {
+    NoGradGuard ng;
+    y.mul_(2.0);
+  }
+  CHECK_THROWS_WITH_AS(sum(y).backward(), doctest::Contains("exp backward"), liandan::Error);
+  Tensor p = leaf({3}, Layout::contiguous, positive);
+  Tensor q = mul(log(p), 2.0);  // log saves its input
+  {
+    NoGradGuard ng;
+    p.add_(ones({3}, DType::f64));
+  }
+  CHECK_THROWS_WITH_AS(sum(q).backward(), doctest::Contains("log backward"), liandan::Error);
+}
+
 // ================================================================ comparisons
 
 TEST_CASE("comparisons: values with broadcasting, dtype kept, no gradient") {

@@ -175,6 +175,14 @@ std::vector<Case> cases() {
 
 Tensor with_pre(const Pre& p, const Tensor& t) { return p ? p(t) : t; }
 
+// Runs with `n` threads for a scope, then restores 2 (the test default), even if an assertion throws.
+struct ThreadCount {
+  explicit ThreadCount(int n) { set_num_threads(n); }
+  ~ThreadCount() { set_num_threads(2); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+};
+
 bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.to_vector() == b.to_vector();
 }
@@ -298,9 +306,13 @@ TEST_CASE("matmul: results do not depend on the thread count (batch-parallel pat
   Generator g(3);
   Tensor a = randn({32, 16, 24}, g), b = randn({32, 24, 8}, g).transpose(-1, -2).contiguous().transpose(-1, -2);
   Tensor x = randn({8, 16, 24}, g), w = randn({24, 12}, g);
-  set_num_threads(1);
-  Tensor c1 = matmul(a, b), l1 = matmul(x, w);
-  set_num_threads(2);
+  Tensor c1, l1;
+  {
+    ThreadCount t(1);
+    c1 = matmul(a, b);
+    l1 = matmul(x, w);
+  }
+  REQUIRE(get_num_threads() == 2);
   Tensor c2 = matmul(a, b), l2 = matmul(x, w);
   CHECK(bit_equal(c1, c2));
   CHECK(bit_equal(l1, l2));

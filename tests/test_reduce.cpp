@@ -148,6 +148,14 @@ void check_reduction(const Tensor& y, const Tensor& x, const Shape& dims, bool k
   CHECK(bad == 0);
 }
 
+// Runs with `n` threads for a scope, then restores 2 (the test default), even if an assertion throws.
+struct ThreadCount {
+  explicit ThreadCount(int n) { set_num_threads(n); }
+  ~ThreadCount() { set_num_threads(2); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+};
+
 bool bit_equal(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
   std::vector<double> u = a.to_vector(), v = b.to_vector();
@@ -567,10 +575,12 @@ TEST_CASE("f32 reductions are bit-identical on 1 and 2 threads") {
         sum_to(cols, {1, 200}),
     };
   };
-  set_num_threads(1);
-  REQUIRE(get_num_threads() == 1);
-  std::vector<Tensor> one = run();
-  set_num_threads(2);
+  std::vector<Tensor> one;
+  {
+    ThreadCount t(1);
+    REQUIRE(get_num_threads() == 1);
+    one = run();
+  }
   REQUIRE(get_num_threads() == 2);
   std::vector<Tensor> two = run();
   for (size_t i = 0; i < one.size(); ++i) {

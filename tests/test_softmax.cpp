@@ -120,6 +120,14 @@ double row_sum_error(const Tensor& y, int64_t dim) {
   return e;
 }
 
+// Runs with `n` threads for a scope, then restores 2 (the test default), even if an assertion throws.
+struct ThreadCount {
+  explicit ThreadCount(int n) { set_num_threads(n); }
+  ~ThreadCount() { set_num_threads(2); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+};
+
 bool bit_equal(const Tensor& a, const Tensor& b) { return a.shape() == b.shape() && a.to_vector() == b.to_vector(); }
 
 }  // namespace
@@ -278,14 +286,15 @@ TEST_CASE("softmax: f32 results are bit-identical on 1 and 2 threads") {
     return std::vector<Tensor>{softmax(a, -1), log_softmax(a, -1), softmax(b, 0), log_softmax(b, 0),
                                softmax(c, 1), log_softmax(c, 0)};
   };
-  set_num_threads(1);
-  REQUIRE(get_num_threads() == 1);
-  std::vector<Tensor> one = run();
-  // the backward too
-  Tensor al = a.clone().requires_grad_();
-  sum(mul(softmax(al, -1), a)).backward();
-  Tensor g1 = al.grad();
-  set_num_threads(2);
+  std::vector<Tensor> one;
+  Tensor al = a.clone().requires_grad_(), g1;
+  {
+    ThreadCount t(1);
+    REQUIRE(get_num_threads() == 1);
+    one = run();
+    sum(mul(softmax(al, -1), a)).backward();  // the backward too
+    g1 = al.grad();
+  }
   REQUIRE(get_num_threads() == 2);
   std::vector<Tensor> two = run();
   al.set_grad(Tensor());

@@ -17,6 +17,28 @@ inline Shape bstrides(const Tensor& t, const Shape& shape) {
   return st;
 }
 
+// Contiguous runs. Separate functions with __restrict pointers: inside a capturing lambda GCC
+// cannot prove the output does not alias the captured input pointers and refuses to vectorize.
+template <class T, class O, class F>
+inline void run1(O* __restrict o, const T* __restrict a, int64_t n, const F& f) {
+  for (int64_t i = 0; i < n; ++i) o[i] = f(a[i]);
+}
+template <class T, class O, class F>
+inline void run2(O* __restrict o, const T* __restrict a, const T* __restrict b, int64_t n, const F& f) {
+  for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], b[i]);
+}
+template <class T, class O, class F>
+inline void run3(O* __restrict o, const T* __restrict a, const T* __restrict b, const T* __restrict c, int64_t n,
+                 const F& f) {
+  for (int64_t i = 0; i < n; ++i) o[i] = f(a[i], b[i], c[i]);
+}
+template <class T, class O, size_t K, class F>
+inline void run_contig(O* o, const std::array<const T*, K>& q, int64_t n, const F& f) {
+  if constexpr (K == 1) run1(o, q[0], n, f);
+  if constexpr (K == 2) run2(o, q[0], q[1], n, f);
+  if constexpr (K == 3) run3(o, q[0], q[1], q[2], n, f);
+}
+
 template <class T, class O, size_t K, class F>
 void map_into(O* out, const Shape& shape, const std::array<const Tensor*, K>& ins, F f) {
   std::array<const T*, K> p;
@@ -28,9 +50,9 @@ void map_into(O* out, const Shape& shape, const std::array<const Tensor*, K>& in
   int64_t n = shape_numel(shape);
   if (flat) {
     parallel_range(n, [&](int64_t b, int64_t e) {
-      if constexpr (K == 1) for (int64_t i = b; i < e; ++i) out[i] = f(p[0][i]);
-      if constexpr (K == 2) for (int64_t i = b; i < e; ++i) out[i] = f(p[0][i], p[1][i]);
-      if constexpr (K == 3) for (int64_t i = b; i < e; ++i) out[i] = f(p[0][i], p[1][i], p[2][i]);
+      std::array<const T*, K> q;
+      for (size_t k = 0; k < K; ++k) q[k] = p[k] + b;
+      run_contig<T, O, K>(out + b, q, e - b, f);
     });
     return;
   }
@@ -51,9 +73,7 @@ void map_into(O* out, const Shape& shape, const std::array<const Tensor*, K>& in
       unit &= s[k + 1] == 1;
     }
     if (unit) {
-      if constexpr (K == 1) for (int64_t i = 0; i < m; ++i) o[i] = f(q[0][i]);
-      if constexpr (K == 2) for (int64_t i = 0; i < m; ++i) o[i] = f(q[0][i], q[1][i]);
-      if constexpr (K == 3) for (int64_t i = 0; i < m; ++i) o[i] = f(q[0][i], q[1][i], q[2][i]);
+      run_contig<T, O, K>(o, q, m, f);
     } else {
       if constexpr (K == 1) for (int64_t i = 0; i < m; ++i) o[i] = f(q[0][i * s[1]]);
       if constexpr (K == 2) for (int64_t i = 0; i < m; ++i) o[i] = f(q[0][i * s[1]], q[1][i * s[2]]);

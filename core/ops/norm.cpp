@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "core/cpu/loops.h"
+#include "core/cpu/vecmath.h"
 #include "core/ops.h"
 
 namespace liandan {
@@ -33,14 +34,10 @@ void norm_forward(const RowNorm& p, const T* x, const T* w, const T* b, T* y, T*
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * p.len;
       T* yr = y + r * p.len;
-      double s = 0, ss = 0;
-      for (int64_t i = 0; i < p.len; ++i) s += double(xr[i]);
-      double m = p.center ? s / double(p.len) : 0.0;
-      for (int64_t i = 0; i < p.len; ++i) {
-        double d = double(xr[i]) - m;
-        ss += d * d;
-      }
-      T rs = T(1.0 / std::sqrt(ss / double(p.len) + eps)), mt = T(m);
+      // Two passes (mean, then squared deviations): exact enough in f32 lanes, and vectorized.
+      T mt = p.center ? T(double(cpu::row_sum(xr, p.len)) / double(p.len)) : T(0);
+      double ss = double(p.center ? cpu::row_sq_dev(xr, mt, p.len) : cpu::row_dot(xr, xr, p.len));
+      T rs = T(1.0 / std::sqrt(ss / double(p.len) + eps));
       mean[r] = mt;
       rstd[r] = rs;
       if (!p.grouped && w && b) {
@@ -64,6 +61,15 @@ void norm_backward_input(const RowNorm& p, const T* x, const T* w, const T* g, c
       const T *xr = x + r * p.len, *gr = g + r * p.len;
       T* dr = dx + r * p.len;
       T m = mean[r], rs = rstd[r];
+      if (!p.grouped) {
+        // sum(dxhat) and sum(dxhat * xhat) = rs * sum(g w (x - m)), as lane reductions
+        T sd = w ? cpu::row_dot(gr, w, p.len) : cpu::row_sum(gr, p.len);
+        T sgx = w ? cpu::row_dot3_dev(gr, w, xr, m, p.len) : cpu::row_dot_dev(gr, xr, m, p.len);
+        T a = p.center ? sd / T(p.len) : T(0), c = rs * sgx / T(p.len);
+        if (w) for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] * w[i] - a - (xr[i] - m) * rs * c);
+        else for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] - a - (xr[i] - m) * rs * c);
+        continue;
+      }
       double sd = 0, sdx = 0;  // sum(dxhat), sum(dxhat * xhat)
       for (int64_t i = 0; i < p.len; ++i) {
         T dxh = gr[i] * (w ? w[widx(p, r, i)] : T(1));

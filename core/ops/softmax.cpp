@@ -38,34 +38,36 @@ void for_rows(Rows r, F fn) {
 }
 
 template <class T>
+void exp_shifted(const T* __restrict x, T* __restrict y, T m, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = cpu::vexp(x[i] - m);
+}
+
+template <class T>
 void softmax_row(const T* x, T* y, int64_t n, int64_t s, bool log) {
+  if (s == 1) {  // contiguous row: every pass vectorizes
+    T m = cpu::row_max(x, n);
+    if (!std::isfinite(m)) m = std::isnan(m) ? m : T(0);  // all -inf rows give NaN, as torch
+    exp_shifted(x, y, m, n);
+    T sum = cpu::row_sum(y, n);
+    if (log) {
+      T ls = std::log(sum);  // (x - m) - log(sum): exact where x - m is, unlike x - (m + log(sum))
+      for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - m) - ls;
+    } else {
+      T inv = T(1) / sum;
+      for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+    }
+    return;
+  }
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < n; ++i) m = std::fmax(m, x[i * s]);
-  if (!std::isfinite(m)) m = 0;  // all -inf rows give NaN as torch; +inf gives NaN too
+  if (!std::isfinite(m)) m = 0;
   double sum = 0;
-  if (s == 1) {
-    if (log) {
-      T acc = 0;
-      for (int64_t i = 0; i < n; ++i) acc += cpu::vexp(x[i] - m);
-      sum = double(acc);
-    } else {
-      T acc = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        y[i] = cpu::vexp(x[i] - m);
-        acc += y[i];
-      }
-      sum = double(acc);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      T e = cpu::vexp(x[i * s] - m);
-      if (!log) y[i * s] = e;
-      sum += double(e);
-    }
+  for (int64_t i = 0; i < n; ++i) {
+    T e = cpu::vexp(x[i * s] - m);
+    if (!log) y[i * s] = e;
+    sum += double(e);
   }
   if (log) {
-    // (x - m) - log(sum), not x - (m + log(sum)): m + log(sum) rounds to the precision of m
-    // (in f32, ulp(1e4) ~ 1e-3), while x - m is exact near the max.
     T ls = T(std::log(sum));
     for (int64_t i = 0; i < n; ++i) y[i * s] = (x[i * s] - m) - ls;
   } else {
@@ -76,6 +78,12 @@ void softmax_row(const T* x, T* y, int64_t n, int64_t s, bool log) {
 
 template <class T>
 void softmax_backward_row(const T* y, const T* g, T* dx, int64_t n, int64_t s, bool log) {
+  if (s == 1) {
+    T dot = log ? cpu::row_sum(g, n) : cpu::row_dot(g, y, n);
+    if (log) for (int64_t i = 0; i < n; ++i) dx[i] = g[i] - cpu::vexp(y[i]) * dot;
+    else for (int64_t i = 0; i < n; ++i) dx[i] = y[i] * (g[i] - dot);
+    return;
+  }
   T dot = 0;
   if (log) for (int64_t i = 0; i < n; ++i) dot += g[i * s];
   else for (int64_t i = 0; i < n; ++i) dot += g[i * s] * y[i * s];
