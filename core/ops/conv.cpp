@@ -31,13 +31,14 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
 }
 
 // col[(c*kh + i)*kw + j, oy*Wo + ox] = x[c, oy*s - p + i, ox*s - p + j] (0 outside the image).
+// Rows of `col` are `ldc` apart, so several images' columns can sit side by side.
 template <class T>
-void im2col(const ConvGeom& g, const T* x, T* col) {
+void im2col(const ConvGeom& g, const T* x, T* col, int64_t ldc) {
   int64_t C = g.C;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) {
-        T* dst = col + ((c * g.kh + i) * g.kw + j) * g.cols();
+        T* dst = col + ((c * g.kh + i) * g.kw + j) * ldc;
         for (int64_t oy = 0; oy < g.Ho; ++oy) {
           int64_t iy = oy * g.stride - g.pad + i;
           T* row = dst + oy * g.Wo;
@@ -56,11 +57,11 @@ void im2col(const ConvGeom& g, const T* x, T* col) {
 
 // The adjoint of im2col: dx[c, iy, ix] += dcol[...] (dx zeroed by the caller).
 template <class T>
-void col2im(const ConvGeom& g, const T* col, T* dx) {
+void col2im(const ConvGeom& g, const T* col, T* dx, int64_t ldc) {
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) {
-        const T* src = col + ((c * g.kh + i) * g.kw + j) * g.cols();
+        const T* src = col + ((c * g.kh + i) * g.kw + j) * ldc;
         for (int64_t oy = 0; oy < g.Ho; ++oy) {
           int64_t iy = oy * g.stride - g.pad + i;
           if (iy < 0 || iy >= g.H) continue;
@@ -79,7 +80,7 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   cpu::parallel_range(g.N, [&](int64_t n0, int64_t n1) {
     std::vector<T> col(static_cast<size_t>(ncol));
     for (int64_t n = n0; n < n1; ++n) {
-      im2col(g, x + n * g.C * g.H * g.W, col.data());
+      im2col(g, x + n * g.C * g.H * g.W, col.data(), g.cols());
       for (int64_t gr = 0; gr < g.groups; ++gr) {
         T* yg = y + (n * g.O + gr * g.og()) * g.cols();
         gemm<T>(false, false, g.og(), g.cols(), g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
@@ -92,45 +93,62 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   }, 1);
 }
 
-// dx (if wanted) per image in parallel; dW and db accumulated per thread slot over a fixed image
-// order... to stay deterministic for any thread count, dW is summed image by image in order.
+// Backward in fixed chunks of images, in parallel: a chunk lays its images' columns side by side,
+// so each group needs one GEMM with K = chunk * Ho * Wo for dW (and one for dcol) instead of one
+// small GEMM per image. Chunk partial sums of dW and db are added in chunk order, so the result
+// does not depend on the thread count.
+constexpr int64_t kImageChunk = 8;
+
 template <class T>
 void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, T* dw, T* db) {
-  int64_t ncol = g.C * g.kh * g.kw * g.cols();
-  if (dx) {
-    cpu::parallel_range(g.N, [&](int64_t n0, int64_t n1) {
-      std::vector<T> dcol(static_cast<size_t>(ncol));
-      for (int64_t n = n0; n < n1; ++n) {
+  int64_t HW = g.cols(), CHW = g.C * g.H * g.W, rows = g.C * g.kh * g.kw;
+  int64_t nchunk = (g.N + kImageChunk - 1) / kImageChunk;
+  std::vector<T> dw_part(dw ? static_cast<size_t>(nchunk * g.O * g.krows()) : 0);
+  std::vector<double> db_part(db ? static_cast<size_t>(nchunk * g.O) : 0);
+  cpu::parallel_range(nchunk, [&](int64_t c0, int64_t c1) {
+    std::vector<T> col(static_cast<size_t>(rows * kImageChunk * HW)), dyc(static_cast<size_t>(g.O * kImageChunk * HW));
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
+      for (int64_t j = 0; j < nb; ++j)  // dyc[o, j*HW + s] = dy[n0 + j, o, s]
+        for (int64_t o = 0; o < g.O; ++o)
+          std::copy(dy + ((n0 + j) * g.O + o) * HW, dy + ((n0 + j) * g.O + o + 1) * HW, dyc.data() + o * L + j * HW);
+      if (db)
+        for (int64_t o = 0; o < g.O; ++o) {
+          double acc = 0;
+          for (int64_t s = 0; s < L; ++s) acc += double(dyc[o * L + s]);
+          db_part[c * g.O + o] = acc;
+        }
+      if (dw) {
+        for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col.data() + j * HW, L);
         for (int64_t gr = 0; gr < g.groups; ++gr)
-          gemm<T>(true, false, g.krows(), g.cols(), g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
-                  dy + (n * g.O + gr * g.og()) * g.cols(), g.cols(), T(0), dcol.data() + gr * g.krows() * g.cols(),
-                  g.cols());
-        T* dxn = dx + n * g.C * g.H * g.W;
-        std::fill(dxn, dxn + g.C * g.H * g.W, T(0));
-        col2im(g, dcol.data(), dxn);
+          gemm<T>(false, true, g.og(), g.krows(), L, T(1), dyc.data() + gr * g.og() * L, L,
+                  col.data() + gr * g.krows() * L, L, T(0), dw_part.data() + (c * g.O + gr * g.og()) * g.krows(),
+                  g.krows());
       }
-    }, 1);
-  }
-  if (dw) {
-    // Columns of all images side by side: dW[g] = dY[g] @ COL[g]^T as one GEMM per group with K = N*Ho*Wo.
-    // (dY is [N, O, HW], so each image is a separate K-block: accumulate with beta = 1 in image order.)
-    std::fill(dw, dw + g.O * g.krows(), T(0));
-    std::vector<T> col(static_cast<size_t>(ncol));
-    for (int64_t n = 0; n < g.N; ++n) {
-      im2col(g, x + n * g.C * g.H * g.W, col.data());
-      for (int64_t gr = 0; gr < g.groups; ++gr)
-        gemm<T>(false, true, g.og(), g.krows(), g.cols(), T(1), dy + (n * g.O + gr * g.og()) * g.cols(), g.cols(),
-                col.data() + gr * g.krows() * g.cols(), g.cols(), T(1), dw + gr * g.og() * g.krows(), g.krows());
+      if (dx) {
+        T* dcol = col.data();  // reuse the buffer: dW is done with it
+        for (int64_t gr = 0; gr < g.groups; ++gr)
+          gemm<T>(true, false, g.krows(), L, g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+                  dyc.data() + gr * g.og() * L, L, T(0), dcol + gr * g.krows() * L, L);
+        for (int64_t j = 0; j < nb; ++j) {
+          T* dxn = dx + (n0 + j) * CHW;
+          std::fill(dxn, dxn + CHW, T(0));
+          col2im(g, dcol + j * HW, dxn, L);
+        }
+      }
     }
+  }, 1);
+  if (dw) {
+    std::fill(dw, dw + g.O * g.krows(), T(0));
+    for (int64_t c = 0; c < nchunk; ++c)
+      for (int64_t i = 0; i < g.O * g.krows(); ++i) dw[i] += dw_part[c * g.O * g.krows() + i];
   }
-  if (db) {
+  if (db)
     for (int64_t o = 0; o < g.O; ++o) {
       double acc = 0;
-      for (int64_t n = 0; n < g.N; ++n)
-        for (int64_t s = 0; s < g.cols(); ++s) acc += double(dy[(n * g.O + o) * g.cols() + s]);
+      for (int64_t c = 0; c < nchunk; ++c) acc += db_part[c * g.O + o];
       db[o] = T(acc);
     }
-  }
 }
 
 }  // namespace
