@@ -231,7 +231,7 @@ Tensor sigmoid(const Tensor& x) {
                [](auto, auto y, auto g) { return g * y * (1 - y); });
 }
 Tensor relu(const Tensor& x) {
-  return unary("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
+  return unary("relu", x, [](auto v) { return v > 0 || v != v ? v : decltype(v)(0); },  // NaN stays NaN
                [](auto v, auto, auto g) { return v > 0 ? g : decltype(g)(0); });
 }
 Tensor gelu(const Tensor& x, GeluApprox approx) {
