@@ -24,6 +24,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/ops.h"
@@ -239,6 +240,27 @@ Timing time_body(const Body& body, int runs, double min_run_s) {
   return {med, per_call.front(), n, runs};
 }
 
+// Two bodies timed in alternation (run of A, run of B, ...) in one process, so that a comparison
+// between them (matmul vs raw sgemm) is not skewed by process-to-process variance.
+std::pair<Timing, Timing> time_pair(const Body& a, const Body& b, int runs, double min_run_s) {
+  Timing ta = time_body(a, 1, min_run_s), tb = time_body(b, 1, min_run_s);  // warm-up and sizing
+  using clock = std::chrono::steady_clock;
+  std::vector<double> pa, pb;
+  for (int r = 0; r < runs; ++r) {
+    for (auto [body, n, out] : {std::tuple{&a, ta.iters, &pa}, std::tuple{&b, tb.iters, &pb}}) {
+      auto t0 = clock::now();
+      for (int64_t i = 0; i < n; ++i) (*body)();
+      out->push_back(std::chrono::duration<double>(clock::now() - t0).count() / double(n) * 1e3);
+    }
+  }
+  auto med = [](std::vector<double>& v) {
+    std::sort(v.begin(), v.end());
+    size_t m = v.size();
+    return m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+  };
+  return {Timing{med(pa), pa.front(), ta.iters, runs}, Timing{med(pb), pb.front(), tb.iters, runs}};
+}
+
 std::string json_str(const std::string& s) {
   std::string o = "\"";
   for (char c : s) {
@@ -250,8 +272,8 @@ std::string json_str(const std::string& s) {
 
 int usage(const char* argv0) {
   std::fprintf(stderr,
-               "usage: %s --list | --info | --workload NAME --config CONFIG [--threads N] [--runs R] "
-               "[--min-run-s S]\n",
+               "usage: %s --list | --info | --workload NAME --config CONFIG [--pair NAME2] [--threads N] "
+               "[--runs R] [--min-run-s S]\n",
                argv0);
   return 2;
 }
@@ -260,7 +282,7 @@ int usage(const char* argv0) {
 
 int main(int argc, char** argv) {
   register_all();
-  std::string mode, name, config;
+  std::string mode, name, config, pair;
   int threads = 0, runs = 7;
   double min_run_s = 0.05;
   for (int i = 1; i < argc; ++i) {
@@ -272,6 +294,7 @@ int main(int argc, char** argv) {
     if (a == "--list" || a == "--info") mode = a;
     else if (a == "--workload") { mode = "--workload"; name = next(); }
     else if (a == "--config") config = next();
+    else if (a == "--pair") pair = next();
     else if (a == "--threads") threads = std::atoi(next().c_str());
     else if (a == "--runs") runs = std::max(1, std::atoi(next().c_str()));
     else if (a == "--min-run-s") min_run_s = std::atof(next().c_str());
@@ -291,21 +314,35 @@ int main(int argc, char** argv) {
   }
   if (mode != "--workload") return usage(argv[0]);
 
-  bool found = false;
-  for (auto& w : registry()) {
-    if (w.name != name || (!config.empty() && w.config != config)) continue;
-    found = true;
+  auto find = [&](const std::string& n) -> const Workload* {
+    for (auto& w : registry())
+      if (w.name == n && (config.empty() || w.config == config)) return &w;
+    return nullptr;
+  };
+  const Workload* w = find(name);
+  const Workload* w2 = pair.empty() ? nullptr : find(pair);
+  bool found = w && (pair.empty() || w2);
+  if (found) {
     try {
       manual_seed(0);
-      Body body = w.setup(dims(w.config));
-      Timing t = time_body(body, runs, min_run_s);
-      std::printf("{\"name\": %s, \"config\": %s, \"ms\": %.6g, \"min_ms\": %.6g, \"iters\": %lld, \"runs\": %d, "
-                  "\"threads\": %d}\n",
-                  json_str(w.name).c_str(), json_str(w.config).c_str(), t.median_ms, t.min_ms,
-                  static_cast<long long>(t.iters), t.runs, get_num_threads());
+      Body body = w->setup(dims(w->config));
+      if (w2) {
+        Body body2 = w2->setup(dims(w2->config));
+        auto [t, t2] = time_pair(body, body2, runs, min_run_s);
+        std::printf("{\"name\": %s, \"config\": %s, \"ms\": %.6g, \"pair\": %s, \"pair_ms\": %.6g, \"runs\": %d, "
+                    "\"threads\": %d}\n",
+                    json_str(w->name).c_str(), json_str(w->config).c_str(), t.median_ms, json_str(w2->name).c_str(),
+                    t2.median_ms, t.runs, get_num_threads());
+      } else {
+        Timing t = time_body(body, runs, min_run_s);
+        std::printf("{\"name\": %s, \"config\": %s, \"ms\": %.6g, \"min_ms\": %.6g, \"iters\": %lld, \"runs\": %d, "
+                    "\"threads\": %d}\n",
+                    json_str(w->name).c_str(), json_str(w->config).c_str(), t.median_ms, t.min_ms,
+                    static_cast<long long>(t.iters), t.runs, get_num_threads());
+      }
       std::fflush(stdout);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "bench_ops: %s [%s]: %s\n", w.name.c_str(), w.config.c_str(), e.what());
+      std::fprintf(stderr, "bench_ops: %s [%s]: %s\n", w->name.c_str(), w->config.c_str(), e.what());
       return 1;
     }
   }
