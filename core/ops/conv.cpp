@@ -1,8 +1,8 @@
-// conv2d by im2col + GEMM, one image per thread (OpenBLAS runs single-threaded inside the
-// parallel region, so the two cores never fight), and the pooling/upsampling ops.
-//   forward:  col = im2col(x[n]);  y[n, g] = W[g] @ col[g]
-//   backward: dW[g] += dy[n, g] @ col[g]^T   (summed over images in a fixed order)
-//             dx[n] = col2im(W[g]^T @ dy[n, g])
+// conv2d by im2col + GEMM over chunks of images (one chunk per thread; OpenBLAS runs single-threaded
+// inside the parallel region, so the two cores never fight), and the pooling/upsampling ops.
+//   forward:  col = im2col(x[chunk]);  y[chunk, g] = W[g] @ col[g]
+//   backward: dW[g] = sum over chunks of dy[chunk, g] @ col[g]^T   (chunk order: deterministic)
+//             dx[chunk] = col2im(W[g]^T @ dy[chunk, g])
 #include <cblas.h>
 
 #include "core/cpu/loops.h"
@@ -30,14 +30,23 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
 }
 
+// Output columns ox whose input column ox*stride - pad + j lies inside [0, W): [lo, hi).
+inline std::pair<int64_t, int64_t> valid_cols(const ConvGeom& g, int64_t j) {
+  int64_t lo = std::max<int64_t>(0, (g.pad - j + g.stride - 1) / g.stride);
+  int64_t hi = std::min<int64_t>(g.Wo, (g.W - 1 + g.pad - j) / g.stride + 1);
+  if (g.W - 1 + g.pad - j < 0) hi = 0;
+  return {lo, std::max(lo, hi)};
+}
+
 // col[(c*kh + i)*kw + j, oy*Wo + ox] = x[c, oy*s - p + i, ox*s - p + j] (0 outside the image).
-// Rows of `col` are `ldc` apart, so several images' columns can sit side by side.
+// Rows of `col` are `ldc` apart, so several images' columns can sit side by side. The valid column
+// range is computed once per kernel offset, so the inner loop is a plain (often contiguous) copy.
 template <class T>
 void im2col(const ConvGeom& g, const T* x, T* col, int64_t ldc) {
-  int64_t C = g.C;
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) {
+        auto [lo, hi] = valid_cols(g, j);
         T* dst = col + ((c * g.kh + i) * g.kw + j) * ldc;
         for (int64_t oy = 0; oy < g.Ho; ++oy) {
           int64_t iy = oy * g.stride - g.pad + i;
@@ -46,11 +55,11 @@ void im2col(const ConvGeom& g, const T* x, T* col, int64_t ldc) {
             std::fill(row, row + g.Wo, T(0));
             continue;
           }
-          const T* src = x + (c * g.H + iy) * g.W;
-          for (int64_t ox = 0; ox < g.Wo; ++ox) {
-            int64_t ix = ox * g.stride - g.pad + j;
-            row[ox] = (ix >= 0 && ix < g.W) ? src[ix] : T(0);
-          }
+          const T* src = x + (c * g.H + iy) * g.W - g.pad + j;  // src[ox * stride] = x[c, iy, ox*s - p + j]
+          std::fill(row, row + lo, T(0));
+          if (g.stride == 1) std::copy(src + lo, src + hi, row + lo);
+          else for (int64_t ox = lo; ox < hi; ++ox) row[ox] = src[ox * g.stride];
+          std::fill(row + hi, row + g.Wo, T(0));
         }
       }
 }
@@ -61,34 +70,43 @@ void col2im(const ConvGeom& g, const T* col, T* dx, int64_t ldc) {
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) {
+        auto [lo, hi] = valid_cols(g, j);
         const T* src = col + ((c * g.kh + i) * g.kw + j) * ldc;
         for (int64_t oy = 0; oy < g.Ho; ++oy) {
           int64_t iy = oy * g.stride - g.pad + i;
           if (iy < 0 || iy >= g.H) continue;
-          T* row = dx + (c * g.H + iy) * g.W;
-          for (int64_t ox = 0; ox < g.Wo; ++ox) {
-            int64_t ix = ox * g.stride - g.pad + j;
-            if (ix >= 0 && ix < g.W) row[ix] += src[oy * g.Wo + ox];
-          }
+          T* row = dx + (c * g.H + iy) * g.W - g.pad + j;
+          const T* s = src + oy * g.Wo;
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox * g.stride] += s[ox];
         }
       }
 }
 
+// Images per chunk: forward and backward work on chunks of images in parallel (see below).
+constexpr int64_t kImageChunk = 8;
+
+// Forward in chunks of images: their columns side by side make one GEMM per group with
+// N = chunk * Ho * Wo (a small per-image GEMM runs far below BLAS's peak), then the chunk's
+// [O, chunk*HW] result is copied out to [N, O, HW] with the bias added.
 template <class T>
 void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
-  int64_t ncol = g.C * g.kh * g.kw * g.cols();
-  cpu::parallel_range(g.N, [&](int64_t n0, int64_t n1) {
-    std::vector<T> col(static_cast<size_t>(ncol));
-    for (int64_t n = n0; n < n1; ++n) {
-      im2col(g, x + n * g.C * g.H * g.W, col.data(), g.cols());
-      for (int64_t gr = 0; gr < g.groups; ++gr) {
-        T* yg = y + (n * g.O + gr * g.og()) * g.cols();
-        gemm<T>(false, false, g.og(), g.cols(), g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
-                col.data() + gr * g.krows() * g.cols(), g.cols(), T(0), yg, g.cols());
-        if (b)
-          for (int64_t o = 0; o < g.og(); ++o)
-            for (int64_t s = 0; s < g.cols(); ++s) yg[o * g.cols() + s] += b[gr * g.og() + o];
-      }
+  int64_t HW = g.cols(), CHW = g.C * g.H * g.W, rows = g.C * g.kh * g.kw;
+  int64_t nchunk = (g.N + kImageChunk - 1) / kImageChunk;
+  cpu::parallel_range(nchunk, [&](int64_t c0, int64_t c1) {
+    std::vector<T> col(static_cast<size_t>(rows * kImageChunk * HW)), ych(static_cast<size_t>(g.O * kImageChunk * HW));
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
+      for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col.data() + j * HW, L);
+      for (int64_t gr = 0; gr < g.groups; ++gr)
+        gemm<T>(false, false, g.og(), L, g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+                col.data() + gr * g.krows() * L, L, T(0), ych.data() + gr * g.og() * L, L);
+      for (int64_t j = 0; j < nb; ++j)
+        for (int64_t o = 0; o < g.O; ++o) {
+          const T* src = ych.data() + o * L + j * HW;
+          T* dst = y + ((n0 + j) * g.O + o) * HW;
+          T bo = b ? b[o] : T(0);
+          for (int64_t s = 0; s < HW; ++s) dst[s] = src[s] + bo;
+        }
     }
   }, 1);
 }
@@ -97,8 +115,6 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
 // so each group needs one GEMM with K = chunk * Ho * Wo for dW (and one for dcol) instead of one
 // small GEMM per image. Chunk partial sums of dW and db are added in chunk order, so the result
 // does not depend on the thread count.
-constexpr int64_t kImageChunk = 8;
-
 template <class T>
 void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, T* dw, T* db) {
   int64_t HW = g.cols(), CHW = g.C * g.H * g.W, rows = g.C * g.kh * g.kw;

@@ -1,0 +1,470 @@
+// safetensors reader (mmap, validated header) and atomic writer. See core/serialize.h.
+#include "core/serialize.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+static_assert(std::endian::native == std::endian::little,
+              "core/serialize.cpp reads and writes little-endian data with memcpy");
+
+namespace liandan {
+
+using ojson = nlohmann::ordered_json;
+
+// ---------------------------------------------------------------- dtypes
+
+namespace {
+
+struct StDTypeInfo {
+  StDType t;
+  const char* name;
+  size_t size;
+  DType target;
+};
+
+constexpr StDTypeInfo kStDTypes[] = {
+    {StDType::F64, "F64", 8, DType::f64},  {StDType::F32, "F32", 4, DType::f32},
+    {StDType::F16, "F16", 2, DType::f32},  {StDType::BF16, "BF16", 2, DType::f32},
+    {StDType::I64, "I64", 8, DType::i64},  {StDType::I32, "I32", 4, DType::i64},
+    {StDType::I16, "I16", 2, DType::i64},  {StDType::I8, "I8", 1, DType::i64},
+    {StDType::U32, "U32", 4, DType::i64},  {StDType::U16, "U16", 2, DType::i64},
+    {StDType::U8, "U8", 1, DType::i64},    {StDType::BOOL, "BOOL", 1, DType::i64},
+};
+
+const StDTypeInfo& info(StDType t) {
+  for (auto& i : kStDTypes)
+    if (i.t == t) return i;
+  LD_FAIL("safetensors: unknown dtype enum ", int(t));
+}
+
+// Types of the format that liandan cannot represent (named so that the error says "unsupported").
+constexpr const char* kUnsupported[] = {"U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2",
+                                        "F4", "C64", "F8_E4M3FNUZ", "F8_E5M2FNUZ"};
+
+}  // namespace
+
+const char* st_dtype_name(StDType t) { return info(t).name; }
+size_t st_dtype_size(StDType t) { return info(t).size; }
+DType st_dtype_target(StDType t) { return info(t).target; }
+
+// ---------------------------------------------------------------- half-precision conversions
+
+uint16_t float_to_bf16(float f) {
+  uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x0040u);  // NaN: keep it a (quiet) NaN
+  uint32_t bias = 0x7FFFu + ((x >> 16) & 1u);                                 // round to nearest even
+  return uint16_t((x + bias) >> 16);
+}
+
+float bf16_to_float(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+
+uint16_t float_to_f16(float f) {
+  uint32_t x = std::bit_cast<uint32_t>(f);
+  uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  uint32_t ax = x & 0x7FFFFFFFu;
+  if (ax > 0x7F800000u) return uint16_t(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));  // NaN
+  if (ax >= 0x47800000u) return uint16_t(sign | 0x7C00u);                         // >= 65536 or inf
+  int32_t e = int32_t(ax >> 23) - 127;
+  if (e >= -14) {  // a normal half (the rounding carry may reach the exponent, up to inf: correct)
+    uint32_t h = (uint32_t(e + 15) << 10) | ((ax >> 13) & 0x3FFu);
+    uint32_t rem = ax & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+    return uint16_t(sign | h);
+  }
+  if (e < -25) return sign;  // below half of the smallest subnormal (2^-24): rounds to zero
+  uint32_t mant = (ax & 0x7FFFFFu) | 0x800000u;
+  int shift = -(e + 1);  // 14 .. 24: the value is m * 2^-24
+  uint32_t m = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (m & 1u))) ++m;  // m = 0x400 is the smallest normal: still correct
+  return uint16_t(sign | m);
+}
+
+float f16_to_float(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (m << 13));
+  if (e == 0) {
+    float v = float(m) * 0x1p-24f;  // exact
+    return sign ? -v : v;
+  }
+  return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+namespace {
+
+// f64 -> f32 rounding to odd: the later rounding to bf16/f16 (at least 2 bits narrower) is then the
+// correctly rounded f64 -> bf16/f16 result (no double-rounding error).
+float double_to_float_odd(double d) {
+  float f = float(d);
+  if (std::isnan(d) || double(f) == d) return f;
+  if (std::fabs(double(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);  // truncate toward zero
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(f) | 1u);
+}
+
+// ---------------------------------------------------------------- file helpers
+
+std::string errno_str() { return std::strerror(errno); }
+
+std::string json_brief(const ojson& j) {
+  std::string s = j.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
+// Multiplies with overflow detection.
+bool mul_overflow(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- reader
+
+SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
+  auto fail = [&](const auto&... args) {
+    LD_FAIL("safetensors: ", path_, ": ", args...);
+  };
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) fail("cannot open: ", errno_str());
+  try {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) fail("cannot stat: ", errno_str());
+    if (!S_ISREG(st.st_mode)) fail("not a regular file");
+    size_ = size_t(st.st_size);
+    if (size_ < 8) fail("file is ", size_, " bytes, too short for the 8-byte header length");
+    void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (m == MAP_FAILED) fail("mmap failed: ", errno_str());
+    map_ = static_cast<const unsigned char*>(m);
+
+    uint64_t n = 0;
+    std::memcpy(&n, map_, 8);
+    if (n > uint64_t(size_) - 8)
+      fail("header length ", n, " goes beyond the end of the file (", size_, " bytes; at most ", size_ - 8,
+           " available) - truncated or not a safetensors file");
+    constexpr uint64_t kMaxHeader = 100'000'000;  // the reference implementation's limit
+    if (n > kMaxHeader) fail("header length ", n, " exceeds the ", kMaxHeader, "-byte limit");
+    if (n < 2) fail("header length ", n, " is too short for a JSON object");
+    const char* hdr = reinterpret_cast<const char*>(map_ + 8);
+    buffer_ = map_ + 8 + n;
+    buffer_size_ = uint64_t(size_) - 8 - n;
+
+    // Parse, rejecting duplicate top-level keys (a JSON parser would silently keep one of them).
+    std::set<std::string> seen;
+    ojson header;
+    try {
+      header = ojson::parse(
+          hdr, hdr + n,
+          [&](int depth, ojson::parse_event_t ev, ojson& parsed) {
+            if (ev == ojson::parse_event_t::key && depth == 1) {
+              std::string k = parsed.get<std::string>();
+              if (!seen.insert(k).second) fail("duplicate tensor name \"", k, "\" in the header");
+            }
+            return true;
+          });
+    } catch (const ojson::exception& e) {
+      fail("header is not valid JSON (", e.what(), ")");
+    }
+    if (!header.is_object()) fail("header is not a JSON object (got ", header.type_name(), ")");
+
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      const std::string& name = it.key();
+      const ojson& v = it.value();
+      if (name == "__metadata__") {
+        if (!v.is_object()) fail("\"__metadata__\" must be an object of strings, got ", v.type_name());
+        for (auto m2 = v.begin(); m2 != v.end(); ++m2) {
+          if (!m2.value().is_string())
+            fail("\"__metadata__\" entry \"", m2.key(), "\" must be a string, got ", m2.value().type_name());
+          metadata_[m2.key()] = m2.value().get<std::string>();
+        }
+        continue;
+      }
+      auto tfail = [&](const auto&... args) { fail("tensor \"", name, "\": ", args...); };
+      if (!v.is_object()) tfail("entry must be an object, got ", v.type_name());
+      Entry e;
+      e.name = name;
+      // dtype
+      auto dt = v.find("dtype");
+      if (dt == v.end()) tfail("missing field \"dtype\"");
+      if (!dt->is_string()) tfail("field \"dtype\" must be a string, got ", dt->dump());
+      std::string dts = dt->get<std::string>();
+      bool found = false;
+      for (auto& i : kStDTypes)
+        if (dts == i.name) { e.dtype = i.t; found = true; }
+      if (!found) {
+        for (const char* u : kUnsupported)
+          if (dts == u) tfail("field \"dtype\": dtype ", dts, " is not supported by liandan");
+        tfail("field \"dtype\": unknown dtype \"", dts, "\"");
+      }
+      // shape
+      auto sh = v.find("shape");
+      if (sh == v.end()) tfail("missing field \"shape\"");
+      if (!sh->is_array()) tfail("field \"shape\" must be an array of non-negative integers, got ", json_brief(*sh));
+      uint64_t numel = 1;
+      for (auto& d : *sh) {
+        if (!d.is_number_unsigned())
+          tfail("field \"shape\" must be an array of non-negative integers, got ", json_brief(*sh));
+        uint64_t s = d.get<uint64_t>();
+        if (s > uint64_t(std::numeric_limits<int64_t>::max()) || mul_overflow(numel, s, &numel))
+          tfail("field \"shape\" ", json_brief(*sh), " has too many elements");
+        e.shape.push_back(int64_t(s));
+      }
+      uint64_t nbytes = 0;
+      if (numel > uint64_t(std::numeric_limits<int64_t>::max()) ||
+          mul_overflow(numel, uint64_t(st_dtype_size(e.dtype)), &nbytes))
+        tfail("field \"shape\" ", json_brief(*sh), " has too many elements");
+      // data_offsets
+      auto off = v.find("data_offsets");
+      if (off == v.end()) tfail("missing field \"data_offsets\"");
+      if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+          !(*off)[1].is_number_unsigned())
+        tfail("field \"data_offsets\" must be [begin, end] with non-negative integers, got ", json_brief(*off));
+      e.begin = (*off)[0].get<uint64_t>();
+      e.end = (*off)[1].get<uint64_t>();
+      if (e.begin > e.end) tfail("field \"data_offsets\" [", e.begin, ", ", e.end, "]: begin is after end");
+      if (e.end > buffer_size_)
+        tfail("field \"data_offsets\" [", e.begin, ", ", e.end, "] out of range: the data buffer has ", buffer_size_,
+              " bytes (file truncated?)");
+      if (e.end - e.begin != nbytes)
+        tfail("shape ", shape_str(e.shape), " of ", dts, " needs ", nbytes, " bytes but \"data_offsets\" [", e.begin,
+              ", ", e.end, "] hold ", e.end - e.begin);
+      index_[name] = entries_.size();
+      entries_.push_back(std::move(e));
+    }
+
+    // No two tensors may share bytes (empty tensors occupy none).
+    std::vector<const Entry*> byoff;
+    for (auto& e : entries_)
+      if (e.end > e.begin) byoff.push_back(&e);
+    std::sort(byoff.begin(), byoff.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+    for (size_t i = 1; i < byoff.size(); ++i)
+      if (byoff[i]->begin < byoff[i - 1]->end)
+        fail("tensors \"", byoff[i - 1]->name, "\" (bytes [", byoff[i - 1]->begin, ", ", byoff[i - 1]->end,
+             ")) and \"", byoff[i]->name, "\" (bytes [", byoff[i]->begin, ", ", byoff[i]->end,
+             ")) overlap in field \"data_offsets\"");
+  } catch (...) {
+    if (map_) ::munmap(const_cast<unsigned char*>(map_), size_);
+    ::close(fd_);
+    throw;
+  }
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (map_) ::munmap(const_cast<unsigned char*>(map_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool SafetensorsReader::contains(const std::string& name) const { return index_.count(name) != 0; }
+
+const SafetensorsReader::Entry& SafetensorsReader::entry(const std::string& name) const {
+  auto it = index_.find(name);
+  LD_CHECK(it != index_.end(), "safetensors: ", path_, ": no tensor named \"", name, "\"");
+  return entries_[it->second];
+}
+
+Tensor SafetensorsReader::read(const std::string& name) const { return read_entry(entry(name)); }
+
+NamedTensors SafetensorsReader::read_all() const {
+  NamedTensors out;
+  out.reserve(entries_.size());
+  for (auto& e : entries_) out.emplace_back(e.name, read_entry(e));
+  return out;
+}
+
+namespace {
+
+template <class Src, class Dst, class F>
+void convert(const unsigned char* src, Dst* dst, int64_t n, F f) {
+  for (int64_t i = 0; i < n; ++i) {
+    Src v;
+    std::memcpy(&v, src + size_t(i) * sizeof(Src), sizeof(Src));
+    dst[i] = f(v);
+  }
+}
+
+}  // namespace
+
+Tensor SafetensorsReader::read_entry(const Entry& e) const {
+  Tensor t = empty(e.shape, st_dtype_target(e.dtype));
+  int64_t n = t.numel();
+  if (n == 0) return t;
+  const unsigned char* src = buffer_ + e.begin;
+  switch (e.dtype) {
+    case StDType::F32:
+    case StDType::F64:
+    case StDType::I64:
+      std::memcpy(t.raw_data(), src, e.end - e.begin);
+      break;
+    case StDType::BF16:
+      convert<uint16_t>(src, t.data_ptr<float>(), n, [](uint16_t h) { return bf16_to_float(h); });
+      break;
+    case StDType::F16:
+      convert<uint16_t>(src, t.data_ptr<float>(), n, [](uint16_t h) { return f16_to_float(h); });
+      break;
+    case StDType::I32: convert<int32_t>(src, t.data_ptr<int64_t>(), n, [](int32_t v) { return int64_t(v); }); break;
+    case StDType::I16: convert<int16_t>(src, t.data_ptr<int64_t>(), n, [](int16_t v) { return int64_t(v); }); break;
+    case StDType::I8: convert<int8_t>(src, t.data_ptr<int64_t>(), n, [](int8_t v) { return int64_t(v); }); break;
+    case StDType::U32: convert<uint32_t>(src, t.data_ptr<int64_t>(), n, [](uint32_t v) { return int64_t(v); }); break;
+    case StDType::U16: convert<uint16_t>(src, t.data_ptr<int64_t>(), n, [](uint16_t v) { return int64_t(v); }); break;
+    case StDType::U8: convert<uint8_t>(src, t.data_ptr<int64_t>(), n, [](uint8_t v) { return int64_t(v); }); break;
+    case StDType::BOOL:
+      convert<uint8_t>(src, t.data_ptr<int64_t>(), n, [](uint8_t v) { return int64_t(v != 0); });
+      break;
+  }
+  return t;
+}
+
+const Tensor& SafetensorsContents::at(const std::string& name) const {
+  for (auto& [n, t] : tensors)
+    if (n == name) return t;
+  LD_FAIL("safetensors: ", path, ": no tensor named \"", name, "\"");
+}
+
+SafetensorsContents load_safetensors(const std::string& path) {
+  SafetensorsReader r(path);
+  SafetensorsContents c;
+  c.tensors = r.read_all();
+  c.metadata = r.metadata();
+  c.path = path;
+  return c;
+}
+
+// ---------------------------------------------------------------- writer
+
+namespace {
+
+// Writes all of `n` bytes or throws.
+void write_all(int fd, const void* p, size_t n, const std::string& tmp) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd, c, std::min<size_t>(n, size_t(1) << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      LD_FAIL("safetensors: writing ", tmp, " failed: ", errno_str());
+    }
+    c += w;
+    n -= size_t(w);
+  }
+}
+
+StDType storage_type(const Tensor& t, FloatFormat ff) {
+  switch (t.dtype()) {
+    case DType::i64: return StDType::I64;
+    case DType::f32:
+    case DType::f64:
+      if (ff == FloatFormat::bf16) return StDType::BF16;
+      if (ff == FloatFormat::f16) return StDType::F16;
+      return t.dtype() == DType::f32 ? StDType::F32 : StDType::F64;
+  }
+  return StDType::F32;
+}
+
+// Appends the bytes of `t` (contiguous) stored as `st` to the file, converting in chunks.
+void write_tensor(int fd, const Tensor& t, StDType st, const std::string& tmp) {
+  int64_t n = t.numel();
+  if (n == 0) return;
+  if (st_dtype_size(st) == dtype_size(t.dtype()) && st != StDType::BF16 && st != StDType::F16) {
+    write_all(fd, t.raw_data(), size_t(n) * dtype_size(t.dtype()), tmp);
+    return;
+  }
+  constexpr int64_t kChunk = 1 << 18;
+  std::vector<uint16_t> buf(size_t(std::min(n, kChunk)));
+  auto conv = st == StDType::BF16 ? float_to_bf16 : float_to_f16;
+  for (int64_t s = 0; s < n; s += kChunk) {
+    int64_t e = std::min(n, s + kChunk);
+    if (t.dtype() == DType::f32) {
+      const float* p = t.data_ptr<float>();
+      for (int64_t i = s; i < e; ++i) buf[size_t(i - s)] = conv(p[i]);
+    } else {
+      const double* p = t.data_ptr<double>();
+      for (int64_t i = s; i < e; ++i) buf[size_t(i - s)] = conv(double_to_float_odd(p[i]));
+    }
+    write_all(fd, buf.data(), size_t(e - s) * 2, tmp);
+  }
+}
+
+}  // namespace
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata,
+                      SaveOptions opt) {
+  // Validate everything before touching the disk, so an invalid list leaves the old file alone.
+  std::set<std::string> names;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& [name, t] = tensors[i];
+    LD_CHECK(!name.empty(), "save_safetensors: ", path, ": tensor #", i, " has an empty name");
+    LD_CHECK(name != "__metadata__", "save_safetensors: ", path, ": \"__metadata__\" is reserved, not a tensor name");
+    LD_CHECK(names.insert(name).second, "save_safetensors: ", path, ": duplicate tensor name \"", name, "\"");
+    LD_CHECK(t.defined(), "save_safetensors: ", path, ": tensor \"", name, "\" is undefined");
+    LD_CHECK(t.device().is_cpu(), "save_safetensors: ", path, ": tensor \"", name, "\" is on ", t.device().str(),
+             "; move it to the CPU first");
+  }
+
+  ojson header = ojson::object();
+  if (!metadata.empty()) {
+    ojson m = ojson::object();
+    for (auto& [k, v] : metadata) m[k] = v;
+    header["__metadata__"] = m;
+  }
+  std::vector<StDType> types;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    StDType st = storage_type(t, opt.float_format);
+    types.push_back(st);
+    uint64_t nbytes = uint64_t(t.numel()) * st_dtype_size(st);
+    ojson e = ojson::object();
+    e["dtype"] = st_dtype_name(st);
+    ojson shape = ojson::array();
+    for (int64_t s : t.shape()) shape.push_back(s);
+    e["shape"] = shape;
+    e["data_offsets"] = ojson::array({offset, offset + nbytes});
+    header[name] = e;
+    offset += nbytes;
+  }
+  std::string hdr;
+  try {
+    hdr = header.dump();
+  } catch (const ojson::exception& e) {  // e.g. a name or metadata value that is not valid UTF-8
+    LD_FAIL("save_safetensors: ", path, ": cannot encode the header: ", e.what());
+  }
+  hdr.append((8 - hdr.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned, as the reference writer does
+
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  LD_CHECK(fd >= 0, "save_safetensors: cannot create ", tmp, ": ", errno_str());
+  try {
+    uint64_t n = hdr.size();
+    write_all(fd, &n, 8, tmp);
+    write_all(fd, hdr.data(), hdr.size(), tmp);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      Tensor c = tensors[i].second.is_contiguous() ? tensors[i].second : tensors[i].second.detach().contiguous();
+      write_tensor(fd, c, types[i], tmp);
+    }
+    LD_CHECK(::fsync(fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", errno_str());
+    int rc = ::close(fd);
+    fd = -1;
+    LD_CHECK(rc == 0, "save_safetensors: closing ", tmp, " failed: ", errno_str());
+    LD_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "save_safetensors: cannot rename ", tmp, " to ", path, ": ",
+             errno_str());
+  } catch (...) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  // Make the rename durable. A failure here leaves a complete file in place, so it is not an error.
+  std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+  if (dir.empty()) dir = "/";
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+}  // namespace liandan
