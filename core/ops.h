@@ -9,11 +9,14 @@
 //   index.cpp        embedding, index_select, gather, scatter_add
 //   shape.cpp        cat, stack, split, pad, and the autograd of views
 //   conv.cpp         conv2d, avg_pool2d, upsample_nearest2d
+//   rope.cpp         rotary position embedding, 1-D and 2-D tables (declared in core/ops/rope.h)
+//   attention.cpp    fused softmax attention, linear attention (declared in core/ops/attention.h)
 #include <optional>
 #include <utility>
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/ops/rope.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
