@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/ops/attention.h"
 #include "core/ops/rope.h"
 #include "core/random.h"
 #include "core/tensor.h"

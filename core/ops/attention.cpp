@@ -1,0 +1,315 @@
+// Fused softmax attention and linear attention with RoPE (see attention.h).
+#include "core/ops/attention.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/cpu/loops.h"
+#include "core/cpu/vecmath.h"
+#include "core/ops.h"
+
+namespace liandan {
+
+namespace {
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+struct AttnGeom {
+  int64_t BH, Tq, Tk, D, Dv, B;  // B: batch (for key_valid), heads per batch = BH / B
+  double scale;
+  bool causal;
+};
+
+// Scores of one (batch, head) into S [Tq, Tk], masked entries set to -inf.
+template <class T>
+void scores(const AttnGeom& g, const T* q, const T* k, const T* valid, T* S) {
+  gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, g.D, k, g.D, T(0), S, g.Tk);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < g.Tq; ++i) {
+    T* row = S + i * g.Tk;
+    if (g.causal)
+      for (int64_t j = g.Tk - g.Tq + i + 1; j < g.Tk; ++j) row[j] = ninf;
+    if (valid)
+      for (int64_t j = 0; j < g.Tk; ++j)
+        if (valid[j] == 0) row[j] = ninf;
+  }
+}
+
+template <class T>
+void attention_forward(const AttnGeom& g, const T* q, const T* k, const T* v, const T* valid, T* out, T* lse) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    std::vector<T> S(static_cast<size_t>(g.Tq * g.Tk));
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const T* vb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
+      scores(g, q + bh * g.Tq * g.D, k + bh * g.Tk * g.D, vb, S.data());
+      for (int64_t i = 0; i < g.Tq; ++i) {
+        T* row = S.data() + i * g.Tk;
+        T m = cpu::row_max(row, g.Tk);
+        if (m == -std::numeric_limits<T>::infinity()) {  // nothing visible: zeros
+          std::fill(row, row + g.Tk, T(0));
+          lse[bh * g.Tq + i] = std::numeric_limits<T>::infinity();
+          continue;
+        }
+        T sum = 0;
+        for (int64_t j = 0; j < g.Tk; ++j) {
+          row[j] = cpu::vexp(row[j] - m);
+          sum += row[j];
+        }
+        T inv = T(1) / sum;
+        for (int64_t j = 0; j < g.Tk; ++j) row[j] *= inv;
+        lse[bh * g.Tq + i] = m + std::log(sum);
+      }
+      gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + bh * g.Tk * g.Dv, g.Dv, T(0),
+              out + bh * g.Tq * g.Dv, g.Dv);
+    }
+  }, 1);
+}
+
+template <class T>
+void attention_backward(const AttnGeom& g, const T* q, const T* k, const T* v, const T* valid, const T* out,
+                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    std::vector<T> P(static_cast<size_t>(g.Tq * g.Tk)), dP(static_cast<size_t>(g.Tq * g.Tk));
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const T *qb = q + bh * g.Tq * g.D, *kb = k + bh * g.Tk * g.D, *vb = v + bh * g.Tk * g.Dv;
+      const T *ob = out + bh * g.Tq * g.Dv, *gb = dout + bh * g.Tq * g.Dv;
+      const T* mb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
+      scores(g, qb, kb, mb, P.data());
+      for (int64_t i = 0; i < g.Tq; ++i) {  // P = exp(S - lse), recomputed
+        T l = lse[bh * g.Tq + i];
+        T* row = P.data() + i * g.Tk;
+        for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
+      }
+      gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, g.Dv, T(0), dv + bh * g.Tk * g.Dv, g.Dv);
+      gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, g.Dv, vb, g.Dv, T(0), dP.data(), g.Tk);
+      for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
+        T di = cpu::row_dot(gb + i * g.Dv, ob + i * g.Dv, g.Dv);
+        T *p = P.data() + i * g.Tk, *d = dP.data() + i * g.Tk;
+        for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
+      }
+      gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, g.D, T(0), dq + bh * g.Tq * g.D, g.D);
+      gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, g.D, T(0), dk + bh * g.Tk * g.D, g.D);
+    }
+  }, 1);
+}
+
+// ---- causal linear attention: running S = sum_j rk_j v_j^T and z = sum_j fk_j (in double)
+
+struct LinGeom {
+  int64_t BH, T, D, Dv;
+};
+
+template <class T>
+void causal_linear_forward(const LinGeom& g, const T* rq, const T* rk, const T* fq, const T* fk, const T* v, T* out) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    std::vector<double> S(static_cast<size_t>(g.D * g.Dv)), z(static_cast<size_t>(g.D));
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      std::fill(S.begin(), S.end(), 0.0);
+      std::fill(z.begin(), z.end(), 0.0);
+      for (int64_t t = 0; t < g.T; ++t) {
+        const T *rkt = rk + (bh * g.T + t) * g.D, *fkt = fk + (bh * g.T + t) * g.D, *vt = v + (bh * g.T + t) * g.Dv;
+        const T *rqt = rq + (bh * g.T + t) * g.D, *fqt = fq + (bh * g.T + t) * g.D;
+        for (int64_t a = 0; a < g.D; ++a) {
+          for (int64_t c = 0; c < g.Dv; ++c) S[size_t(a * g.Dv + c)] += double(rkt[a]) * double(vt[c]);
+          z[size_t(a)] += double(fkt[a]);
+        }
+        double den = 0;
+        for (int64_t a = 0; a < g.D; ++a) den += double(fqt[a]) * z[size_t(a)];
+        T* ot = out + (bh * g.T + t) * g.Dv;
+        for (int64_t c = 0; c < g.Dv; ++c) {
+          double num = 0;
+          for (int64_t a = 0; a < g.D; ++a) num += double(rqt[a]) * S[size_t(a * g.Dv + c)];
+          ot[c] = T(num / den);
+        }
+      }
+    }
+  }, 1);
+}
+
+// Backward walks t from the end: S_t and z_t are recovered by subtracting step t's terms from the
+// totals, and the gradients flowing into S and z from later queries are accumulated as GS, Gz.
+template <class T>
+void causal_linear_backward(const LinGeom& g, const T* rq, const T* rk, const T* fq, const T* fk, const T* v,
+                            const T* out, const T* dout, T* drq, T* drk, T* dfq, T* dfk, T* dv) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    size_t DDv = static_cast<size_t>(g.D * g.Dv);
+    std::vector<double> S(DDv), z(static_cast<size_t>(g.D)), GS(DDv), Gz(static_cast<size_t>(g.D)), dnum(static_cast<size_t>(g.Dv));
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      std::fill(S.begin(), S.end(), 0.0);
+      std::fill(z.begin(), z.end(), 0.0);
+      std::fill(GS.begin(), GS.end(), 0.0);
+      std::fill(Gz.begin(), Gz.end(), 0.0);
+      auto row = [&](const T* base, int64_t t, int64_t w) { return base + (bh * g.T + t) * w; };
+      for (int64_t t = 0; t < g.T; ++t)
+        for (int64_t a = 0; a < g.D; ++a) {
+          for (int64_t c = 0; c < g.Dv; ++c) S[size_t(a * g.Dv + c)] += double(row(rk, t, g.D)[a]) * double(row(v, t, g.Dv)[c]);
+          z[size_t(a)] += double(row(fk, t, g.D)[a]);
+        }
+      for (int64_t t = g.T - 1; t >= 0; --t) {
+        const T *rqt = row(rq, t, g.D), *rkt = row(rk, t, g.D), *fqt = row(fq, t, g.D), *fkt = row(fk, t, g.D);
+        const T *vt = row(v, t, g.Dv), *ot = row(out, t, g.Dv), *gt = row(dout, t, g.Dv);
+        double den = 0, go = 0;
+        for (int64_t a = 0; a < g.D; ++a) den += double(fqt[a]) * z[size_t(a)];
+        for (int64_t c = 0; c < g.Dv; ++c) {
+          dnum[size_t(c)] = double(gt[c]) / den;
+          go += double(gt[c]) * double(ot[c]);
+        }
+        double dden = -go / den;
+        T *drqt = drq + (bh * g.T + t) * g.D, *dfqt = dfq + (bh * g.T + t) * g.D;
+        for (int64_t a = 0; a < g.D; ++a) {
+          double acc = 0;
+          for (int64_t c = 0; c < g.Dv; ++c) acc += S[size_t(a * g.Dv + c)] * dnum[size_t(c)];
+          drqt[a] = T(acc);
+          dfqt[a] = T(dden * z[size_t(a)]);
+        }
+        // this query's contribution to the gradients of S_t and z_t (which contain steps j <= t)
+        for (int64_t a = 0; a < g.D; ++a) {
+          for (int64_t c = 0; c < g.Dv; ++c) GS[size_t(a * g.Dv + c)] += double(rqt[a]) * dnum[size_t(c)];
+          Gz[size_t(a)] += dden * double(fqt[a]);
+        }
+        T *drkt = drk + (bh * g.T + t) * g.D, *dfkt = dfk + (bh * g.T + t) * g.D, *dvt = dv + (bh * g.T + t) * g.Dv;
+        for (int64_t a = 0; a < g.D; ++a) {
+          double acc = 0;
+          for (int64_t c = 0; c < g.Dv; ++c) acc += GS[size_t(a * g.Dv + c)] * double(vt[c]);
+          drkt[a] = T(acc);
+          dfkt[a] = T(Gz[size_t(a)]);
+        }
+        for (int64_t c = 0; c < g.Dv; ++c) {
+          double acc = 0;
+          for (int64_t a = 0; a < g.D; ++a) acc += GS[size_t(a * g.Dv + c)] * double(rkt[a]);
+          dvt[c] = T(acc);
+        }
+        for (int64_t a = 0; a < g.D; ++a) {  // S_{t-1}, z_{t-1}
+          for (int64_t c = 0; c < g.Dv; ++c) S[size_t(a * g.Dv + c)] -= double(rkt[a]) * double(vt[c]);
+          z[size_t(a)] -= double(fkt[a]);
+        }
+      }
+    }
+  }, 1);
+}
+
+void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  LD_CHECK(q.defined() && k.defined() && v.defined(), op, ": undefined argument");
+  LD_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(), op, ": q ", shape_str(q.shape()), ", k ",
+           shape_str(k.shape()), ", v ", shape_str(v.shape()), " must have the same rank >= 2");
+  LD_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), op, ": dtype mismatch q ", dtype_name(q.dtype()),
+           ", k ", dtype_name(k.dtype()), ", v ", dtype_name(v.dtype()));
+  Shape lq(q.shape().begin(), q.shape().end() - 2), lk(k.shape().begin(), k.shape().end() - 2),
+      lv(v.shape().begin(), v.shape().end() - 2);
+  LD_CHECK(lq == lk && lq == lv && q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2), op, ": shapes q ",
+           shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ", shape_str(v.shape()),
+           " do not match (expected [.., Tq, D], [.., Tk, D], [.., Tk, Dv])");
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
+  const char* op = "scaled_dot_product_attention";
+  check_qkv(q, k, v, op);
+  AttnGeom g{1, q.size(-2), k.size(-2), q.size(-1), v.size(-1), 1,
+             opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(double(q.size(-1))), opt.causal};
+  g.BH = g.Tq ? q.numel() / (g.Tq * g.D) : 0;
+  if (g.D == 0) g.BH = shape_numel(Shape(q.shape().begin(), q.shape().end() - 2));
+  LD_CHECK(!opt.causal || g.Tq <= g.Tk, op, ": causal attention needs Tq <= Tk, got Tq ", g.Tq, ", Tk ", g.Tk);
+  Tensor valid;
+  if (opt.key_valid.defined()) {
+    LD_CHECK(q.dim() >= 3 && opt.key_valid.dim() == 2 && opt.key_valid.size(0) == q.size(0) &&
+                 opt.key_valid.size(1) == g.Tk,
+             op, ": key_valid must be [B, Tk] = [", q.dim() >= 3 ? q.size(0) : 0, ", ", g.Tk, "], got ",
+             shape_str(opt.key_valid.shape()));
+    valid = opt.key_valid.to(q.dtype()).contiguous();
+    g.B = q.size(0);
+  }
+  Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  Shape os = q.shape();
+  os.back() = g.Dv;
+  Tensor out = empty(os, q.dtype()), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, q.dtype());
+  LD_DISPATCH_FLOAT(q.dtype(), op, [&] {
+    const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
+    attention_forward<scalar_t>(g, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pv,
+                                out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+  });
+  if (needs_grad({&q, &k, &v})) {
+    SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op);
+    record(op, out, {q, k, v}, [=](const Tensor& g_in) {
+      Tensor gout = g_in.contiguous();
+      const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get(), &ov = so.get();
+      Tensor dq = empty(qv.shape(), qv.dtype()), dk = empty(kv.shape(), kv.dtype()), dv = empty(vv.shape(), vv.dtype());
+      LD_DISPATCH_FLOAT(qv.dtype(), op, [&] {
+        const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
+        attention_backward<scalar_t>(g, qv.data_ptr<scalar_t>(), kv.data_ptr<scalar_t>(), vv.data_ptr<scalar_t>(), pv,
+                                     ov.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), gout.data_ptr<scalar_t>(),
+                                     dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+      });
+      return std::vector<Tensor>{dq, dk, dv};
+    });
+  }
+  return out;
+}
+
+Tensor causal_linear_attention_core(const Tensor& rq, const Tensor& rk, const Tensor& fq, const Tensor& fk,
+                                    const Tensor& v) {
+  const char* op = "causal_linear_attention";
+  check_qkv(rq, rk, v, op);
+  LD_CHECK(fq.shape() == rq.shape() && fk.shape() == rk.shape() && rq.shape() == rk.shape(), op,
+           ": feature shapes differ: rq ", shape_str(rq.shape()), ", rk ", shape_str(rk.shape()), ", fq ",
+           shape_str(fq.shape()), ", fk ", shape_str(fk.shape()));
+  LinGeom g{0, rq.size(-2), rq.size(-1), v.size(-1)};
+  g.BH = shape_numel(Shape(rq.shape().begin(), rq.shape().end() - 2));
+  std::vector<Tensor> in = {rq.contiguous(), rk.contiguous(), fq.contiguous(), fk.contiguous(), v.contiguous()};
+  Shape os = rq.shape();
+  os.back() = g.Dv;
+  Tensor out = empty(os, rq.dtype());
+  LD_DISPATCH_FLOAT(rq.dtype(), op, [&] {
+    causal_linear_forward<scalar_t>(g, in[0].data_ptr<scalar_t>(), in[1].data_ptr<scalar_t>(), in[2].data_ptr<scalar_t>(),
+                                    in[3].data_ptr<scalar_t>(), in[4].data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  });
+  if (needs_grad({&rq, &rk, &fq, &fk, &v})) {
+    std::vector<SavedTensor> saved;
+    for (auto& t : in) saved.emplace_back(t, op);
+    SavedTensor so(out, op);
+    record(op, out, {rq, rk, fq, fk, v}, [=](const Tensor& g_in) {
+      Tensor gout = g_in.contiguous();
+      std::vector<Tensor> x;
+      for (auto& s : saved) x.push_back(s.get());
+      std::vector<Tensor> d;
+      for (auto& t : x) d.push_back(empty(t.shape(), t.dtype()));
+      LD_DISPATCH_FLOAT(gout.dtype(), op, [&] {
+        causal_linear_backward<scalar_t>(g, x[0].data_ptr<scalar_t>(), x[1].data_ptr<scalar_t>(), x[2].data_ptr<scalar_t>(),
+                                         x[3].data_ptr<scalar_t>(), x[4].data_ptr<scalar_t>(), so.get().data_ptr<scalar_t>(),
+                                         gout.data_ptr<scalar_t>(), d[0].data_ptr<scalar_t>(), d[1].data_ptr<scalar_t>(),
+                                         d[2].data_ptr<scalar_t>(), d[3].data_ptr<scalar_t>(), d[4].data_ptr<scalar_t>());
+      });
+      return d;
+    });
+  }
+  return out;
+}
+
+Tensor linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, const Tensor& cos,
+                        const Tensor& sin, RopePairing pairing) {
+  check_qkv(q, k, v, "linear_attention");
+  LD_CHECK(q.size(-2) == k.size(-2), "linear_attention: q ", shape_str(q.shape()), " and k ", shape_str(k.shape()),
+           " need the same length (self-attention)");
+  LD_CHECK(cos.defined() == sin.defined(), "linear_attention: give both cos and sin, or neither");
+  Tensor fq = add(elu(q), 1.0), fk = add(elu(k), 1.0);  // phi(x) = elu(x) + 1 > 0
+  Tensor rq = cos.defined() ? rope(fq, cos, sin, pairing) : fq;
+  Tensor rk = cos.defined() ? rope(fk, cos, sin, pairing) : fk;
+  if (causal) return causal_linear_attention_core(rq, rk, fq, fk, v);
+  // Non-causal: numerator (R phi(q)) (sum_j R phi(k_j) v_j^T), denominator phi(q) . sum_j phi(k_j)
+  Tensor num = matmul(rq, matmul(rk.transpose(-1, -2), v));
+  Tensor den = sum(mul(fq, sum(fk, {-2}, true)), {-1}, true);
+  return div(num, den);
+}
+
+}  // namespace liandan
