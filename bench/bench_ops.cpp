@@ -31,6 +31,7 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "core/threads.h"
+#include "losses/losses.h"
 
 extern "C" char* openblas_get_corename();
 extern "C" char* openblas_get_config();
@@ -201,6 +202,47 @@ void register_all() {
   reg("add_tiny", {"1", "4"}, [](const Dims& d) -> Body {
     Tensor a = rn({d[0]}), b = rn({d[0]});
     return [=] { add(a, b); };
+  });
+  // ---- ZLPR multi-label loss, forward + backward, mean over the batch: config BxC, 10% positives
+  reg("zlpr_loss", {"256x1000"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), t = lt(rand({d[0], d[1]}), 0.1);
+    return [=] {
+      losses::zlpr(x, t).backward();
+      clear_grads({&x});
+    };
+  });
+  // the same from core ops (losses::zlpr_composite), liandan only: what the fused kernel saves
+  reg("zlpr_loss_composite", {"256x1000"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}, true), t = lt(rand({d[0], d[1]}), 0.1);
+    return [=] {
+      losses::zlpr_composite(x, t).backward();
+      clear_grads({&x});
+    };
+  });
+  // ---- one SGD training step of an MLP with the ZLPR loss: config BxD0xD1xD2xD3 (784-1024-1024-10),
+  // ReLU, torch.nn.Linear's init, 30% positive labels; forward, backward, p -= lr * grad, grads cleared.
+  reg("mlp_zlpr", {"256x784x1024x1024x10"}, [](const Dims& d) -> Body {
+    Tensor x = rn({d[0], d[1]}), t = lt(rand({d[0], d[4]}), 0.3);
+    std::vector<Tensor> params;
+    for (size_t l = 1; l < 4; ++l) {
+      double k = 1.0 / std::sqrt(double(d[l]));  // U(-1/sqrt(in), 1/sqrt(in))
+      Tensor w = add(mul(rand({d[l], d[l + 1]}), 2 * k), -k), b = add(mul(rand({d[l + 1]}), 2 * k), -k);
+      params.push_back(w.requires_grad_());
+      params.push_back(b.requires_grad_());
+    }
+    return [=] {
+      Tensor h = x;
+      for (size_t l = 0; l < 3; ++l) {
+        h = add(matmul(h, params[2 * l]), params[2 * l + 1]);
+        if (l < 2) h = relu(h);
+      }
+      losses::zlpr(h, t).backward();
+      NoGradGuard ng;
+      for (const Tensor& p : params) {
+        Tensor(p).add_(p.grad(), -0.01);
+        p.set_grad(Tensor());
+      }
+    };
   });
 }
 

@@ -187,6 +187,46 @@ def _(d):
     return lambda: torch.add(a, b)
 
 
+def zlpr(y_pred, y_true):
+    """ZLPR as bert4torch's MultilabelCategoricalCrossentropy writes it, batch mean."""
+    y_pred = (1 - 2 * y_true) * y_pred
+    y_pred_neg = y_pred - y_true * 1e12
+    y_pred_pos = y_pred - (1 - y_true) * 1e12
+    zeros = torch.zeros_like(y_pred[..., :1])
+    neg_loss = torch.logsumexp(torch.cat([y_pred_neg, zeros], dim=-1), dim=-1)
+    pos_loss = torch.logsumexp(torch.cat([y_pred_pos, zeros], dim=-1), dim=-1)
+    return (neg_loss + pos_loss).mean()
+
+
+# ---- ZLPR multi-label loss, forward + backward, mean over the batch: config BxC, 10% positives
+@workload("zlpr_loss", "256x1000")
+def _(d):
+    x, t = rn(d[0], d[1], rg=True), (torch.rand(d[0], d[1]) < 0.1).float()
+
+    def body():
+        zlpr(x, t).backward()
+        clear_grads(x)
+    return body
+
+
+# ---- one SGD training step of an MLP with the ZLPR loss: config BxD0xD1xD2xD3 (784-1024-1024-10),
+# ReLU, nn.Linear's init, 30% positive labels; forward, backward, p -= lr * grad, grads cleared.
+@workload("mlp_zlpr", "256x784x1024x1024x10")
+def _(d):
+    x, t = rn(d[0], d[1]), (torch.rand(d[0], d[4]) < 0.3).float()
+    model = torch.nn.Sequential(torch.nn.Linear(d[1], d[2]), torch.nn.ReLU(), torch.nn.Linear(d[2], d[3]),
+                                torch.nn.ReLU(), torch.nn.Linear(d[3], d[4]))
+    params = list(model.parameters())
+
+    def body():
+        zlpr(model(x), t).backward()
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad, alpha=-0.01)
+                p.grad = None
+    return body
+
+
 # ------------------------------------------------------------------------------------ timing
 def time_body(body, runs, min_run_s):
     clock = time.perf_counter
