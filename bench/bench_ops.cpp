@@ -32,6 +32,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "losses/losses.h"
+#include "nn/models.h"
 
 extern "C" char* openblas_get_corename();
 extern "C" char* openblas_get_config();
@@ -244,6 +245,65 @@ void register_all() {
       }
     };
   });
+  // ---- RoFormer family (issue #3): whole training steps and attention layers (nn/models.h).
+  // roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM (forward, cross-entropy
+  // via log_softmax + gather, backward, p -= lr * grad, grads cleared).
+  reg("roformer_lm", {"256x256x4x4x1024x256x16"}, [](const Dims& d) -> Body {
+    nn::RoFormerLMConfig c;
+    c.vocab_size = d[0], c.d_model = d[1], c.n_layers = d[2], c.n_heads = d[3], c.d_ff = d[4];
+    c.position = nn::PositionEncoding::rope1d;
+    auto lm = std::make_shared<nn::RoFormerLM>(c);
+    Tensor x = randint(0, d[0], {d[6], d[5]}), t = randint(0, d[0], {d[6], d[5], 1});
+    std::vector<Tensor> params = lm->parameters();
+    return [=] {
+      (-mean(gather(log_softmax(lm->forward(x), -1), -1, t))).backward();
+      NoGradGuard ng;
+      for (Tensor p : params) {
+        p.add_(p.grad(), -0.01);
+        p.set_grad(Tensor());
+      }
+    };
+  });
+  // vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE (base 100), mean pooling,
+  // cross-entropy via log_softmax + gather.
+  reg("vit2d", {"128x28x1x4x128x4x4x512x10"}, [](const Dims& d) -> Body {
+    nn::ViTConfig c;
+    c.image_size = d[1], c.channels = d[2], c.patch = d[3], c.d_model = d[4], c.n_layers = d[5];
+    c.n_heads = d[6], c.d_ff = d[7], c.n_classes = d[8];
+    c.position = nn::PositionEncoding::rope2d;
+    auto vit = std::make_shared<nn::ViT>(c);
+    Tensor x = rn({d[0], d[2], d[1], d[1]}), t = randint(0, d[8], {d[0], 1});
+    std::vector<Tensor> params = vit->parameters();
+    return [=] {
+      (-mean(gather(log_softmax(vit->forward(x), -1), -1, t))).backward();
+      NoGradGuard ng;
+      for (Tensor p : params) {
+        p.add_(p.grad(), -0.01);
+        p.set_grad(Tensor());
+      }
+    };
+  });
+  // linear_attn_T / softmax_attn_T: config BxTxDxH; one causal RoPE attention layer (q, k, v, o projections),
+  // forward + backward into the input and the parameters.
+  for (const char* kind : {"linear", "softmax"})
+    for (int64_t T : {256, 1024, 4096}) {
+      std::string name = std::string(kind) + "_attn_" + std::to_string(T);
+      bool lin = kind[0] == 'l';
+      reg(name, {"1x" + std::to_string(T) + "x256x4"}, [lin](const Dims& d) -> Body {
+        nn::AttentionConfig c;
+        c.kind = lin ? nn::AttentionKind::linear : nn::AttentionKind::softmax;
+        c.position = nn::PositionEncoding::rope1d;
+        c.causal = true;
+        auto m = std::make_shared<nn::MultiheadAttention>(d[2], d[3], c);
+        Tensor x = rn({d[0], d[1], d[2]}, true), g = rn({d[0], d[1], d[2]});
+        std::vector<Tensor> params = m->parameters();
+        return [=] {
+          m->forward(x).backward(g);
+          clear_grads({&x});
+          for (const Tensor& p : params) p.set_grad(Tensor());
+        };
+      });
+    }
 }
 
 // ------------------------------------------------------------------------------------ timing

@@ -226,6 +226,153 @@ def _(d):
                 p.grad = None
     return body
 
+# ---- RoFormer family (issue #3). The models are written out in torch 1.13 (no scaled_dot_product_attention):
+# attention by matmul + softmax with an explicit causal mask, RoPE with the interleaved pairing (RoFormer),
+# nn.Linear / nn.LayerNorm / nn.Conv2d default inits, token embedding N(0, 0.02^2), plain SGD.
+_ROFORMER = {}
+
+
+def _roformer():
+    if _ROFORMER:
+        return _ROFORMER
+    nn, F = torch.nn, torch.nn.functional
+
+    def rope(x, cos, sin):  # interleaved pairs (x_2i, x_2i+1)
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2)
+
+    def tables_1d(T, hd, base=10000.0):
+        f = base ** (-torch.arange(hd // 2, dtype=torch.float64) * 2 / hd)
+        a = torch.arange(T, dtype=torch.float64)[:, None] * f
+        return a.cos().float(), a.sin().float()
+
+    def tables_2d(g, hd, base):  # first hd/4 pairs rotate by x (column), the last hd/4 by y (row)
+        f = base ** (-torch.arange(hd // 4, dtype=torch.float64) * 4 / hd)
+        c = torch.arange(g, dtype=torch.float64)
+        ys, xs = c.repeat_interleave(g), c.repeat(g)
+        a = torch.cat((xs[:, None] * f, ys[:, None] * f), 1)
+        return a.cos().float(), a.sin().float()
+
+    class MHA(nn.Module):
+        def __init__(self, d, h, causal, kind="softmax"):
+            super().__init__()
+            self.h, self.causal, self.kind = h, causal, kind
+            self.q, self.k, self.v, self.o = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+        def forward(self, x, cos, sin):
+            B, T, C = x.shape
+            def heads(t):
+                return t.view(B, T, self.h, C // self.h).transpose(1, 2)
+            q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+            if self.kind == "softmax":
+                q, k = rope(q, cos, sin), rope(k, cos, sin)
+                s = q @ k.transpose(-2, -1) / math.sqrt(C // self.h)
+                if self.causal:
+                    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+                o = s.softmax(-1) @ v
+            else:  # RoFormer eq. 19: phi = elu + 1, RoPE in the numerator; causal by running sums (cumsum)
+                fq, fk = F.elu(q) + 1, F.elu(k) + 1
+                rq, rk = rope(fq, cos, sin), rope(fk, cos, sin)
+                if self.causal:
+                    num = torch.einsum("bhtd,bhtde->bhte", rq, torch.einsum("bhtd,bhte->bhtde", rk, v).cumsum(2))
+                    den = (fq * fk.cumsum(2)).sum(-1, keepdim=True)
+                else:
+                    num = rq @ (rk.transpose(-2, -1) @ v)
+                    den = fq @ fk.sum(2, keepdim=True).transpose(-2, -1)
+                o = num / den
+            return self.o(o.transpose(1, 2).reshape(B, T, C))
+
+    class Block(nn.Module):
+        def __init__(self, d, h, ff, causal):
+            super().__init__()
+            self.ln1, self.attn, self.ln2 = nn.LayerNorm(d), MHA(d, h, causal), nn.LayerNorm(d)
+            self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+        def forward(self, x, cos, sin):
+            x = x + self.attn(self.ln1(x), cos, sin)
+            return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+    class LM(nn.Module):
+        def __init__(self, V, d, L, h, ff):
+            super().__init__()
+            self.hd = d // h
+            self.emb = nn.Embedding(V, d)
+            nn.init.normal_(self.emb.weight, std=0.02)
+            self.blocks = nn.ModuleList(Block(d, h, ff, True) for _ in range(L))
+            self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, V)
+
+        def forward(self, x):
+            cos, sin = tables_1d(x.shape[1], self.hd)
+            h = self.emb(x)
+            for b in self.blocks:
+                h = b(h, cos, sin)
+            return self.head(self.ln_f(h))
+
+    class ViT(nn.Module):
+        def __init__(self, S, C, P, d, L, h, ff, K, base=100.0):
+            super().__init__()
+            self.g, self.hd, self.base = S // P, d // h, base
+            self.patch = nn.Conv2d(C, d, P, stride=P)
+            self.blocks = nn.ModuleList(Block(d, h, ff, False) for _ in range(L))
+            self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, K)
+
+        def forward(self, x):
+            cos, sin = tables_2d(self.g, self.hd, self.base)
+            h = self.patch(x).flatten(2).transpose(1, 2)
+            for b in self.blocks:
+                h = b(h, cos, sin)
+            return self.head(self.ln_f(h).mean(1))
+
+    _ROFORMER.update(MHA=MHA, LM=LM, ViT=ViT, tables_1d=tables_1d)
+    return _ROFORMER
+
+
+def _sgd_step(loss, params, lr=0.01):
+    loss.backward()
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad, alpha=-lr)
+            p.grad = None
+
+
+# roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM.
+@workload("roformer_lm", "256x256x4x4x1024x256x16")
+def _(d):
+    model = _roformer()["LM"](d[0], d[1], d[2], d[3], d[4])
+    x, t = torch.randint(0, d[0], (d[6], d[5])), torch.randint(0, d[0], (d[6], d[5], 1))
+    params = list(model.parameters())
+    return lambda: _sgd_step(-model(x).log_softmax(-1).gather(-1, t).mean(), params)
+
+
+# vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE, mean pooling.
+@workload("vit2d", "128x28x1x4x128x4x4x512x10")
+def _(d):
+    model = _roformer()["ViT"](d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8])
+    x, t = rn(d[0], d[2], d[1], d[1]), torch.randint(0, d[8], (d[0], 1))
+    params = list(model.parameters())
+    return lambda: _sgd_step(-model(x).log_softmax(-1).gather(-1, t).mean(), params)
+
+
+# linear_attn_T / softmax_attn_T: config BxTxDxH; one causal RoPE attention layer, forward + backward.
+def _attn_layer(kind):
+    def setup(d):
+        r = _roformer()
+        m = r["MHA"](d[2], d[3], True, kind)
+        x, g = rn(d[0], d[1], d[2], rg=True), rn(d[0], d[1], d[2])
+        params = list(m.parameters())
+
+        def body():
+            cos, sin = r["tables_1d"](d[1], d[2] // d[3])
+            m(x, cos, sin).backward(g)
+            clear_grads(x, *params)
+        return body
+    return setup
+
+
+for _kind in ("linear", "softmax"):
+    for _T in (256, 1024, 4096):
+        workload(f"{_kind}_attn_{_T}", f"1x{_T}x256x4")(_attn_layer(_kind))
+
 
 # ------------------------------------------------------------------------------------ timing
 def time_body(body, runs, min_run_s):

@@ -32,7 +32,7 @@ Tensor reduce(const Tensor& l, Reduction r);
 //   Probability targets: floating, the logits' shape (each slice along the class dim a distribution;
 //   not checked to sum to 1, as torch).
 struct CrossEntropyOptions {
-  Tensor weight;                  // [C] class weights, or undefined (all 1)
+  Tensor weight{};                // [C] class weights, or undefined (all 1)
   int64_t ignore_index = -100;    // class-index targets only: such targets contribute nothing
   double label_smoothing = 0.0;   // in [0, 1]: targets become (1-α)·y + α/C
   Reduction reduction = Reduction::mean;
@@ -45,7 +45,7 @@ struct CrossEntropyOptions {
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opt = {});
 
 struct NllOptions {
-  Tensor weight;
+  Tensor weight{};
   int64_t ignore_index = -100;
   Reduction reduction = Reduction::mean;
 };
@@ -54,8 +54,8 @@ struct NllOptions {
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const NllOptions& opt = {});
 
 struct BceOptions {
-  Tensor weight;      // broadcast to the logits' shape, or undefined
-  Tensor pos_weight;  // broadcast along the last dim (the class dim), or undefined
+  Tensor weight{};    // broadcast to the logits' shape, or undefined
+  Tensor pos_weight{};  // broadcast along the last dim (the class dim), or undefined
   Reduction reduction = Reduction::mean;
 };
 // l = w·[(1-t)·softplus(x) + pw·t·softplus(-x)] (torch's (1-t)·x + (1 + (pw-1)·t)·softplus(-x)

@@ -1,0 +1,148 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace liandan::nn {
+
+Tensor sinusoidal_position_encoding(int64_t T, int64_t d, int64_t offset, double base, DType dtype) {
+  LD_CHECK(d % 2 == 0, "sinusoidal_position_encoding: d must be even, got ", d);
+  std::vector<double> pe(size_t(T * d));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < d / 2; ++i) {
+      double a = double(offset + t) * std::pow(base, -2.0 * double(i) / double(d));
+      pe[size_t(t * d + 2 * i)] = std::sin(a);
+      pe[size_t(t * d + 2 * i + 1)] = std::cos(a);
+    }
+  return from_vector(pe, {T, d}, dtype);
+}
+
+std::pair<Tensor, Tensor> rope_tables_1d(const Tensor& positions, int64_t head_dim, double base, DType dtype) {
+  return rope_cos_sin(rope_angles_1d(positions, head_dim, base), dtype);
+}
+
+std::pair<Tensor, Tensor> rope_tables_2d(const Tensor& px, const Tensor& py, int64_t head_dim, double base,
+                                         DType dtype) {
+  return rope_cos_sin(rope_angles_2d(px, py, head_dim, base), dtype);
+}
+
+MultiheadAttention::MultiheadAttention(int64_t d_model, int64_t n_heads, AttentionConfig cfg, Generator& gen)
+    : Module("MultiheadAttention"), d_model(d_model), n_heads(n_heads), config(cfg), gen_(&gen) {
+  LD_CHECK(n_heads > 0 && d_model % n_heads == 0, "MultiheadAttention: d_model ", d_model,
+           " is not divisible by n_heads ", n_heads);
+  head_dim = d_model / n_heads;
+  if (cfg.position == PositionEncoding::rope1d)
+    LD_CHECK(head_dim % 2 == 0, "MultiheadAttention: rope1d needs an even head dim, got ", head_dim);
+  if (cfg.position == PositionEncoding::rope2d)
+    LD_CHECK(head_dim % 4 == 0, "MultiheadAttention: rope2d needs a head dim divisible by 4, got ", head_dim);
+  q_proj = register_module("q_proj", std::make_shared<Linear>(d_model, d_model, cfg.bias, gen));
+  k_proj = register_module("k_proj", std::make_shared<Linear>(d_model, d_model, cfg.bias, gen));
+  v_proj = register_module("v_proj", std::make_shared<Linear>(d_model, d_model, cfg.bias, gen));
+  o_proj = register_module("o_proj", std::make_shared<Linear>(d_model, d_model, cfg.bias, gen));
+}
+
+void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int64_t offset, Tensor& q, Tensor& k,
+                                 Tensor& v, Tensor& cos, Tensor& sin) {
+  LD_CHECK(x.dim() == 3 && x.size(2) == d_model, "MultiheadAttention: expected x [B, T, ", d_model, "], got ",
+           shape_str(x.shape()));
+  const int64_t B = x.size(0), T = x.size(1);
+  // q, k, v in one GEMM: x [B*T, C] @ [C, 3C] (the three weights concatenated; the copy is 3 C^2 floats).
+  Tensor w = cat({q_proj->weight, k_proj->weight, v_proj->weight}, 0);
+  Tensor qkv = matmul(x, w.t());
+  if (config.bias) qkv = add(qkv, cat({q_proj->bias, k_proj->bias, v_proj->bias}, 0));
+  qkv = qkv.view({B, T, 3, n_heads, head_dim});
+  auto heads = [&](int64_t i) { return qkv.select(2, i).permute({0, 2, 1, 3}); };
+  q = heads(0);
+  k = heads(1);
+  v = heads(2);
+  cos = in.cos;
+  sin = in.sin;
+  if (!cos.defined()) {
+    if (config.position == PositionEncoding::rope1d) {
+      Tensor pos = in.positions.defined() ? in.positions : arange(double(offset), double(offset + T), 1.0, DType::f64);
+      std::tie(cos, sin) = rope_tables_1d(pos, head_dim, config.rope_base, x.dtype());
+    } else if (config.position == PositionEncoding::rope2d) {
+      LD_CHECK(in.pos_x.defined() && in.pos_y.defined(),
+               "MultiheadAttention: rope2d needs pos_x and pos_y (or cos/sin tables)");
+      std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, x.dtype());
+    }
+  }
+  if (cos.defined() && config.kind == AttentionKind::softmax) {
+    q = rope(q, cos, sin, config.pairing);
+    k = rope(k, cos, sin, config.pairing);
+  }
+}
+
+namespace {
+// Cat along the time dim (2) of [B, H, T, D] tensors.
+Tensor append(const Tensor& cached, const Tensor& t) { return cached.defined() ? cat({cached, t}, 2) : t; }
+}  // namespace
+
+Tensor MultiheadAttention::forward(const Tensor& x, const AttentionInputs& in) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t offset = in.cache ? in.cache->length() : 0;
+  Tensor q, k, v, cos, sin;
+  project(x, in, offset, q, k, v, cos, sin);
+  Tensor out;  // [B, H, T, Dh]
+  if (config.kind == AttentionKind::softmax) {
+    if (in.cache) {
+      in.cache->k = k = append(in.cache->k, k);
+      in.cache->v = v = append(in.cache->v, v);
+    }
+    AttentionOptions opt;
+    opt.causal = config.causal;
+    opt.key_valid = in.key_valid;
+    out = scaled_dot_product_attention(q, k, v, opt);
+  } else if (!in.cache && !in.key_valid.defined()) {
+    out = linear_attention(q, k, v, config.causal, cos, sin, config.pairing);
+  } else {
+    // Explicit form over the cached keys: out_i = sum_j m_ij (R phi q_i . R phi k_j) v_j / sum_j m_ij phi q_i . phi k_j
+    Tensor fq = elu(q) + 1.0, fk = elu(k) + 1.0;
+    Tensor rq = cos.defined() ? rope(fq, cos, sin, config.pairing) : fq;
+    Tensor rk = cos.defined() ? rope(fk, cos, sin, config.pairing) : fk;
+    if (in.cache) {
+      in.cache->k = rk = append(in.cache->k, rk);
+      in.cache->kf = fk = append(in.cache->kf, fk);
+      in.cache->v = v = append(in.cache->v, v);
+    }
+    const int64_t Tk = rk.size(2);
+    Tensor num = matmul(rq, rk.transpose(-2, -1)), den = matmul(fq, fk.transpose(-2, -1));  // [B, H, T, Tk]
+    Tensor mask;
+    if (config.causal) {
+      std::vector<double> m(size_t(T * Tk), 0.0);
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j <= std::min(Tk - 1, Tk - T + i); ++j) m[size_t(i * Tk + j)] = 1.0;
+      mask = from_vector(m, {T, Tk}, x.dtype());
+    }
+    if (in.key_valid.defined()) {
+      Tensor kv = ne(in.key_valid.to(x.dtype()), zeros({1}, x.dtype())).view({B, 1, 1, Tk});
+      mask = mask.defined() ? mul(mask, kv) : kv;
+    }
+    if (mask.defined()) {
+      num = num * mask;
+      den = den * mask;
+    }
+    out = matmul(num, v) / sum(den, {-1}, true);
+  }
+  out = out.permute({0, 2, 1, 3}).reshape({B, T, d_model});
+  if (config.dropout > 0) out = dropout(out, config.dropout, is_training(), *gen_);
+  return o_proj->forward(out);
+}
+
+Tensor MultiheadAttention::attention_logits(const Tensor& x, const AttentionInputs& in) {
+  Tensor q, k, v, cos, sin;
+  project(x, in, 0, q, k, v, cos, sin);
+  if (config.kind == AttentionKind::linear) {
+    q = elu(q) + 1.0;
+    k = elu(k) + 1.0;
+    if (cos.defined()) {
+      q = rope(q, cos, sin, config.pairing);
+      k = rope(k, cos, sin, config.pairing);
+    }
+    return matmul(q, k.transpose(-2, -1));
+  }
+  return matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(head_dim)));
+}
+
+}  // namespace liandan::nn
