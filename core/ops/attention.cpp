@@ -112,7 +112,7 @@ struct LinGeom {
 template <class T>
 void causal_linear_forward(const LinGeom& g, const T* rq, const T* rk, const T* fq, const T* fk, const T* v, T* out) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
-    std::vector<double> S(static_cast<size_t>(g.D * g.Dv)), z(static_cast<size_t>(g.D));
+    std::vector<double> S(static_cast<size_t>(g.D * g.Dv)), z(static_cast<size_t>(g.D)), num(static_cast<size_t>(g.Dv));
     for (int64_t bh = b0; bh < b1; ++bh) {
       std::fill(S.begin(), S.end(), 0.0);
       std::fill(z.begin(), z.end(), 0.0);
@@ -125,12 +125,15 @@ void causal_linear_forward(const LinGeom& g, const T* rq, const T* rk, const T* 
         }
         double den = 0;
         for (int64_t a = 0; a < g.D; ++a) den += double(fqt[a]) * z[size_t(a)];
-        T* ot = out + (bh * g.T + t) * g.Dv;
-        for (int64_t c = 0; c < g.Dv; ++c) {
-          double num = 0;
-          for (int64_t a = 0; a < g.D; ++a) num += double(rqt[a]) * S[size_t(a * g.Dv + c)];
-          ot[c] = T(num / den);
+        // num = rq^T S, accumulated row by row of S so the inner loop is contiguous (vectorizes)
+        std::fill(num.begin(), num.end(), 0.0);
+        for (int64_t a = 0; a < g.D; ++a) {
+          const double* Sa = S.data() + a * g.Dv;
+          double r = double(rqt[a]);
+          for (int64_t c = 0; c < g.Dv; ++c) num[size_t(c)] += r * Sa[c];
         }
+        T* ot = out + (bh * g.T + t) * g.Dv;
+        for (int64_t c = 0; c < g.Dv; ++c) ot[c] = T(num[size_t(c)] / den);
       }
     }
   }, 1);
@@ -143,7 +146,8 @@ void causal_linear_backward(const LinGeom& g, const T* rq, const T* rk, const T*
                             const T* out, const T* dout, T* drq, T* drk, T* dfq, T* dfk, T* dv) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
     size_t DDv = static_cast<size_t>(g.D * g.Dv);
-    std::vector<double> S(DDv), z(static_cast<size_t>(g.D)), GS(DDv), Gz(static_cast<size_t>(g.D)), dnum(static_cast<size_t>(g.Dv));
+    std::vector<double> S(DDv), z(static_cast<size_t>(g.D)), GS(DDv), Gz(static_cast<size_t>(g.D)), dnum(static_cast<size_t>(g.Dv)),
+        dvacc(static_cast<size_t>(g.Dv));
     for (int64_t bh = b0; bh < b1; ++bh) {
       std::fill(S.begin(), S.end(), 0.0);
       std::fill(z.begin(), z.end(), 0.0);
@@ -184,11 +188,13 @@ void causal_linear_backward(const LinGeom& g, const T* rq, const T* rk, const T*
           drkt[a] = T(acc);
           dfkt[a] = T(Gz[size_t(a)]);
         }
-        for (int64_t c = 0; c < g.Dv; ++c) {
-          double acc = 0;
-          for (int64_t a = 0; a < g.D; ++a) acc += GS[size_t(a * g.Dv + c)] * double(rkt[a]);
-          dvt[c] = T(acc);
+        std::fill(dvacc.begin(), dvacc.end(), 0.0);  // dv = GS^T rk, row by row of GS (contiguous)
+        for (int64_t a = 0; a < g.D; ++a) {
+          const double* Ga = GS.data() + a * g.Dv;
+          double r = double(rkt[a]);
+          for (int64_t c = 0; c < g.Dv; ++c) dvacc[size_t(c)] += Ga[c] * r;
         }
+        for (int64_t c = 0; c < g.Dv; ++c) dvt[c] = T(dvacc[size_t(c)]);
         for (int64_t a = 0; a < g.D; ++a) {  // S_{t-1}, z_{t-1}
           for (int64_t c = 0; c < g.Dv; ++c) S[size_t(a * g.Dv + c)] -= double(rkt[a]) * double(vt[c]);
           z[size_t(a)] -= double(fkt[a]);
