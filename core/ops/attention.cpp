@@ -1,11 +1,11 @@
 // Fused softmax attention and linear attention with RoPE (see attention.h).
 #include "core/ops/attention.h"
 
-#include <cblas.h>
 
 #include <cmath>
 #include <limits>
 
+#include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
 #include "core/ops.h"
@@ -13,16 +13,6 @@
 namespace liandan {
 
 namespace {
-
-template <class T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc) {
-  auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-  else
-    cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-}
 
 struct AttnGeom {
   int64_t BH, Tq, Tk, D, Dv, B;  // B: batch (for key_valid), heads per batch = BH / B
@@ -33,7 +23,7 @@ struct AttnGeom {
 // Scores of one (batch, head) into S [Tq, Tk], masked entries set to -inf.
 template <class T>
 void scores(const AttnGeom& g, const T* q, const T* k, const T* valid, T* S) {
-  gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, g.D, k, g.D, T(0), S, g.Tk);
+  cpu::gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, g.D, k, g.D, T(0), S, g.Tk);
   const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < g.Tq; ++i) {
     T* row = S + i * g.Tk;
@@ -69,7 +59,7 @@ void attention_forward(const AttnGeom& g, const T* q, const T* k, const T* v, co
         for (int64_t j = 0; j < g.Tk; ++j) row[j] *= inv;
         lse[bh * g.Tq + i] = m + std::log(sum);
       }
-      gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + bh * g.Tk * g.Dv, g.Dv, T(0),
+      cpu::gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + bh * g.Tk * g.Dv, g.Dv, T(0),
               out + bh * g.Tq * g.Dv, g.Dv);
     }
   }, 1);
@@ -90,15 +80,15 @@ void attention_backward(const AttnGeom& g, const T* q, const T* k, const T* v, c
         T* row = P.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
       }
-      gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, g.Dv, T(0), dv + bh * g.Tk * g.Dv, g.Dv);
-      gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, g.Dv, vb, g.Dv, T(0), dP.data(), g.Tk);
+      cpu::gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, g.Dv, T(0), dv + bh * g.Tk * g.Dv, g.Dv);
+      cpu::gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, g.Dv, vb, g.Dv, T(0), dP.data(), g.Tk);
       for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
         T di = cpu::row_dot(gb + i * g.Dv, ob + i * g.Dv, g.Dv);
         T *p = P.data() + i * g.Tk, *d = dP.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
       }
-      gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, g.D, T(0), dq + bh * g.Tq * g.D, g.D);
-      gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, g.D, T(0), dk + bh * g.Tk * g.D, g.D);
+      cpu::gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, g.D, T(0), dq + bh * g.Tq * g.D, g.D);
+      cpu::gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, g.D, T(0), dk + bh * g.Tk * g.D, g.D);
     }
   }, 1);
 }

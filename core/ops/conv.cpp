@@ -3,8 +3,8 @@
 //   forward:  col = im2col(x[chunk]);  y[chunk, g] = W[g] @ col[g]
 //   backward: dW[g] = sum over chunks of dy[chunk, g] @ col[g]^T   (chunk order: deterministic)
 //             dx[chunk] = col2im(W[g]^T @ dy[chunk, g])
-#include <cblas.h>
 
+#include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/ops.h"
 
@@ -19,16 +19,6 @@ struct ConvGeom {
   int64_t krows() const { return cg() * kh * kw; }     // rows of a group's column matrix
   int64_t cols() const { return Ho * Wo; }
 };
-
-template <class T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc) {
-  auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-  else
-    cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
-}
 
 // Output columns ox whose input column ox*stride - pad + j lies inside [0, W): [lo, hi).
 inline std::pair<int64_t, int64_t> valid_cols(const ConvGeom& g, int64_t j) {
@@ -98,7 +88,7 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
       int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
       for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col.data() + j * HW, L);
       for (int64_t gr = 0; gr < g.groups; ++gr)
-        gemm<T>(false, false, g.og(), L, g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+        cpu::gemm<T>(false, false, g.og(), L, g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
                 col.data() + gr * g.krows() * L, L, T(0), ych.data() + gr * g.og() * L, L);
       for (int64_t j = 0; j < nb; ++j)
         for (int64_t o = 0; o < g.O; ++o) {
@@ -137,14 +127,14 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx
       if (dw) {
         for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col.data() + j * HW, L);
         for (int64_t gr = 0; gr < g.groups; ++gr)
-          gemm<T>(false, true, g.og(), g.krows(), L, T(1), dyc.data() + gr * g.og() * L, L,
+          cpu::gemm<T>(false, true, g.og(), g.krows(), L, T(1), dyc.data() + gr * g.og() * L, L,
                   col.data() + gr * g.krows() * L, L, T(0), dw_part.data() + (c * g.O + gr * g.og()) * g.krows(),
                   g.krows());
       }
       if (dx) {
         T* dcol = col.data();  // reuse the buffer: dW is done with it
         for (int64_t gr = 0; gr < g.groups; ++gr)
-          gemm<T>(true, false, g.krows(), L, g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+          cpu::gemm<T>(true, false, g.krows(), L, g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
                   dyc.data() + gr * g.og() * L, L, T(0), dcol + gr * g.krows() * L, L);
         for (int64_t j = 0; j < nb; ++j) {
           T* dxn = dx + (n0 + j) * CHW;

@@ -1,8 +1,8 @@
 // matmul on OpenBLAS. A transposed operand (a view with unit stride along its rows) is passed to
 // BLAS with the transpose flag instead of being copied; `x @ W` with a 2-D W folds all batch dims
 // of x into one GEMM (the Linear-layer case).
-#include <cblas.h>
 
+#include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/ops.h"
 
@@ -23,16 +23,6 @@ BlasView blas_view(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
   return {};
 }
 
-template <class T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-          T* C, int64_t ldc) {
-  auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), 1.0f, A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
-  else
-    cblas_dgemm(CblasRowMajor, fa, fb, int(M), int(N), int(K), 1.0, A, int(lda), B, int(ldb), 0.0, C, int(ldc));
-}
-
 // C[b] = A[b] @ B[b] for 3-D operands (batch dims already broadcast and flattened).
 Tensor bmm_kernel(Tensor a, Tensor b) {
   int64_t batch = a.shape()[0], M = a.shape()[1], K = a.shape()[2], N = b.shape()[2];
@@ -48,7 +38,8 @@ Tensor bmm_kernel(Tensor a, Tensor b) {
     scalar_t* pc = c.data_ptr<scalar_t>();
     int64_t sa = a.strides()[0], sb = b.strides()[0];
     auto one = [&](int64_t i) {
-      gemm<scalar_t>(va.trans, vb.trans, M, N, K, pa + i * sa, va.ld, pb + i * sb, vb.ld, pc + i * M * N, N);
+      cpu::gemm<scalar_t>(va.trans, vb.trans, M, N, K, scalar_t(1), pa + i * sa, va.ld, pb + i * sb, vb.ld,
+                          scalar_t(0), pc + i * M * N, N);
     };
     // Many small products: one per thread (OpenBLAS runs single-threaded inside a parallel region).
     // Few large ones: one after another, each using all threads inside BLAS.
