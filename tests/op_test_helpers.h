@@ -1,5 +1,5 @@
 #pragma once
-// Small helpers shared by the op test files (test_norm, test_index, test_shape, test_conv).
+// Small helpers shared by the op test files.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -79,5 +79,19 @@ struct ThreadsGuard {
   ThreadsGuard(const ThreadsGuard&) = delete;
   ThreadsGuard& operator=(const ThreadsGuard&) = delete;
 };
+
+// Calls fn(index) for every index of shape `s` in row-major order.
+inline void for_each_index(const Shape& s, const std::function<void(const Shape&)>& fn) {
+  int64_t n = 1;
+  for (int64_t v : s) n *= v;
+  Shape idx(s.size(), 0);
+  for (int64_t k = 0; k < n; ++k) {
+    fn(idx);
+    for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) {
+      if (++idx[d] < s[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
 
 }  // namespace liandan::testing

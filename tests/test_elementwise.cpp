@@ -18,8 +18,11 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
+#include "op_test_helpers.h"
 
 using namespace liandan;
+
+using liandan::testing::for_each_index;
 
 namespace {
 
@@ -77,27 +80,6 @@ Tf away_from(std::vector<double> kinks) {
       if (std::fabs(x - k) < 0.05) x = k + (x >= k ? 0.1 : -0.1);
     return x;
   };
-}
-
-#define CHECK_GRAD(...)                                     \
-  do {                                                      \
-    auto gc_res_ = gradcheck(__VA_ARGS__);                  \
-    INFO(gc_res_.message);                                  \
-    CHECK(gc_res_.ok);                                      \
-  } while (0)
-
-// Calls fn(index) for every index of shape `s` in row-major order.
-void for_each_index(const Shape& s, const std::function<void(const Shape&)>& fn) {
-  int64_t n = 1;
-  for (int64_t v : s) n *= v;
-  Shape idx(s.size(), 0);
-  for (int64_t k = 0; k < n; ++k) {
-    fn(idx);
-    for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) {
-      if (++idx[d] < s[d]) break;
-      idx[d] = 0;
-    }
-  }
 }
 
 // The index of `t` that broadcasting to an output reads for output index `idx`.
@@ -354,22 +336,22 @@ TEST_CASE("unary ops: gradcheck (f64) on contiguous, transposed, strided, expand
       INFO("layout ", layout_name(lay));
       Tensor x = leaf({3, 4}, lay, c.domain);
       if (lay != Layout::contiguous) CHECK(!x.is_contiguous());
-      CHECK_GRAD(f, {x});
+      LD_GRADCHECK(f, {x});
     }
     {
       INFO("0-d");
-      CHECK_GRAD(f, {leaf({}, Layout::contiguous, c.domain)});
+      LD_GRADCHECK(f, {leaf({}, Layout::contiguous, c.domain)});
     }
     {
       INFO("expanded [1,4] -> [3,4] inside f");
       Fn fe = [&](const std::vector<Tensor>& xs) { return c.op(xs[0].expand({3, 4})); };
-      CHECK_GRAD(fe, {leaf({1, 4}, Layout::contiguous, c.domain)});
+      LD_GRADCHECK(fe, {leaf({1, 4}, Layout::contiguous, c.domain)});
     }
     {
       INFO("3-D permuted view");
       Tensor x = data({2, 3, 4}, c.domain).permute({1, 2, 0});
       x.requires_grad_();
-      CHECK_GRAD(f, {x});
+      LD_GRADCHECK(f, {x});
     }
   }
 }
@@ -474,7 +456,7 @@ TEST_CASE("binary ops: gradcheck (f64) with broadcasting, 0-d, transposed, strid
       Fn f = [&](const std::vector<Tensor>& xs) {
         return c.op(pa ? pa(xs[0]) : xs[0], pb ? pb(xs[1]) : xs[1]);
       };
-      CHECK_GRAD(f, {cfg.a, cfg.b});
+      LD_GRADCHECK(f, {cfg.a, cfg.b});
     }
   }
 }
@@ -523,11 +505,11 @@ TEST_CASE("binary ops: the same tensor on both sides; zero-size broadcasting") {
     INFO("op ", std::string(c.name));
     Tensor x = leaf({3, 4}, Layout::transposed, positive);
     Fn f = [&](const std::vector<Tensor>& xs) { return c.op(xs[0], xs[0]); };
-    CHECK_GRAD(f, {x});
+    LD_GRADCHECK(f, {x});
     // x op x.t(): two different views of one leaf
     Tensor s = leaf({3, 3}, Layout::strided, positive);
     Fn g = [&](const std::vector<Tensor>& xs) { return c.op(xs[0], xs[0].t()); };
-    CHECK_GRAD(g, {s});
+    LD_GRADCHECK(g, {s});
   }
   // broadcasting against an empty dim gives an empty result, and empty gradients of the right shape
   Tensor a = zeros({0, 3}, DType::f64).requires_grad_(), b = ones({3}, DType::f64).requires_grad_();
@@ -623,10 +605,10 @@ TEST_CASE("where: values, broadcasting of all three operands, gradcheck") {
   CHECK(where(c2, ones({3}, DType::f64), zeros({3}, DType::f64)).to_vector() == std::vector<double>{1, 0, 1});
 
   Fn f = [&](const std::vector<Tensor>& xs) { return where(cond, xs[0], xs[1]); };
-  CHECK_GRAD(f, {a, b});
+  LD_GRADCHECK(f, {a, b});
   // 3-D broadcast: cond [2,1,4], a [3,4] strided, b 0-d
   Tensor c3 = data({2, 1, 4}, bit);
-  CHECK_GRAD(
+  LD_GRADCHECK(
       [&](const std::vector<Tensor>& xs) { return where(c3, xs[0], xs[1]); },
       {leaf({3, 4}, Layout::strided), leaf({})});
   // the gradient routes to the selected branch only
@@ -648,7 +630,7 @@ TEST_CASE("masked_fill: values (including -inf), broadcast mask, gradcheck") {
   CHECK(y2.at({1, 0}) == 7.5);
   CHECK(y2.at({1, 1}) == x.at({1, 1}));
   Fn f = [&](const std::vector<Tensor>& xs) { return masked_fill(xs[0], mask, 7.5); };
-  CHECK_GRAD(f, {x});
+  LD_GRADCHECK(f, {x});
   Tensor x2 = leaf({3, 4});
   sum(masked_fill(x2, mask, 3.0)).backward();
   for_each_index({3, 4}, [&](const Shape& i) { CHECK(x2.grad().at(i) == (mask.at({i[1]}) != 0 ? 0.0 : 1.0)); });
@@ -719,7 +701,7 @@ TEST_CASE("dropout: scale, drop fraction, seeding, eval mode, gradient") {
     Generator gg(77);
     return dropout(xs[0], 0.3, true, gg);
   };
-  CHECK_GRAD(f, {leaf({4, 5}, Layout::transposed)});
+  LD_GRADCHECK(f, {leaf({4, 5}, Layout::transposed)});
 }
 
 // ================================================================ f32 fast-math accuracy

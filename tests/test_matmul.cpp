@@ -15,8 +15,11 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
+#include "op_test_helpers.h"
 
 using namespace liandan;
+
+using liandan::testing::for_each_index;
 
 namespace {
 
@@ -51,26 +54,6 @@ Tensor padded(const Shape& s) {
   Shape st = s;
   st.back() += 3;
   return rnd(st).narrow(-1, 0, s.back());
-}
-
-#define CHECK_GRAD(...)                    \
-  do {                                     \
-    auto gc_res_ = gradcheck(__VA_ARGS__); \
-    INFO(gc_res_.message);                 \
-    CHECK(gc_res_.ok);                     \
-  } while (0)
-
-void for_each_index(const Shape& s, const std::function<void(const Shape&)>& fn) {
-  int64_t n = 1;
-  for (int64_t v : s) n *= v;
-  Shape idx(s.size(), 0);
-  for (int64_t k = 0; k < n; ++k) {
-    fn(idx);
-    for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) {
-      if (++idx[d] < s[d]) break;
-      idx[d] = 0;
-    }
-  }
 }
 
 // torch.matmul by a naive triple loop in double, reading the operands element by element.
@@ -209,10 +192,10 @@ TEST_CASE("matmul: gradcheck (f64) for every case") {
     Tensor a = leaf(c.a.detach()), b = leaf(c.b.detach());
     Pre pa = c.pre_a, pb = c.pre_b;
     Fn f = [&](const std::vector<Tensor>& xs) { return matmul(with_pre(pa, xs[0]), with_pre(pb, xs[1])); };
-    CHECK_GRAD(f, {a, b});
+    LD_GRADCHECK(f, {a, b});
     // only one operand requiring grad
-    CHECK_GRAD(f, {leaf(c.a.detach()), c.b.detach()});
-    CHECK_GRAD(f, {c.a.detach(), leaf(c.b.detach())});
+    LD_GRADCHECK(f, {leaf(c.a.detach()), c.b.detach()});
+    LD_GRADCHECK(f, {c.a.detach(), leaf(c.b.detach())});
   }
 }
 

@@ -19,8 +19,11 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
+#include "op_test_helpers.h"
 
 using namespace liandan;
+
+using liandan::testing::for_each_index;
 
 namespace {
 
@@ -64,26 +67,6 @@ Tensor leaf(const Shape& s, Layout lay = Layout::contiguous, const Tf& tf = null
   Tensor t = make(s, lay, tf);
   t.requires_grad_();
   return t;
-}
-
-#define CHECK_GRAD(...)                    \
-  do {                                     \
-    auto gc_res_ = gradcheck(__VA_ARGS__); \
-    INFO(gc_res_.message);                 \
-    CHECK(gc_res_.ok);                     \
-  } while (0)
-
-void for_each_index(const Shape& s, const std::function<void(const Shape&)>& fn) {
-  int64_t n = 1;
-  for (int64_t v : s) n *= v;
-  Shape idx(s.size(), 0);
-  for (int64_t k = 0; k < n; ++k) {
-    fn(idx);
-    for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) {
-      if (++idx[d] < s[d]) break;
-      idx[d] = 0;
-    }
-  }
 }
 
 // The elements of x grouped by output position of a reduction over `dims` (empty = all).
@@ -236,19 +219,19 @@ TEST_CASE("sum/mean/var/logsumexp: gradcheck (f64) over dims, keepdim and layout
           INFO("keepdim ", keepdim);
           Tensor x = leaf({2, 3, 4}, lay);
           Fn f = [&](const std::vector<Tensor>& xs) { return r.op(xs[0], dims, keepdim); };
-          CHECK_GRAD(f, {x});
+          LD_GRADCHECK(f, {x});
         }
       }
     }
     {
       INFO("expanded input inside f");
       Fn f = [&](const std::vector<Tensor>& xs) { return r.op(xs[0].expand({3, 2, 4}), {0, 2}, false); };
-      CHECK_GRAD(f, {leaf({2, 1})});  // [2,1] -> [3,2,4]: broadcast over a new and an existing dim
+      LD_GRADCHECK(f, {leaf({2, 1})});  // [2,1] -> [3,2,4]: broadcast over a new and an existing dim
     }
     {
       INFO("4-D non-adjacent dims {1, 3}");
       Fn f = [&](const std::vector<Tensor>& xs) { return r.op(xs[0], {1, 3}, false); };
-      CHECK_GRAD(f, {leaf({2, 2, 3, 3}, Layout::permuted)});
+      LD_GRADCHECK(f, {leaf({2, 2, 3, 3}, Layout::permuted)});
     }
   }
 }
@@ -282,7 +265,7 @@ TEST_CASE("sum/mean: reductions of 0-d tensors and over zero-size dims") {
   // the scalar's gradient
   Tensor s = full({}, 1.5, DType::f64).requires_grad_();
   Fn f = [](const std::vector<Tensor>& xs) { return mul(sum(xs[0], {0}), mean(xs[0], {-1}, true)); };
-  CHECK_GRAD(f, {s});
+  LD_GRADCHECK(f, {s});
 }
 
 TEST_CASE("sum: exact results, f32 accumulates in double") {
@@ -376,7 +359,7 @@ TEST_CASE("logsumexp: exact and overflow-free for large magnitudes, infinities")
   // gradcheck with large values (the max subtraction must not leak into the gradient)
   Tensor lg = leaf({3, 4}, Layout::contiguous, [](double z) { return 1000 + 3 * z; });
   Fn f = [](const std::vector<Tensor>& xs) { return logsumexp(xs[0], {1}); };
-  CHECK_GRAD(f, {lg}, GradcheckOptions{1e-6, 1e-6, 1e-5});
+  LD_GRADCHECK(f, {lg}, GradcheckOptions{1e-6, 1e-6, 1e-5});
 }
 
 // ================================================================ max, min, argmax
@@ -392,8 +375,8 @@ TEST_CASE("max/min over all elements: values, tie-sharing gradient, gradcheck") 
     Tensor x32 = x.to(DType::f32);
     CHECK(max(x32).item() == double(float(*std::max_element(v.begin(), v.end()))));
     Tensor xl = leaf({3, 4}, lay);
-    CHECK_GRAD([](const std::vector<Tensor>& xs) { return max(xs[0]); }, {xl});
-    CHECK_GRAD([](const std::vector<Tensor>& xs) { return min(xs[0]); }, {xl});
+    LD_GRADCHECK([](const std::vector<Tensor>& xs) { return max(xs[0]); }, {xl});
+    LD_GRADCHECK([](const std::vector<Tensor>& xs) { return min(xs[0]); }, {xl});
   }
   // ties share the gradient evenly (torch's rule for the all-reduce)
   Tensor t = from_vector(std::vector<double>{1, 3, 3, -2, -2, -2}, {2, 3}, DType::f64).requires_grad_();
@@ -448,8 +431,8 @@ TEST_CASE("max/min/argmax per dim: values, indices, keepdim, negative dims, grad
     for (int64_t dim : {0, 1, -1}) {
       INFO("gradcheck dim ", dim);
       Tensor xl = leaf({3, 4, 2}, lay);
-      CHECK_GRAD([dim](const std::vector<Tensor>& xs) { return max(xs[0], dim).first; }, {xl});
-      CHECK_GRAD([dim](const std::vector<Tensor>& xs) { return min(xs[0], dim, true).first; }, {xl});
+      LD_GRADCHECK([dim](const std::vector<Tensor>& xs) { return max(xs[0], dim).first; }, {xl});
+      LD_GRADCHECK([dim](const std::vector<Tensor>& xs) { return min(xs[0], dim, true).first; }, {xl});
     }
   }
   // the gradient goes to the (first) selected element only
@@ -501,7 +484,7 @@ TEST_CASE("cumsum: values and gradcheck over every dim") {
         CHECK(bad == 0);
       }
       Tensor xl = leaf({3, 4, 2}, lay);
-      CHECK_GRAD([dim](const std::vector<Tensor>& xs) { return cumsum(xs[0], dim); }, {xl});
+      LD_GRADCHECK([dim](const std::vector<Tensor>& xs) { return cumsum(xs[0], dim); }, {xl});
     }
   }
   CHECK(cumsum(from_vector(std::vector<double>{1, 2, 3, 4}, {4}, DType::f64), 0).to_vector() ==
@@ -511,7 +494,7 @@ TEST_CASE("cumsum: values and gradcheck over every dim") {
   sum(cumsum(t, 0)).backward();
   CHECK(t.grad().to_vector() == std::vector<double>{4, 3, 2, 1});
   // expanded input inside f
-  CHECK_GRAD([](const std::vector<Tensor>& xs) { return cumsum(xs[0].expand({3, 4}), 0); }, {leaf({4})});
+  LD_GRADCHECK([](const std::vector<Tensor>& xs) { return cumsum(xs[0].expand({3, 4}), 0); }, {leaf({4})});
 }
 
 // ================================================================ sum_to
@@ -532,7 +515,7 @@ TEST_CASE("sum_to: values, gradcheck, errors") {
     });
     std::vector<double> got = y.to_vector();
     for (size_t k = 0; k < got.size(); ++k) CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-12));
-    CHECK_GRAD([to](const std::vector<Tensor>& xs) { return sum_to(xs[0], to); }, {leaf({2, 3, 4}, Layout::strided)});
+    LD_GRADCHECK([to](const std::vector<Tensor>& xs) { return sum_to(xs[0], to); }, {leaf({2, 3, 4}, Layout::strided)});
   }
   CHECK_THROWS_WITH_AS(sum_to(x, {5}), "sum_to: cannot sum shape [2, 3, 4] to [5]", liandan::Error);
   CHECK_THROWS_WITH_AS(sum_to(x, {1, 2, 3, 4}), doctest::Contains("sum_to: cannot sum shape [2, 3, 4] to [1, 2, 3, 4]"),

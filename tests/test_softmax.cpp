@@ -15,8 +15,11 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
+#include "op_test_helpers.h"
 
 using namespace liandan;
+
+using liandan::testing::for_each_index;
 
 namespace {
 
@@ -54,26 +57,6 @@ Tensor leaf(const Shape& s, Layout lay = Layout::contiguous) {
   Tensor t = make(s, lay);
   t.requires_grad_();
   return t;
-}
-
-#define CHECK_GRAD(...)                    \
-  do {                                     \
-    auto gc_res_ = gradcheck(__VA_ARGS__); \
-    INFO(gc_res_.message);                 \
-    CHECK(gc_res_.ok);                     \
-  } while (0)
-
-void for_each_index(const Shape& s, const std::function<void(const Shape&)>& fn) {
-  int64_t n = 1;
-  for (int64_t v : s) n *= v;
-  Shape idx(s.size(), 0);
-  for (int64_t k = 0; k < n; ++k) {
-    fn(idx);
-    for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) {
-      if (++idx[d] < s[d]) break;
-      idx[d] = 0;
-    }
-  }
 }
 
 // Reference (log_)softmax of x along dim, in double, in row-major order of x.
@@ -234,21 +217,21 @@ TEST_CASE("softmax/log_softmax: gradcheck (f64) over dims and layouts") {
       for (int64_t dim : {0, 1, 2, -1, -2}) {
         INFO("dim ", dim);
         Tensor x = leaf({2, 3, 4}, lay);
-        CHECK_GRAD([&](const std::vector<Tensor>& xs) { return op(xs[0], dim); }, {x});
+        LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return op(xs[0], dim); }, {x});
       }
     }
     // 1-D, 0-d, and an expanded input built inside f
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return op(xs[0], 0); }, {leaf({5})});
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return op(xs[0], 0); }, {leaf({})});
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return op(xs[0].expand({3, 4}), 1); }, {leaf({1, 4})});
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return op(xs[0].expand({3, 4}), 0); }, {leaf({4})});
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return op(xs[0], 0); }, {leaf({5})});
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return op(xs[0], 0); }, {leaf({})});
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return op(xs[0].expand({3, 4}), 1); }, {leaf({1, 4})});
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return op(xs[0].expand({3, 4}), 0); }, {leaf({4})});
     // a non-contiguous incoming gradient (the output is transposed before use)
     Tensor w = rnd({4, 3});
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return mul(op(xs[0], 1).t(), w); }, {leaf({3, 4})});
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return mul(op(xs[0], 1).t(), w); }, {leaf({3, 4})});
     // composed: cross-entropy-like log_softmax + gather-free NLL via a one-hot mask
     Tensor onehot = zeros({3, 4}, DType::f64);
     for (int64_t i = 0; i < 3; ++i) onehot.set({i, (i * 2) % 4}, 1.0);
-    CHECK_GRAD([&](const std::vector<Tensor>& xs) { return neg(sum(mul(op(xs[0], -1), onehot))); },
+    LD_GRADCHECK([&](const std::vector<Tensor>& xs) { return neg(sum(mul(op(xs[0], -1), onehot))); },
                {leaf({3, 4}, Layout::permuted)});
   }
 }
