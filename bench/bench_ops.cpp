@@ -31,8 +31,11 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "core/threads.h"
+#include "diffusion/unet.h"
 #include "losses/losses.h"
 #include "nn/models.h"
+#include "optim/adam.h"
+#include "optim/amos.h"
 
 extern "C" char* openblas_get_corename();
 extern "C" char* openblas_get_config();
@@ -264,6 +267,21 @@ void register_all() {
       }
     };
   });
+  // ---- optimizers (issue #5): one step over the reference RoFormer LM's parameters (config VxDxLxHxF),
+  // gradients fixed and random. adamw_step is torch.optim.AdamW's update; amos_step is factored Amos
+  // (PyTorch has no Amos: its side is a straightforward per-tensor port, see torch_ops.py).
+  for (const char* kind : {"adamw_step", "amos_step"})
+    reg(kind, {"256x256x4x4x1024"}, [kind](const Dims& d) -> Body {
+      nn::RoFormerLMConfig c;
+      c.vocab_size = d[0], c.d_model = d[1], c.n_layers = d[2], c.n_heads = d[3], c.d_ff = d[4];
+      auto lm = std::make_shared<nn::RoFormerLM>(c);
+      auto params = lm->named_parameters();
+      for (auto& [n, p] : params) p.set_grad(rn(p.shape()));
+      std::shared_ptr<optim::Optimizer> opt;
+      if (std::string(kind) == "adamw_step") opt = std::make_shared<optim::AdamW>(params, optim::AdamWOptions{});
+      else opt = std::make_shared<optim::Amos>(params, optim::AmosOptions{.lr = 1e-3});
+      return [=] { opt->step(); };
+    });
   // vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE (base 100), mean pooling,
   // cross-entropy via log_softmax + gather.
   reg("vit2d", {"128x28x1x4x128x4x4x512x10"}, [](const Dims& d) -> Body {
@@ -304,6 +322,38 @@ void register_all() {
         };
       });
     }
+  // ---- DDPM U-Net (issue #6, diffusion/unet.h): config BxCxHxW,chBASExM1xM2xM3,resN,gnG,attnR.
+  // unet_ddpm: one training step without the optimizer: t ~ U{0..999}, eps ~ N(0, I), x_t from the linear beta
+  // schedule, MSE(eps_theta(x_t, t), eps), backward into every parameter, grads cleared.
+  // unet_sample: one network evaluation of a sampler step (no grad, eval mode); 50 DDIM steps = 50 calls.
+  for (const char* kind : {"unet_ddpm", "unet_sample"})
+    reg(kind, {"64x1x28x28,ch32x1x2x4,res2,gn8,attn7"}, [kind](const Dims& d) -> Body {
+      diffusion::UNetConfig c;
+      c.in_channels = d[1], c.image_size = d[2], c.base_channels = d[4], c.channel_mult = {d[5], d[6], d[7]};
+      c.num_res_blocks = d[8], c.groups = d[9], c.attention_resolutions = {d[10]};
+      auto net = std::make_shared<diffusion::UNet>(c);
+      const int64_t B = d[0];
+      Tensor x0 = rn({B, d[1], d[2], d[3]});
+      if (kind[5] == 's') {
+        net->eval();
+        Tensor t = full({B}, 500.0);
+        return [=] {
+          NoGradGuard ng;
+          net->forward(x0, t);
+        };
+      }
+      std::vector<double> ab(1000);
+      for (int i = 0; i < 1000; ++i) ab[size_t(i)] = (i ? ab[size_t(i - 1)] : 1.0) * (1 - (1e-4 + (0.02 - 1e-4) * i / 999.0));
+      Tensor abar = from_vector(ab, {1000}, DType::f32);
+      std::vector<Tensor> params = net->parameters();
+      return [=] {
+        Tensor t = randint(0, 1000, {B}), eps = randn(x0.shape());
+        Tensor a = index_select(abar, 0, t).view({B, 1, 1, 1});
+        Tensor xt = sqrt(a) * x0 + sqrt(rsub(a, 1.0)) * eps;
+        losses::mse_loss(net->forward(xt, t.to(DType::f32)), eps).backward();
+        for (const Tensor& p : params) p.set_grad(Tensor());
+      };
+    });
 }
 
 // ------------------------------------------------------------------------------------ timing

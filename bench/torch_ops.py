@@ -344,6 +344,57 @@ def _(d):
     return lambda: _sgd_step(-model(x).log_softmax(-1).gather(-1, t).mean(), params)
 
 
+# adamw_step / amos_step: config VxDxLxHxF; one optimizer step over the reference RoFormer LM's
+# parameters with fixed random gradients. AdamW: torch.optim.AdamW (foreach=True: the multi-tensor path,
+# faster than the default per-tensor loop on CPU here). Amos: PyTorch has none; this is a direct port of the
+# reference update (jestimator amos.py) with factored slots, in torch's in-place ops, as a user would write it.
+def _lm_params(d):
+    model = _roformer()["LM"](d[0], d[1], d[2], d[3], d[4])
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+@workload("adamw_step", "256x256x4x4x1024")
+def _(d):
+    opt = torch.optim.AdamW(_lm_params(d), lr=1e-3, weight_decay=1e-2, foreach=True)
+    return opt.step
+
+
+class _Amos:
+    def __init__(self, params, lr, beta=0.999, zeta=0.25, eps=2.0 ** -125):
+        self.params, self.lr, self.beta, self.zeta, self.eps, self.count = params, lr, beta, zeta, eps, 0
+        self.state = []
+        for p in params:
+            shape = (p.shape[0],) + (1,) * (p.dim() - 1) if p.dim() >= 2 else ()
+            eta = p.detach().square().mean().sqrt().item() if p.dim() >= 2 else 0.5
+            self.state.append((torch.zeros(shape), torch.zeros(shape), eta))
+
+    def step(self):
+        with torch.no_grad():
+            self._step()
+
+    def _step(self):
+        self.count += 1
+        xi, bc = self.lr, 1 - self.beta ** self.count
+        for p, (v, b, eta) in zip(self.params, self.state):
+            g = p.grad
+            g2 = g.square().mean(dim=tuple(range(1, g.dim())), keepdim=True) if v.dim() else g.square().mean()
+            v.mul_(self.beta).add_(g2, alpha=1 - self.beta)
+            r = bc / v.clamp(min=self.eps)
+            gamma = torch.rsqrt(1 + self.zeta * math.sqrt(xi) * b) * (xi * xi) * r * g2
+            init_lr = xi * eta
+            d = 1 / (1 + self.zeta * math.sqrt(init_lr) * b)
+            p.add_(d * (-init_lr * r.sqrt() * g - 0.5 * gamma * p))
+            b.add_(gamma * (1 + b))
+
+
+@workload("amos_step", "256x256x4x4x1024")
+def _(d):
+    return _Amos(_lm_params(d), lr=1e-3).step
+
+
 # vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE, mean pooling.
 @workload("vit2d", "128x28x1x4x128x4x4x512x10")
 def _(d):
@@ -372,6 +423,167 @@ def _attn_layer(kind):
 for _kind in ("linear", "softmax"):
     for _T in (256, 1024, 4096):
         workload(f"{_kind}_attn_{_T}", f"1x{_T}x256x4")(_attn_layer(_kind))
+
+
+# ---- DDPM U-Net (issue #6; diffusion/unet.h): config BxCxHxW,chBASExM1xM2xM3,resN,gnG,attnR
+# 32/64/128 channels, 2 res blocks per level, GroupNorm(8), self-attention (1 head) at 7x7 and in the middle,
+# stride-2 conv downsampling, nearest upsampling + conv, dropout 0, time embedding 4 * 32. Module and
+# parameter names match liandan's, so a liandan state dict loads into this network.
+UNET_CONFIG = "64x1x28x28,ch32x1x2x4,res2,gn8,attn7"
+_UNET = {}
+
+
+def _unet():
+    if _UNET:
+        return _UNET
+    nn, F = torch.nn, torch.nn.functional
+
+    def timestep_embedding(t, dim):  # DDPM's get_timestep_embedding, in double
+        half = dim // 2
+        w = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / (half - 1))
+        a = t.double()[:, None] * w[None]
+        return torch.cat((a.sin(), a.cos()), 1).float()
+
+    class ResBlock(nn.Module):
+        def __init__(self, cin, cout, E, G):
+            super().__init__()
+            self.norm1, self.conv1 = nn.GroupNorm(G, cin), nn.Conv2d(cin, cout, 3, padding=1)
+            self.temb_proj, self.norm2 = nn.Linear(E, cout), nn.GroupNorm(G, cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+            self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+        def forward(self, x, temb_act):
+            h = self.conv1(F.silu(self.norm1(x))) + self.temb_proj(temb_act)[:, :, None, None]
+            h = self.conv2(F.silu(self.norm2(h)))
+            return (x if self.skip is None else self.skip(x)) + h
+
+    class MHA(nn.Module):  # no position encoding; q, k, v, o projections as liandan's MultiheadAttention
+        def __init__(self, C, heads):
+            super().__init__()
+            self.h = heads
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(C, C) for _ in range(4))
+
+        def forward(self, x):
+            B, T, C = x.shape
+            def heads(t):
+                return t.view(B, T, self.h, C // self.h).transpose(1, 2)
+            q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+            o = ((q @ k.transpose(-2, -1)) / math.sqrt(C // self.h)).softmax(-1) @ v
+            return self.o_proj(o.transpose(1, 2).reshape(B, T, C))
+
+    class AttnBlock(nn.Module):
+        def __init__(self, C, heads, G):
+            super().__init__()
+            self.norm, self.attn = nn.GroupNorm(G, C), MHA(C, heads)
+
+        def forward(self, x):
+            B, C, H, W = x.shape
+            h = self.attn(self.norm(x).view(B, C, H * W).transpose(1, 2))
+            return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+    class Level(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.res, self.attn, self.resample = nn.ModuleList(), None, None
+
+    class UNet(nn.Module):
+        def __init__(self, cin, base, mult, nres, G, size, attn_res, heads=1):
+            super().__init__()
+            E, L = 4 * base, len(mult)
+            self.base = base
+            self.temb_fc1, self.temb_fc2 = nn.Linear(base, E), nn.Linear(E, E)
+            self.conv_in = nn.Conv2d(cin, base, 3, padding=1)
+            skips, ch = [base], base
+            self.down, self.up = nn.ModuleList(), nn.ModuleList()
+            for i in range(L):
+                lv, out, use_attn = Level(), base * mult[i], (size >> i) in attn_res
+                lv.attn = nn.ModuleList() if use_attn else None
+                for _ in range(nres):
+                    lv.res.append(ResBlock(ch, out, E, G))
+                    ch = out
+                    if use_attn:
+                        lv.attn.append(AttnBlock(ch, heads, G))
+                    skips.append(ch)
+                if i + 1 < L:
+                    lv.resample = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+                    skips.append(ch)
+                self.down.append(lv)
+            self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, E, G), AttnBlock(ch, heads, G), ResBlock(ch, ch, E, G)
+            for i in reversed(range(L)):
+                lv, out, use_attn = Level(), base * mult[i], (size >> i) in attn_res
+                lv.attn = nn.ModuleList() if use_attn else None
+                for _ in range(nres + 1):
+                    lv.res.append(ResBlock(ch + skips.pop(), out, E, G))
+                    ch = out
+                    if use_attn:
+                        lv.attn.append(AttnBlock(ch, heads, G))
+                if i > 0:
+                    lv.resample = nn.Conv2d(ch, ch, 3, padding=1)
+                self.up.append(lv)
+            self.norm_out, self.conv_out = nn.GroupNorm(G, ch), nn.Conv2d(ch, cin, 3, padding=1)
+
+        def forward(self, x, t):
+            temb = self.temb_fc2(F.silu(self.temb_fc1(timestep_embedding(t, self.base))))
+            temb_act = F.silu(temb)
+            h = self.conv_in(x)
+            hs = [h]
+            for lv in self.down:
+                for r, blk in enumerate(lv.res):
+                    h = blk(h, temb_act)
+                    if lv.attn is not None:
+                        h = lv.attn[r](h)
+                    hs.append(h)
+                if lv.resample is not None:
+                    h = lv.resample(h)
+                    hs.append(h)
+            h = self.mid2(self.mid_attn(self.mid1(h, temb_act)), temb_act)
+            for lv in self.up:
+                for r, blk in enumerate(lv.res):
+                    h = blk(torch.cat((h, hs.pop()), 1), temb_act)
+                    if lv.attn is not None:
+                        h = lv.attn[r](h)
+                if lv.resample is not None:
+                    h = lv.resample(F.interpolate(h, scale_factor=2, mode="nearest"))
+            return self.conv_out(F.silu(self.norm_out(h)))
+
+    _UNET.update(UNet=UNet)
+    return _UNET
+
+
+def _unet_from(d):
+    return _unet()["UNet"](d[1], d[4], (d[5], d[6], d[7]), d[8], d[9], d[2], (d[10],))
+
+
+# unet_ddpm: one DDPM training step without the optimizer: t ~ U{0..999}, eps ~ N(0, I), x_t from the linear
+# beta schedule, MSE(eps_theta(x_t, t), eps), backward into every parameter, grads cleared.
+@workload("unet_ddpm", UNET_CONFIG)
+def _(d):
+    model, B = _unet_from(d), d[0]
+    x0 = rn(B, d[1], d[2], d[3])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+    params = list(model.parameters())
+
+    def body():
+        t = torch.randint(0, 1000, (B,))
+        eps = torch.randn_like(x0)
+        a = abar[t].view(B, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        torch.nn.functional.mse_loss(model(xt, t.float()), eps).backward()
+        for p in params:
+            p.grad = None
+    return body
+
+
+# unet_sample: one network evaluation of a sampler step (no grad, eval mode); 50 DDIM steps = 50 calls.
+@workload("unet_sample", UNET_CONFIG)
+def _(d):
+    model, B = _unet_from(d).eval(), d[0]
+    x, t = rn(B, d[1], d[2], d[3]), torch.full((B,), 500.0)
+
+    def body():
+        with torch.no_grad():
+            model(x, t)
+    return body
 
 
 # ------------------------------------------------------------------------------------ timing

@@ -1,0 +1,129 @@
+#include "optim/amos.h"
+
+#include <vector>
+
+#include "core/cpu/loops.h"
+#include "core/error.h"
+
+namespace liandan::optim {
+
+Amos::Amos(const NamedParams& params, AmosOptions opt) : Amos({ParamGroup{.params = params}}, opt) {}
+
+Amos::Amos(std::vector<ParamGroup> groups, AmosOptions opt)
+    : Optimizer("Amos", std::move(groups), opt.lr, opt.extra_l2), opt_(std::move(opt)) {
+  LD_CHECK(opt_.beta >= 0 && opt_.beta < 1, "Amos: beta must lie in [0, 1), got ", opt_.beta);
+  LD_CHECK(opt_.momentum >= 0 && opt_.momentum < 1, "Amos: momentum must lie in [0, 1), got ", opt_.momentum);
+  LD_CHECK(opt_.clip_value >= 0, "Amos: clip_value must be >= 0, got ", opt_.clip_value);
+  LD_CHECK(opt_.finetune_rate > 0, "Amos: finetune_rate must be > 0, got ", opt_.finetune_rate);
+  if (opt_.eta)
+    for (auto& st : states())
+      for (auto& s : st) s.scale = opt_.eta(s.name, s.param);
+  for (auto& st : states())
+    for (auto& s : st) {
+      LD_CHECK(s.scale > 0 && std::isfinite(s.scale), "Amos: parameter '", s.name, "': invalid eta ", s.scale);
+      slot_shape_for(s.name, s.param.shape());  // validates overrides now, not at the first step
+    }
+}
+
+Shape Amos::slot_shape_for(const std::string& name, const Shape& shape) const {
+  Shape slot;
+  if (opt_.slot_shape) slot = opt_.slot_shape(name, shape);
+  if (slot.empty() && !(opt_.slot_shape && shape.empty())) {
+    if (!opt_.factored) return shape;
+    if (shape.size() < 2) return {};
+    slot = Shape(shape.size(), 1);
+    slot[0] = shape[0];
+    return slot;
+  }
+  // A kept prefix then reduced dims: v and b broadcast against θ as rows of a [rows, inner] matrix.
+  bool reducing = false, ok = slot.size() == shape.size();
+  for (size_t d = 0; ok && d < shape.size(); ++d) {
+    if (slot[d] == shape[d] && !reducing) continue;
+    reducing = true;
+    ok = slot[d] == 1;
+  }
+  LD_CHECK(ok, "Amos: slot shape ", shape_str(slot), " for parameter '", name, "' ", shape_str(shape),
+           " must keep a prefix of the dims and reduce the rest to 1 (e.g. [out, 1, 1, 1] or [])");
+  return slot;
+}
+
+void Amos::init_state(ParamState& s, const ParamGroup&) {
+  Shape slot = slot_shape_for(s.name, s.param.shape());
+  s.slots.emplace_back("v", zeros(slot, s.param.dtype()));
+  s.slots.emplace_back("b", full(slot, opt_.init_b, s.param.dtype()));
+  if (opt_.momentum > 0) s.slots.emplace_back("u", zeros_like(s.param));
+}
+
+namespace {
+
+// Per-row coefficients: θ_i += −A·g_i − B·θ_i for every element i of the row.
+struct RowCoef {
+  double A, B;
+};
+
+// The scalar part of the update for one slot entry (one row), in double: v and b are updated in place.
+template <class T>
+RowCoef amos_row(T& v, T& b, double g2, double xi, double eta, double lambda, double bias_correction,
+                 const AmosOptions& o) {
+  double vn = o.beta * double(v) + (1 - o.beta) * g2;
+  double r = bias_correction / std::max(vn, o.epsilon);
+  double bo = double(b);
+  double c = 1 / std::sqrt(1 + o.c_coef * std::sqrt(xi) * bo);
+  double fr = o.finetune_rate;
+  double gamma = std::sqrt(fr) * c * xi * xi * r * g2;
+  double alpha = xi * eta;
+  double d = 1 / (1 + o.d_coef * std::sqrt(alpha) * bo);
+  v = T(vn);
+  b = T(bo + gamma * (fr + bo));
+  return {fr * d * alpha * std::sqrt(r), fr * d * (gamma / 2 + lambda)};
+}
+
+template <class T>
+void amos_update(T* p, const T* g, T* v, T* b, T* u, int64_t rows, int64_t inner, double xi, double eta,
+                 double lambda, double bias_correction, const AmosOptions& o) {
+  const double clip = o.clip_value;
+  const T mu = T(o.momentum), one_minus_mu = T(1 - o.momentum);
+  auto clipped = [clip](T x) { return clip > 0 ? std::clamp(x, T(-clip), T(clip)) : x; };
+  // Rows are independent, so they split over threads; a row's mean of g² is summed in one fixed order.
+  int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(inner, 1));
+  cpu::parallel_range(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* pr = p + r * inner;
+      const T* gr = g + r * inner;
+      double ss = 0;
+      for (int64_t i = 0; i < inner; ++i) {
+        double gi = double(clipped(gr[i]));
+        ss += gi * gi;
+      }
+      RowCoef k = amos_row(v[r], b[r], ss / double(inner), xi, eta, lambda, bias_correction, o);
+      const T A = T(k.A), B = T(k.B);
+      if (u) {
+        T* ur = u + r * inner;
+        for (int64_t i = 0; i < inner; ++i) {
+          ur[i] = mu * ur[i] + one_minus_mu * (-A * clipped(gr[i]) - B * pr[i]);
+          pr[i] += ur[i];
+        }
+      } else {
+        for (int64_t i = 0; i < inner; ++i) pr[i] += -A * clipped(gr[i]) - B * pr[i];
+      }
+    }
+  }, grain);
+}
+
+}  // namespace
+
+void Amos::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
+  Tensor& v = s.slot("v");
+  Tensor& b = s.slot("b");
+  Tensor u = opt_.momentum > 0 ? s.slot("u") : Tensor();
+  int64_t rows = v.numel(), inner = s.param.numel() / std::max<int64_t>(rows, 1);
+  double bias_correction = 1 - std::pow(opt_.beta, double(s.step));
+  LD_DISPATCH_FLOAT(s.param.dtype(), "Amos", [&] {
+    using T = scalar_t;
+    amos_update<T>(s.param.data_ptr<T>(), grad.data_ptr<T>(), v.data_ptr<T>(), b.data_ptr<T>(),
+                   u.defined() ? u.data_ptr<T>() : nullptr, rows, inner, g.lr, s.scale, g.weight_decay,
+                   bias_correction, opt_);
+  });
+}
+
+}  // namespace liandan::optim
