@@ -1,51 +1,104 @@
-// liandan: the command line. For now `train` runs the embedded default job (an MLP on generated
-// spirals) and `info` prints the build and runtime configuration.
+// liandan: the command line.
+//   liandan train [CONFIG.toml] [--set key=value ...]   train (no config: the embedded default, configs/default.toml)
+//   liandan resume RUN_DIR [--set steps=N ...]           continue a run from its last checkpoint, bit-identically
+//   liandan sample RUN_DIR [--checkpoint best|last]      write the task's samples (text, image grids)
+//   liandan eval RUN_DIR [--checkpoint best|last]        held-out metrics of a checkpoint
+//   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
+//   liandan info                                         versions, threads, BLAS, CUDA, tasks
+// Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
 
-#include "apps/demo_mlp.h"
-#include "core/allocator.h"
+#include "apps/config.h"
+#include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
+#include "apps/task.h"
+#include "apps/trainer.h"
 #include "core/threads.h"
 
 extern "C" char* openblas_get_config();
 
+using namespace liandan::apps;
+
+namespace {
+
+Config load_config(const std::string& path, const std::vector<std::string>& sets) {
+  Config c = path.empty() ? Config::from_string(kDefaultConfig, "<default: configs/default.toml>") : Config::from_file(path);
+  for (auto& s : sets) c.set(s);
+  return c;
+}
+
+void add_sets(CLI::App* cmd, std::vector<std::string>& sets) {
+  cmd->add_option("--set", sets, "override a config key: --set optim.lr=3e-4 (repeatable; values are TOML)")
+      ->take_all()
+      ->allow_extra_args(false);
+}
+
+int info() {
+  std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: not built (CPU backend)\ntasks:\n", liandan::get_num_threads(),
+              openblas_get_config());
+  for (auto& [name, help] : task_list()) std::printf("  %-12s %s\n", name.c_str(), help.c_str());
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"liandan: a deep-learning training framework (RoPE, ZLPR, AdamW/Amos, diffusion)"};
   app.require_subcommand(1);
-
-  liandan::apps::DemoOptions opt;
-  bool check = false;
   int threads = 0;
-  auto* train = app.add_subcommand("train", "Train a model (no config: the embedded default MLP demo)");
-  train->add_option("--steps", opt.steps, "training steps")->capture_default_str();
-  train->add_option("--batch", opt.batch, "batch size")->capture_default_str();
-  train->add_option("--hidden", opt.hidden, "hidden width")->capture_default_str();
-  train->add_option("--lr", opt.lr, "learning rate")->capture_default_str();
-  train->add_option("--seed", opt.seed, "random seed")->capture_default_str();
-  train->add_option("--threads", threads, "threads (0: OpenMP default)");
-  train->add_flag("--check", check, "exit non-zero unless the loss falls and accuracy exceeds 90%");
+  app.add_option("--threads", threads, "threads (0: the OpenMP default; a config's `threads` also sets it)");
 
-  auto* info = app.add_subcommand("info", "Print versions, threads and the BLAS configuration");
+  std::string config_path, run_dir, checkpoint = "last";
+  std::vector<std::string> sets;
+  int64_t die_after = -1, bench_steps = 20;
+
+  auto* train = app.add_subcommand("train", "Train a model from a TOML config (no config: the embedded default)");
+  train->add_option("config", config_path, "config file (configs/*.toml)")->check(CLI::ExistingFile);
+  add_sets(train, sets);
+  train->add_option("--run-dir", run_dir, "run directory (default: runs/<config name>)");
+  train->add_option("--die-after-step", die_after, "testing: SIGKILL the process after this step")->group("");
+
+  auto* resume = app.add_subcommand("resume", "Continue a run from its last checkpoint (bit-identical to an uninterrupted run)");
+  resume->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  add_sets(resume, sets);
+
+  auto* sample = app.add_subcommand("sample", "Write a checkpoint's samples (generated text, image grids) into RUN_DIR/samples");
+  sample->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  sample->add_option("--checkpoint", checkpoint, "best or last")->check(CLI::IsMember({"best", "last"}));
+  add_sets(sample, sets);
+
+  auto* eval = app.add_subcommand("eval", "Print a checkpoint's held-out metrics");
+  eval->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  eval->add_option("--checkpoint", checkpoint, "best or last")->check(CLI::IsMember({"best", "last"}));
+  add_sets(eval, sets);
+
+  auto* bench = app.add_subcommand("bench", "Time training steps of a config (for PyTorch side by side: bench/run)");
+  bench->add_option("config", config_path, "config file")->check(CLI::ExistingFile);
+  bench->add_option("--steps", bench_steps, "timed steps")->capture_default_str();
+  add_sets(bench, sets);
+
+  auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
 
   if (threads > 0) liandan::set_num_threads(threads);
-  if (*info) {
-    std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: not built (CPU backend)\n", liandan::get_num_threads(),
-                openblas_get_config());
-    return 0;
-  }
   try {
-    spdlog::info("training the default MLP on 3-arm spirals ({} steps, batch {}, {} threads)", opt.steps, opt.batch,
-                 liandan::get_num_threads());
-    auto r = liandan::apps::run_demo_mlp(opt);
-    auto st = liandan::cpu_allocator_stats();
-    spdlog::info("done in {:.2f} s: loss {:.4f} -> {:.4f}, accuracy {:.1f}%, peak memory {:.1f} MiB", r.seconds,
-                 r.first_loss, r.final_loss, 100 * r.final_accuracy, double(st.peak) / (1 << 20));
-    if (check && !(r.final_loss < 0.5 * r.first_loss && r.final_accuracy > 0.9)) {
-      spdlog::error("check failed: the loss did not fall enough or accuracy is at most 90%");
-      return 1;
+    if (*info_cmd) return info();
+    if (*train) {
+      Config cfg = load_config(config_path, sets);
+      return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = false, .die_after_step = die_after});
+    }
+    if (*resume) {
+      Config cfg = Config::from_file(run_dir + "/config.toml");
+      for (auto& s : sets) cfg.set(s);
+      return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = true});
+    }
+    if (*sample) return liandan::apps::sample(run_dir, checkpoint, sets);
+    if (*eval) return liandan::apps::evaluate(run_dir, checkpoint, sets);
+    if (*bench) {
+      Config cfg = load_config(config_path, sets);
+      return liandan::apps::bench(cfg, bench_steps);
     }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

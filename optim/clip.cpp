@@ -68,6 +68,12 @@ std::optional<std::string> first_nonfinite_grad(const NamedParams& params) {
   return bad;
 }
 
+std::optional<std::string> first_nonfinite_param(const NamedParams& params) {
+  for (auto& [name, p] : params)
+    if (p.is_contiguous() && !std::isfinite(sum_squares(p))) return name;
+  return std::nullopt;
+}
+
 GradAccumulation::GradAccumulation(int64_t micro_batches) : k_(micro_batches) {
   LD_CHECK(k_ >= 1, "GradAccumulation: micro-batch count must be >= 1, got ", k_);
 }

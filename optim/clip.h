@@ -18,8 +18,9 @@ void clip_grad_value_(const NamedParams& params, double v);
 // The total L2 norm of the gradients (double).
 double grad_norm(const NamedParams& params);
 
-// The name of the first parameter whose gradient holds a NaN or Inf, if any.
+// The name of the first parameter whose gradient (or, for the second, whose value) holds a NaN or Inf.
 std::optional<std::string> first_nonfinite_grad(const NamedParams& params);
+std::optional<std::string> first_nonfinite_param(const NamedParams& params);
 
 // Gradient accumulation: the loss of each of k micro-batches is scaled by 1/k (so the summed gradient
 // is the gradient of the mean over the whole batch) and the optimizer steps after every k-th one.

@@ -1,0 +1,62 @@
+#pragma once
+// A task is what `liandan train` trains: a model, its data and its loss, its held-out metrics and the
+// outputs a person looks at (generated text, sample grids). The trainer (apps/trainer.h) owns
+// everything generic — optimizer, schedule, clipping, EMA, checkpoints, metrics, progress — so a task is
+// only the glue between a config section and the library (nn/, losses/, diffusion/, core/data/).
+//
+// Tasks register themselves by name (`task = "lm"` in a config):
+//   static TaskRegistration reg("lm", "RoFormer char-level LM", [](Config& c, const TaskContext& ctx) { ... });
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apps/config.h"
+#include "core/tensor.h"
+#include "nn/module.h"
+#include "optim/optimizer.h"
+
+namespace liandan::apps {
+
+using Metrics = std::vector<std::pair<std::string, double>>;
+
+struct TaskContext {
+  uint64_t seed = 0;
+  std::string data_dir = "data";  // where scripts/get-data puts downloads
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual nn::Module& model() = 0;
+  // One line for the log: model size, data.
+  virtual std::string describe() const = 0;
+  // Optimizer parameter groups. Default: "decay" (tensors of rank ≥ 2) and "no_decay" (biases, norm
+  // gains and shifts: weight decay 0), the usual practice for AdamW.
+  virtual std::vector<optim::ParamGroup> param_groups();
+  // The loss of the next training batch (advances the task's data position).
+  virtual Tensor train_loss() = 0;
+  // Held-out metrics (the model is in eval mode, under NoGradGuard, with EMA weights when enabled).
+  virtual Metrics evaluate() = 0;
+  // The metric that picks the "best" checkpoint, and whether lower is better.
+  virtual std::pair<std::string, bool> best_metric() const { return {"val_loss", true}; }
+  // Writes the outputs a person looks at into `dir` (file names start with `tag`); returns lines to
+  // print (e.g. the generated text, or "samples: runs/x/samples/final.png").
+  virtual std::vector<std::string> write_samples(const std::string& dir, const std::string& tag) { return {}; }
+  // Data position and random-number state, for bit-identical resume.
+  virtual std::vector<int64_t> state() const = 0;
+  virtual void set_state(const std::vector<int64_t>& s) = 0;
+};
+
+using TaskFactory = std::function<std::unique_ptr<Task>(Config&, const TaskContext&)>;
+
+struct TaskRegistration {
+  TaskRegistration(const std::string& name, const std::string& help, TaskFactory f);
+};
+
+std::unique_ptr<Task> make_task(const std::string& name, Config& cfg, const TaskContext& ctx);
+// (name, help) of every registered task, sorted by name.
+std::vector<std::pair<std::string, std::string>> task_list();
+
+}  // namespace liandan::apps

@@ -1,0 +1,626 @@
+#include "apps/trainer.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/task.h"
+#include "core/autograd.h"
+#include "core/data/image.h"
+#include "core/error.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "core/serialize.h"
+#include "core/threads.h"
+#include "optim/adam.h"
+#include "optim/amos.h"
+#include "optim/clip.h"
+#include "optim/ema.h"
+#include "optim/schedule.h"
+#include "optim/sgd.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace liandan::apps {
+
+// ---------------------------------------------------------------- optimizer, schedule, EMA from the config
+
+namespace {
+
+std::unique_ptr<optim::Optimizer> make_optimizer(Config& cfg, Task& task) {
+  std::string name = cfg.get<std::string>("optim.name", "adamw");
+  optim::Strategy st{.per_tensor_lr = cfg.get<bool>("optim.per_tensor_lr", false),
+                     .tie_weight_decay = cfg.get<bool>("optim.tie_weight_decay", false),
+                     .q = cfg.get<double>("optim.q", 1.0)};
+  auto groups = task.param_groups();
+  if (name == "adamw" || name == "adam") {
+    optim::AdamOptions o{.lr = cfg.get<double>("optim.lr", 1e-3),
+                         .beta1 = cfg.get<double>("optim.beta1", 0.9),
+                         .beta2 = cfg.get<double>("optim.beta2", 0.999),
+                         .eps = cfg.get<double>("optim.eps", 1e-8),
+                         .weight_decay = cfg.get<double>("optim.weight_decay", name == "adamw" ? 1e-2 : 0.0),
+                         .amsgrad = cfg.get<bool>("optim.amsgrad", false),
+                         .strategy = st};
+    if (name == "adam") return std::make_unique<optim::Adam>(std::move(groups), o);
+    optim::AdamWOptions w{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.amsgrad, o.strategy};
+    return std::make_unique<optim::AdamW>(std::move(groups), w);
+  }
+  if (name == "sgd")
+    return std::make_unique<optim::SGD>(std::move(groups),
+                                        optim::SGDOptions{.lr = cfg.get<double>("optim.lr", 1e-2),
+                                                          .momentum = cfg.get<double>("optim.momentum", 0.0),
+                                                          .nesterov = cfg.get<bool>("optim.nesterov", false),
+                                                          .weight_decay = cfg.get<double>("optim.weight_decay", 0.0),
+                                                          .strategy = st});
+  if (name == "amos") {
+    // Amos's weight decay is adaptive; a group's weight_decay is its extra L2 (λ), 0 by default.
+    for (auto& g : groups) g.weight_decay = optim::kDefault;
+    return std::make_unique<optim::Amos>(
+        std::move(groups), optim::AmosOptions{.lr = cfg.get<double>("optim.lr", 1e-2),
+                                              .beta = cfg.get<double>("optim.beta", 0.999),
+                                              .extra_l2 = cfg.get<double>("optim.weight_decay", 0.0),
+                                              .momentum = cfg.get<double>("optim.momentum", 0.0),
+                                              .clip_value = cfg.get<double>("optim.clip_value", 0.0),
+                                              .finetune_rate = cfg.get<double>("optim.finetune_rate", 1.0),
+                                              .init_b = cfg.get<double>("optim.init_b", 0.0),
+                                              .factored = cfg.get<bool>("optim.factored", true)});
+  }
+  LD_FAIL("config ", cfg.source(), ": optim.name must be one of adamw, adam, sgd, amos; got '", name, "'");
+}
+
+optim::Schedule make_schedule(Config& cfg, int64_t steps) {
+  std::string name = cfg.get<std::string>("optim.schedule", "constant");
+  int64_t warm = cfg.get<int64_t>("optim.warmup", 0);
+  int64_t rest = std::max<int64_t>(1, steps - warm);
+  optim::Schedule s;
+  if (name == "constant") s = optim::constant_schedule();
+  else if (name == "cosine") s = optim::cosine(rest, cfg.get<double>("optim.min_factor", 0.0));
+  else if (name == "linear") s = optim::linear_decay(rest, cfg.get<double>("optim.min_factor", 0.0));
+  else if (name == "step") s = optim::step_decay(cfg.get<int64_t>("optim.step_size", 1000), cfg.get<double>("optim.gamma", 0.1));
+  else if (name == "inverse_square") s = optim::inverse_square(cfg.get<double>("optim.half_life", double(rest)));
+  else if (name == "inverse_time") s = optim::inverse_time(cfg.get<double>("optim.half_life", double(rest)));
+  else
+    LD_FAIL("config ", cfg.source(), ": optim.schedule must be one of constant, cosine, linear, step, inverse_square, ",
+            "inverse_time; got '", name, "'");
+  return warm > 0 ? optim::warmup(warm, s) : s;
+}
+
+// ---------------------------------------------------------------- run settings
+
+struct RunSettings {
+  std::string task;
+  uint64_t seed;
+  int64_t steps, threads, log_every, eval_every, checkpoint_every, keep_checkpoints, accumulate;
+  double clip_norm, clip_value, ema_decay;
+  bool ema_warmup;
+  std::string data_dir;
+};
+
+RunSettings read_settings(Config& cfg) {
+  RunSettings r;
+  r.task = cfg.require<std::string>("task");
+  r.seed = uint64_t(cfg.get<int64_t>("seed", 0));
+  r.steps = cfg.get<int64_t>("steps", 1000);
+  r.threads = cfg.get<int64_t>("threads", 0);
+  r.log_every = cfg.get<int64_t>("log_every", 50);
+  r.eval_every = cfg.get<int64_t>("eval_every", 500);
+  r.checkpoint_every = cfg.get<int64_t>("checkpoint_every", 500);
+  r.keep_checkpoints = cfg.get<int64_t>("keep_checkpoints", 3);
+  r.accumulate = cfg.get<int64_t>("optim.accumulate", 1);
+  r.clip_norm = cfg.get<double>("optim.clip_norm", 0.0);
+  r.clip_value = cfg.get<std::string>("optim.name", "adamw") == "amos" ? 0.0 : cfg.get<double>("optim.clip_value", 0.0);
+  r.ema_decay = cfg.get<double>("ema.decay", 0.0);
+  r.ema_warmup = cfg.get<bool>("ema.warmup", false);
+  r.data_dir = cfg.get<std::string>("data_dir", "data");
+  LD_CHECK(r.steps >= 1, "config ", cfg.source(), ": 'steps' must be >= 1, got ", r.steps);
+  for (auto [k, v] : {std::pair{"log_every", r.log_every}, {"eval_every", r.eval_every},
+                      {"checkpoint_every", r.checkpoint_every}, {"optim.accumulate", r.accumulate}})
+    LD_CHECK(v >= 1, "config ", cfg.source(), ": '", k, "' must be >= 1, got ", v);
+  LD_CHECK(r.ema_decay >= 0 && r.ema_decay < 1, "config ", cfg.source(), ": 'ema.decay' must lie in [0, 1)");
+  if (r.threads > 0) set_num_threads(int(r.threads));
+  return r;
+}
+
+// ---------------------------------------------------------------- progress on a terminal, log lines otherwise
+
+class Progress {
+ public:
+  Progress(int64_t total, int64_t start, int64_t log_every)
+      : total_(total), start_(start), log_every_(log_every), tty_(::isatty(2)), t0_(clock::now()) {}
+  void update(int64_t step, double loss, double lr) {
+    double elapsed = std::chrono::duration<double>(clock::now() - t0_).count();
+    double rate = double(step - start_) / std::max(elapsed, 1e-9);
+    double eta = double(total_ - step) / std::max(rate, 1e-9);
+    if (tty_) {
+      int width = 30, filled = int(width * double(step) / double(total_));
+      std::string bar(size_t(filled), '#');
+      bar.resize(size_t(width), '.');
+      std::fprintf(stderr, "\r[%s] %lld/%lld  %.1f it/s  ETA %s  loss %.4f  lr %.2e ", bar.c_str(), (long long)step,
+                   (long long)total_, rate, fmt_time(eta).c_str(), loss, lr);
+      if (step == total_) std::fprintf(stderr, "\n");
+    } else if (step % log_every_ == 0 || step == total_) {
+      spdlog::info("step {}/{}  loss {:.4f}  lr {:.3e}  {:.1f} it/s  ETA {}", step, total_, loss, lr, rate, fmt_time(eta));
+    }
+  }
+  void newline() {
+    if (tty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  static std::string fmt_time(double s) {
+    char buf[32];
+    int64_t t = int64_t(s + 0.5);
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)(t / 60), (long long)(t % 60));
+    return buf;
+  }
+  int64_t total_, start_, log_every_;
+  bool tty_;
+  clock::time_point t0_;
+};
+
+// ---------------------------------------------------------------- checkpoints
+
+std::string join_ints(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+std::vector<int64_t> parse_ints(const std::string& s, const std::string& file, const std::string& field) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(tok, &used));
+      LD_CHECK(used == tok.size(), "");
+    } catch (...) {
+      LD_FAIL("checkpoint ", file, ": metadata field '", field, "' is not a list of integers: '", s, "'");
+    }
+  }
+  return out;
+}
+
+struct Checkpointer {
+  fs::path dir;
+  int64_t keep;
+
+  // ckpt-<step> is written atomically; `last` becomes a hard link to it (link to a temp name, then rename:
+  // atomic too), so the newest complete checkpoint is always reachable as last.safetensors.
+  void save(int64_t step, const NamedTensors& tensors, const Metadata& meta) {
+    fs::create_directories(dir);
+    fs::path p = dir / ("ckpt-" + std::to_string(step) + ".safetensors");
+    save_safetensors(p.string(), tensors, meta);
+    link_as(p, "last.safetensors");
+    prune();
+  }
+  void save_best(const NamedTensors& tensors, const Metadata& meta) {
+    fs::create_directories(dir);
+    save_safetensors((dir / "best.safetensors").string(), tensors, meta);
+  }
+  void link_as(const fs::path& target, const std::string& name) {
+    fs::path tmp = dir / (name + ".tmp." + std::to_string(::getpid()));
+    fs::remove(tmp);
+    std::error_code ec;
+    fs::create_hard_link(target, tmp, ec);
+    if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing);  // file systems without links
+    fs::rename(tmp, dir / name);
+  }
+  void prune() {
+    std::vector<std::pair<int64_t, fs::path>> ck;
+    for (auto& e : fs::directory_iterator(dir)) {
+      std::string n = e.path().filename().string();
+      if (n.rfind("ckpt-", 0) == 0 && n.size() > 17 && n.substr(n.size() - 12) == ".safetensors")
+        ck.emplace_back(std::stoll(n.substr(5, n.size() - 17)), e.path());
+    }
+    std::sort(ck.begin(), ck.end());
+    for (size_t i = 0; i + size_t(keep) < ck.size(); ++i) fs::remove(ck[i].second);
+  }
+};
+
+NamedTensors prefixed(const std::string& prefix, const NamedTensors& in) {
+  NamedTensors out;
+  for (auto& [k, t] : in) out.emplace_back(prefix + k, t);
+  return out;
+}
+
+NamedTensors with_prefix_removed(const std::string& prefix, const NamedTensors& in) {
+  NamedTensors out;
+  for (auto& [k, t] : in)
+    if (k.rfind(prefix, 0) == 0) out.emplace_back(k.substr(prefix.size()), t);
+  return out;
+}
+
+std::string meta_at(const Metadata& m, const std::string& key, const std::string& file) {
+  auto it = m.find(key);
+  LD_CHECK(it != m.end(), "checkpoint ", file, ": metadata field '", key, "' is missing");
+  return it->second;
+}
+
+int64_t meta_int(const Metadata& m, const std::string& key, const std::string& file) {
+  auto v = parse_ints(meta_at(m, key, file), file, key);
+  LD_CHECK(v.size() == 1, "checkpoint ", file, ": metadata field '", key, "' must be one integer");
+  return v[0];
+}
+
+// ---------------------------------------------------------------- metrics history (metrics.jsonl + plot)
+
+struct History {
+  std::vector<double> train_x, train_y;
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> eval;
+
+  void add(const json& j) {
+    int64_t step = j.at("step").get<int64_t>();
+    if (j.contains("loss")) {
+      train_x.push_back(double(step));
+      train_y.push_back(j["loss"].get<double>());
+    }
+    if (j.contains("eval"))
+      for (auto& [k, v] : j["eval"].items()) {
+        eval[k].first.push_back(double(step));
+        eval[k].second.push_back(v.get<double>());
+      }
+  }
+  void plot(const std::string& path, const std::string& title) const {
+    std::vector<data::PlotSeries> s;
+    if (!train_x.empty()) s.push_back({"train loss", train_x, train_y});
+    for (auto& [k, xy] : eval)
+      if (k.find("loss") != std::string::npos || k.find("bpc") != std::string::npos) s.push_back({k, xy.first, xy.second});
+    if (s.empty()) return;
+    data::PlotOptions o;
+    o.title = title;
+    o.xlabel = "step";
+    data::save_plot(path, s, o);
+  }
+};
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the steps after its checkpoint).
+History reload_metrics(const fs::path& path, int64_t step) {
+  History h;
+  std::vector<std::string> kept;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > step) continue;
+    h.add(j);
+    kept.push_back(line);
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  for (auto& l : kept) out << l << "\n";
+  return h;
+}
+
+void write_json_atomic(const fs::path& path, const json& j) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+  }
+  fs::rename(tmp, path);
+}
+
+std::string default_run_dir(const Config& cfg, const std::string& task) {
+  std::string stem = cfg.source() == "<default>" ? "default" : fs::path(cfg.source()).stem().string();
+  return (fs::path("runs") / stem).string();
+}
+
+// Everything a run needs, built from a config: shared by train, sample, eval and bench.
+struct Setup {
+  RunSettings rs;
+  std::unique_ptr<Task> task;
+  std::unique_ptr<optim::Optimizer> opt;
+  std::unique_ptr<optim::Scheduler> sched;
+  std::unique_ptr<optim::EMA> ema;
+};
+
+Setup build(Config& cfg) {
+  Setup s;
+  s.rs = read_settings(cfg);
+  default_generator().set_state(s.rs.seed, 0);  // dropout and anything else that draws from it
+  s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir});
+  s.opt = make_optimizer(cfg, *s.task);
+  s.sched = std::make_unique<optim::Scheduler>(*s.opt, make_schedule(cfg, s.rs.steps));
+  if (s.rs.ema_decay > 0)
+    s.ema = std::make_unique<optim::EMA>(s.task->model().named_parameters(), s.rs.ema_decay, s.rs.ema_warmup);
+  cfg.check_all_used();
+  return s;
+}
+
+NamedTensors checkpoint_tensors(const Setup& s) {
+  NamedTensors t = prefixed("model.", s.task->model().state_dict());
+  for (auto& kv : prefixed("optim.", s.opt->state_dict())) t.push_back(kv);
+  if (s.ema)
+    for (auto& kv : s.ema->state_dict()) t.push_back(kv);
+  return t;
+}
+
+// Loads a checkpoint into a built setup; returns (step, metadata).
+std::pair<int64_t, Metadata> load_checkpoint(Setup& s, const std::string& path) {
+  LD_CHECK(fs::exists(path), "checkpoint ", path, " does not exist");
+  SafetensorsContents c = load_safetensors(path);
+  s.task->model().load_state_dict(with_prefix_removed("model.", c.tensors), true);
+  s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
+  if (s.ema) s.ema->load_state_dict(c.tensors, path);
+  int64_t step = meta_int(c.metadata, "step", path);
+  s.sched->set_steps_taken(step);
+  auto rng = parse_ints(meta_at(c.metadata, "rng", path), path, "rng");
+  LD_CHECK(rng.size() == 2, "checkpoint ", path, ": metadata field 'rng' must hold seed,offset");
+  default_generator().set_state(uint64_t(rng[0]), uint64_t(rng[1]));
+  s.task->set_state(parse_ints(meta_at(c.metadata, "task_state", path), path, "task_state"));
+  return {step, c.metadata};
+}
+
+// Runs f with the EMA weights in the model (if any), in eval mode and without gradients.
+template <class F>
+auto with_eval_weights(Setup& s, F&& f) {
+  NoGradGuard ng;
+  s.task->model().eval();
+  if (s.ema) s.ema->swap();
+  struct Restore {
+    Setup& s;
+    ~Restore() {
+      if (s.ema) s.ema->swap();
+      s.task->model().train();
+    }
+  } restore{s};
+  return f();
+}
+
+json metrics_json(const Metrics& m) {
+  json j = json::object();
+  for (auto& [k, v] : m) j[k] = v;
+  return j;
+}
+
+std::string metrics_line(const Metrics& m) {
+  std::string s;
+  for (auto& [k, v] : m) s += fmt::format("{}{} {:.4f}", s.empty() ? "" : "  ", k, v);
+  return s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- train / resume
+
+int train(Config& cfg, const TrainOptions& topt) {
+  Setup s = build(cfg);
+  const RunSettings& rs = s.rs;
+  fs::path run = topt.run_dir.empty() ? fs::path(default_run_dir(cfg, rs.task)) : fs::path(topt.run_dir);
+  fs::create_directories(run / "samples");
+  Checkpointer ck{run / "checkpoints", std::max<int64_t>(1, rs.keep_checkpoints)};
+  std::string config_text = cfg.resolved_text();
+
+  int64_t step = 0;
+  double best = std::nan(""), wall_before = 0;
+  auto [best_name, lower_better] = s.task->best_metric();
+  History hist;
+  if (topt.resume) {
+    std::string last = (run / "checkpoints" / "last.safetensors").string();
+    auto [st, meta] = load_checkpoint(s, last);
+    step = st;
+    best = std::stod(meta_at(meta, "best", last));
+    wall_before = std::stod(meta_at(meta, "wall_s", last));
+    hist = reload_metrics(run / "metrics.jsonl", step);
+    spdlog::info("resuming {} at step {} of {}", run.string(), step, rs.steps);
+  } else {
+    fs::remove(run / "metrics.jsonl");
+    fs::remove_all(run / "checkpoints");
+  }
+  {
+    std::ofstream(run / "config.toml") << config_text;
+  }
+  spdlog::info("task {}: {}", rs.task, s.task->describe());
+  spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", s.opt->type_name(),
+               s.opt->param_groups().size(), rs.steps, get_num_threads(), run.string());
+
+  auto named = s.task->model().named_parameters();
+  std::ofstream metrics(run / "metrics.jsonl", std::ios::app);
+  auto t0 = std::chrono::steady_clock::now();
+  auto wall = [&] { return wall_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  auto meta_for = [&](int64_t at) {
+    return Metadata{{"step", std::to_string(at)},
+                    {"task", rs.task},
+                    {"config", config_text},
+                    {"task_state", join_ints(s.task->state())},
+                    {"rng", std::to_string(default_generator().seed()) + "," + std::to_string(default_generator().offset())},
+                    {"best", fmt::format("{}", best)},
+                    {"wall_s", fmt::format("{}", wall())},
+                    {"format", "liandan-checkpoint-1"}};
+  };
+  auto run_eval = [&](int64_t at) {
+    Metrics m = with_eval_weights(s, [&] { return s.task->evaluate(); });
+    json j{{"step", at}, {"eval", metrics_json(m)}};
+    metrics << j.dump() << "\n" << std::flush;
+    hist.add(j);
+    hist.plot((run / "curves.png").string(), rs.task);
+    spdlog::info("step {} eval: {}", at, metrics_line(m));
+    for (auto& [k, v] : m)
+      if (k == best_name && (std::isnan(best) || (lower_better ? v < best : v > best))) {
+        best = v;
+        ck.save_best(checkpoint_tensors(s), meta_for(at));
+      }
+    return m;
+  };
+
+  s.task->model().train();
+  Progress progress(rs.steps, step, rs.log_every);
+  optim::GradAccumulation acc(rs.accumulate);
+  double last_loss = std::nan("");
+  try {
+    while (step < rs.steps) {
+      double loss_sum = 0;
+      for (int64_t m = 0; m < rs.accumulate; ++m) {
+        Tensor loss = s.task->train_loss();
+        double lv = loss.item();
+        if (!std::isfinite(lv)) {
+          auto bad = optim::first_nonfinite_param(named);
+          LD_FAIL("step ", step + 1, ": the loss is ", lv, " (not finite)",
+                  bad ? "; first non-finite parameter: '" + *bad + "'" : std::string("; all parameters are finite"),
+                  "; training stopped");
+        }
+        loss_sum += lv;
+        (rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
+        acc.micro_step();
+      }
+      if (auto bad = optim::first_nonfinite_grad(named))
+        LD_FAIL("step ", step + 1, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
+      double gnorm = rs.clip_norm > 0 ? optim::clip_grad_norm_(named, rs.clip_norm) : std::nan("");
+      if (rs.clip_value > 0) optim::clip_grad_value_(named, rs.clip_value);
+      double lr = s.opt->param_groups()[0].lr;
+      s.opt->step();
+      s.opt->zero_grad();
+      s.sched->step();
+      if (s.ema) s.ema->update();
+      ++step;
+      last_loss = loss_sum / double(rs.accumulate);
+      progress.update(step, last_loss, lr);
+      if (step % rs.log_every == 0 || step == rs.steps) {
+        json j{{"step", step}, {"loss", last_loss}, {"lr", lr}, {"time_s", wall()}};
+        if (!std::isnan(gnorm)) j["grad_norm"] = gnorm;
+        metrics << j.dump() << "\n" << std::flush;
+        hist.add(j);
+      }
+      bool eval_now = step % rs.eval_every == 0 && step != rs.steps;
+      if (eval_now) {
+        progress.newline();
+        run_eval(step);
+      }
+      if (step % rs.checkpoint_every == 0 && step != rs.steps) ck.save(step, checkpoint_tensors(s), meta_for(step));
+      if (step == topt.die_after_step) ::kill(::getpid(), SIGKILL);
+    }
+  } catch (const Error& e) {
+    progress.newline();
+    write_json_atomic(run / "summary.json", json{{"status", "failed"}, {"step", step}, {"error", e.what()}});
+    spdlog::error("{}", e.what());
+    spdlog::error("the last good checkpoint is kept in {}", (run / "checkpoints").string());
+    return 2;
+  }
+
+  Metrics final_m = run_eval(step);
+  ck.save(step, checkpoint_tensors(s), meta_for(step));
+  std::vector<std::string> lines = with_eval_weights(s, [&] { return s.task->write_samples((run / "samples").string(), "final"); });
+  for (auto& l : lines) std::printf("%s\n", l.c_str());
+  json summary{{"status", "completed"},
+               {"task", rs.task},
+               {"steps", step},
+               {"final_train_loss", last_loss},
+               {"eval", metrics_json(final_m)},
+               {"best", {{best_name, best}}},
+               {"parameters", s.task->model().num_parameters()},
+               {"optimizer", s.opt->type_name()},
+               {"optimizer_state_bytes", s.opt->state_bytes()},
+               {"wall_s", wall()},
+               {"threads", get_num_threads()}};
+  write_json_atomic(run / "summary.json", summary);
+  std::printf("%s\n", metrics_line(final_m).c_str());
+  std::printf("run directory: %s (curves.png, samples/, checkpoints/, summary.json)\n", run.string().c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- sample / eval from a run directory
+
+namespace {
+Setup setup_from_run(const std::string& run_dir, const std::string& which, const std::vector<std::string>& sets,
+                     Config& cfg) {
+  fs::path cfg_path = fs::path(run_dir) / "config.toml";
+  LD_CHECK(fs::exists(cfg_path), run_dir, " is not a run directory (no config.toml)");
+  cfg = Config::from_file(cfg_path.string());
+  for (auto& s : sets) cfg.set(s);
+  Setup s = build(cfg);
+  load_checkpoint(s, (fs::path(run_dir) / "checkpoints" / (which + ".safetensors")).string());
+  return s;
+}
+}  // namespace
+
+int sample(const std::string& run_dir, const std::string& which, const std::vector<std::string>& sets) {
+  Config cfg;
+  Setup s = setup_from_run(run_dir, which, sets, cfg);
+  auto lines = with_eval_weights(s, [&] { return s.task->write_samples((fs::path(run_dir) / "samples").string(), which); });
+  for (auto& l : lines) std::printf("%s\n", l.c_str());
+  return 0;
+}
+
+int evaluate(const std::string& run_dir, const std::string& which, const std::vector<std::string>& sets) {
+  Config cfg;
+  Setup s = setup_from_run(run_dir, which, sets, cfg);
+  Metrics m = with_eval_weights(s, [&] { return s.task->evaluate(); });
+  std::printf("%-24s %s\n", "metric", "value");
+  for (auto& [k, v] : m) std::printf("%-24s %.6g\n", k.c_str(), v);
+  return 0;
+}
+
+int bench(Config& cfg, int64_t steps) {
+  Setup s = build(cfg);
+  s.task->model().train();
+  auto named = s.task->model().named_parameters();
+  auto one = [&] {
+    s.task->train_loss().backward();
+    s.opt->step();
+    s.opt->zero_grad();
+  };
+  one();  // warm-up: allocator caches, OpenMP pool
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) one();
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / double(steps);
+  std::printf("%s: %s\n%lld steps, %.2f ms/step (%.1f steps/s), %d threads\n", s.rs.task.c_str(),
+              s.task->describe().c_str(), (long long)steps, ms, 1000.0 / ms, get_num_threads());
+  return 0;
+}
+
+// ---------------------------------------------------------------- the task registry
+
+namespace {
+std::map<std::string, std::pair<std::string, TaskFactory>>& registry() {
+  static std::map<std::string, std::pair<std::string, TaskFactory>> r;
+  return r;
+}
+}  // namespace
+
+TaskRegistration::TaskRegistration(const std::string& name, const std::string& help, TaskFactory f) {
+  registry()[name] = {help, std::move(f)};
+}
+
+std::unique_ptr<Task> make_task(const std::string& name, Config& cfg, const TaskContext& ctx) {
+  auto it = registry().find(name);
+  if (it == registry().end()) {
+    std::string known;
+    for (auto& [k, v] : registry()) known += (known.empty() ? "" : ", ") + k;
+    LD_FAIL("config ", cfg.source(), ": unknown task '", name, "' (known: ", known, ")");
+  }
+  return it->second.second(cfg, ctx);
+}
+
+std::vector<std::pair<std::string, std::string>> task_list() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& [k, v] : registry()) out.emplace_back(k, v.first);
+  return out;
+}
+
+std::vector<optim::ParamGroup> Task::param_groups() {
+  optim::ParamGroup decay{.name = "decay"}, no_decay{.name = "no_decay", .weight_decay = 0.0};
+  for (auto& [n, p] : model().named_parameters()) (p.dim() >= 2 ? decay : no_decay).params.emplace_back(n, p);
+  std::vector<optim::ParamGroup> g;
+  if (!decay.params.empty()) g.push_back(decay);
+  if (!no_decay.params.empty()) g.push_back(no_decay);
+  return g;
+}
+
+}  // namespace liandan::apps

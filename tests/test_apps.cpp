@@ -1,0 +1,218 @@
+// The command line's machinery: configs (typed keys, --set, unknown keys), the trainer's run directory,
+// bit-identical resume after SIGKILL, divergence handling, and checkpoint errors.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "apps/config.h"
+#include "apps/trainer.h"
+#include "core/error.h"
+#include "core/serialize.h"
+
+using namespace liandan;
+using namespace liandan::apps;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path scratch(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("liandan_test_apps_" + std::to_string(::getpid())) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+const char* kSpirals = R"(
+task = "spirals"
+seed = 3
+steps = 300
+batch_size = 64
+log_every = 25
+eval_every = 100
+checkpoint_every = 100
+[data]
+train_size = 600
+val_size = 300
+[model]
+hidden = 32
+[optim]
+name = "adamw"
+lr = 1e-2
+schedule = "cosine"
+warmup = 20
+clip_norm = 1.0
+accumulate = 2
+[ema]
+decay = 0.9
+)";
+
+fs::path write_config(const fs::path& dir, const std::string& text) {
+  fs::path p = dir / "run.toml";
+  std::ofstream(p) << text;
+  return p;
+}
+
+// Runs the real `liandan` binary (LIANDAN_BIN, set by CTest) and returns its wait status.
+int run_cli(const std::vector<std::string>& args) {
+  const char* bin = std::getenv("LIANDAN_BIN");
+  REQUIRE_MESSAGE(bin, "LIANDAN_BIN is not set (run through ctest)");
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::vector<char*> argv{const_cast<char*>(bin)};
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execv(bin, argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+NamedTensors model_and_optimizer(const fs::path& ckpt) {
+  NamedTensors out;
+  for (auto& [k, t] : load_safetensors(ckpt.string()).tensors)
+    if (k.rfind("model.", 0) == 0 || k.rfind("optim.", 0) == 0 || k.rfind("ema.", 0) == 0) out.emplace_back(k, t);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Config: typed keys, defaults recorded, --set values parsed as TOML") {
+  Config c = Config::from_string("a = 1\n[optim]\nlr = 0.5\nname = \"sgd\"\nlist = [1, 2]\n", "x.toml");
+  c.set("optim.lr=3e-4");
+  c.set("optim.extra=true");
+  c.set("task=lm");  // a bare word is a string
+  CHECK(c.get<int64_t>("a", 0) == 1);
+  CHECK(c.get<double>("a", 0.0) == 1.0);  // an integer reads as a number
+  CHECK(c.get<double>("optim.lr", 0.0) == 3e-4);
+  CHECK(c.get<bool>("optim.extra", false));
+  CHECK(c.get<std::string>("task", "") == "lm");
+  CHECK(c.get<std::string>("optim.name", "") == "sgd");
+  CHECK(c.get<std::vector<int64_t>>("optim.list", {}) == std::vector<int64_t>{1, 2});
+  CHECK(c.get<int64_t>("steps", 77) == 77);  // absent: the default, recorded in the resolved config
+  CHECK(c.resolved_text().find("steps = 77") != std::string::npos);
+  c.check_all_used();
+
+  Config u = Config::from_string("steps = 10\n[optim]\nlrr = 1.0\n", "configs/x.toml");
+  u.get<int64_t>("steps", 1);
+  CHECK_THROWS_WITH_AS(u.check_all_used(),
+                       "config configs/x.toml: unknown key 'optim.lrr' (not used by this task; check the spelling)", Error);
+  Config t = Config::from_string("steps = \"many\"\n", "configs/y.toml");
+  CHECK_THROWS_WITH_AS(t.get<int64_t>("steps", 1), "config configs/y.toml: 'steps' must be an integer, got a string", Error);
+  CHECK_THROWS_WITH_AS(Config::from_string("steps = = 3\n", "bad.toml"), doctest::Contains("config bad.toml:1:"), Error);
+  CHECK_THROWS_WITH_AS(c.set("no_equals"), "--set expects key=value, got 'no_equals'", Error);
+}
+
+TEST_CASE("Trainer: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run") {
+  fs::path dir = scratch("resume");
+  fs::path cfg = write_config(dir, kSpirals);
+  std::string killed = (dir / "killed").string(), whole = (dir / "whole").string();
+
+  int st = run_cli({"train", cfg.string(), "--run-dir", killed, "--die-after-step", "250"});
+  REQUIRE(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGKILL);
+  // The kill came after step 250: the last complete checkpoint is step 200.
+  auto meta = load_safetensors((fs::path(killed) / "checkpoints" / "last.safetensors").string()).metadata;
+  CHECK(meta.at("step") == "200");
+  st = run_cli({"resume", killed});
+  REQUIRE(WIFEXITED(st));
+  REQUIRE(WEXITSTATUS(st) == 0);
+  st = run_cli({"train", cfg.string(), "--run-dir", whole});
+  REQUIRE(WIFEXITED(st));
+  REQUIRE(WEXITSTATUS(st) == 0);
+
+  NamedTensors a = model_and_optimizer(fs::path(killed) / "checkpoints" / "last.safetensors");
+  NamedTensors b = model_and_optimizer(fs::path(whole) / "checkpoints" / "last.safetensors");
+  REQUIRE(a.size() == b.size());
+  REQUIRE(a.size() > 10);
+  for (size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(a[i].first);
+    CHECK(a[i].first == b[i].first);
+    CHECK(a[i].second.to_vector() == b[i].second.to_vector());  // exact equality
+  }
+  // The metrics log of the resumed run has each logged step once.
+  std::ifstream in(fs::path(killed) / "metrics.jsonl");
+  std::string line;
+  std::vector<int64_t> steps;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) steps.push_back(j["loss"].is_number() ? j["step"].get<int64_t>() : -1);
+  }
+  CHECK(steps.size() == 12);  // every 25 steps of 300
+  CHECK(std::is_sorted(steps.begin(), steps.end()));
+  auto summary = nlohmann::json::parse(std::ifstream(fs::path(killed) / "summary.json"));
+  CHECK(summary["status"] == "completed");
+  CHECK(fs::exists(fs::path(killed) / "curves.png"));
+  CHECK(fs::exists(fs::path(killed) / "config.toml"));
+}
+
+TEST_CASE("Trainer: divergence stops the run with the step named and keeps the last good checkpoint") {
+  fs::path dir = scratch("nan");
+  std::string text = kSpirals;
+  text.replace(text.find("lr = 1e-2"), 9, "lr = 1e30");
+  text.replace(text.find("name = \"adamw\""), 14, "name = \"sgd\"");
+  text.replace(text.find("clip_norm = 1.0"), 15, "clip_norm = 0.0");
+  text.replace(text.find("checkpoint_every = 100"), 22, "checkpoint_every = 1");
+  Config cfg = Config::from_string(text, "nan.toml");
+  cfg.set("optim.warmup=0");
+  cfg.set("optim.schedule=\"constant\"");
+  int rc = train(cfg, {.run_dir = (dir / "run").string()});
+  CHECK(rc == 2);
+  auto summary = nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"));
+  CHECK(summary["status"] == "failed");
+  std::string err = summary["error"];
+  CAPTURE(err);
+  CHECK(err.find("not finite") != std::string::npos);
+  CHECK(err.find("parameter") != std::string::npos);  // names the first offending parameter (or says none is)
+  int64_t failed_at = summary["step"].get<int64_t>() + 1;
+  CHECK(err.find("step " + std::to_string(failed_at) + ":") == 0);
+  // The last checkpoint is the step before the failure, and all its tensors are finite.
+  auto c = load_safetensors((dir / "run" / "checkpoints" / "last.safetensors").string());
+  CHECK(std::stoll(c.metadata.at("step")) == failed_at - 1);
+  for (auto& [k, t] : c.tensors)
+    if (k.rfind("model.", 0) == 0)
+      for (double v : t.to_vector()) REQUIRE(std::isfinite(v));
+}
+
+TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and the field") {
+  fs::path dir = scratch("errors");
+  Config bad_task = Config::from_string("task = \"nope\"\n", "t.toml");
+  CHECK_THROWS_WITH_AS(train(bad_task, {.run_dir = (dir / "a").string()}),
+                       doctest::Contains("config t.toml: unknown task 'nope' (known: "), Error);
+  Config bad_opt = Config::from_string(std::string(kSpirals) + "", "o.toml");
+  bad_opt.set("optim.name=lion");
+  CHECK_THROWS_WITH_AS(train(bad_opt, {.run_dir = (dir / "b").string()}),
+                       "config o.toml: optim.name must be one of adamw, adam, sgd, amos; got 'lion'", Error);
+  Config typo = Config::from_string(kSpirals, "typo.toml");
+  typo.set("model.hiden=3");
+  CHECK_THROWS_WITH_AS(train(typo, {.run_dir = (dir / "c").string()}),
+                       "config typo.toml: unknown key 'model.hiden' (not used by this task; check the spelling)", Error);
+
+  // A truncated checkpoint: resuming names the file.
+  Config ok = Config::from_string(kSpirals, "ok.toml");
+  ok.set("steps=100");
+  REQUIRE(train(ok, {.run_dir = (dir / "d").string()}) == 0);
+  fs::path last = dir / "d" / "checkpoints" / "last.safetensors";
+  fs::path copy = dir / "d" / "checkpoints" / "ckpt-100.safetensors";
+  fs::remove(last);
+  {
+    std::ifstream in(copy, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(last, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  Config again = Config::from_file((dir / "d" / "config.toml").string());
+  CHECK_THROWS_WITH_AS(train(again, {.run_dir = (dir / "d").string(), .resume = true}),
+                       doctest::Contains(last.string().c_str()), Error);
+  fs::remove_all(dir.parent_path());
+}
