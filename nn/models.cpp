@@ -237,15 +237,14 @@ ViT::ViT(const ViTConfig& cfg, Generator& gen) : Module("ViT"), config(cfg) {
   head = register_module("head", std::make_shared<Linear>(cfg.d_model, cfg.n_classes, true, gen));
 }
 
-std::pair<Tensor, Tensor> ViT::patch_coordinates() const {
-  const int64_t g = grid();
-  std::vector<double> px(size_t(g * g)), py(size_t(g * g));
-  for (int64_t r = 0; r < g; ++r)
-    for (int64_t c = 0; c < g; ++c) {
-      px[size_t(r * g + c)] = config.position == PositionEncoding::rope1d ? double(r * g + c) : double(c);
-      py[size_t(r * g + c)] = double(r);
+std::pair<Tensor, Tensor> ViT::patch_coordinates(int64_t rows, int64_t cols) const {
+  std::vector<double> px(size_t(rows * cols)), py(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      px[size_t(r * cols + c)] = config.position == PositionEncoding::rope1d ? double(r * cols + c) : double(c);
+      py[size_t(r * cols + c)] = double(r);
     }
-  return {from_vector(px, {g * g}, DType::f64), from_vector(py, {g * g}, DType::f64)};
+  return {from_vector(px, {rows * cols}, DType::f64), from_vector(py, {rows * cols}, DType::f64)};
 }
 
 std::pair<Tensor, Tensor> ViT::rope_tables(const Tensor& pos_x, const Tensor& pos_y, DType dtype) const {
@@ -259,10 +258,12 @@ std::pair<Tensor, Tensor> ViT::rope_tables(const Tensor& pos_x, const Tensor& po
 }
 
 Tensor ViT::embed(const Tensor& images) {
-  LD_CHECK(images.dim() == 4 && images.size(1) == config.channels && images.size(2) == config.image_size &&
-               images.size(3) == config.image_size,
-           "ViT: expected images [B, ", config.channels, ", ", config.image_size, ", ", config.image_size, "], got ",
-           shape_str(images.shape()));
+  const bool fixed = pos_embedding.defined();  // learned positions exist for the trained grid only
+  LD_CHECK(images.dim() == 4 && images.size(1) == config.channels && images.size(2) % config.patch == 0 &&
+               images.size(3) % config.patch == 0 &&
+               (!fixed || (images.size(2) == config.image_size && images.size(3) == config.image_size)),
+           "ViT: expected images [B, ", config.channels, ", ", config.image_size, ", ", config.image_size, "]",
+           fixed ? "" : " (or any multiple of the patch size)", ", got ", shape_str(images.shape()));
   const int64_t B = images.size(0);
   Tensor x = patch_embed->forward(images).flatten(2).transpose(1, 2);  // [B, N, d]
   if (cls_token.defined()) x = cat({cls_token.expand({B, 1, config.d_model}), x}, 1);
@@ -271,7 +272,8 @@ Tensor ViT::embed(const Tensor& images) {
 }
 
 Tensor ViT::forward(const Tensor& images) {
-  auto [px, py] = patch_coordinates();
+  LD_CHECK(images.dim() == 4, "ViT: expected images [B, C, H, W], got ", shape_str(images.shape()));
+  auto [px, py] = patch_coordinates(images.size(2) / config.patch, images.size(3) / config.patch);
   return forward(images, px, py);
 }
 

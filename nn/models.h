@@ -149,8 +149,11 @@ class ViT : public Module {
   // Patch tokens [B, N(+1), d] before the blocks, and the RoPE tables for them.
   Tensor embed(const Tensor& images);
   std::pair<Tensor, Tensor> rope_tables(const Tensor& pos_x, const Tensor& pos_y, DType dtype) const;
-  // Default coordinates: x = column, y = row (rope1d: pos_x = row-major index).
-  std::pair<Tensor, Tensor> patch_coordinates() const;
+  // Default coordinates: x = column, y = row (rope1d: pos_x = row-major index), for a grid of
+  // rows × cols patches (default: the configured image size). Images larger than the training size are
+  // accepted with RoPE or no positions (resolution extrapolation); learned positions need the trained size.
+  std::pair<Tensor, Tensor> patch_coordinates() const { return patch_coordinates(grid(), grid()); }
+  std::pair<Tensor, Tensor> patch_coordinates(int64_t rows, int64_t cols) const;
   int64_t grid() const { return config.image_size / config.patch; }
 
   ViTConfig config;
