@@ -314,3 +314,22 @@ TEST_CASE("RoFormerEncoder: padded tokens change nothing (mean pooling, softmax 
     CHECK(cls.forward(tokens).shape() == Shape{1, 3});
   }
 }
+
+TEST_CASE("ViT: larger images with RoPE / no positions (resolution extrapolation); learned positions refuse") {
+  Generator g(21);
+  auto c = tiny_vit(nn::PositionEncoding::rope2d);
+  c.image_size = 8;
+  nn::ViT vit(c, g);
+  Tensor small = randn({2, 1, 8, 8}, g), big = zeros({2, 1, 16, 12});
+  CHECK(vit.forward(big).shape() == Shape{2, c.n_classes});
+  // Coordinates for any grid: x = column, y = row.
+  auto [px, py] = vit.patch_coordinates(4, 3);
+  CHECK(px.to_vector() == std::vector<double>{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2});
+  CHECK(py.to_vector() == std::vector<double>{0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3});
+  CHECK_THROWS_WITH_AS(vit.forward(zeros({2, 1, 9, 8})), doctest::Contains("(or any multiple of the patch size)"), Error);
+  auto cl = tiny_vit(nn::PositionEncoding::learned);
+  cl.image_size = 8;
+  nn::ViT learned(cl, g);
+  CHECK(learned.forward(small).shape() == Shape{2, c.n_classes});
+  CHECK_THROWS_WITH_AS(learned.forward(big), "ViT: expected images [B, 1, 8, 8], got [2, 1, 16, 12]", Error);
+}
