@@ -65,17 +65,27 @@ std::unique_ptr<optim::Optimizer> make_optimizer(Config& cfg, Task& task) {
                                                           .weight_decay = cfg.get<double>("optim.weight_decay", 0.0),
                                                           .strategy = st});
   if (name == "amos") {
-    // Amos's weight decay is adaptive; a group's weight_decay is its extra L2 (λ), 0 by default.
+    // Amos's weight decay is adaptive (γ); its extra L2 λ is optim.extra_l2 (default 0). optim.weight_decay
+    // is read so that --set optim.name=amos works on an AdamW config, but it does not apply.
+    double wd = cfg.get<double>("optim.weight_decay", 0.0);
+    if (wd != 0) spdlog::warn("Amos: optim.weight_decay = {} is ignored (Amos decays adaptively; optim.extra_l2 adds L2)", wd);
+    double eta_factor = cfg.get<double>("optim.eta_factor", 1.0);
     for (auto& g : groups) g.weight_decay = optim::kDefault;
-    return std::make_unique<optim::Amos>(
-        std::move(groups), optim::AmosOptions{.lr = cfg.get<double>("optim.lr", 1e-2),
-                                              .beta = cfg.get<double>("optim.beta", 0.999),
-                                              .extra_l2 = cfg.get<double>("optim.weight_decay", 0.0),
-                                              .momentum = cfg.get<double>("optim.momentum", 0.0),
-                                              .clip_value = cfg.get<double>("optim.clip_value", 0.0),
-                                              .finetune_rate = cfg.get<double>("optim.finetune_rate", 1.0),
-                                              .init_b = cfg.get<double>("optim.init_b", 0.0),
-                                              .factored = cfg.get<bool>("optim.factored", true)});
+    optim::AmosOptions o{.lr = cfg.get<double>("optim.lr", 1e-2),
+                         .beta = cfg.get<double>("optim.beta", 0.999),
+                         .c_coef = cfg.get<double>("optim.c_coef", 0.25),
+                         .d_coef = cfg.get<double>("optim.d_coef", 0.25),
+                         .extra_l2 = cfg.get<double>("optim.extra_l2", 0.0),
+                         .momentum = cfg.get<double>("optim.momentum", 0.0),
+                         .clip_value = cfg.get<double>("optim.clip_value", 0.0),
+                         .finetune_rate = cfg.get<double>("optim.finetune_rate", 1.0),
+                         .init_b = cfg.get<double>("optim.init_b", 0.0),
+                         .factored = cfg.get<bool>("optim.factored", true)};
+    // η̃ of matrices: their init RMS times optim.eta_factor (√6 gives jestimator's √(2/fan_in) for
+    // PyTorch-style U(±1/√fan_in) inits); vectors keep 0.5.
+    if (eta_factor != 1.0)
+      o.eta = [eta_factor](const std::string&, const Tensor& p) { return p.dim() >= 2 ? eta_factor * optim::init_scale(p) : 0.5; };
+    return std::make_unique<optim::Amos>(std::move(groups), o);
   }
   LD_FAIL("config ", cfg.source(), ": optim.name must be one of adamw, adam, sgd, amos; got '", name, "'");
 }

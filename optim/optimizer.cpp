@@ -105,7 +105,9 @@ void Optimizer::set_lr_factor(double factor) {
 
 double Optimizer::decoupled_decay(const ParamGroup& g, const Strategy& st) const {
   if (!st.tie_weight_decay) return g.lr * g.weight_decay;
-  if (g.initial_lr <= 0) return 0.0;
+  // Tied decay replaces the value, not the choice: a group that opted out (weight_decay 0, e.g. biases
+  // and norms) stays undecayed.
+  if (g.initial_lr <= 0 || g.initial_weight_decay == 0) return 0.0;
   double schedule_factor = g.lr / g.initial_lr;
   return g.initial_lr * g.initial_lr / (2 * st.q) * schedule_factor;
 }

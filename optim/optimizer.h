@@ -50,7 +50,7 @@ struct ParamGroup {
 //                     each tensor moves by a fixed fraction lr of its expected distance to the optimum.
 //  tie_weight_decay:  decoupled decay θ ← θ − ρ_t·θ with ρ_t = α₀²/(2q) · s_t, where α₀ is the group's
 //                     initial lr and s_t = lr/initial_lr the schedule's current factor. (Replaces the
-//                     group's weight_decay.)
+//                     group's weight_decay value; groups with weight_decay 0 stay undecayed.)
 struct Strategy {
   bool per_tensor_lr = false;
   bool tie_weight_decay = false;

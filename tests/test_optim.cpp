@@ -398,9 +398,11 @@ TEST_CASE("Strategies: per-tensor lr moves each tensor by lr·√k·σ; tied dec
   Tensor z = param({3.0});
   SGDOptions so;
   so.lr = 0.1;
+  so.weight_decay = 1.0;  // opts the group into decay; the tie replaces the value
   so.strategy.tie_weight_decay = true;
   so.strategy.q = 0.5;
-  SGD sopt({z}, so);
+  Tensor kept = param({3.0});
+  SGD sopt({{.name = "decay", .params = {{"z", z}}}, {.name = "no_decay", .params = {{"k", kept}}, .weight_decay = 0.0}}, so);
   Scheduler sched(sopt, inverse_time(2));
   double x = 3.0;
   for (int t = 0; t < 6; ++t) {
@@ -409,7 +411,10 @@ TEST_CASE("Strategies: per-tensor lr moves each tensor by lr·√k·σ; tied dec
     x *= 1 - 0.1 * 0.1 / (2 * 0.5) * inverse_time(2)(t);
     sched.step();
     CHECK(z.item() == doctest::Approx(x).epsilon(1e-14));
+    set_grad(kept, {0.0});
   }
+  sopt.step();
+  CHECK(kept.item() == 3.0);  // a group with weight_decay 0 stays undecayed
 }
 
 TEST_CASE("state_dict: a resumed optimizer continues bit-identically (through a safetensors file)") {

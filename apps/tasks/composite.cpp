@@ -38,8 +38,8 @@ class CompositeTask : public Task {
   CompositeTask(Config& c, const TaskContext& ctx, bool nxm) : nxm_(nxm) {
     MnistSplits mn = load_mnist_splits(ctx.data_dir);
     data::CompositeOptions o;
-    o.height = c.get<int64_t>("data.height", nxm ? 28 : 56);
-    o.width = c.get<int64_t>("data.width", nxm ? 84 : 56);
+    o.height = c.get<int64_t>("data.height", nxm ? 32 : 56);
+    o.width = c.get<int64_t>("data.width", nxm ? 88 : 56);
     o.min_digits = c.get<int64_t>("data.min_digits", nxm ? 3 : 1);
     o.max_digits = c.get<int64_t>("data.max_digits", 3);
     o.min_gap = c.get<int64_t>("data.min_gap", nxm ? 20 : 0);
