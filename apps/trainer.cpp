@@ -285,16 +285,20 @@ struct History {
         eval[k].second.push_back(v.get<double>());
       }
   }
-  void plot(const std::string& path, const std::string& title) const {
-    std::vector<data::PlotSeries> s;
-    if (!train_x.empty()) s.push_back({"train loss", train_x, train_y});
-    for (auto& [k, xy] : eval)
-      if (k.find("loss") != std::string::npos || k.find("bpc") != std::string::npos) s.push_back({k, xy.first, xy.second});
-    if (s.empty()) return;
+  // curves.png: the training loss and every held-out loss (loss, bpc); metrics.png: the other held-out
+  // metrics (accuracy, F1, ...), whose scales differ.
+  void plot(const std::string& dir, const std::string& title) const {
+    std::vector<data::PlotSeries> losses_s, other;
+    if (!train_x.empty()) losses_s.push_back({"train loss", train_x, train_y});
+    for (auto& [k, xy] : eval) {
+      bool is_loss = k.find("loss") != std::string::npos || k.find("bpc") != std::string::npos;
+      (is_loss ? losses_s : other).push_back({k, xy.first, xy.second});
+    }
     data::PlotOptions o;
     o.title = title;
     o.xlabel = "step";
-    data::save_plot(path, s, o);
+    if (!losses_s.empty()) data::save_plot(dir + "/curves.png", losses_s, o);
+    if (!other.empty()) data::save_plot(dir + "/metrics.png", other, o);
   }
 };
 
@@ -460,7 +464,7 @@ int train(Config& cfg, const TrainOptions& topt) {
     json j{{"step", at}, {"eval", metrics_json(m)}};
     metrics << j.dump() << "\n" << std::flush;
     hist.add(j);
-    hist.plot((run / "curves.png").string(), rs.task);
+    hist.plot(run.string(), rs.task);
     spdlog::info("step {} eval: {}", at, metrics_line(m));
     for (auto& [k, v] : m)
       if (k == best_name && (std::isnan(best) || (lower_better ? v < best : v > best))) {

@@ -9,7 +9,7 @@
 //   metrics.jsonl      one JSON object per logged step ({"step","loss","lr",...}) or evaluation ({"eval":...})
 //   checkpoints/       ckpt-<step>.safetensors (the last `keep_checkpoints`), last.safetensors, best.safetensors
 //   samples/           the task's outputs (generated text, sample grids)
-//   curves.png         loss and metric curves
+//   curves.png         training and held-out losses; metrics.png: the other held-out metrics (accuracy, F1)
 //   summary.json       final metrics, wall time, parameter count, status
 //
 // A checkpoint holds the model ("model.*"), optimizer ("optim.*"), EMA ("ema.*") and, in its metadata,
