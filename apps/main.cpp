@@ -4,6 +4,7 @@
 //   liandan sample RUN_DIR [--checkpoint best|last]      write the task's samples (text, image grids)
 //   liandan eval RUN_DIR [--checkpoint best|last]        held-out metrics of a checkpoint
 //   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
+//   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
 // Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 #include <cstdio>
 
 #include "apps/config.h"
+#include "apps/report.h"
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
 #include "apps/task.h"
 #include "apps/trainer.h"
@@ -79,12 +81,18 @@ int main(int argc, char** argv) {
   bench->add_option("--steps", bench_steps, "timed steps")->capture_default_str();
   add_sets(bench, sets);
 
+  std::vector<std::string> report_dirs, report_metrics;
+  auto* report_cmd = app.add_subcommand("report", "Markdown table of finished runs, mean ± std over seeds (<variant>-s<seed>)");
+  report_cmd->add_option("run_dirs", report_dirs, "run directories")->required();
+  report_cmd->add_option("--metrics", report_metrics, "metrics to show (default: all)")->delimiter(',');
+
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
 
   if (threads > 0) liandan::set_num_threads(threads);
   try {
     if (*info_cmd) return info();
+    if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics);
     if (*train) {
       Config cfg = load_config(config_path, sets);
       return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = false, .die_after_step = die_after});

@@ -1,0 +1,13 @@
+#pragma once
+// `liandan report RUN_DIR...`: a Markdown table of finished runs, grouped by variant ("<variant>-s<seed>"
+// run directories), mean ± sample std over seeds.
+#include <string>
+#include <vector>
+
+namespace liandan::apps {
+
+// Prints the table; `metrics` empty = every held-out metric found.
+int report(const std::vector<std::string>& run_dirs, std::vector<std::string> metrics);
+std::string fmt_num(double x);
+
+}  // namespace liandan::apps
