@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/random.h"
 #include "core/tensor.h"
 
 namespace liandan::metrics {
@@ -35,5 +36,18 @@ struct NxmAccuracy {
   double whole_example = 0;      // fraction of examples with all n sub-problems right
 };
 NxmAccuracy nxm_accuracy(const Tensor& logits, const Tensor& targets);
+
+// ---- distances between sample sets (generative models)
+
+// Fréchet distance between Gaussians N(μ1, C1), N(μ2, C2): ‖μ1 − μ2‖² + Tr(C1 + C2 − 2(C1^½ C2 C1^½)^½)
+// (symmetric eigen-decompositions by LAPACK dsyev, in double; tiny negative eigenvalues from rounding are
+// clamped to 0). means [d], covariances [d, d].
+double frechet_distance(const Tensor& mean1, const Tensor& cov1, const Tensor& mean2, const Tensor& cov2);
+// The same from feature rows [N, d] (sample mean and unbiased covariance of each set): FID when the
+// features are a classifier's penultimate activations.
+double frechet_distance(const Tensor& features1, const Tensor& features2);
+// Sliced Wasserstein-1 between equal-size point sets [N, d]: the mean over `projections` random unit
+// directions (from `gen`) of the 1-D W1 distance between the sorted projections.
+double sliced_wasserstein(const Tensor& a, const Tensor& b, int64_t projections, Generator& gen);
 
 }  // namespace liandan::metrics

@@ -1,6 +1,9 @@
-// Multi-label and n×m metrics (losses/metrics.cpp) on hand-counted cases: exact match, micro/macro
-// F1 with the threshold at 0 on ZLPR scores, per-task and whole-example accuracy, errors.
+// Metrics (losses/metrics.cpp): multi-label and n×m on hand-counted cases (exact match, micro/macro
+// F1 with the threshold at 0 on ZLPR scores, per-task and whole-example accuracy), FID and sliced W1 on closed forms.
 #include <doctest/doctest.h>
+
+#include <cmath>
+#include <numbers>
 
 #include <vector>
 
@@ -97,4 +100,41 @@ TEST_CASE("metrics: errors") {
                        "nxm_accuracy: class index 4 is out of range for 4 classes", liandan::Error);
   CHECK_THROWS_WITH_AS(metrics::nxm_accuracy(zeros({4}), zeros({4})), doctest::Contains("nxm_accuracy: logits must have shape [..., n, m]"),
                        liandan::Error);
+}
+
+TEST_CASE("frechet_distance: closed forms for diagonal and rotated Gaussians; from features") {
+  // Diagonal covariances: FID = ‖μ1 − μ2‖² + Σ (σ1_i − σ2_i)².
+  Tensor m1 = from_vector(std::vector<double>{0, 1, 2}, {3}, DType::f64), m2 = from_vector(std::vector<double>{1, 1, 0}, {3}, DType::f64);
+  Tensor c1 = zeros({3, 3}, DType::f64), c2 = zeros({3, 3}, DType::f64);
+  double s1[] = {1, 4, 9}, s2[] = {4, 4, 1};
+  for (int i = 0; i < 3; ++i) {
+    c1.set({i, i}, s1[i]);
+    c2.set({i, i}, s2[i]);
+  }
+  double expected = 1 + 0 + 4 + (1 - 2) * (1 - 2) + 0 + (3 - 1) * (3 - 1);
+  CHECK(metrics::frechet_distance(m1, c1, m2, c2) == doctest::Approx(expected).epsilon(1e-12));
+  CHECK(metrics::frechet_distance(m1, c1, m1, c1) == doctest::Approx(0.0).epsilon(1e-12));
+  // Rotating both Gaussians by the same orthogonal matrix leaves the distance unchanged.
+  double c = std::cos(0.7), s = std::sin(0.7);
+  Tensor R = from_vector(std::vector<double>{c, -s, 0, s, c, 0, 0, 0, 1}, {3, 3}, DType::f64);
+  auto rot = [&](const Tensor& C) { return matmul(matmul(R, C), R.t()); };
+  CHECK(metrics::frechet_distance(matmul(R, m1.unsqueeze(1)).squeeze(1), rot(c1), matmul(R, m2.unsqueeze(1)).squeeze(1),
+                                  rot(c2)) == doctest::Approx(expected).epsilon(1e-10));
+  // From features: two samples of the same Gaussian are close; a shifted one is at ≈ ‖shift‖².
+  Generator g(4);
+  Tensor a = randn({4000, 4}, g, DType::f64), b = randn({4000, 4}, g, DType::f64);
+  CHECK(metrics::frechet_distance(a, b) < 0.02);
+  CHECK(metrics::frechet_distance(a, b + 2.0) == doctest::Approx(16.0).epsilon(0.02));
+  CHECK_THROWS_WITH_AS(metrics::frechet_distance(a, zeros({10, 3}, DType::f64)),
+                       "frechet_distance: features must be [N, d] with the same d, got [4000, 4] and [10, 3]", Error);
+}
+
+TEST_CASE("sliced_wasserstein: zero for equal sets, |shift| projected for a shifted set") {
+  Generator g(5);
+  Tensor a = randn({500, 2}, g, DType::f64);
+  CHECK(metrics::sliced_wasserstein(a, a, 16, g) == 0.0);
+  // Shifting by v moves every projection by u·v: SW1 = E_u |u·v| = ‖v‖·E|cos θ| = ‖v‖·2/π in 2-D.
+  Tensor v = from_vector(std::vector<double>{3, 4}, {1, 2}, DType::f64);
+  double sw = metrics::sliced_wasserstein(a, a + v, 4000, g);
+  CHECK(sw == doctest::Approx(5.0 * 2 / std::numbers::pi).epsilon(0.03));
 }
