@@ -159,7 +159,10 @@ Tensor sde_sample(Denoiser& model, const SDE& sde, const Shape& shape, int64_t N
       for (int64_t j = 0; j < opt.corrector_steps; ++j) {
         Tensor s = score(x, t);
         Tensor z = randn(x.shape(), gen, x.dtype());
-        double r = opt.snr * mean_norm(z) / mean_norm(s);
+        // A zero score (an untrained model) makes score_sde's step size infinite and the sample NaN: no
+        // gradient to follow, so the corrector does nothing.
+        double s_norm = mean_norm(s);
+        double r = s_norm > 0 ? opt.snr * mean_norm(z) / s_norm : 0.0;
         double step = 2.0 * alpha * r * r;
         x_mean = add(x, mul(s, step));
         x = add(x_mean, mul(z, std::sqrt(2.0 * step)));

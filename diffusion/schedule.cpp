@@ -126,6 +126,9 @@ double VPSDE::discrete_beta(double t, int64_t N) const {
 
 SDE::Discrete VPSDE::discretize(double t, int64_t N) const {
   double b = discrete_beta(t, N);
+  // β_i = β(t)/N must stay below 1 (√(1 − β_i)): too few steps for this SDE otherwise.
+  LD_CHECK(b < 1.0, "VP SDE: the ", N, "-step discretisation has β_i = ", b, " >= 1 at t = ", t,
+           " (reverse-diffusion / PC samplers need N > β_max = ", beta_max, ")");
   return {std::sqrt(1.0 - b) - 1.0, std::sqrt(b)};
 }
 

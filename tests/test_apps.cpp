@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +13,9 @@
 
 #include "apps/config.h"
 #include "apps/trainer.h"
+#include "core/data/mnist.h"
 #include "core/error.h"
+#include "core/random.h"
 #include "core/serialize.h"
 
 using namespace liandan;
@@ -215,4 +218,70 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
   CHECK_THROWS_WITH_AS(train(again, {.run_dir = (dir / "d").string(), .resume = true}),
                        doctest::Contains(last.string().c_str()), Error);
   fs::remove_all(dir.parent_path());
+}
+
+namespace {
+// A synthetic MNIST in IDX format (random blobs, labels 0..9) so every task runs without downloads.
+fs::path synthetic_mnist(const fs::path& dir, int64_t n_train, int64_t n_test) {
+  fs::path m = dir / "mnist";
+  fs::create_directories(m);
+  Generator g(1);
+  auto write = [&](const std::string& prefix, int64_t n) {
+    std::vector<uint8_t> img(size_t(n * 28 * 28)), lab(static_cast<size_t>(n));
+    std::vector<double> u = rand({n * 28 * 28}, g, DType::f64).to_vector();
+    for (size_t i = 0; i < img.size(); ++i) img[i] = uint8_t(u[i] > 0.8 ? 255 * u[i] : 0);
+    for (int64_t i = 0; i < n; ++i) lab[size_t(i)] = uint8_t(i % 10);
+    data::write_idx_u8((m / (prefix + "-images-idx3-ubyte")).string(), {n, 28, 28}, img);
+    data::write_idx_u8((m / (prefix + "-labels-idx1-ubyte")).string(), {n}, lab);
+  };
+  write("train", n_train);
+  write("t10k", n_test);
+  return dir;
+}
+}  // namespace
+
+TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and samples are written") {
+  fs::path dir = scratch("tasks");
+  std::string data_dir = synthetic_mnist(dir / "data", 200, 60).string();
+  struct Case {
+    std::string name, config;
+    std::vector<std::string> sets;
+    std::vector<std::string> metrics, files;
+  } cases[] = {
+      {"lm", "", {"data.corpus=\"embedded\"", "data.seq_len=16", "model.d_model=16", "model.n_layers=1", "eval.lengths=[16, 32]",
+                  "eval.tokens=40", "data.val_fraction=0.3", "sample.length=20"},
+       {"val_bpc", "val_bpc@32"}, {"samples/final.txt"}},
+      {"vit", "vit-mnist.toml", {"model.d_model=16", "model.n_layers=1", "eval.canvas=[40]"}, {"val_accuracy", "val_accuracy@40"}, {}},
+      {"mnist_cnn", "mnist-cnn.toml", {}, {"val_accuracy"}, {}},
+      {"multilabel", "multilabel.toml", {"data.train_size=64", "data.test_size=32", "loss.name=\"zlpr_soft\""},
+       {"val_micro_f1", "val_exact_match"}, {"metrics.png"}},
+      {"nxm", "nxm.toml", {"data.train_size=64", "data.test_size=32"}, {"val_sequence_accuracy"}, {}},
+      {"toy2d", "toy2d.toml", {"eval.samples=64", "eval.samplers=[\"ddpm:20\", \"ddim:5:0.5\", \"pc:30\", \"ode_heun:4\", \"ode_rk45\"]",
+                               "model.hidden=16", "sample.sampler=\"em:10\""},
+       {"ddim:5:0.5/sw1", "pc:30/sw1", "ode_rk45/nfe"}, {"samples/final.png", "samples/data.png"}},
+      {"ddpm", "ddpm-mnist.toml", {"model.base_channels=8", "model.channel_mult=[1, 2]", "eval.samplers=[]", "sample.sampler=\"ddim:3\"",
+                                   "sample.count=4"},
+       {"val_loss"}, {"samples/final.png"}},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.name);
+    Config cfg = c.config.empty() ? Config::from_string("task = \"lm\"\n", "lm.toml")
+                                  : Config::from_file((fs::path(LIANDAN_SOURCE_DIR) / "configs" / c.config).string());
+    for (auto& s : c.sets) cfg.set(s);
+    for (auto s : {"steps=4", "eval_every=2", "checkpoint_every=2", "log_every=1", "batch_size=8"}) cfg.set(s);
+    cfg.set("data_dir=\"" + data_dir + "\"");
+    fs::path run = dir / c.name;
+    REQUIRE(train(cfg, {.run_dir = run.string()}) == 0);
+    auto summary = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+    CHECK(summary["status"] == "completed");
+    CHECK(summary["steps"] == 4);
+    for (auto& m : c.metrics) {
+      CAPTURE(m);
+      REQUIRE(summary["eval"].contains(m));
+      CHECK(std::isfinite(summary["eval"][m].get<double>()));
+    }
+    for (auto& f : c.files) CHECK(fs::exists(run / f));
+    CHECK(fs::exists(run / "checkpoints" / "last.safetensors"));
+    CHECK(fs::exists(run / "checkpoints" / "best.safetensors"));
+  }
 }
