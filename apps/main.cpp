@@ -85,6 +85,8 @@ int main(int argc, char** argv) {
   auto* report_cmd = app.add_subcommand("report", "Markdown table of finished runs, mean ± std over seeds (<variant>-s<seed>)");
   report_cmd->add_option("run_dirs", report_dirs, "run directories")->required();
   report_cmd->add_option("--metrics", report_metrics, "metrics to show (default: all)")->delimiter(',');
+  std::string report_plot;
+  report_cmd->add_option("--plot", report_plot, "also write a PNG of every variant's training-loss curve");
 
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
   if (threads > 0) liandan::set_num_threads(threads);
   try {
     if (*info_cmd) return info();
-    if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics);
+    if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics, report_plot);
     if (*train) {
       Config cfg = load_config(config_path, sets);
       return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = false, .die_after_step = die_after});

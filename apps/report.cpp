@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
+#include "core/data/image.h"
 #include "core/error.h"
 
 namespace fs = std::filesystem;
@@ -46,7 +47,39 @@ std::string fmt_num(double x) {
   return buf;
 }
 
-int report(const std::vector<std::string>& run_dirs, std::vector<std::string> metrics) {
+// Training-loss curves of the first run of every variant on one chart (smoothed by a running mean over 5
+// logged points, so the variants' trends are readable).
+void plot_variants(const std::vector<std::string>& run_dirs, const std::string& path, const std::string& title) {
+  std::vector<data::PlotSeries> series;
+  std::vector<std::string> seen;
+  for (auto& dir : run_dirs) {
+    std::string v = variant_of(dir);
+    if (std::find(seen.begin(), seen.end(), v) != seen.end()) continue;
+    seen.push_back(v);
+    data::PlotSeries s{v, {}, {}};
+    std::ifstream in(fs::path(dir) / "metrics.jsonl");
+    std::string line;
+    std::vector<double> window;
+    while (std::getline(in, line)) {
+      json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.contains("loss")) continue;
+      window.push_back(j["loss"].get<double>());
+      if (window.size() > 5) window.erase(window.begin());
+      double m = 0;
+      for (double x : window) m += x;
+      s.x.push_back(double(j["step"].get<int64_t>()));
+      s.y.push_back(m / double(window.size()));
+    }
+    series.push_back(std::move(s));
+  }
+  data::PlotOptions o;
+  o.title = title;
+  o.ylabel = "training loss";
+  data::save_plot(path, series, o);
+}
+
+int report(const std::vector<std::string>& run_dirs, std::vector<std::string> metrics, const std::string& plot) {
+  if (!plot.empty()) plot_variants(run_dirs, plot, fs::path(plot).stem().string());
   struct Row {
     std::map<std::string, std::vector<double>> values;
     std::vector<double> wall;

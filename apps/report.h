@@ -6,8 +6,9 @@
 
 namespace liandan::apps {
 
-// Prints the table; `metrics` empty = every held-out metric found.
-int report(const std::vector<std::string>& run_dirs, std::vector<std::string> metrics);
+// Prints the table; `metrics` empty = every held-out metric found. `plot` (optional): a PNG of every
+// variant's training-loss curve.
+int report(const std::vector<std::string>& run_dirs, std::vector<std::string> metrics, const std::string& plot = "");
 std::string fmt_num(double x);
 
 }  // namespace liandan::apps
