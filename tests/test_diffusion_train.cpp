@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "core/ops.h"
+#include "losses/metrics.h"
 #include "diffusion/gaussian_model.h"
 #include "diffusion/mlp_denoiser.h"
 #include "diffusion/objectives.h"
@@ -24,27 +25,10 @@ using namespace liandan::diffusion;
 
 namespace {
 
-// Sliced Wasserstein-1 between two equal-size 2-D point sets: the mean over `dirs` fixed directions of the W1
-// distance of the projections, which for equal sizes is the mean |difference| of the sorted projections.
-double sliced_w1(const Tensor& a, const Tensor& b, int64_t dirs = 64) {
-  REQUIRE(a.shape() == b.shape());
-  int64_t n = a.size(0);
-  std::vector<double> va = a.to_vector(), vb = b.to_vector();
-  double total = 0;
-  for (int64_t k = 0; k < dirs; ++k) {
-    double th = M_PI * double(k) / double(dirs), c = std::cos(th), s = std::sin(th);
-    std::vector<double> pa(static_cast<size_t>(n)), pb(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      pa[size_t(i)] = c * va[size_t(2 * i)] + s * va[size_t(2 * i + 1)];
-      pb[size_t(i)] = c * vb[size_t(2 * i)] + s * vb[size_t(2 * i + 1)];
-    }
-    std::sort(pa.begin(), pa.end());
-    std::sort(pb.begin(), pb.end());
-    double w = 0;
-    for (int64_t i = 0; i < n; ++i) w += std::fabs(pa[size_t(i)] - pb[size_t(i)]);
-    total += w / double(n);
-  }
-  return total / double(dirs);
+// Sliced Wasserstein-1 (losses/metrics.h) over 64 random directions, the same directions for every call.
+double sliced_w1(const Tensor& a, const Tensor& b) {
+  Generator dirs(31);
+  return metrics::sliced_wasserstein(a.to(DType::f64), b.to(DType::f64), 64, dirs);
 }
 
 // max |mean − μ| + max |cov − Σ| (entrywise) of a sample against the mixture's exact moments.
