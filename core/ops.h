@@ -5,7 +5,7 @@
 //   reduce.cpp       sum, mean, var, max/min, logsumexp, cumsum
 //   matmul.cpp       matmul (OpenBLAS)
 //   softmax.cpp      softmax, log_softmax
-//   norm.cpp         layer_norm, rms_norm, group_norm
+//   norm.cpp         layer_norm, rms_norm, group_norm (+ fused SiLU)
 //   index.cpp        embedding, index_select, gather, scatter_add
 //   shape.cpp        cat, stack, split, pad, and the autograd of views
 //   conv.cpp         conv2d, avg_pool2d, upsample_nearest2d
@@ -104,6 +104,9 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
 // x: [N, C, *]; weight, bias: [C] or undefined.
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias,
                   double eps = 1e-5);
+// silu(group_norm(x, ...)) fused: one pass each way, z = group_norm(x) is recomputed, never stored.
+Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias,
+                       double eps = 1e-5);
 
 // ---------------------------------------------------------------- indexing (indices are i64)
 Tensor embedding(const Tensor& weight, const Tensor& indices);  // out: indices.shape + [D]

@@ -2,6 +2,8 @@
 // gradchecks on non-contiguous inputs, thread-count determinism and error messages.
 #include <doctest/doctest.h>
 
+#include <tuple>
+
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
@@ -176,6 +178,73 @@ TEST_CASE("conv2d forward and backward are bit-identical on 1 and 2 threads") {
     }
   }
   CHECK(get_num_threads() == 2);
+}
+
+// The fast paths (stride 1, groups 1): 3x3 convolutions run a direct kernel of register tiles (one or
+// two vectors of output channels, one or two rows of pixels; the backward's dx is the same pass with C
+// and O swapped, dW its own kernel); 1x1 ones are GEMMs. These shapes cover odd sizes (ragged pixel
+// blocks, odd row counts for two-row tiles), padding 0/1/2, channel counts that are not multiples of the
+// vector width, a single output channel, and inputs with enough channels to be reduced in chunks.
+TEST_CASE("conv2d fast paths equal the naive convolution (f64 and f32)") {
+  Generator gen(10);
+  std::vector<ConvCfg> cfgs = {
+      {2, 16, 7, 7, 32, 3, 3, 1, 1, 1, true},  {1, 8, 5, 9, 20, 3, 3, 1, 1, 1, true},  {3, 24, 9, 5, 16, 3, 3, 1, 0, 1, false},
+      {1, 16, 4, 6, 40, 3, 3, 1, 2, 1, true},  {2, 40, 6, 6, 24, 3, 3, 1, 1, 1, true},  {1, 9, 1, 1, 17, 3, 3, 1, 1, 1, true},
+      {2, 3, 8, 7, 5, 3, 3, 1, 1, 1, true},    {1, 40, 6, 5, 1, 3, 3, 1, 1, 1, true},   {2, 1, 9, 8, 33, 3, 3, 1, 1, 1, false},
+      {2, 36, 5, 4, 20, 1, 1, 1, 0, 1, true},  {1, 5, 3, 7, 3, 1, 1, 1, 0, 1, false},
+  };
+  for (auto& c : cfgs) {
+    CAPTURE(c.str());
+    Tensor x = randn({c.N, c.C, c.H, c.W}, gen, DType::f64), w = randn({c.O, c.C, c.kh, c.kw}, gen, DType::f64);
+    Tensor b = c.bias ? randn({c.O}, gen, DType::f64) : Tensor();
+    Tensor r = conv2d_ref(x, w, b, 1, c.pad, 1);
+    CHECK(max_abs_diff(conv2d(x, w, b, 1, c.pad), r) < 1e-11);
+    Tensor y32 = conv2d(x.to(DType::f32), w.to(DType::f32), c.bias ? b.to(DType::f32) : Tensor(), 1, c.pad);
+    CHECK(max_abs_diff(y32.to(DType::f64), r) < 1e-4 * std::sqrt(double(c.C * c.kh * c.kw)));
+  }
+}
+
+TEST_CASE("conv2d fast paths are bit-identical on 1 and 2 threads (forward, dx, dW, db; 3x3 and 1x1)") {
+  Generator gen(12);
+  // large enough that every pass (forward and dx tasks, dW tiles, the 1x1 GEMMs) splits over threads
+  for (auto [C, O, K] : {std::tuple<int64_t, int64_t, int64_t>{16, 32, 3}, {160, 24, 1}, {8, 20, 1}}) {
+    CAPTURE(C);
+    CAPTURE(K);
+    Tensor x = randn({8, C, 12, 12}, gen), w = randn({O, C, K, K}, gen), b = randn({O}, gen), g = randn({8, O, 12, 12}, gen);
+    auto run = [&](int threads) {
+      ThreadsGuard tg(threads);
+      Tensor xl = leaf(x.clone()), wl = leaf(w.clone()), bl = leaf(b.clone());
+      Tensor y = conv2d(xl, wl, bl, 1, K / 2);
+      y.backward(g);
+      return std::vector<std::vector<double>>{y.to_vector(), xl.grad().to_vector(), wl.grad().to_vector(),
+                                              bl.grad().to_vector()};
+    };
+    auto r1 = run(1), r2 = run(2);
+    for (size_t k = 0; k < r1.size(); ++k) {
+      CAPTURE(k);
+      CHECK(r1[k] == r2[k]);
+    }
+  }
+}
+
+TEST_CASE("conv2d fast paths gradcheck: direct tiles (one and two rows), 1x1, odd sizes") {
+  Generator gen(11);
+  std::vector<ConvCfg> cfgs = {
+      {1, 16, 3, 5, 16, 3, 3, 1, 1, 1, true},  // one vector of channels (f64: two), two-row tiles
+      {2, 8, 4, 3, 20, 3, 3, 1, 0, 1, true},   // two vectors, a ragged last one
+      {1, 2, 5, 4, 3, 3, 3, 1, 2, 1, false},   // direct tiles both ways, padding 2
+      {2, 3, 3, 4, 5, 1, 1, 1, 0, 1, true},    // 1x1 GEMM
+  };
+  for (auto& c : cfgs) {
+    CAPTURE(c.str());
+    Tensor x = rnd({c.N, c.C, c.H, c.W}, gen), w = rnd({c.O, c.C, c.kh, c.kw}, gen);
+    int64_t pad = c.pad;
+    if (c.bias)
+      LD_GRADCHECK([pad](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], 1, pad); },
+                   {x, w, rnd({c.O}, gen)});
+    else
+      LD_GRADCHECK([pad](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], Tensor(), 1, pad); }, {x, w});
+  }
 }
 
 // ------------------------------------------------------------------------------- avg_pool2d

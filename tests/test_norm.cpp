@@ -378,3 +378,55 @@ TEST_CASE("norm errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(rms_norm(y, {4, 4}, Tensor()), doctest::Contains("rms_norm"), liandan::Error);
   CHECK_THROWS_WITH_AS(rms_norm(y, {5}, zeros({5, 1}, DType::f64)), doctest::Contains("[5, 1]"), liandan::Error);
 }
+
+// ------------------------------------------------------------------------------- group_norm_silu (fused)
+
+TEST_CASE("group_norm_silu equals silu(group_norm(x)) in forward and backward (f64), with and without affine") {
+  Generator gen(50);
+  struct Cfg { Shape s; int64_t G; };
+  for (Cfg c : {Cfg{{2, 6, 3, 2}, 3}, Cfg{{3, 4, 1, 1}, 2}, Cfg{{2, 8, 5}, 1}, Cfg{{2, 4, 7, 7}, 4}}) {
+    for (int affine = 0; affine < 2; ++affine) {
+      CAPTURE(shape_str(c.s));
+      CAPTURE(affine);
+      int64_t C = c.s[1];
+      Tensor x0 = randn(c.s, gen, DType::f64) * 1.5 + 0.3, g = randn(c.s, gen, DType::f64);
+      Tensor w0 = affine ? randn({C}, gen, DType::f64) : Tensor(), b0 = affine ? randn({C}, gen, DType::f64) : Tensor();
+      auto run = [&](bool fused) {
+        Tensor x = leaf(x0.clone()), w = affine ? leaf(w0.clone()) : Tensor(), b = affine ? leaf(b0.clone()) : Tensor();
+        Tensor y = fused ? group_norm_silu(x, c.G, w, b) : silu(group_norm(x, c.G, w, b));
+        y.backward(g);
+        std::vector<Tensor> r = {y, x.grad()};
+        if (affine) r.insert(r.end(), {w.grad(), b.grad()});
+        return r;
+      };
+      auto f = run(true), ref = run(false);
+      for (size_t k = 0; k < f.size(); ++k) {
+        CAPTURE(k);
+        CHECK(max_abs_diff(f[k], ref[k]) < 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("group_norm_silu gradcheck and f32 agreement; bit-identical on 1 and 2 threads") {
+  Generator gen(51);
+  for (auto& [name, x] : layouts({2, 6, 3, 2}, gen)) {
+    CAPTURE(name);
+    Tensor w = rnd({6}, gen), b = rnd({6}, gen);
+    LD_GRADCHECK([](const std::vector<Tensor>& in) { return group_norm_silu(in[0], 3, in[1], in[2]); }, {x, w, b});
+    LD_GRADCHECK([](const std::vector<Tensor>& in) { return group_norm_silu(in[0], 2, Tensor(), Tensor()); }, {x});
+  }
+  Tensor x64 = randn({3, 8, 4, 4}, gen, DType::f64), w64 = randn({8}, gen, DType::f64), b64 = randn({8}, gen, DType::f64);
+  CHECK(max_abs_diff(group_norm_silu(x64.to(DType::f32), 4, w64.to(DType::f32), b64.to(DType::f32)).to(DType::f64),
+                     group_norm_silu(x64, 4, w64, b64)) < 1e-5);
+  Tensor x = randn({8, 32, 16, 16}, gen, DType::f32), w = randn({32}, gen, DType::f32), b = randn({32}, gen, DType::f32);
+  Tensor g = randn({8, 32, 16, 16}, gen, DType::f32);
+  auto f = [](const Tensor& x, const Tensor& w, const Tensor& b) { return group_norm_silu(x, 8, w, b); };
+  NormRun r1 = run_norm(1, x, w, b, g, f), r2 = run_norm(2, x, w, b, g, f);
+  CHECK(r1.y == r2.y);
+  CHECK(r1.dx == r2.dx);
+  CHECK(r1.dw == r2.dw);
+  CHECK(r1.db == r2.db);
+  CHECK_THROWS_WITH_AS(group_norm_silu(zeros({2, 6, 4}), 4, Tensor(), Tensor()), doctest::Contains("group_norm_silu"),
+                       liandan::Error);
+}

@@ -1,11 +1,12 @@
-// layer_norm, rms_norm and group_norm, each a fused forward (one pass for the statistics, one to
-// write y) and a fused backward. All three normalize "rows" of a contiguous tensor:
+// layer_norm, rms_norm, group_norm and group_norm_silu, each a fused forward (one pass for the
+// statistics, one to write y) and a fused backward. All normalize "rows" of a contiguous tensor:
 //   layer/rms norm: a row is the last dims (normalized_shape), weight index = position in the row
 //   group norm:     a row is one (sample, group): C/G channels x spatial size S, weight index = channel
 // With xhat = (x - mean) * rstd and dxhat = g * w, the input gradient of a row is
 //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (rms: without the mean(dxhat) term)
 // and the affine gradients are column sums, computed per column sequentially (deterministic).
 #include <cmath>
+#include <vector>
 
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
@@ -16,17 +17,9 @@ namespace liandan {
 namespace {
 
 struct RowNorm {
-  int64_t rows, len;  // rows of `len` contiguous elements
-  int64_t group_size;  // elements sharing one weight entry within a row (1 for layer/rms norm)
-  int64_t groups_per_sample;  // group norm: G (row r uses channels of group r % G); else 1
-  bool center;  // subtract the mean (layer/group norm) or not (rms norm)
-  bool grouped;  // group norm: weights are per channel, not per row position
+  int64_t rows, len;  // rows of `len` contiguous elements; weight index = position in the row
+  bool center;        // subtract the mean (layer norm) or not (rms norm)
 };
-
-// Weight index of element i of row r.
-inline int64_t widx(const RowNorm& p, int64_t r, int64_t i) {
-  return !p.grouped ? i : (r % p.groups_per_sample) * (p.len / p.group_size) + i / p.group_size;
-}
 
 template <class T>
 void norm_forward(const RowNorm& p, const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, double eps) {
@@ -40,15 +33,12 @@ void norm_forward(const RowNorm& p, const T* x, const T* w, const T* b, T* y, T*
       T rs = T(1.0 / std::sqrt(ss / double(p.len) + eps));
       mean[r] = mt;
       rstd[r] = rs;
-      if (!p.grouped && w && b) {
+      if (w && b) {
         for (int64_t i = 0; i < p.len; ++i) yr[i] = (xr[i] - mt) * rs * w[i] + b[i];
-      } else if (!p.grouped && w) {
+      } else if (w) {
         for (int64_t i = 0; i < p.len; ++i) yr[i] = (xr[i] - mt) * rs * w[i];
       } else {
-        for (int64_t i = 0; i < p.len; ++i) {
-          int64_t c = widx(p, r, i);
-          yr[i] = (xr[i] - mt) * rs * (w ? w[c] : T(1)) + (b ? b[c] : T(0));
-        }
+        for (int64_t i = 0; i < p.len; ++i) yr[i] = (xr[i] - mt) * rs + (b ? b[i] : T(0));
       }
     }
   }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, p.len)));
@@ -61,78 +51,42 @@ void norm_backward_input(const RowNorm& p, const T* x, const T* w, const T* g, c
       const T *xr = x + r * p.len, *gr = g + r * p.len;
       T* dr = dx + r * p.len;
       T m = mean[r], rs = rstd[r];
-      if (!p.grouped) {
-        // sum(dxhat) and sum(dxhat * xhat) = rs * sum(g w (x - m)), as lane reductions
-        T sd = w ? cpu::row_dot(gr, w, p.len) : cpu::row_sum(gr, p.len);
-        T sgx = w ? cpu::row_dot3_dev(gr, w, xr, m, p.len) : cpu::row_dot_dev(gr, xr, m, p.len);
-        T a = p.center ? sd / T(p.len) : T(0), c = rs * sgx / T(p.len);
-        if (w) for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] * w[i] - a - (xr[i] - m) * rs * c);
-        else for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] - a - (xr[i] - m) * rs * c);
-        continue;
-      }
-      double sd = 0, sdx = 0;  // sum(dxhat), sum(dxhat * xhat)
-      for (int64_t i = 0; i < p.len; ++i) {
-        T dxh = gr[i] * (w ? w[widx(p, r, i)] : T(1));
-        sd += double(dxh);
-        sdx += double(dxh) * double((xr[i] - m) * rs);
-      }
-      T a = p.center ? T(sd / double(p.len)) : T(0), c = T(sdx / double(p.len));
-      for (int64_t i = 0; i < p.len; ++i) {
-        T dxh = gr[i] * (w ? w[widx(p, r, i)] : T(1));
-        dr[i] = rs * (dxh - a - (xr[i] - m) * rs * c);
-      }
+      // sum(dxhat) and sum(dxhat * xhat) = rs * sum(g w (x - m)), as lane reductions
+      T sd = w ? cpu::row_dot(gr, w, p.len) : cpu::row_sum(gr, p.len);
+      T sgx = w ? cpu::row_dot3_dev(gr, w, xr, m, p.len) : cpu::row_dot_dev(gr, xr, m, p.len);
+      T a = p.center ? sd / T(p.len) : T(0), c = rs * sgx / T(p.len);
+      if (w) for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] * w[i] - a - (xr[i] - m) * rs * c);
+      else for (int64_t i = 0; i < p.len; ++i) dr[i] = rs * (gr[i] - a - (xr[i] - m) * rs * c);
     }
   }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, p.len)));
 }
 
-// dw[c] = sum g * xhat, db[c] = sum g over every element using weight c. Parallel over weight
-// entries, sequential over rows: deterministic.
+// dw[i] = sum g * xhat, db[i] = sum g over the rows. Parallel over blocks of columns, sequential over
+// rows: deterministic.
 template <class T>
-void norm_backward_affine(const RowNorm& p, int64_t nw, const T* x, const T* g, const T* mean, const T* rstd, T* dw, T* db) {
-  if (!p.grouped) {
-    constexpr int64_t kBlk = 256;
-    int64_t nblk = (p.len + kBlk - 1) / kBlk;
-    cpu::parallel_range(nblk, [&](int64_t b0, int64_t b1) {
-      double aw[kBlk], ab[kBlk];
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        int64_t j0 = blk * kBlk, n = std::min(kBlk, p.len - j0);
-        std::fill(aw, aw + n, 0.0);
-        std::fill(ab, ab + n, 0.0);
-        for (int64_t r = 0; r < p.rows; ++r) {
-          const T *xr = x + r * p.len + j0, *gr = g + r * p.len + j0;
-          T m = mean[r], rs = rstd[r];
-          for (int64_t j = 0; j < n; ++j) {
-            aw[j] += double(gr[j] * (xr[j] - m) * rs);
-            ab[j] += double(gr[j]);
-          }
-        }
-        for (int64_t j = 0; j < n; ++j) {
-          if (dw) dw[j0 + j] = T(aw[j]);
-          if (db) db[j0 + j] = T(ab[j]);
-        }
-      }
-    }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, p.rows * kBlk)));
-    return;
-  }
-  // Group norm: channel c lives in rows r with r % G == c / cpg, at positions [k*S, (k+1)*S).
-  int64_t G = p.groups_per_sample, cpg = nw / G, S = p.group_size, N = p.rows / G;
-  cpu::parallel_range(nw, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      int64_t grp = c / cpg, k = c % cpg;
-      double aw = 0, ab = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        int64_t r = n * G + grp;
-        const T *xr = x + r * p.len + k * S, *gr = g + r * p.len + k * S;
+void norm_backward_affine(const RowNorm& p, const T* x, const T* g, const T* mean, const T* rstd, T* dw, T* db) {
+  constexpr int64_t kBlk = 256;
+  int64_t nblk = (p.len + kBlk - 1) / kBlk;
+  cpu::parallel_range(nblk, [&](int64_t b0, int64_t b1) {
+    double aw[kBlk], ab[kBlk];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      int64_t j0 = blk * kBlk, n = std::min(kBlk, p.len - j0);
+      std::fill(aw, aw + n, 0.0);
+      std::fill(ab, ab + n, 0.0);
+      for (int64_t r = 0; r < p.rows; ++r) {
+        const T *xr = x + r * p.len + j0, *gr = g + r * p.len + j0;
         T m = mean[r], rs = rstd[r];
-        for (int64_t s = 0; s < S; ++s) {
-          aw += double(gr[s] * (xr[s] - m) * rs);
-          ab += double(gr[s]);
+        for (int64_t j = 0; j < n; ++j) {
+          aw[j] += double(gr[j] * (xr[j] - m) * rs);
+          ab[j] += double(gr[j]);
         }
       }
-      if (dw) dw[c] = T(aw);
-      if (db) db[c] = T(ab);
+      for (int64_t j = 0; j < n; ++j) {
+        if (dw) dw[j0 + j] = T(aw[j]);
+        if (db) db[j0 + j] = T(ab[j]);
+      }
     }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N * S)));
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, p.rows * kBlk)));
 }
 
 void check_affine(const Tensor& t, const Shape& want, const Tensor& x, const char* op, const char* what) {
@@ -172,9 +126,159 @@ Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affi
         if (gw || gb) {
           if (gw) dw = empty(affine_shape, g.dtype());
           if (gb) db = empty(affine_shape, g.dtype());
-          norm_backward_affine<scalar_t>(p, shape_numel(affine_shape), px, pg, pm, pr, gw ? dw.data_ptr<scalar_t>() : nullptr,
+          norm_backward_affine<scalar_t>(p, px, pg, pm, pr, gw ? dw.data_ptr<scalar_t>() : nullptr,
                                          gb ? db.data_ptr<scalar_t>() : nullptr);
         }
+      });
+      return std::vector<Tensor>{dx, dw, db};
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------- group norm (+ SiLU)
+// A row is one (sample n, group g): cpg = C/G channels of S positions, contiguous. Within a row every
+// channel is a contiguous run of S with its own scale rs * w[c] and shift b[c], so all inner loops are
+// plain vectorizable runs. group_norm_silu applies silu(z) = z sigmoid(z) to z = group_norm(x) in the
+// same pass, and its backward recomputes z from x (mean, rstd saved) instead of storing it.
+struct GroupGeom {
+  int64_t N, C, G, S;
+  int64_t cpg() const { return C / G; }
+  int64_t len() const { return cpg() * S; }
+};
+
+// y[s] = (x[s] - m) * sc + sh, or its SiLU. Separate functions with __restrict so GCC vectorizes the
+// polynomial sigmoid.
+template <class T>
+void gn_run(T* __restrict y, const T* __restrict x, T m, T sc, T sh, int64_t n, bool silu) {
+  if (silu) {
+    for (int64_t i = 0; i < n; ++i) {
+      T z = (x[i] - m) * sc + sh;
+      y[i] = z * cpu::vsigmoid(z);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - m) * sc + sh;
+  }
+}
+
+// dz = gy * silu'(z) with z recomputed: silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+template <class T>
+void gn_silu_grad(T* __restrict dz, const T* __restrict gy, const T* __restrict x, T m, T sc, T sh, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T z = (x[i] - m) * sc + sh, s = cpu::vsigmoid(z);
+    dz[i] = gy[i] * s * (1 + z * (1 - s));
+  }
+}
+
+// dx[s] = a * g[s] + b * (x[s] - m) + c
+template <class T>
+void gn_dx_run(T* __restrict dx, const T* __restrict g, const T* __restrict x, T m, T a, T b, T c, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = a * g[i] + b * (x[i] - m) + c;
+}
+
+template <class T>
+void gn_forward(const GroupGeom& q, const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, double eps,
+                bool silu) {
+  const int64_t len = q.len(), cpg = q.cpg();
+  cpu::parallel_range(q.N * q.G, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * len;
+      // Two passes (mean, then squared deviations): exact enough in f32 lanes, and vectorized.
+      T m = T(double(cpu::row_sum(xr, len)) / double(len));
+      T rs = T(1.0 / std::sqrt(double(cpu::row_sq_dev(xr, m, len)) / double(len) + eps));
+      mean[r] = m;
+      rstd[r] = rs;
+      for (int64_t k = 0; k < cpg; ++k) {
+        int64_t c = (r % q.G) * cpg + k;
+        gn_run(y + r * len + k * q.S, xr + k * q.S, m, rs * (w ? w[c] : T(1)), b ? b[c] : T(0), q.S, silu);
+      }
+    }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, len)));
+}
+
+// Backward of y = group_norm(x) (or its SiLU) given gy. Per row, the per-channel sums
+//   sg[n, c] = sum_s dz,   sgx[n, c] = sum_s dz (x - m)      (dz = gy, or gy silu'(z))
+// give both dx (through sum(dxhat) = sum_c w sg and sum(dxhat xhat) = rs sum_c w sgx) and the affine
+// gradients dw[c] = sum_n rs sgx, db[c] = sum_n sg, summed over n in order (deterministic).
+template <class T>
+void gn_backward(const GroupGeom& q, const T* x, const T* w, const T* b, const T* gy, const T* mean, const T* rstd,
+                 T* dx, T* dw, T* db, bool silu) {
+  const int64_t len = q.len(), cpg = q.cpg();
+  std::vector<double> sg(size_t(q.N * q.C)), sgx(size_t(q.N * q.C));
+  cpu::parallel_range(q.N * q.G, [&](int64_t r0, int64_t r1) {
+    std::vector<T> dz(silu ? size_t(len) : 0);  // one row of dz, in L1/L2
+    for (int64_t r = r0; r < r1; ++r) {
+      const T *xr = x + r * len, *g = gy + r * len;
+      const T m = mean[r], rs = rstd[r];
+      const int64_t c0 = (r % q.G) * cpg, n = r / q.G;
+      if (silu) {
+        for (int64_t k = 0; k < cpg; ++k)
+          gn_silu_grad(dz.data() + k * q.S, g + k * q.S, xr + k * q.S, m, rs * (w ? w[c0 + k] : T(1)),
+                       b ? b[c0 + k] : T(0), q.S);
+        g = dz.data();
+      }
+      double sd = 0, sdx = 0;  // sum(dxhat), sum(dxhat * xhat) / rs
+      for (int64_t k = 0; k < cpg; ++k) {
+        const T* gk = g + k * q.S;
+        double a = double(cpu::row_sum(gk, q.S)), bb = double(cpu::row_dot_dev(gk, xr + k * q.S, m, q.S));
+        sg[size_t(n * q.C + c0 + k)] = a;
+        sgx[size_t(n * q.C + c0 + k)] = bb;
+        T wc = w ? w[c0 + k] : T(1);
+        sd += double(wc) * a;
+        sdx += double(wc) * bb;
+      }
+      if (!dx) continue;
+      // dx = rs (g w - sd/len - (x - m) rs * rs sdx/len)
+      T a = T(sd / double(len)), cc = T(sdx / double(len)) * rs;
+      for (int64_t k = 0; k < cpg; ++k) {
+        T wc = w ? w[c0 + k] : T(1);
+        gn_dx_run(dx + r * len + k * q.S, g + k * q.S, xr + k * q.S, m, rs * wc, -rs * rs * cc, -rs * a, q.S);
+      }
+    }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, len)));
+  if (dw || db)
+    for (int64_t c = 0; c < q.C; ++c) {
+      double aw = 0, ab = 0;
+      for (int64_t n = 0; n < q.N; ++n) {
+        aw += double(rstd[n * q.G + c / cpg]) * sgx[size_t(n * q.C + c)];
+        ab += sg[size_t(n * q.C + c)];
+      }
+      if (dw) dw[c] = T(aw);
+      if (db) db[c] = T(ab);
+    }
+}
+
+Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tensor& weight, const Tensor& bias,
+                       double eps, bool silu) {
+  LD_CHECK(x.defined() && x.dim() >= 2, name, ": expected input [N, C, *], got ",
+           x.defined() ? shape_str(x.shape()) : "undefined");
+  int64_t N = x.shape()[0], C = x.shape()[1];
+  LD_CHECK(G > 0 && C % G == 0, name, ": ", C, " channels are not divisible into ", G, " groups");
+  check_affine(weight, {C}, x, name, "weight");
+  check_affine(bias, {C}, x, name, "bias");
+  GroupGeom q{N, C, G, (N && C) ? x.numel() / (N * C) : 0};  // N = 0 (empty batch) must not divide by zero
+  Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
+         bc = bias.defined() ? bias.contiguous() : bias;
+  Tensor y = empty(x.shape(), x.dtype()), mean = empty({N * G}, x.dtype()), rstd = empty({N * G}, x.dtype());
+  LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+    gn_forward<scalar_t>(q, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
+                         y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps, silu);
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    SavedTensor sx(xc, name), sw(wc, name), sb(silu ? bc : Tensor(), name);
+    bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad(),
+         gb = bias.defined() && bias.requires_grad();
+    record(name, y, {x, weight, bias}, [=](const Tensor& g_in) {
+      Tensor g = g_in.contiguous();
+      const Tensor &xv = sx.get(), &wv = sw.get();
+      Tensor bv = sb.defined() ? sb.get() : Tensor();
+      Tensor dx = gx ? empty(xv.shape(), g.dtype()) : Tensor(), dw = gw ? empty({q.C}, g.dtype()) : Tensor(),
+             db = gb ? empty({q.C}, g.dtype()) : Tensor();
+      LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
+        gn_backward<scalar_t>(q, xv.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wv), ptr_or_null<scalar_t>(bv),
+                              g.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
+                              gx ? dx.data_ptr<scalar_t>() : nullptr, gw ? dw.data_ptr<scalar_t>() : nullptr,
+                              gb ? db.data_ptr<scalar_t>() : nullptr, silu);
       });
       return std::vector<Tensor>{dx, dw, db};
     });
@@ -193,7 +297,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_affine(weight, normalized_shape, x, "layer_norm", "weight");
   check_affine(bias, normalized_shape, x, "layer_norm", "bias");
   int64_t len = shape_numel(normalized_shape);
-  RowNorm p{len ? x.numel() / len : 0, len, 1, 1, true, false};
+  RowNorm p{len ? x.numel() / len : 0, len, true};
   return norm_impl("layer_norm", x, p, normalized_shape, weight, bias, eps);
 }
 
@@ -205,21 +309,16 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
            shape_str(x.shape()));
   check_affine(weight, normalized_shape, x, "rms_norm", "weight");
   int64_t len = shape_numel(normalized_shape);
-  RowNorm p{len ? x.numel() / len : 0, len, 1, 1, false, false};
+  RowNorm p{len ? x.numel() / len : 0, len, false};
   return norm_impl("rms_norm", x, p, normalized_shape, weight, Tensor(), eps);
 }
 
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
-  LD_CHECK(x.defined() && x.dim() >= 2, "group_norm: expected input [N, C, *], got ",
-           x.defined() ? shape_str(x.shape()) : "undefined");
-  int64_t N = x.shape()[0], C = x.shape()[1];
-  LD_CHECK(num_groups > 0 && C % num_groups == 0, "group_norm: ", C, " channels are not divisible into ",
-           num_groups, " groups");
-  check_affine(weight, {C}, x, "group_norm", "weight");
-  check_affine(bias, {C}, x, "group_norm", "bias");
-  int64_t S = (N && C) ? x.numel() / (N * C) : 0;  // N = 0 (empty batch) must not divide by zero
-  RowNorm p{N * num_groups, (C / num_groups) * S, S, num_groups, true, true};
-  return norm_impl("group_norm", x, p, {C}, weight, bias, eps);
+  return group_norm_impl("group_norm", x, num_groups, weight, bias, eps, false);
+}
+
+Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
+  return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true);
 }
 
 }  // namespace liandan
