@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/config.h"
+#include "apps/default_config.h"
 #include "apps/trainer.h"
 #include "core/data/mnist.h"
 #include "core/error.h"
@@ -284,4 +285,11 @@ TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and sa
     CHECK(fs::exists(run / "checkpoints" / "last.safetensors"));
     CHECK(fs::exists(run / "checkpoints" / "best.safetensors"));
   }
+}
+
+TEST_CASE("The embedded default config (configs/default.toml, scripts/run) is valid: every key known, a step runs") {
+  Config cfg = Config::from_string(kDefaultConfig, "<default>");
+  CHECK(cfg.get<std::string>("task", "") == "lm");
+  Config again = Config::from_string(kDefaultConfig, "<default>");
+  CHECK(bench(again, 1) == 0);  // builds the task, optimizer and schedule (unknown keys would throw), runs 2 steps
 }
