@@ -8,22 +8,6 @@
 
 namespace liandan::diffusion {
 
-Tensor timestep_embedding(const Tensor& t, int64_t dim, DType dtype) {
-  LD_CHECK(t.defined() && t.dim() == 1, "timestep_embedding: expected t [B], got ",
-           t.defined() ? shape_str(t.shape()) : "undefined");
-  LD_CHECK(dim >= 4 && dim % 2 == 0, "timestep_embedding: dim must be even and >= 4, got ", dim);
-  int64_t B = t.size(0), half = dim / 2;
-  std::vector<double> tv = t.to_vector(), e(size_t(B * dim));
-  double step = std::log(10000.0) / double(half - 1);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < half; ++i) {
-      double a = tv[size_t(b)] * std::exp(-step * double(i));
-      e[size_t(b * dim + i)] = std::sin(a);
-      e[size_t(b * dim + half + i)] = std::cos(a);
-    }
-  return from_vector(e, {B, dim}, dtype);
-}
-
 // ---------------------------------------------------------------- ResBlock
 
 ResBlock::ResBlock(int64_t in, int64_t out, int64_t temb_dim, int64_t groups, double dropout, Generator& gen)
@@ -163,7 +147,7 @@ Tensor UNet::forward(const Tensor& x, const Tensor& t) {
   LD_CHECK(t.defined() && t.dim() == 1 && t.size(0) == x.size(0), "UNet: expected t [", x.size(0),
            "] (one timestep per image), got ", t.defined() ? shape_str(t.shape()) : "undefined");
   Tensor ts = c.time_scale == 1.0 ? t : mul(t.to(DType::f64), c.time_scale);
-  Tensor temb = timestep_embedding(ts, c.base_channels, x.dtype());
+  Tensor temb = timestep_embedding(ts.to(DType::f64), c.base_channels).to(x.dtype());  // table in double
   temb = temb_fc2->forward(silu(temb_fc1->forward(temb)));
   Tensor temb_act = silu(temb);  // every ResBlock projects SiLU(temb)
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "diffusion/mlp_denoiser.h"  // timestep_embedding
 #include "nn/attention.h"
 #include "nn/layers.h"
 #include "nn/module.h"
@@ -55,9 +56,7 @@ struct UNetConfig {
   DownsampleKind downsample = DownsampleKind::conv;
 };
 
-// DDPM's get_timestep_embedding: [B] -> [B, dim], (sin(t w_i), cos(t w_i)) halves with
-// w_i = 10000^(-i / (dim/2 - 1)). Computed in double, returned in `dtype`; carries no gradient.
-Tensor timestep_embedding(const Tensor& t, int64_t dim, DType dtype = DType::f32);
+// The time embedding is DDPM's sinusoidal table, diffusion::timestep_embedding (mlp_denoiser.h).
 
 class ResBlock : public nn::Module {
  public:

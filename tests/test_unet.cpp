@@ -93,7 +93,7 @@ TEST_CASE("UNet parameter count of the benchmark network equals the PyTorch twin
 
 TEST_CASE("timestep_embedding: sin/cos halves with DDPM's frequencies") {
   Tensor t = from_vector(std::vector<double>{0.0, 1.0, 250.5}, {3}, DType::f64);
-  Tensor e = diffusion::timestep_embedding(t, 8, DType::f64);
+  Tensor e = diffusion::timestep_embedding(t, 8);
   REQUIRE(e.shape() == Shape{3, 8});
   for (int64_t b = 0; b < 3; ++b)
     for (int64_t i = 0; i < 4; ++i) {
