@@ -17,6 +17,7 @@
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
 #include "apps/task.h"
 #include "apps/trainer.h"
+#include "core/device.h"
 #include "core/threads.h"
 
 extern "C" char* openblas_get_config();
@@ -38,8 +39,13 @@ void add_sets(CLI::App* cmd, std::vector<std::string>& sets) {
 }
 
 int info() {
-  std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: not built (CPU backend)\ntasks:\n", liandan::get_num_threads(),
-              openblas_get_config());
+  using namespace liandan;
+  std::string cuda_line = cuda::is_available()
+                              ? std::to_string(cuda::device_count()) + " device(s); cuda:0 = " +
+                                    device_backend(Device::cuda(0)).describe()
+                              : cuda::unavailable_reason();
+  std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: %s\ntasks:\n", get_num_threads(), openblas_get_config(),
+              cuda_line.c_str());
   for (auto& [name, help] : task_list()) std::printf("  %-12s %s\n", name.c_str(), help.c_str());
   return 0;
 }

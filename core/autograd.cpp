@@ -102,8 +102,10 @@ void run_backward(const Tensor& root, const Tensor& grad) {
   if (!g.defined()) {
     LD_CHECK(root.numel() == 1, "backward: grad can be implicitly created only for a scalar, got shape ",
              shape_str(root.shape()), "; pass a gradient of that shape");
-    g = ones(root.shape(), root.dtype());
+    g = ones(root.shape(), {root.dtype(), root.device()});
   }
+  LD_CHECK(g.device() == root.device(), "backward: gradient is on ", g.device().str(), ", the tensor on ",
+           root.device().str());
   LD_CHECK(g.shape() == root.shape() && g.dtype() == root.dtype(), "backward: gradient has shape ",
            shape_str(g.shape()), " ", dtype_name(g.dtype()), ", expected ", shape_str(root.shape()),
            " ", dtype_name(root.dtype()));

@@ -443,7 +443,9 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     write_all(fd, &n, 8, tmp);
     write_all(fd, hdr.data(), hdr.size(), tmp);
     for (size_t i = 0; i < tensors.size(); ++i) {
-      Tensor c = tensors[i].second.is_contiguous() ? tensors[i].second : tensors[i].second.detach().contiguous();
+      const Tensor& t = tensors[i].second;
+      // Device tensors are written from a host copy (a checkpoint of a GPU run loads anywhere).
+      Tensor c = !t.device().is_cpu() ? t.detach().to(Device::cpu()) : t.is_contiguous() ? t : t.detach().contiguous();
       write_tensor(fd, c, types[i], tmp);
     }
     LD_CHECK(::fsync(fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", errno_str());

@@ -9,6 +9,7 @@
 
 #include "core/allocator.h"
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/loops.h"
 #include "core/ops.h"
 
@@ -21,10 +22,12 @@ std::string shape_str(const Shape& s) {
 }
 
 Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
-  LD_CHECK(dev.is_cpu(), "storage: device ", dev.str(), " is not available in this build");
-  data = cpu_alloc(nbytes);
+  data = dev.is_cpu() ? cpu_alloc(nbytes) : device_backend(dev).allocate(nbytes);
 }
-Storage::~Storage() { cpu_free(data, bytes); }
+Storage::~Storage() {
+  if (device.is_cpu()) cpu_free(data, bytes);
+  else device_backend(device).deallocate(data, bytes);
+}
 
 Shape contiguous_strides(const Shape& shape) {
   Shape st(shape.size());
@@ -78,7 +81,7 @@ bool Tensor::is_contiguous() const {
 Tensor empty(const Shape& shape, TensorOptions opt) {
   int64_t n = shape_numel(shape);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(n) * dtype_size(opt.dtype));
+  impl->storage = std::make_shared<Storage>(size_t(n) * dtype_size(opt.dtype), opt.device);
   impl->dtype = opt.dtype;
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
@@ -87,16 +90,22 @@ Tensor empty(const Shape& shape, TensorOptions opt) {
 }
 
 Tensor full(const Shape& shape, double value, TensorOptions opt) {
-  Tensor t = empty(shape, opt.dtype);
+  Tensor t = empty(shape, {opt.dtype, opt.device});
   t.fill_(value);
   return t.requires_grad_(opt.requires_grad);
 }
 Tensor zeros(const Shape& shape, TensorOptions opt) { return full(shape, 0.0, opt); }
 Tensor ones(const Shape& shape, TensorOptions opt) { return full(shape, 1.0, opt); }
 Tensor scalar_tensor(double value, TensorOptions opt) { return full({}, value, opt); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype()); }
-Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype()); }
-Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype()); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), {t.dtype(), t.device()}); }
+Tensor ones_like(const Tensor& t) { return ones(t.shape(), {t.dtype(), t.device()}); }
+Tensor empty_like(const Tensor& t) { return empty(t.shape(), {t.dtype(), t.device()}); }
+
+// Creation functions that compute values on the CPU build them there and move them.
+static Tensor on_device(Tensor t, const TensorOptions& opt) {
+  if (!opt.device.is_cpu()) t = t.to(opt.device);
+  return t.requires_grad_(opt.requires_grad);
+}
 
 Tensor arange(double start, double end, double step, TensorOptions opt) {
   LD_CHECK(step != 0 && std::isfinite(start) && std::isfinite(end), "arange: bad range (", start,
@@ -107,7 +116,7 @@ Tensor arange(double start, double end, double step, TensorOptions opt) {
     scalar_t* p = t.data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) p[i] = scalar_t(start + double(i) * step);
   });
-  return t.requires_grad_(opt.requires_grad);
+  return on_device(t, opt);
 }
 Tensor arange(int64_t end, TensorOptions opt) { return arange(0.0, double(end), 1.0, opt); }
 
@@ -121,7 +130,7 @@ Tensor linspace(double start, double end, int64_t steps, TensorOptions opt) {
     for (int64_t i = 0; i < steps; ++i)
       p[i] = scalar_t(i < steps / 2 ? start + h * double(i) : end - h * double(steps - 1 - i));
   });
-  return t.requires_grad_(opt.requires_grad);
+  return on_device(t, opt);
 }
 
 template <class V>
@@ -133,7 +142,7 @@ static Tensor from_values(const std::vector<V>& values, const Shape& shape, Tens
     scalar_t* p = t.data_ptr<scalar_t>();
     for (size_t i = 0; i < values.size(); ++i) p[i] = scalar_t(values[i]);
   });
-  return t.requires_grad_(opt.requires_grad);
+  return on_device(t, opt);
 }
 Tensor from_vector(const std::vector<double>& v, const Shape& s, TensorOptions o) { return from_values(v, s, o); }
 Tensor from_vector(const std::vector<float>& v, const Shape& s, TensorOptions o) { return from_values(v, s, o); }
@@ -155,6 +164,16 @@ static int64_t element_offset(const Tensor& t, const Shape& index, const char* o
 }
 
 static double read_at(const Tensor& t, int64_t off) {
+  if (!t.device().is_cpu()) {  // one element back to the host
+    double v = 0;
+    LD_DISPATCH_ALL(t.dtype(), "at", [&] {
+      scalar_t x;
+      device_backend(t.device()).copy_to_host(&x, static_cast<const scalar_t*>(t.impl()->storage->data) + off,
+                                               sizeof x);
+      v = double(x);
+    });
+    return v;
+  }
   return LD_DISPATCH_ALL(t.dtype(), "at", [&] {
     return double(static_cast<const scalar_t*>(t.impl()->storage->data)[off]);
   });
@@ -164,6 +183,7 @@ double Tensor::at(const Shape& index) const { return read_at(*this, element_offs
 
 void Tensor::set(const Shape& index, double v) const {
   int64_t off = element_offset(*this, index, "set");
+  check_cpu("set");
   LD_DISPATCH_ALL(dtype(), "set", [&] { static_cast<scalar_t*>(impl_->storage->data)[off] = scalar_t(v); });
   bump_version();
 }
@@ -175,7 +195,7 @@ double Tensor::item() const {
 }
 
 std::vector<double> Tensor::to_vector() const {
-  Tensor c = contiguous();
+  Tensor c = device().is_cpu() ? contiguous() : detach().to(Device::cpu());
   std::vector<double> v(size_t(c.numel()));
   LD_DISPATCH_ALL(dtype(), "to_vector", [&] {
     const scalar_t* p = c.data_ptr<scalar_t>();
@@ -223,7 +243,9 @@ Shape broadcast_strides(const Tensor& src, const Shape& shape, const char* op) {
 }
 
 void copy_into(const Tensor& dst, const Tensor& src, const char* op) {
+  LD_CHECK(dst.device() == src.device(), op, ": device mismatch: ", dst.device().str(), " vs ", src.device().str());
   Shape st = broadcast_strides(src, dst.shape(), op);
+  if (!dst.device().is_cpu()) return device_backend(dst.device()).copy_strided(dst, src, st);
   LD_DISPATCH_ALL(dst.dtype(), op, [&] {
     using D = scalar_t;
     LD_DISPATCH_ALL(src.dtype(), op, [&] { strided_copy<D, scalar_t>(dst, src, st); });
@@ -234,14 +256,14 @@ void copy_into(const Tensor& dst, const Tensor& src, const char* op) {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
-  Tensor out = empty(shape(), dtype());
+  Tensor out = empty_like(*this);
   copy_into(out, *this, "contiguous");
   record("contiguous", out, {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
   return out;
 }
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype());
+  Tensor out = empty_like(*this);
   copy_into(out, *this, "clone");
   record("clone", out, {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
   return out;
@@ -249,12 +271,33 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType t) const {
   if (t == dtype()) return *this;
-  Tensor out = empty(shape(), t);
+  Tensor out = empty(shape(), {t, device()});
   copy_into(out, *this, "to");
   if (is_floating(t) && is_floating(dtype())) {
     DType orig = dtype();
     record("to", out, {*this}, [orig](const Tensor& g) { return std::vector<Tensor>{g.to(orig)}; });
   }
+  return out;
+}
+
+// Between devices: a contiguous copy goes through the device's copy functions; the gradient goes back.
+Tensor Tensor::to(Device d) const {
+  if (d == device()) return *this;
+  Tensor src = contiguous();
+  Tensor out = empty(shape(), {dtype(), d});
+  size_t bytes = size_t(numel()) * dtype_size(dtype());
+  if (bytes > 0) {
+    if (d.is_cpu()) {
+      device_backend(device()).copy_to_host(out.device_data(), src.device_data(), bytes);
+    } else if (src.device().is_cpu()) {
+      device_backend(d).copy_from_host(out.device_data(), src.device_data(), bytes);
+    } else {  // device to device through the host: rare (multi-GPU), kept simple
+      Tensor host = src.to(Device::cpu());
+      device_backend(d).copy_from_host(out.device_data(), host.device_data(), bytes);
+    }
+  }
+  Device from = device();
+  record("to", out, {*this}, [from](const Tensor& g) { return std::vector<Tensor>{g.to(from)}; });
   return out;
 }
 
@@ -288,6 +331,11 @@ static void check_inplace(const Tensor& t, const char* op) {
 
 Tensor& Tensor::fill_(double v) {
   check_inplace(*this, "fill_");
+  if (!device().is_cpu()) {
+    device_backend(device()).fill(*this, v);
+    bump_version();
+    return *this;
+  }
   LD_DISPATCH_ALL(dtype(), "fill_", [&] {
     scalar_t val = scalar_t(v);
     scalar_t* base = static_cast<scalar_t*>(impl_->storage->data) + offset();
@@ -307,6 +355,10 @@ Tensor& Tensor::zero_() { return fill_(0.0); }
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
+  if (src.device() != device()) {  // across devices: move src first (no grad: this is an in-place write)
+    NoGradGuard ng;
+    return copy_(src.to(device()));
+  }
   copy_into(*this, src, "copy_");
   bump_version();
   return *this;
@@ -315,6 +367,13 @@ Tensor& Tensor::copy_(const Tensor& src) {
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace(*this, "add_");
   LD_CHECK(other.dtype() == dtype(), "add_: dtype mismatch ", dtype_name(dtype()), " vs ", dtype_name(other.dtype()));
+  if (!device().is_cpu()) {  // composed from device ops: x + alpha * other, written back in place
+    NoGradGuard ng;
+    Tensor r = alpha == 1.0 ? liandan::add(*this, other) : liandan::add(*this, liandan::mul(other, alpha));
+    copy_into(*this, r, "add_");
+    bump_version();
+    return *this;
+  }
   Shape ost = broadcast_strides(other, shape(), "add_");
   LD_DISPATCH_FLOAT(dtype(), "add_", [&] {
     scalar_t* pd = static_cast<scalar_t*>(impl_->storage->data) + offset();
@@ -335,6 +394,12 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
 Tensor& Tensor::mul_(double s) {
   check_inplace(*this, "mul_");
   LD_CHECK(is_contiguous(), "mul_: expected a contiguous tensor");
+  if (!device().is_cpu()) {
+    NoGradGuard ng;
+    copy_into(*this, liandan::mul(*this, s), "mul_");
+    bump_version();
+    return *this;
+  }
   LD_DISPATCH_FLOAT(dtype(), "mul_", [&] {
     scalar_t* p = data_ptr<scalar_t>();
     scalar_t f = scalar_t(s);
@@ -376,6 +441,10 @@ void print_rec(std::ostream& os, const Tensor& t, int64_t dim, int64_t off, int 
 std::string Tensor::str() const {
   std::ostringstream os;
   if (!defined()) return "tensor(undefined)";
+  if (!device().is_cpu()) {  // printed from a host copy, with its device named
+    std::string s = detach().to(Device::cpu()).str();
+    return s.substr(0, s.size() - 1) + ", device=" + device().str() + ")";
+  }
   os << std::setprecision(6) << "tensor(";
   if (dim() == 0) os << read_at(*this, offset());
   else if (numel() == 0) os << "[]";

@@ -45,9 +45,12 @@ struct TensorImpl {
 struct TensorOptions {
   DType dtype = DType::f32;
   bool requires_grad = false;
+  Device device = Device::cpu();
   TensorOptions() = default;
   TensorOptions(DType t) : dtype(t) {}  // NOLINT: `zeros({2}, DType::f64)` reads naturally
+  TensorOptions(Device d) : device(d) {}  // NOLINT: `zeros({2}, Device::cuda())`
   TensorOptions(DType t, bool rg) : dtype(t), requires_grad(rg) {}
+  TensorOptions(DType t, Device d) : dtype(t), device(d) {}
 };
 
 class Tensor {
@@ -74,14 +77,24 @@ class Tensor {
   uint64_t version() const { return impl_->storage->version.load(); }
   void bump_version() const { impl_->storage->version++; }
 
-  // ---- data access (CPU)
+  // ---- data access (CPU). A tensor on another device is refused: CPU code must never touch device memory.
   template <class T> T* data_ptr() const {
     LD_CHECK(dtype_of<T>::value == dtype(), "data_ptr: tensor has dtype ", dtype_name(dtype()),
              ", asked for ", dtype_name(dtype_of<T>::value));
+    check_cpu("data_ptr");
     return static_cast<T*>(impl_->storage->data) + impl_->offset;
   }
   void* raw_data() const {
+    check_cpu("raw_data");
+    return device_data();
+  }
+  // The first element's address on whatever device holds it (for device kernels).
+  void* device_data() const {
     return static_cast<char*>(impl_->storage->data) + impl_->offset * int64_t(dtype_size(dtype()));
+  }
+  void check_cpu(const char* op) const {
+    LD_CHECK(device().is_cpu(), op, ": tensor of shape ", shape_str(shape()), " is on ", device().str(),
+             "; this op runs on the CPU only so far (move it with .to(Device::cpu()))");
   }
   double item() const;                           // one-element tensors
   double at(const Shape& index) const;           // element access for tests (negative ok)
@@ -116,6 +129,9 @@ class Tensor {
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(DType t) const;
+  Tensor to(Device d) const;  // differentiable: the gradient goes back to this tensor's device
+  Tensor cpu() const { return to(Device::cpu()); }
+  Tensor cuda(int index = 0) const { return to(Device::cuda(index)); }
 
   // ---- in-place (bump the version; refused on leaves that require grad while grad mode is on)
   Tensor& zero_();
@@ -154,7 +170,7 @@ Tensor from_vector(const std::vector<float>& values, const Shape& shape, TensorO
 Tensor from_vector(const std::vector<int64_t>& values, const Shape& shape);
 Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
-Tensor empty_like(const Tensor& t);
+Tensor empty_like(const Tensor& t);  // the *_like functions keep t's dtype and device
 
 // ---- helpers shared by ops
 Shape contiguous_strides(const Shape& shape);

@@ -231,24 +231,34 @@ void Module::zero_grad(bool set_to_none) {
   }
 }
 
-void Module::to(DType t) {
-  LD_CHECK(is_floating(t), type_name_, ".to: target dtype must be floating, got ", dtype_name(t));
+// Replaces each registered tensor's data by `convert(tensor)` in place, once per shared tensor.
+void Module::retarget(const std::function<bool(const Tensor&)>& wants, const std::function<Tensor(const Tensor&)>& convert) {
   NoGradGuard ng;
   std::unordered_set<TensorImpl*> done;
-  auto convert = [&](const Tensor& x) {
-    if (!done.insert(x.impl()).second || !is_floating(x.dtype()) || x.dtype() == t) return;
-    Tensor c = x.detach().to(t).contiguous();
+  auto apply = [&](const Tensor& x) {
+    if (!done.insert(x.impl()).second || !wants(x)) return;
+    Tensor c = convert(x.detach()).contiguous();
     TensorImpl* impl = x.impl();
     impl->storage = c.impl()->storage;
-    impl->dtype = t;
+    impl->dtype = c.dtype();
     impl->strides = c.strides();
     impl->offset = c.offset();
     impl->grad = nullptr;
   };
   visit("", [&](const std::string&, const Module& m) {
-    for (auto& [n, p] : m.params_) convert(p);
-    for (auto& b : m.buffers_) convert(b.t);
+    for (auto& [n, p] : m.params_) apply(p);
+    for (auto& b : m.buffers_) apply(b.t);
   });
+}
+
+void Module::to(DType t) {
+  LD_CHECK(is_floating(t), type_name_, ".to: target dtype must be floating, got ", dtype_name(t));
+  retarget([t](const Tensor& x) { return is_floating(x.dtype()) && x.dtype() != t; },
+           [t](const Tensor& x) { return x.to(t); });
+}
+
+void Module::to(Device d) {
+  retarget([d](const Tensor& x) { return x.device() != d; }, [d](const Tensor& x) { return x.to(d); });
 }
 
 std::string Module::summary() const {

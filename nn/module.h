@@ -14,8 +14,8 @@
 // Parameters are leaf tensors with requires_grad; buffers are tensors without gradients (persistent
 // ones are in the state dict). Names are dotted paths in registration order: a module's own
 // parameters (then buffers) first, then each child's, recursively ("layers.0.weight"), as in PyTorch.
-// A registered Tensor is the same handle as the member that holds it: `to(DType)` and
-// `load_state_dict` change the TensorImpl in place, so members stay valid.
+// A registered Tensor is the same handle as the member that holds it: `to(DType)`, `to(Device)`
+// and `load_state_dict` change the TensorImpl in place, so members stay valid.
 #include <functional>
 #include <memory>
 #include <string>
@@ -92,10 +92,14 @@ class Module {
   // Converts floating parameters and buffers to `t` in place (the handles stay valid; gradients are
   // dropped). Integer buffers are left alone.
   void to(DType t);
+  // Moves every parameter and buffer to device `d` in place (handles stay valid; gradients are dropped):
+  // `model.to(Device::cuda(0))`, then batches moved the same way, and the same training code runs there.
+  void to(Device d);
   // One line per parameter: name, shape, dtype; then the total.
   std::string summary() const;
 
  protected:
+  void retarget(const std::function<bool(const Tensor&)>& wants, const std::function<Tensor(const Tensor&)>& convert);
   void register_module_impl(const std::string& name, std::shared_ptr<Module> m);
 
  private:

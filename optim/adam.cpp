@@ -1,6 +1,7 @@
 #include "optim/adam.h"
 
 #include "core/cpu/loops.h"
+#include "core/device.h"
 #include "core/error.h"
 
 namespace liandan::optim {
@@ -26,12 +27,7 @@ void Adam::init_state(ParamState& s, const ParamGroup&) {
 
 namespace {
 
-struct AdamStep {
-  double lr, beta1, beta2, eps;
-  double l2;         // added to the gradient (Adam's weight decay)
-  double decay;      // decoupled: θ ← θ·(1 − decay)
-  double bc1, bc2_sqrt;
-};
+using AdamStep = AdamStepArgs;  // core/device.h: the same scalars drive the device kernels
 
 // One fused pass: decay, moments, and either the update itself or — for the per-tensor-lr strategy,
 // which needs the direction's norm first — the direction m̂/denom into `u`. Every line mirrors torch's
@@ -87,6 +83,12 @@ void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   a.bc1 = 1 - std::pow(opt_.beta1, double(s.step));
   a.bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, double(s.step)));
   Tensor vmax = opt_.amsgrad ? s.slot("max_exp_avg_sq") : Tensor();
+  if (!s.param.device().is_cpu()) {  // the device's fused kernel (core/cuda/optim.cu)
+    if (st.per_tensor_lr) no_device_kernel("Adam with the per-tensor-lr strategy", s.param.device());
+    device_backend(s.param.device()).adam_step(s.param, grad.contiguous(), s.slot("exp_avg"), s.slot("exp_avg_sq"),
+                                                vmax, a);
+    return;
+  }
   Tensor u = st.per_tensor_lr ? empty_like(s.param) : Tensor();
   LD_DISPATCH_FLOAT(s.param.dtype(), "Adam", [&] {
     using T = scalar_t;

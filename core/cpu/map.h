@@ -44,6 +44,7 @@ void map_into(O* out, const Shape& shape, const std::array<const Tensor*, K>& in
   std::array<const T*, K> p;
   bool flat = true;
   for (size_t k = 0; k < K; ++k) {
+    ins[k]->check_cpu("map");
     p[k] = static_cast<const T*>(ins[k]->impl()->storage->data) + ins[k]->offset();
     flat &= ins[k]->shape() == shape && ins[k]->is_contiguous();
   }

@@ -4,6 +4,7 @@
 
 #include "core/cpu/map.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "core/ops.h"
 
 namespace liandan {
@@ -32,18 +33,31 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
 }
 
-// ---- unary ops: y = F(x), dx = D(x, y, g)
+// ---- unary ops: y = F(x), dx = D(x, y, g). On a device the kernel is found by the op's name, with the
+// scalar parameters p0, p1 that the CPU lambdas capture (core/device.h).
 
 template <class Fwd, class Bwd>
-Tensor unary(const char* name, const Tensor& x, Fwd fwd, Bwd bwd) {
+Tensor unary(const char* name, const Tensor& x, Fwd fwd, Bwd bwd, double p0 = 0, double p1 = 0) {
   LD_CHECK(x.defined(), name, ": undefined tensor argument");
-  Tensor y = LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    return map<scalar_t, 1>(x.shape(), {&x}, [fwd](scalar_t v) { return scalar_t(fwd(v)); });
-  });
+  Elementwise op{name, p0, p1};
+  Tensor y;
+  if (x.device().is_cpu()) {
+    y = LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+      return map<scalar_t, 1>(x.shape(), {&x}, [fwd](scalar_t v) { return scalar_t(fwd(v)); });
+    });
+  } else {
+    y = empty_like(x);
+    device_backend(x.device()).unary(op, x.contiguous(), y);
+  }
   if (needs_grad({&x})) {
     SavedTensor sx(x, name), sy(y, name);
-    record(name, y, {x}, [sx, sy, bwd, name](const Tensor& g) {
+    record(name, y, {x}, [sx, sy, bwd, name, op](const Tensor& g) {
       const Tensor &xv = sx.get(), &yv = sy.get();
+      if (!g.device().is_cpu()) {
+        Tensor dx = empty_like(g);
+        device_backend(g.device()).unary_backward(op, xv.contiguous(), yv, g.contiguous(), dx);
+        return std::vector<Tensor>{dx};
+      }
       return std::vector<Tensor>{LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
         return map<scalar_t, 3>(xv.shape(), {&xv, &yv, &g},
                                 [bwd](scalar_t a, scalar_t b, scalar_t c) { return scalar_t(bwd(a, b, c)); });
@@ -59,14 +73,25 @@ template <class Fwd>
 Tensor binary_forward(const char* name, const Tensor& a, const Tensor& b, Fwd fwd) {
   check_same_dtype(a, b, name);
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
+  if (!a.device().is_cpu()) {
+    Tensor out = empty(s, {a.dtype(), a.device()});
+    device_backend(a.device()).binary(name, a, b, out);
+    return out;
+  }
   return LD_DISPATCH_FLOAT(a.dtype(), name, [&] {
     return map<scalar_t, 2>(s, {&a, &b}, [fwd](scalar_t u, scalar_t v) { return scalar_t(fwd(u, v)); });
   });
 }
 
-// Gradient of a binary op w.r.t. one input: map(D(a, b, g)) reduced to that input's shape.
+// Gradient of a binary op w.r.t. input `which` (0: a, 1: b): map(D(a, b, g)) reduced to that input's shape.
 template <class D>
-Tensor binary_grad(const char* name, const Tensor& a, const Tensor& b, const Tensor& g, const Shape& to, D d) {
+Tensor binary_grad(const char* name, int which, const Tensor& a, const Tensor& b, const Tensor& g, const Shape& to,
+                   D d) {
+  if (!g.device().is_cpu()) {
+    Tensor full = empty_like(g);
+    device_backend(g.device()).binary_backward(name, which, a, b, g, full);
+    return sum_to(full, to);
+  }
   Tensor full = LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
     return map<scalar_t, 3>(g.shape(), {&a, &b, &g},
                             [d](scalar_t u, scalar_t v, scalar_t w) { return scalar_t(d(u, v, w)); });
@@ -83,8 +108,8 @@ Tensor binary(const char* name, const Tensor& a, const Tensor& b, Fwd fwd, Da da
     Shape as = a.shape(), bs = b.shape();
     record(name, y, {a, b}, [=](const Tensor& g) {
       const Tensor &av = sa.get(), &bv = sb.get();
-      return std::vector<Tensor>{ga ? binary_grad(name, av, bv, g, as, da) : Tensor(),
-                                 gb ? binary_grad(name, av, bv, g, bs, db) : Tensor()};
+      return std::vector<Tensor>{ga ? binary_grad(name, 0, av, bv, g, as, da) : Tensor(),
+                                 gb ? binary_grad(name, 1, av, bv, g, bs, db) : Tensor()};
     });
   }
   return y;
@@ -153,18 +178,18 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
 
 Tensor add(const Tensor& a, double s) {
   return unary("add_scalar", a, [s](auto x) { return x + decltype(x)(s); },
-               [](auto, auto, auto g) { return g; });
+               [](auto, auto, auto g) { return g; }, s);
 }
 Tensor mul(const Tensor& a, double s) {
   return unary("mul_scalar", a, [s](auto x) { return x * decltype(x)(s); },
-               [s](auto, auto, auto g) { return g * decltype(g)(s); });
+               [s](auto, auto, auto g) { return g * decltype(g)(s); }, s);
 }
 Tensor rsub(const Tensor& a, double s) {
-  return unary("rsub", a, [s](auto x) { return decltype(x)(s) - x; }, [](auto, auto, auto g) { return -g; });
+  return unary("rsub", a, [s](auto x) { return decltype(x)(s) - x; }, [](auto, auto, auto g) { return -g; }, s);
 }
 Tensor rdiv(const Tensor& a, double s) {
   return unary("rdiv", a, [s](auto x) { return decltype(x)(s) / x; },
-               [](auto x, auto y, auto g) { return -g * y / x; });
+               [](auto x, auto y, auto g) { return -g * y / x; }, s);
 }
 Tensor pow(const Tensor& a, double e) {
   if (e == 2.0) return square(a);
@@ -172,7 +197,7 @@ Tensor pow(const Tensor& a, double e) {
                [e](auto x, auto, auto g) {
                  using T = decltype(x);
                  return e == 0 ? T(0) : g * T(e) * std::pow(x, T(e - 1));
-               });
+               }, e);
 }
 
 // ---- unary math
@@ -220,7 +245,7 @@ Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi
   }, [l, h](auto v, auto, auto g) {
     using T = decltype(v);
     return (v >= T(l) && v <= T(h)) ? g : T(0);
-  });
+  }, l, h);
 }
 Tensor tanh(const Tensor& x) {
   return unary("tanh", x, [](auto v) { return cpu::vtanh(v); },
@@ -273,7 +298,7 @@ Tensor elu(const Tensor& x, double alpha) {
   }, [alpha](auto v, auto y, auto g) {
     using T = decltype(v);
     return v > 0 ? g : g * (y + T(alpha));
-  });
+  }, alpha);
 }
 // (1/beta) log(1 + e^{beta x}); linear above `threshold` (as torch) for stability.
 Tensor softplus(const Tensor& x, double beta, double threshold) {
@@ -286,7 +311,7 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
     using T = decltype(v);
     T bx = T(beta) * v;
     return bx > T(threshold) ? g : g * cpu::vsigmoid(bx);
-  });
+  }, beta, threshold);
 }
 
 // ---- comparisons (no gradient)
@@ -296,13 +321,14 @@ Tensor lt(const Tensor& a, const Tensor& b) { return compare("lt", a, b, [](auto
 Tensor le(const Tensor& a, const Tensor& b) { return compare("le", a, b, [](auto u, auto v) { return u <= v; }); }
 Tensor gt(const Tensor& a, const Tensor& b) { return compare("gt", a, b, [](auto u, auto v) { return u > v; }); }
 Tensor ge(const Tensor& a, const Tensor& b) { return compare("ge", a, b, [](auto u, auto v) { return u >= v; }); }
-Tensor gt(const Tensor& a, double s) { return gt(a, full({}, s, a.dtype())); }
-Tensor lt(const Tensor& a, double s) { return lt(a, full({}, s, a.dtype())); }
+Tensor gt(const Tensor& a, double s) { return gt(a, full({}, s, {a.dtype(), a.device()})); }
+Tensor lt(const Tensor& a, double s) { return lt(a, full({}, s, {a.dtype(), a.device()})); }
 
 // ---- selection
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype(a, b, "where");
+  if (!a.device().is_cpu()) no_device_kernel("where", a.device());
   check_same_dtype(cond, a, "where (condition)");
   Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
@@ -329,6 +355,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {
   LD_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
   if (!train || p == 0) return x;
+  if (!x.device().is_cpu()) no_device_kernel("dropout", x.device());
   Tensor u = rand(x.shape(), gen, x.dtype());
   double keep = 1.0 - p;
   // mask = 1/keep where kept, 0 where dropped; y = x * mask

@@ -43,6 +43,8 @@ void scatter_gather_kernel(const Tensor& idx, const Tensor& src, const Tensor& d
   int64_t outer = 1, K = s.empty() ? 1 : s[dim], inner = 1;
   for (int64_t d = 0; d < int64_t(s.size()); ++d) (d < dim ? outer : d > dim ? inner : K) *= d == dim ? 1 : s[d];
   const int64_t* pi = idx.data_ptr<int64_t>();
+  src.check_cpu("index");
+  dst.check_cpu("index");
   const T* ps = static_cast<const T*>(src.impl()->storage->data) + src.offset();
   T* pd = static_cast<T*>(dst.impl()->storage->data) + dst.offset();
   Shape is = contiguous_strides(s);

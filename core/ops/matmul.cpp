@@ -4,6 +4,7 @@
 
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
+#include "core/device.h"
 #include "core/ops.h"
 
 namespace liandan {
@@ -30,9 +31,15 @@ Tensor bmm_kernel(Tensor a, Tensor b) {
   BlasView vb = blas_view(K, N, b.strides()[1], b.strides()[2]);
   if (!va.ok) { a = a.contiguous(); va = blas_view(M, K, K, 1); }
   if (!vb.ok) { b = b.contiguous(); vb = blas_view(K, N, N, 1); }
-  Tensor c = empty({batch, M, N}, a.dtype());
+  Tensor c = empty({batch, M, N}, {a.dtype(), a.device()});
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
+  if (!a.device().is_cpu()) {
+    device_backend(a.device()).gemm_batched(a.dtype(), va.trans, vb.trans, M, N, K, a.device_data(), va.ld,
+                                            a.strides()[0], b.device_data(), vb.ld, b.strides()[0],
+                                            c.device_data(), N, M * N, batch);
+    return c;
+  }
   LD_DISPATCH_FLOAT(a.dtype(), "matmul", [&] {
     const scalar_t *pa = a.data_ptr<scalar_t>(), *pb = b.data_ptr<scalar_t>();
     scalar_t* pc = c.data_ptr<scalar_t>();
@@ -64,7 +71,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   out_shape.push_back(N);
   // An empty result, or K = 0 (every element an empty sum): no GEMM, and no reshape of an empty
   // tensor (reshape({1, -1, 0}) cannot infer -1).
-  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, a.dtype());
+  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {a.dtype(), a.device()});
   // x[..., M, K] @ W[K, N]: fold the batch into M when x's rows are evenly spaced.
   if (b.dim() == 2 && a.dim() > 2) {
     Tensor a2 = a.is_contiguous() ? a : a.contiguous();
@@ -107,6 +114,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   LD_CHECK(a.defined() && b.defined(), "matmul: undefined tensor argument");
   LD_CHECK(a.dtype() == b.dtype(), "matmul: dtype mismatch ", dtype_name(a.dtype()), " ", shape_str(a.shape()),
            " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
+  LD_CHECK(a.device() == b.device(), "matmul: device mismatch: ", a.device().str(), " ", shape_str(a.shape()),
+           " vs ", b.device().str(), " ", shape_str(b.shape()));
   LD_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", shape_str(a.shape()),
            " and ", shape_str(b.shape()));
   // Checked here so that the message shows the caller's shapes, not the 1-D promoted ones.
@@ -132,7 +141,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as);
       if (gb) {
         if (bs.size() == 2 && as.size() > 2)  // Linear case: one GEMM over all rows
-          db = av.numel() == 0 ? zeros(bs, g.dtype())  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
+          db = av.numel() == 0 ? zeros(bs, {g.dtype(), g.device()})  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
                                : matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
         else
           db = sum_to(matmul(av.transpose(-1, -2), g), bs);

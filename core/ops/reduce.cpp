@@ -8,6 +8,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/map.h"
+#include "core/device.h"
 #include "core/ops.h"
 
 namespace liandan {
@@ -137,10 +138,15 @@ Tensor sum_kernel(const Tensor& x, const Shape& dims) {
     --i;
     Shape os = cur.shape();
     for (int64_t d = lo; d <= hi; ++d) os[d] = 1;
-    Tensor out = empty(os, x.dtype());
-    LD_DISPATCH_FLOAT(x.dtype(), "sum", [&] {
-      sum_run_kernel(cur.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), run_of(cur.shape(), lo, hi));
-    });
+    Tensor out = empty(os, {x.dtype(), x.device()});
+    Run r = run_of(cur.shape(), lo, hi);
+    if (!x.device().is_cpu()) {
+      device_backend(x.device()).sum_run(cur, r.outer, r.R, r.inner, out);
+    } else {
+      LD_DISPATCH_FLOAT(x.dtype(), "sum", [&] {
+        sum_run_kernel(cur.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), r);
+      });
+    }
     cur = out;
   }
   return cur;

@@ -1,0 +1,193 @@
+// The CUDA device: one CudaBackend per GPU, created on first use and never destroyed (storages may outlive
+// other statics). It owns the device's stream (one per device: every kernel and copy is ordered on it),
+// its cuBLAS handle and its caching allocator (cudaMalloc / cudaFree are slow and cudaFree synchronizes the
+// whole device, so freed blocks are kept for reuse).
+#include <cublas_v2.h>
+
+#include <mutex>
+#include <vector>
+
+#include "core/cuda/common.cuh"
+#include "core/cuda/kernels.h"
+
+namespace liandan::cuda_impl {
+namespace {
+
+class DeviceGuard {  // makes `index` the current device for this scope
+ public:
+  explicit DeviceGuard(int index) {
+    cudaGetDevice(&prev_);
+    if (prev_ != index) cudaSetDevice(index);
+    index_ = index;
+  }
+  ~DeviceGuard() {
+    if (prev_ != index_) cudaSetDevice(prev_);
+  }
+ private:
+  int prev_ = 0, index_ = 0;
+};
+
+void* raw_cuda_alloc(size_t bytes, void* ctx) {
+  DeviceGuard g(int(reinterpret_cast<intptr_t>(ctx)));
+  void* p = nullptr;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error so the caller can retry after emptying the cache
+    return nullptr;
+  }
+  return p;
+}
+
+void raw_cuda_free(void* p, size_t, void* ctx) {
+  DeviceGuard g(int(reinterpret_cast<intptr_t>(ctx)));
+  cudaFree(p);
+}
+
+class CudaBackend final : public DeviceBackend {
+ public:
+  explicit CudaBackend(int index)
+      : index_(index),
+        alloc_("cuda:" + std::to_string(index),
+               RawAllocator{raw_cuda_alloc, raw_cuda_free, reinterpret_cast<void*>(intptr_t(index))},
+               SIZE_MAX) {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    LD_CHECK(cublasCreate(&cublas_) == CUBLAS_STATUS_SUCCESS, "cuda:", index_, ": cublasCreate failed");
+    cublasSetStream(cublas_, stream_);
+    cudaDeviceProp prop;
+    LD_CUDA_CHECK(cudaGetDeviceProperties(&prop, index_));
+    describe_ = std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+                std::to_string(prop.totalGlobalMem >> 20) + " MiB";
+  }
+
+  std::string describe() const override { return describe_; }
+  cudaStream_t stream() const { return stream_; }
+
+  void* allocate(size_t bytes) override {
+    DeviceGuard g(index_);
+    try {
+      return alloc_.allocate(bytes, stream_);
+    } catch (const Error& e) {
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      LD_FAIL(e.what(), "; the GPU has ", free_b >> 20, " MiB free of ", total_b >> 20, " MiB");
+    }
+  }
+  void deallocate(void* p, size_t bytes) override { alloc_.deallocate(p, bytes, stream_); }
+  CachingAllocator& allocator() override { return alloc_; }
+
+  // Copies are ordered on the device's stream and complete before returning (the host buffer may be
+  // pageable and reused at once by the caller).
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void synchronize() override {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void copy_strided(const Tensor& dst, const Tensor& src, const Shape& st) override {
+    DeviceGuard g(index_);
+    cuda_impl::copy_strided(dst, src, st);
+  }
+  void fill(const Tensor& dst, double v) override {
+    DeviceGuard g(index_);
+    cuda_impl::fill(dst, v);
+  }
+  void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
+    DeviceGuard g(index_);
+    cuda_impl::unary(op, x, y);
+  }
+  void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& gr,
+                      const Tensor& dx) override {
+    DeviceGuard g(index_);
+    cuda_impl::unary_backward(op, x, y, gr, dx);
+  }
+  void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out) override {
+    DeviceGuard g(index_);
+    check_same_device(op, a, b);
+    cuda_impl::binary(op, a, b, out);
+  }
+  void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& gr,
+                       const Tensor& out) override {
+    DeviceGuard g(index_);
+    cuda_impl::binary_backward(op, which, a, b, gr, out);
+  }
+  void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) override {
+    DeviceGuard g(index_);
+    cuda_impl::sum_run(x, outer, R, inner, out);
+  }
+  void gemm_batched(DType dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
+                    int64_t sa, const void* B, int64_t ldb, int64_t sb, void* C, int64_t ldc, int64_t sc,
+                    int64_t batch) override {
+    DeviceGuard g(index_);
+    cuda_impl::gemm_batched(cublas_, dt, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch);
+  }
+
+  void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
+                 const AdamStepArgs& a) override {
+    DeviceGuard guard(index_);
+    cuda_impl::adam_step(p, g, m, v, vmax, a);
+  }
+
+ private:
+  static void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+    LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
+  }
+  int index_;
+  CachingAllocator alloc_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::string describe_;
+};
+
+// Function-local, so that a static initializer elsewhere (a test's `const bool has_gpu = ...`) may ask
+// before this file's own statics are constructed.
+struct Devices {
+  int count = 0;
+  std::string why;
+  std::vector<CudaBackend*> backends;
+  std::mutex mu;
+  Devices() {
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+      count = 0;
+      why = std::string("no usable CUDA GPU (") + cudaGetErrorString(e) + ")";
+      cudaGetLastError();
+    } else if (count == 0) {
+      why = "no CUDA GPU found";
+    }
+    backends.assign(size_t(count), nullptr);
+  }
+};
+Devices& devices() {
+  static Devices* d = new Devices();  // never destroyed, like the backends
+  return *d;
+}
+
+}  // namespace
+
+int device_count(std::string* why_not) {
+  Devices& d = devices();
+  if (why_not) *why_not = d.why;
+  return d.count;
+}
+
+DeviceBackend* backend(int index) {
+  Devices& d = devices();
+  std::lock_guard<std::mutex> lock(d.mu);
+  if (!d.backends[size_t(index)]) d.backends[size_t(index)] = new CudaBackend(index);
+  return d.backends[size_t(index)];
+}
+
+cudaStream_t stream_of(const Tensor& t) {
+  return static_cast<CudaBackend*>(backend(t.device().index))->stream();
+}
+
+}  // namespace liandan::cuda_impl

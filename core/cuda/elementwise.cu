@@ -1,0 +1,320 @@
+// Elementwise kernels on CUDA: strided copies and fills, and the unary and binary ops of
+// core/ops/elementwise.cpp found by name. Each device formula transcribes the CPU lambda beside its op
+// (same NaN rules, same torch conventions for ties and zeros), forward and derivative together.
+#include <cstring>
+
+#include "core/cuda/common.cuh"
+#include "core/cuda/kernels.h"
+
+namespace liandan::cuda_impl {
+namespace {
+
+// ---------------------------------------------------------------- unary ops
+
+enum class U : int {
+  add_scalar, mul_scalar, rsub, rdiv, pow_scalar, neg, exp, log, log1p, sqrt, rsqrt, abs, sin, cos, square,
+  clamp, tanh, sigmoid, relu, gelu_tanh, gelu, silu, elu, softplus
+};
+struct UnaryName { const char* name; U op; };
+constexpr UnaryName kUnary[] = {
+    {"add_scalar", U::add_scalar}, {"mul_scalar", U::mul_scalar}, {"rsub", U::rsub}, {"rdiv", U::rdiv},
+    {"pow_scalar", U::pow_scalar}, {"neg", U::neg}, {"exp", U::exp}, {"log", U::log}, {"log1p", U::log1p},
+    {"sqrt", U::sqrt}, {"rsqrt", U::rsqrt}, {"abs", U::abs}, {"sin", U::sin}, {"cos", U::cos},
+    {"square", U::square}, {"clamp", U::clamp}, {"tanh", U::tanh}, {"sigmoid", U::sigmoid}, {"relu", U::relu},
+    {"gelu_tanh", U::gelu_tanh}, {"gelu", U::gelu}, {"silu", U::silu}, {"elu", U::elu}, {"softplus", U::softplus}};
+
+U unary_code(const char* name, Device d) {
+  for (const auto& u : kUnary)
+    if (std::strcmp(u.name, name) == 0) return u.op;
+  no_device_kernel(name, d);
+}
+
+template <class T> __device__ T sigm(T v) { return T(1) / (T(1) + ::exp(-v)); }
+
+template <class T>
+__device__ T unary_f(U op, T v, T p0, T p1) {
+  switch (op) {
+    case U::add_scalar: return v + p0;
+    case U::mul_scalar: return v * p0;
+    case U::rsub: return p0 - v;
+    case U::rdiv: return p0 / v;
+    case U::pow_scalar: return ::pow(v, p0);
+    case U::neg: return -v;
+    case U::exp: return ::exp(v);
+    case U::log: return ::log(v);
+    case U::log1p: return ::log1p(v);
+    case U::sqrt: return ::sqrt(v);
+    case U::rsqrt: return T(1) / ::sqrt(v);
+    case U::abs: return ::fabs(v);
+    case U::sin: return ::sin(v);
+    case U::cos: return ::cos(v);
+    case U::square: return v * v;
+    case U::clamp: return v != v ? v : v < p0 ? p0 : v > p1 ? p1 : v;
+    case U::tanh: return ::tanh(v);
+    case U::sigmoid: return sigm(v);
+    case U::relu: return (v > 0 || v != v) ? v : T(0);
+    case U::gelu_tanh: {
+      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
+      return T(0.5) * v * (1 + ::tanh(u));
+    }
+    case U::gelu: return T(0.5) * v * (1 + ::erf(v * T(0.7071067811865476)));
+    case U::silu: return v * sigm(v);
+    case U::elu: return v > 0 ? v : p0 * (::exp(v) - 1);
+    case U::softplus: {
+      T bx = p0 * v;
+      return bx > p1 ? v : ::log1p(::exp(bx)) / p0;
+    }
+  }
+  return v;
+}
+
+// d/dx given x, y = f(x) and the incoming gradient g.
+template <class T>
+__device__ T unary_d(U op, T x, T y, T g, T p0, T p1) {
+  switch (op) {
+    case U::add_scalar: return g;
+    case U::mul_scalar: return g * p0;
+    case U::rsub: return -g;
+    case U::rdiv: return -g * y / x;
+    case U::pow_scalar: return p0 == 0 ? T(0) : g * p0 * ::pow(x, p0 - 1);
+    case U::neg: return -g;
+    case U::exp: return g * y;
+    case U::log: return g / x;
+    case U::log1p: return g / (1 + x);
+    case U::sqrt: return g / (2 * y);
+    case U::rsqrt: return -g * y / (2 * x);
+    case U::abs: return x > 0 ? g : x < 0 ? -g : T(0);
+    case U::sin: return g * ::cos(x);
+    case U::cos: return -g * ::sin(x);
+    case U::square: return 2 * g * x;
+    case U::clamp: return (x >= p0 && x <= p1) ? g : T(0);
+    case U::tanh: return g * (1 - y * y);
+    case U::sigmoid: return g * y * (1 - y);
+    case U::relu: return x > 0 ? g : T(0);
+    case U::gelu_tanh: {
+      T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+      T th = ::tanh(u);
+      T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * x * x);
+      return g * (T(0.5) * (1 + th) + T(0.5) * x * (1 - th * th) * du);
+    }
+    case U::gelu: {
+      T cdf = T(0.5) * (1 + ::erf(x * T(0.7071067811865476)));
+      T pdf = T(0.3989422804014327) * ::exp(T(-0.5) * x * x);
+      return g * (cdf + x * pdf);
+    }
+    case U::silu: {
+      T s = sigm(x);
+      return g * s * (1 + x * (1 - s));
+    }
+    case U::elu: return x > 0 ? g : g * (y + p0);
+    case U::softplus: {
+      T bx = p0 * x;
+      return bx > p1 ? g : g * sigm(bx);
+    }
+  }
+  return g;
+}
+
+template <class T>
+__global__ void unary_kernel(U op, const T* x, T* y, int64_t n, T p0, T p1) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = unary_f(op, x[i], p0, p1);
+}
+
+template <class T>
+__global__ void unary_backward_kernel(U op, const T* x, const T* y, const T* g, T* dx, int64_t n, T p0, T p1) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = unary_d(op, x[i], y[i], g[i], p0, p1);
+}
+
+// ---------------------------------------------------------------- binary ops
+
+enum class B : int { add, sub, mul, div, pow, maximum, minimum, eq, ne, lt, le, gt, ge };
+struct BinaryName { const char* name; B op; };
+constexpr BinaryName kBinary[] = {{"add", B::add}, {"sub", B::sub}, {"mul", B::mul}, {"div", B::div},
+                                  {"pow", B::pow}, {"maximum", B::maximum}, {"minimum", B::minimum},
+                                  {"eq", B::eq}, {"ne", B::ne}, {"lt", B::lt}, {"le", B::le}, {"gt", B::gt},
+                                  {"ge", B::ge}};
+
+B binary_code(const char* name, Device d) {
+  for (const auto& b : kBinary)
+    if (std::strcmp(b.name, name) == 0) return b.op;
+  no_device_kernel(name, d);
+}
+
+template <class T>
+__device__ T binary_f(B op, T u, T v) {
+  switch (op) {
+    case B::add: return u + v;
+    case B::sub: return u - v;
+    case B::mul: return u * v;
+    case B::div: return u / v;
+    case B::pow: return ::pow(u, v);
+    case B::maximum: return (u != u || u > v) ? u : v;
+    case B::minimum: return (u != u || u < v) ? u : v;
+    case B::eq: return u == v ? 1 : 0;
+    case B::ne: return u != v ? 1 : 0;
+    case B::lt: return u < v ? 1 : 0;
+    case B::le: return u <= v ? 1 : 0;
+    case B::gt: return u > v ? 1 : 0;
+    case B::ge: return u >= v ? 1 : 0;
+  }
+  return u;
+}
+
+// ∂f/∂u · g (which == 0) or ∂f/∂v · g (which == 1); comparisons have none.
+template <class T>
+__device__ T binary_d(B op, int which, T u, T v, T g) {
+  switch (op) {
+    case B::add: return g;
+    case B::sub: return which == 0 ? g : -g;
+    case B::mul: return which == 0 ? g * v : g * u;
+    case B::div: return which == 0 ? g / v : -g * u / (v * v);
+    case B::pow:
+      if (which == 0) return v == 0 ? T(0) : g * v * ::pow(u, v - 1);
+      return u == 0 ? T(0) : g * ::pow(u, v) * ::log(u);
+    case B::maximum:
+      if (which == 0) return u > v ? g : u == v ? g / 2 : T(0);
+      return v > u ? g : u == v ? g / 2 : T(0);
+    case B::minimum:
+      if (which == 0) return u < v ? g : u == v ? g / 2 : T(0);
+      return v < u ? g : u == v ? g / 2 : T(0);
+    default: return T(0);
+  }
+}
+
+template <class T>
+__global__ void binary_kernel(B op, const T* a, StridedIndex ia, const T* b, StridedIndex ib, T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = binary_f(op, a[ia.offset(i)], b[ib.offset(i)]);
+}
+
+template <class T>
+__global__ void binary_backward_kernel(B op, int which, const T* a, StridedIndex ia, const T* b, StridedIndex ib,
+                                       const T* g, StridedIndex ig, T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = binary_d(op, which, a[ia.offset(i)], b[ib.offset(i)], g[ig.offset(i)]);
+}
+
+// ---------------------------------------------------------------- copies and fills
+
+template <class D, class S>
+__global__ void copy_kernel(D* dst, StridedIndex id, const S* src, StridedIndex is, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[id.offset(i)] = D(src[is.offset(i)]);
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, StridedIndex id, int64_t n, T v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[id.offset(i)] = v;
+}
+
+// Runs BODY with scalar_t = float or double; other dtypes are an error naming the op.
+#define LD_CUDA_FLOAT(DT, OPNAME, ...)                                                              \
+  [&] {                                                                                             \
+    switch (DT) {                                                                                   \
+      case DType::f32: { using scalar_t = float; return __VA_ARGS__(); }                             \
+      case DType::f64: { using scalar_t = double; return __VA_ARGS__(); }                            \
+      default: LD_FAIL(OPNAME, " on CUDA: expected f32 or f64, got ", dtype_name(DT));               \
+    }                                                                                               \
+  }()
+
+#define LD_CUDA_ANY(DT, OPNAME, ...)                                                                \
+  [&] {                                                                                             \
+    switch (DT) {                                                                                   \
+      case DType::f32: { using scalar_t = float; return __VA_ARGS__(); }                             \
+      case DType::f64: { using scalar_t = double; return __VA_ARGS__(); }                            \
+      case DType::i64: { using scalar_t = int64_t; return __VA_ARGS__(); }                           \
+      default: LD_FAIL(OPNAME, " on CUDA: unsupported dtype ", dtype_name(DT));                      \
+    }                                                                                               \
+  }()
+
+// A contiguous operand of the output's shape reads as one flat run.
+StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) {
+  if (t.shape() == shape && t.is_contiguous()) return strided_index({shape_numel(shape)}, {1}, op);
+  return strided_index(shape, broadcast_strides(t, shape), op);
+}
+
+}  // namespace
+
+void unary(const Elementwise& e, const Tensor& x, const Tensor& y) {
+  U op = unary_code(e.name, x.device());
+  int64_t n = y.numel();
+  if (n == 0) return;
+  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
+    unary_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
+        op, static_cast<const scalar_t*>(x.device_data()), static_cast<scalar_t*>(y.device_data()), n,
+        scalar_t(e.p0), scalar_t(e.p1));
+  });
+  LD_CUDA_LAUNCHED(e.name);
+}
+
+void unary_backward(const Elementwise& e, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& dx) {
+  U op = unary_code(e.name, x.device());
+  int64_t n = dx.numel();
+  if (n == 0) return;
+  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
+    unary_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dx)>>>(
+        op, static_cast<const scalar_t*>(x.device_data()), static_cast<const scalar_t*>(y.device_data()),
+        static_cast<const scalar_t*>(g.device_data()), static_cast<scalar_t*>(dx.device_data()), n,
+        scalar_t(e.p0), scalar_t(e.p1));
+  });
+  LD_CUDA_LAUNCHED(e.name);
+}
+
+void binary(const char* name, const Tensor& a, const Tensor& b, const Tensor& out) {
+  B op = binary_code(name, a.device());
+  int64_t n = out.numel();
+  if (n == 0) return;
+  StridedIndex ia = operand_index(a, out.shape(), name), ib = operand_index(b, out.shape(), name);
+  LD_CUDA_FLOAT(a.dtype(), name, [&] {
+    binary_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(out)>>>(
+        op, static_cast<const scalar_t*>(a.device_data()), ia, static_cast<const scalar_t*>(b.device_data()), ib,
+        static_cast<scalar_t*>(out.device_data()), n);
+  });
+  LD_CUDA_LAUNCHED(name);
+}
+
+void binary_backward(const char* name, int which, const Tensor& a, const Tensor& b, const Tensor& g,
+                     const Tensor& out) {
+  B op = binary_code(name, a.device());
+  int64_t n = out.numel();
+  if (n == 0) return;
+  StridedIndex ia = operand_index(a, out.shape(), name), ib = operand_index(b, out.shape(), name),
+               ig = operand_index(g, out.shape(), name);
+  LD_CUDA_FLOAT(a.dtype(), name, [&] {
+    binary_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(out)>>>(
+        op, which, static_cast<const scalar_t*>(a.device_data()), ia, static_cast<const scalar_t*>(b.device_data()),
+        ib, static_cast<const scalar_t*>(g.device_data()), ig, static_cast<scalar_t*>(out.device_data()), n);
+  });
+  LD_CUDA_LAUNCHED(name);
+}
+
+void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) {
+  int64_t n = dst.numel();
+  if (n == 0) return;
+  StridedIndex id = strided_index(dst.shape(), dst.strides(), "copy");
+  StridedIndex is = strided_index(dst.shape(), src_strides, "copy");
+  LD_CUDA_ANY(dst.dtype(), "copy", [&] {
+    using D = scalar_t;
+    LD_CUDA_ANY(src.dtype(), "copy", [&] {
+      copy_kernel<D, scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dst)>>>(
+          static_cast<D*>(dst.device_data()), id, static_cast<const scalar_t*>(src.device_data()), is, n);
+    });
+  });
+  LD_CUDA_LAUNCHED("copy");
+}
+
+void fill(const Tensor& dst, double value) {
+  int64_t n = dst.numel();
+  if (n == 0) return;
+  StridedIndex id = strided_index(dst.shape(), dst.strides(), "fill_");
+  LD_CUDA_ANY(dst.dtype(), "fill_", [&] {
+    fill_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dst)>>>(static_cast<scalar_t*>(dst.device_data()),
+                                                                           id, n, scalar_t(value));
+  });
+  LD_CUDA_LAUNCHED("fill_");
+}
+
+}  // namespace liandan::cuda_impl

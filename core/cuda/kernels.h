@@ -1,0 +1,30 @@
+#pragma once
+// The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
+// elementwise.cu, reduce.cu, matmul.cu. Arguments as in DeviceBackend (core/device.h).
+#include <cublas_v2.h>
+
+#include "core/device.h"
+
+namespace liandan::cuda_impl {
+
+// elementwise.cu
+void unary(const Elementwise& op, const Tensor& x, const Tensor& y);
+void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& dx);
+void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out);
+void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& g, const Tensor& out);
+void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides);
+void fill(const Tensor& dst, double value);
+
+// reduce.cu
+void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out);
+
+// matmul.cu
+void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                  const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
+                  int64_t ldc, int64_t stride_c, int64_t batch);
+
+// optim.cu
+void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
+               const AdamStepArgs& a);
+
+}  // namespace liandan::cuda_impl

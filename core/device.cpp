@@ -1,0 +1,41 @@
+#include "core/device.h"
+
+#include <atomic>
+
+#include "core/error.h"
+
+namespace liandan {
+
+DeviceBackend& device_backend(Device d) {
+  LD_CHECK(!d.is_cpu(), "device_backend: the CPU has no backend table (ops run its kernels directly)");
+  std::string why;
+  int n = cuda_impl::device_count(&why);
+  LD_CHECK(n > 0, "device ", d.str(), " is not available: ", why);
+  LD_CHECK(d.index >= 0 && d.index < n, "device ", d.str(), " does not exist: this machine has ", n,
+           " CUDA device", n == 1 ? "" : "s");
+  return *cuda_impl::backend(d.index);
+}
+
+void no_device_kernel(const char* op, Device d) {
+  LD_FAIL("op '", op, "' has no kernel on ", d.str(), " yet; move its inputs to the CPU with .to(Device::cpu())");
+}
+
+namespace cuda {
+namespace {
+std::atomic<bool> g_tf32{false};
+}
+bool is_available() { return device_count() > 0; }
+int device_count() { return cuda_impl::device_count(nullptr); }
+std::string unavailable_reason() {
+  std::string why;
+  return cuda_impl::device_count(&why) > 0 ? "" : why;
+}
+void synchronize(int device) { device_backend(Device::cuda(device)).synchronize(); }
+AllocatorStats memory_stats(int device) { return device_backend(Device::cuda(device)).allocator().stats(); }
+void reset_peak_memory_stats(int device) { device_backend(Device::cuda(device)).allocator().reset_peak(); }
+void empty_cache(int device) { device_backend(Device::cuda(device)).allocator().empty_cache(); }
+void set_allow_tf32(bool on) { g_tf32 = on; }
+bool allow_tf32() { return g_tf32; }
+}  // namespace cuda
+
+}  // namespace liandan

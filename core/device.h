@@ -1,0 +1,97 @@
+#pragma once
+// Devices other than the CPU. A device provides memory, copies and kernels behind one table (DeviceBackend);
+// an op asks the table of its tensor's device instead of containing `#ifdef CUDA`. The CPU's kernels are
+// the ops' own loops (core/cpu/), so the CPU needs no table: ops run them directly.
+//
+// A kernel a device does not have is an Error naming the op and the device ("op 'softplus' has no kernel on
+// cuda:0 yet; move the tensor to the CPU"), never a crash: CPU code refuses device pointers (data_ptr).
+#include <string>
+
+#include "core/allocator.h"
+#include "core/tensor.h"
+
+namespace liandan {
+
+// Elementwise kernels are named by their op ("exp", "mul_scalar", "clamp", …) and carry up to two scalar
+// parameters (a scalar operand, clamp's bounds, softplus's beta and threshold, elu's alpha).
+struct Elementwise {
+  const char* name;
+  double p0 = 0, p1 = 0;
+};
+
+// One AdamW/Adam step's scalars (optim/adam.cpp): θ ← θ·(1 − decay) − lr/bc1 · m / (√v / bc2_sqrt + eps),
+// with g ← g + l2·θ first.
+struct AdamStepArgs {
+  double lr, beta1, beta2, eps;
+  double l2;     // added to the gradient (Adam's weight decay)
+  double decay;  // decoupled: θ ← θ·(1 − decay)
+  double bc1, bc2_sqrt;
+};
+
+class DeviceBackend {
+ public:
+  virtual ~DeviceBackend() = default;
+  virtual std::string describe() const = 0;  // e.g. "NVIDIA H200, sm_90, 139.8 GiB"
+
+  // ---- memory (a caching allocator) and copies
+  virtual void* allocate(size_t bytes) = 0;  // Error naming the size and the allocator's state on OOM
+  virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual CachingAllocator& allocator() = 0;
+  virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- kernels. Tensors are on this device; outputs are preallocated and contiguous unless said.
+  // dst[i] = src[i] over dst's shape (dst strided), src read through `src_strides` (0 on broadcast dims),
+  // converting between any two of f32, f64, i64.
+  virtual void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) = 0;
+  virtual void fill(const Tensor& dst, double value) = 0;  // dst strided
+  // y = f(x); x contiguous with y's shape.
+  virtual void unary(const Elementwise& op, const Tensor& x, const Tensor& y) = 0;
+  // dx = f'(x, y, g) for y = f(x); all contiguous, one shape.
+  virtual void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& g,
+                              const Tensor& dx) = 0;
+  // out = f(a, b) with a and b broadcast to out's shape (any strides).
+  virtual void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out = ∂f/∂(a if which == 0 else b) · g, at out's shape (= g's shape; a and b broadcast to it).
+  virtual void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& g,
+                               const Tensor& out) = 0;
+  // out[o, j] = Σ_r x[o, r, j] for a contiguous x viewed as [outer, R, inner]; deterministic (a fixed
+  // summation tree, no atomics), accumulated in double for f32 as on the CPU.
+  virtual void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) = 0;
+  // C[i] = op(A[i]) @ op(B[i]) for i < batch, row-major, as cpu::gemm's arguments (lda etc. in elements).
+  virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                            const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
+                            int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int64_t batch) = 0;
+  // The fused Adam/AdamW update of one parameter in place (all contiguous; vmax undefined without amsgrad).
+  virtual void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
+                         const AdamStepArgs& a) = 0;
+};
+
+// The backend of a non-CPU device; an Error saying why when it is not there (no CUDA in this build, no GPU,
+// a bad index).
+DeviceBackend& device_backend(Device d);
+
+// An Error for an op that has no kernel on a device yet.
+[[noreturn]] void no_device_kernel(const char* op, Device d);
+
+namespace cuda {
+bool is_available();           // a CUDA build and at least one usable GPU
+int device_count();            // 0 without either
+std::string unavailable_reason();  // why is_available() is false ("" when it is true)
+void synchronize(int device = 0);
+AllocatorStats memory_stats(int device = 0);
+void reset_peak_memory_stats(int device = 0);
+void empty_cache(int device = 0);
+// TF32 tensor-core GEMMs for f32 (off by default: results then differ from the CPU's by ~1e-3 relative).
+void set_allow_tf32(bool on);
+bool allow_tf32();
+}  // namespace cuda
+
+// The CUDA backend's entry points, defined in core/cuda/ (a CUDA build) or core/cuda/none.cpp (no CUDA).
+namespace cuda_impl {
+int device_count(std::string* why_not);
+DeviceBackend* backend(int index);  // created once per device
+}  // namespace cuda_impl
+
+}  // namespace liandan
