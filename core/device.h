@@ -63,6 +63,11 @@ class DeviceBackend {
   virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                             const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
                             int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int64_t batch) = 0;
+  // softmax / log_softmax over n of a contiguous [outer, n, inner] (y likewise), max-subtracted; and its
+  // backward: dx = y·(g − Σ g·y), or for log_softmax dx = g − exp(y)·Σ g.
+  virtual void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) = 0;
+  virtual void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n,
+                                int64_t inner, bool log) = 0;
   // The fused Adam/AdamW update of one parameter in place (all contiguous; vmax undefined without amsgrad).
   virtual void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
                          const AdamStepArgs& a) = 0;

@@ -266,6 +266,29 @@ TEST_CASE("cuda: sums are deterministic and match the CPU" * doctest::skip(!kGpu
   CHECK(mean(d).item() == doctest::Approx(mean(x).item()).epsilon(1e-6));
 }
 
+TEST_CASE("cuda: softmax and log_softmax along every dim, forward and backward, match the CPU" * doctest::skip(!kGpu)) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    Generator gen(10);
+    Tensor x = mul(randn({6, 70, 9}, gen, dt), 4.0);
+    for (int64_t dim : {0, 1, 2}) {
+      for (bool log : {false, true}) {
+        CAPTURE(dim);
+        CAPTURE(log);
+        Tensor xc = x.detach().requires_grad_(), xg = x.to(kCuda).requires_grad_();
+        Tensor yc = log ? log_softmax(xc, dim) : softmax(xc, dim), yg = log ? log_softmax(xg, dim) : softmax(xg, dim);
+        CHECK(max_rel_err(yg, yc) <= tol(dt) * 10);
+        Tensor w = randn(x.shape(), gen, dt);
+        sum(mul(yc, w)).backward();
+        sum(mul(yg, w.to(kCuda))).backward();
+        CHECK(max_rel_err(xg.grad(), xc.grad()) <= tol(dt) * 100);
+      }
+    }
+    // a row of -inf gives NaN, as on the CPU and in torch
+    Tensor ninf = full({2, 3}, -INFINITY, dt);
+    CHECK(std::isnan(softmax(ninf.to(kCuda), 1).at({0, 0})));
+  }
+}
+
 TEST_CASE("cuda: matmul through cuBLAS matches the CPU (f32, f64, TF32; batched, broadcast, transposed)" *
           doctest::skip(!kGpu)) {
   Generator gen(5);

@@ -130,6 +130,15 @@ class CudaBackend final : public DeviceBackend {
     cuda_impl::gemm_batched(cublas_, dt, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch);
   }
 
+  void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) override {
+    DeviceGuard guard(index_);
+    cuda_impl::softmax(x, y, outer, n, inner, log);
+  }
+  void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n, int64_t inner,
+                        bool log) override {
+    DeviceGuard guard(index_);
+    cuda_impl::softmax_backward(y, g, dx, outer, n, inner, log);
+  }
   void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
                  const AdamStepArgs& a) override {
     DeviceGuard guard(index_);

@@ -23,6 +23,11 @@ void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_
                   const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
                   int64_t ldc, int64_t stride_c, int64_t batch);
 
+// softmax.cu
+void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log);
+void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n, int64_t inner,
+                      bool log);
+
 // optim.cu
 void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
                const AdamStepArgs& a);

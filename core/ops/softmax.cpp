@@ -7,6 +7,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "core/ops.h"
 
 namespace liandan {
@@ -104,8 +105,12 @@ void softmax_backward_row(const T* y, const T* g, T* dx, int64_t n, int64_t s, b
 
 Tensor softmax_backward(const Tensor& y, const Tensor& g_in, int64_t d, bool log) {
   Tensor g = g_in.contiguous();
-  Tensor dx = empty(y.shape(), y.dtype());
+  Tensor dx = empty_like(y);
   Rows r = rows_of(y, d);
+  if (!y.device().is_cpu()) {
+    device_backend(y.device()).softmax_backward(y, g, dx, r.outer, r.n, r.inner, log);
+    return dx;
+  }
   LD_DISPATCH_FLOAT(y.dtype(), "softmax backward", [&] {
     const scalar_t *py = y.data_ptr<scalar_t>(), *pg = g.data_ptr<scalar_t>();
     scalar_t* pd = dx.data_ptr<scalar_t>();
@@ -118,9 +123,10 @@ Tensor softmax_impl(const char* name, const Tensor& x, int64_t dim, bool log) {
   LD_CHECK(x.defined(), name, ": undefined tensor");
   int64_t d = wrap_dim(dim, x.dim(), name);
   Tensor xc = x.contiguous();
-  Tensor y = empty(x.shape(), x.dtype());
+  Tensor y = empty_like(xc);
   Rows r = rows_of(x, d);
-  LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+  if (!x.device().is_cpu()) device_backend(x.device()).softmax(xc, y, r.outer, r.n, r.inner, log);
+  else LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
     const scalar_t* px = xc.data_ptr<scalar_t>();
     scalar_t* py = y.data_ptr<scalar_t>();
     for_rows(r, [&](int64_t off, int64_t s) { softmax_row(px + off, py + off, r.n, s, log); });
