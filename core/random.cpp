@@ -113,16 +113,18 @@ void fill_normal_(Tensor& out, double mean, double std, Generator& gen) {
   out.bump_version();
 }
 
+// On another device the numbers are drawn on the CPU and copied: the same seed and offset give the same
+// tensor on every device (the Philox stream is the CPU's; a device-side generator is issue #9's next step).
 Tensor rand(const Shape& shape, Generator& gen, TensorOptions opt) {
   Tensor t = empty(shape, opt.dtype);
   fill_uniform_(t, 0.0, 1.0, gen);
-  return t.requires_grad_(opt.requires_grad);
+  return t.to(opt.device).requires_grad_(opt.requires_grad);
 }
 
 Tensor randn(const Shape& shape, Generator& gen, TensorOptions opt) {
   Tensor t = empty(shape, opt.dtype);
   fill_normal_(t, 0.0, 1.0, gen);
-  return t.requires_grad_(opt.requires_grad);
+  return t.to(opt.device).requires_grad_(opt.requires_grad);
 }
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen) {

@@ -88,7 +88,7 @@ Nll nll_rows(const Tensor& lp, const Tensor& target, const Shape& out_shape, con
   LD_CHECK(target.shape() == out_shape, op, ": target shape ", shape_str(target.shape()),
            " does not match input ", shape_str(input_shape), " (expected target shape ", shape_str(out_shape), ")");
   int64_t M = lp.shape()[0], C = lp.shape()[1];
-  Tensor tc = target.contiguous();
+  Tensor tc = target.to(Device::cpu()).contiguous();  // targets are read on the host (range-checked there)
   const int64_t* pt = tc.data_ptr<int64_t>();
   std::vector<int64_t> safe(static_cast<size_t>(M));
   std::vector<double> wy(static_cast<size_t>(M)), valid(static_cast<size_t>(M));
@@ -107,10 +107,10 @@ Nll nll_rows(const Tensor& lp, const Tensor& target, const Shape& out_shape, con
     wy[size_t(i)] = w.defined() ? wv[size_t(y)] : 1.0;
     r.wsum += wy[size_t(i)];
   }
-  DType dt = lp.dtype();
-  r.wy = from_vector(wy, {M}, dt);
-  r.valid = from_vector(valid, {M}, dt);
-  Tensor picked = M ? gather(lp, 1, from_vector(safe, {M, 1})).reshape({M}) : zeros({0}, dt);
+  TensorOptions o{lp.dtype(), lp.device()};
+  r.wy = from_vector(wy, {M}, o);
+  r.valid = from_vector(valid, {M}, o);
+  Tensor picked = M ? gather(lp, 1, from_vector(safe, {M, 1}).to(lp.device())).reshape({M}) : zeros({0}, o);
   r.loss = neg(mul(picked, r.wy));
   return r;
 }

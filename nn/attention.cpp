@@ -68,6 +68,10 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
       std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, x.dtype());
     }
   }
+  if (cos.defined() && cos.device() != x.device()) {  // tables are built on the host; the model may be on a GPU
+    cos = cos.to(x.device());
+    sin = sin.to(x.device());
+  }
   if (cos.defined() && config.kind == AttentionKind::softmax) {
     q = rope(q, cos, sin, config.pairing);
     k = rope(k, cos, sin, config.pairing);
@@ -113,10 +117,10 @@ Tensor MultiheadAttention::forward(const Tensor& x, const AttentionInputs& in) {
       std::vector<double> m(size_t(T * Tk), 0.0);
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j <= std::min(Tk - 1, Tk - T + i); ++j) m[size_t(i * Tk + j)] = 1.0;
-      mask = from_vector(m, {T, Tk}, x.dtype());
+      mask = from_vector(m, {T, Tk}, {x.dtype(), x.device()});
     }
     if (in.key_valid.defined()) {
-      Tensor kv = ne(in.key_valid.to(x.dtype()), zeros({1}, x.dtype())).view({B, 1, 1, Tk});
+      Tensor kv = ne(in.key_valid.to(x.device()).to(x.dtype()), zeros({1}, {x.dtype(), x.device()})).view({B, 1, 1, Tk});
       mask = mask.defined() ? mul(mask, kv) : kv;
     }
     if (mask.defined()) {

@@ -59,7 +59,8 @@ std::shared_ptr<ModuleList> make_blocks(Module& owner, int64_t n, int64_t d, int
 // Adds the additive position encoding (sinusoidal / learned) for positions offset .. offset + T - 1.
 Tensor add_positions(const Tensor& x, PositionEncoding pos, const Tensor& table, int64_t offset) {
   const int64_t T = x.size(1), d = x.size(2);
-  if (pos == PositionEncoding::sinusoidal) return x + sinusoidal_position_encoding(T, d, offset, 10000.0, x.dtype());
+  if (pos == PositionEncoding::sinusoidal)
+    return x + sinusoidal_position_encoding(T, d, offset, 10000.0, x.dtype()).to(x.device());
   if (pos == PositionEncoding::learned) {
     LD_CHECK(offset + T <= table.size(0), "learned positions: position ", offset + T - 1, " is past max_len ",
              table.size(0));
@@ -209,7 +210,7 @@ Tensor RoFormerEncoder::forward(const Tensor& tokens, const Tensor& key_valid) {
   if (config.pooling == Pooling::cls) {
     pooled = h.select(1, 0);
   } else if (key_valid.defined()) {
-    Tensor m = ne(key_valid.to(h.dtype()), zeros({1}, h.dtype())).unsqueeze(-1);  // [B, T, 1]
+    Tensor m = ne(key_valid.to(h.device()).to(h.dtype()), zeros({1}, {h.dtype(), h.device()})).unsqueeze(-1);  // [B, T, 1]
     pooled = sum(h * m, {1}) / clamp(sum(m, {1}), 1.0, std::nullopt);
   } else {
     pooled = mean(h, {1});

@@ -355,7 +355,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {
   LD_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
   if (!train || p == 0) return x;
-  if (!x.device().is_cpu()) no_device_kernel("dropout", x.device());
+  // The uniforms come from the CPU generator on every device, so a seed drops the same units everywhere.
   Tensor u = rand(x.shape(), gen, x.dtype());
   double keep = 1.0 - p;
   // mask = 1/keep where kept, 0 where dropped; y = x * mask
@@ -363,7 +363,7 @@ Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {
     scalar_t k = scalar_t(keep), inv = scalar_t(1.0 / keep);
     return map<scalar_t, 1>(x.shape(), {&u}, [k, inv](scalar_t v) { return v < k ? inv : scalar_t(0); });
   });
-  return mul(x, mask);
+  return mul(x, mask.to(x.device()));
 }
 
 }  // namespace liandan

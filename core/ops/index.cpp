@@ -2,7 +2,9 @@
 // and the valid range). Scatters are parallel over positions that cannot collide and sequential
 // along the scattered dim, so they are deterministic.
 #include "core/cpu/loops.h"
+#include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/composite.h"
 
 namespace liandan {
 
@@ -13,9 +15,12 @@ void check_index_tensor(const Tensor& idx, const char* op) {
            idx.defined() ? dtype_name(idx.dtype()) : "undefined");
 }
 
+// Indices on a device are checked from a host copy: an out-of-range index must be an error, never a
+// silent zero from the device's one-hot composite.
 void check_range(const Tensor& idx_c, int64_t n, const char* op) {
-  const int64_t* p = idx_c.data_ptr<int64_t>();
-  for (int64_t i = 0; i < idx_c.numel(); ++i)
+  Tensor h = idx_c.device().is_cpu() ? idx_c : idx_c.to(Device::cpu());
+  const int64_t* p = h.data_ptr<int64_t>();
+  for (int64_t i = 0; i < h.numel(); ++i)
     LD_CHECK(p[i] >= 0 && p[i] < n, op, ": index ", p[i], " out of range [0, ", n, ")");
 }
 
@@ -84,6 +89,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   check_gather_shapes(x, d, index, nullptr, "gather");
   Tensor ic = index.contiguous();
   check_range(ic, x.dim() ? x.shape()[d] : 1, "gather");
+  if (!x.device().is_cpu()) return composite::gather(x, d, ic);
   Tensor out = empty(index.shape(), x.dtype());
   LD_DISPATCH_FLOAT(x.dtype(), "gather", [&] { scatter_gather_kernel<scalar_t, true>(ic, x, out, d); });
   if (needs_grad({&x})) {
@@ -105,6 +111,7 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   check_gather_shapes(x, d, index, &src, "scatter_add");
   Tensor ic = index.contiguous();
   check_range(ic, x.dim() ? x.shape()[d] : 1, "scatter_add");
+  if (!x.device().is_cpu()) no_device_kernel("scatter_add", x.device());
   Tensor out;
   {
     NoGradGuard ng;
@@ -137,6 +144,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Tensor ic = index.reshape({-1}).contiguous();
   int64_t n = x.dim() ? x.shape()[d] : 1;
   check_range(ic, n, "index_select");
+  if (!x.device().is_cpu()) return composite::index_select(x, d, ic);
   Tensor xc = x.contiguous();
   Shape os = x.shape();
   if (x.dim()) os[d] = ic.numel();

@@ -11,6 +11,7 @@
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
 #include "core/ops.h"
+#include "core/ops/composite.h"
 
 namespace liandan {
 
@@ -256,6 +257,10 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
   LD_CHECK(G > 0 && C % G == 0, name, ": ", C, " channels are not divisible into ", G, " groups");
   check_affine(weight, {C}, x, name, "weight");
   check_affine(bias, {C}, x, name, "bias");
+  if (!x.device().is_cpu()) {  // no fused kernel on that device: the composite form (core/ops/composite.h)
+    Tensor y = composite::group_norm(x, G, weight, bias, eps);
+    return silu ? liandan::silu(y) : y;
+  }
   GroupGeom q{N, C, G, (N && C) ? x.numel() / (N * C) : 0};  // N = 0 (empty batch) must not divide by zero
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
@@ -297,6 +302,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_affine(weight, normalized_shape, x, "layer_norm", "weight");
   check_affine(bias, normalized_shape, x, "layer_norm", "bias");
   int64_t len = shape_numel(normalized_shape);
+  if (!x.device().is_cpu()) return composite::layer_norm(x, k, weight, bias, eps);
   RowNorm p{len ? x.numel() / len : 0, len, true};
   return norm_impl("layer_norm", x, p, normalized_shape, weight, bias, eps);
 }
@@ -309,6 +315,7 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
            shape_str(x.shape()));
   check_affine(weight, normalized_shape, x, "rms_norm", "weight");
   int64_t len = shape_numel(normalized_shape);
+  if (!x.device().is_cpu()) return composite::rms_norm(x, k, weight, eps);
   RowNorm p{len ? x.numel() / len : 0, len, false};
   return norm_impl("rms_norm", x, p, normalized_shape, weight, Tensor(), eps);
 }

@@ -7,6 +7,7 @@
 #include "core/cpu/loops.h"
 #include "core/cpu/map.h"
 #include "core/ops.h"
+#include "core/ops/composite.h"
 
 namespace liandan {
 
@@ -109,6 +110,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, RopePairing p
   Shape xlead(x.shape().begin(), x.shape().end() - 1), tlead(cos.shape().begin(), cos.shape().end() - 1);
   LD_CHECK(broadcast_shapes(xlead, tlead, "rope") == xlead, "rope: tables ", shape_str(cos.shape()),
            " do not broadcast to x ", shape_str(x.shape()), " (leading dims)");
+  if (!x.device().is_cpu()) return composite::rope(x, cos, sin, pairing);
   bool half = pairing == RopePairing::half;
   Tensor y = rope_apply(x, cos, sin, half, 1.0);
   if (needs_grad({&x, &cos, &sin})) {

@@ -215,6 +215,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     const Tensor& x = xs[i];
     LD_CHECK(x.dtype() == x0.dtype(), "cat: tensor ", i, " has dtype ", dtype_name(x.dtype()), ", tensor 0 has ",
              dtype_name(x0.dtype()));
+    LD_CHECK(x.device() == x0.device(), "cat: tensor ", i, " is on ", x.device().str(), ", tensor 0 on ",
+             x0.device().str());
     bool ok = x.dim() == x0.dim();
     for (int64_t k = 0; ok && k < x.dim(); ++k) ok = k == d || x.shape()[k] == x0.shape()[k];
     LD_CHECK(ok, "cat: tensor ", i, " has shape ", shape_str(x.shape()), ", incompatible with ",
@@ -222,7 +224,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     total += x.shape()[d];
   }
   out_shape[d] = total;
-  Tensor out = empty(out_shape, x0.dtype());
+  Tensor out = empty(out_shape, {x0.dtype(), x0.device()});
   std::vector<int64_t> sizes;
   {
     NoGradGuard ng;
@@ -283,7 +285,7 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value) {
   for (size_t i = 0; i < pads.size(); ++i)
     LD_CHECK(pads[i] >= 0, "pad: negative padding ", pads[i], " is not supported");
   for (size_t p = 0; p < pads.size() / 2; ++p) s[x.dim() - 1 - int64_t(p)] += pads[2 * p] + pads[2 * p + 1];
-  Tensor out = full(s, value, x.dtype());
+  Tensor out = full(s, value, {x.dtype(), x.device()});
   auto interior = [pads](const Tensor& t, int64_t ndim, const Shape& inner) {
     Tensor v = t;
     for (size_t p = 0; p < pads.size() / 2; ++p) {
