@@ -12,7 +12,7 @@ Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period) {
   int64_t half = dim / 2;
   std::vector<double> w(static_cast<size_t>(half));
   for (int64_t k = 0; k < half; ++k) w[size_t(k)] = std::exp(-std::log(max_period) * double(k) / double(half - 1));
-  Tensor arg = mul(t.unsqueeze(1), from_vector(w, {1, half}, t.dtype()));  // [B, half]
+  Tensor arg = mul(t.unsqueeze(1), from_vector(w, {1, half}, {t.dtype(), t.device()}));  // [B, half]
   return cat({sin(arg), cos(arg)}, 1);
 }
 

@@ -122,3 +122,25 @@ TEST_CASE("composite one_hot, index_select and gather = the index kernels") {
   Tensor gi0 = from_vector(std::vector<int64_t>{3, 1, 0, 2, 2, 3, 1, 1, 0, 0, 3, 2, 3, 3, 2}, {1, 5, 3});
   check_same({x}, [&](auto& t) { return gather(t[0], 0, gi0); }, [&](auto& t) { return composite::gather(t[0], 0, gi0); });
 }
+
+TEST_CASE("composite conv2d (stride, padding, groups, bias), avg_pool2d and nearest upsampling = the CPU kernels") {
+  Generator gen(6);
+  Tensor x = randn({2, 4, 9, 8}, gen, DType::f64);
+  struct Case { int64_t O, k, stride, padding, groups; bool bias; };
+  for (Case c : {Case{6, 3, 1, 1, 1, true}, Case{5, 3, 2, 0, 1, false}, Case{4, 1, 1, 0, 1, true},
+                 Case{6, 3, 2, 1, 2, true}, Case{4, 5, 1, 2, 4, false}}) {
+    CAPTURE(c.k);
+    CAPTURE(c.stride);
+    CAPTURE(c.groups);
+    Tensor w = randn({c.O, 4 / c.groups, c.k, c.k}, gen, DType::f64), b = c.bias ? randn({c.O}, gen, DType::f64) : Tensor();
+    std::vector<Tensor> in = {x, w};
+    if (c.bias) in.push_back(b);
+    check_same(in, [&](auto& t) { return conv2d(t[0], t[1], c.bias ? t[2] : Tensor(), c.stride, c.padding, c.groups); },
+               [&](auto& t) { return composite::conv2d(t[0], t[1], c.bias ? t[2] : Tensor(), c.stride, c.padding, c.groups); });
+  }
+  check_same({x}, [](auto& t) { return avg_pool2d(t[0], 2); }, [](auto& t) { return composite::avg_pool2d(t[0], 2, 2, 0); });
+  check_same({x}, [](auto& t) { return avg_pool2d(t[0], 3, 2, 1); },
+             [](auto& t) { return composite::avg_pool2d(t[0], 3, 2, 1); });
+  check_same({x}, [](auto& t) { return upsample_nearest2d(t[0], 2); },
+             [](auto& t) { return composite::upsample_nearest2d(t[0], 2); });
+}

@@ -15,6 +15,7 @@
 #include "core/device.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "diffusion/unet.h"
 #include "nn/layers.h"
 #include "nn/models.h"
 #include "optim/adam.h"
@@ -443,6 +444,42 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
       last = l.item();
     }
     CHECK(last < first - 0.5);  // memorizes the 4 sequences
+  }
+}
+
+TEST_CASE("cuda: a small U-Net (convs, group norms, attention, upsampling) has the CPU's loss and gradients" *
+          doctest::skip(!kGpu)) {
+  diffusion::UNetConfig cfg;
+  cfg.base_channels = 8;
+  cfg.channel_mult = {1, 2};
+  cfg.num_res_blocks = 1;
+  cfg.groups = 4;
+  cfg.image_size = 8;
+  cfg.attention_resolutions = {4};
+  Generator g1(13), g2(13), data(14);
+  diffusion::UNet cpu_net(cfg, g1), gpu_net(cfg, g2);
+  {  // random weights everywhere (the zero-initialised output conv would leave most gradients 0)
+    NoGradGuard ng;
+    Generator gp(15);
+    auto pc0 = cpu_net.named_parameters(), pg0 = gpu_net.named_parameters();
+    for (size_t i = 0; i < pc0.size(); ++i) {
+      Tensor r = mul(randn(pc0[i].second.shape(), gp), 0.2);
+      pc0[i].second.copy_(r);
+      pg0[i].second.copy_(r);
+    }
+  }
+  gpu_net.to(kCuda);
+  Tensor x = randn({3, 1, 8, 8}, data), t = from_vector(std::vector<double>{5, 250, 999}, {3}), eps = randn({3, 1, 8, 8}, data);
+  Tensor lc = mean(square(sub(cpu_net.forward(x, t), eps)));
+  Tensor lg = mean(square(sub(gpu_net.forward(x.to(kCuda), t.to(kCuda)), eps.to(kCuda))));
+  CHECK(std::abs(lg.item() - lc.item()) <= 1e-5 * std::abs(lc.item()) + 1e-7);
+  lc.backward();
+  lg.backward();
+  auto pc = cpu_net.named_parameters(), pg = gpu_net.named_parameters();
+  for (size_t i = 0; i < pc.size(); ++i) {
+    CAPTURE(pc[i].first);
+    CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
+          1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
   }
 }
 

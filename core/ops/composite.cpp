@@ -104,6 +104,41 @@ Tensor causal_linear_attention(const Tensor& rq, const Tensor& rk, const Tensor&
   return div(num, den);
 }
 
+namespace {
+// The k·k windows of a padded [N, C, H, W] input as strided views, each [N, C, Ho, Wo].
+std::vector<Tensor> windows(const Tensor& xp, int64_t kh, int64_t kw, int64_t stride, int64_t Ho, int64_t Wo) {
+  std::vector<Tensor> w;
+  for (int64_t i = 0; i < kh; ++i)
+    for (int64_t j = 0; j < kw; ++j)
+      w.push_back(xp.slice(2, i, i + (Ho - 1) * stride + 1, stride).slice(3, j, j + (Wo - 1) * stride + 1, stride));
+  return w;
+}
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, int64_t groups) {
+  int64_t N = x.size(0), C = x.size(1), O = weight.size(0), kh = weight.size(2), kw = weight.size(3);
+  Tensor xp = padding ? pad(x, {padding, padding, padding, padding}) : x;
+  int64_t Ho = (xp.size(2) - kh) / stride + 1, Wo = (xp.size(3) - kw) / stride + 1;
+  // columns [N, C, kh·kw, Ho·Wo] -> [N, G, (C/G)·kh·kw, L], in the weight's (c, i, j) order
+  Tensor col = stack(windows(xp, kh, kw, stride, Ho, Wo), 2).reshape({N, groups, C / groups * kh * kw, Ho * Wo});
+  Tensor wm = weight.reshape({groups, O / groups, C / groups * kh * kw});
+  Tensor y = matmul(wm, col).reshape({N, O, Ho, Wo});  // [G, O/G, K] @ [N, G, K, L]
+  return bias.defined() ? add(y, bias.reshape({O, 1, 1})) : y;
+}
+
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
+  Tensor xp = padding ? pad(x, {padding, padding, padding, padding}) : x;
+  int64_t Ho = (xp.size(2) - kernel) / stride + 1, Wo = (xp.size(3) - kernel) / stride + 1;
+  Tensor acc;
+  for (const Tensor& w : windows(xp, kernel, kernel, stride, Ho, Wo)) acc = acc.defined() ? add(acc, w) : w;
+  return mul(acc, 1.0 / double(kernel * kernel));
+}
+
+Tensor upsample_nearest2d(const Tensor& x, int64_t scale) {
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  return x.reshape({N, C, H, 1, W, 1}).expand({N, C, H, scale, W, scale}).reshape({N, C, H * scale, W * scale});
+}
+
 Tensor one_hot(const Tensor& idx, int64_t n, TensorOptions opt) {
   LD_CHECK(idx.dtype() == DType::i64, "one_hot: indices must be i64, got ", dtype_name(idx.dtype()));
   // Class indices compare exactly in the float dtype up to its integer range.

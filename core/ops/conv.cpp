@@ -22,6 +22,7 @@
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
 #include "core/ops.h"
+#include "core/ops/composite.h"
 
 namespace liandan {
 
@@ -688,6 +689,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   g.Wo = (g.W + 2 * padding - g.kw) / stride + 1;
   LD_CHECK(g.H + 2 * padding >= g.kh && g.W + 2 * padding >= g.kw, "conv2d: kernel ", g.kh, "x", g.kw,
            " larger than padded input ", g.H + 2 * padding, "x", g.W + 2 * padding);
+  if (!x.device().is_cpu()) return composite::conv2d(x, weight, bias, stride, padding, groups);
   Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = bias.defined() ? bias.contiguous() : bias;
   Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, x.dtype());
   const bool fast = direct_path(g);
@@ -759,6 +761,7 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   int64_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
   LD_CHECK(H + 2 * padding >= kernel && W + 2 * padding >= kernel, "avg_pool2d: kernel ", kernel,
            " larger than padded input ", shape_str(x.shape()));
+  if (!x.device().is_cpu()) return composite::avg_pool2d(x, kernel, stride, padding);
   int64_t Ho = (H + 2 * padding - kernel) / stride + 1, Wo = (W + 2 * padding - kernel) / stride + 1;
   Tensor xc = x.contiguous(), y = empty({N, C, Ho, Wo}, x.dtype());
   LD_DISPATCH_FLOAT(x.dtype(), "avg_pool2d", [&] {
@@ -810,6 +813,7 @@ Tensor upsample_nearest2d(const Tensor& x, int64_t scale) {
   LD_CHECK(x.defined() && x.dim() == 4, "upsample_nearest2d: expected input [N, C, H, W], got ",
            x.defined() ? shape_str(x.shape()) : "undefined");
   LD_CHECK(scale >= 1, "upsample_nearest2d: scale must be >= 1, got ", scale);
+  if (!x.device().is_cpu()) return composite::upsample_nearest2d(x, scale);
   int64_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
   Tensor xc = x.contiguous(), y = empty({N, C, H * scale, W * scale}, x.dtype());
   LD_DISPATCH_FLOAT(x.dtype(), "upsample_nearest2d", [&] {

@@ -100,9 +100,9 @@ Tensor Tensor::slice(int64_t dim_, int64_t start, int64_t end, int64_t step) con
   st[d] *= step;
   Tensor out = make_view(*this, s, st, offset() + start * strides()[d]);
   Shape in_shape = shape();
-  DType dt = dtype();
+  TensorOptions o{dtype(), device()};
   record("slice", out, {*this}, [=](const Tensor& g) {
-    Tensor gx = zeros(in_shape, dt);
+    Tensor gx = zeros(in_shape, o);
     gx.slice(d, start, end, step).copy_(g);
     return std::vector<Tensor>{gx};
   });
