@@ -44,6 +44,11 @@ class Task {
   // Writes the outputs a person looks at into `dir` (file names start with `tag`); returns lines to
   // print (e.g. the generated text, or "samples: runs/x/samples/final.png").
   virtual std::vector<std::string> write_samples(const std::string& dir, const std::string& tag) { return {}; }
+  // The device of the model and its batches (the config's `device` key, set by the trainer before training).
+  Device device = Device::cpu();
+  // Whether the task moves its batches to `device`; tasks whose losses or metrics have no device path yet
+  // keep the default, and the trainer refuses another device for them with a clear error.
+  virtual bool runs_on_devices() const { return false; }
   // Data position and random-number state, for bit-identical resume.
   virtual std::vector<int64_t> state() const = 0;
   virtual void set_state(const std::vector<int64_t>& s) = 0;

@@ -22,6 +22,7 @@
 #include "core/ops.h"
 #include "core/random.h"
 #include "core/serialize.h"
+#include "core/device.h"
 #include "core/threads.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
@@ -116,7 +117,17 @@ struct RunSettings {
   double clip_norm, clip_value, ema_decay;
   bool ema_warmup;
   std::string data_dir;
+  Device device;
 };
+
+// "cpu", "cuda" (= cuda:0) or "cuda:N".
+Device parse_device(const std::string& s, const std::string& source) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos)
+    return Device::cuda(std::stoi(s.substr(5)));
+  LD_FAIL("config ", source, ": 'device' must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", s, "\"");
+}
 
 RunSettings read_settings(Config& cfg) {
   RunSettings r;
@@ -134,6 +145,7 @@ RunSettings read_settings(Config& cfg) {
   r.ema_decay = cfg.get<double>("ema.decay", 0.0);
   r.ema_warmup = cfg.get<bool>("ema.warmup", false);
   r.data_dir = cfg.get<std::string>("data_dir", "data");
+  r.device = parse_device(cfg.get<std::string>("device", "cpu"), cfg.source());
   LD_CHECK(r.steps >= 1, "config ", cfg.source(), ": 'steps' must be >= 1, got ", r.steps);
   for (auto [k, v] : {std::pair{"log_every", r.log_every}, {"eval_every", r.eval_every},
                       {"checkpoint_every", r.checkpoint_every}, {"optim.accumulate", r.accumulate}})
@@ -350,6 +362,17 @@ Setup build(Config& cfg) {
   s.rs = read_settings(cfg);
   default_generator().set_state(s.rs.seed, 0);  // dropout and anything else that draws from it
   s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir});
+  if (!s.rs.device.is_cpu()) {  // before the optimizer, so that its state is created on the device
+    LD_CHECK(s.task->runs_on_devices(), "config ", cfg.source(), ": task '", s.rs.task, "' runs on the CPU only so far",
+             " (device = \"", s.rs.device.str(), "\")");
+    try {
+      device_backend(s.rs.device);
+    } catch (const Error& e) {
+      LD_FAIL("config ", cfg.source(), ": device = \"", s.rs.device.str(), "\": ", e.what());
+    }
+    s.task->device = s.rs.device;
+    s.task->model().to(s.rs.device);
+  }
   s.opt = make_optimizer(cfg, *s.task);
   s.sched = std::make_unique<optim::Scheduler>(*s.opt, make_schedule(cfg, s.rs.steps));
   if (s.rs.ema_decay > 0)

@@ -38,7 +38,8 @@ Tensor MLPDenoiser::forward(const Tensor& x, const Tensor& t) {
   LD_CHECK(x.dim() == 2 && x.size(1) == cfg.dim && t.dim() == 1 && t.size(0) == x.size(0),
            "MLPDenoiser: x ", shape_str(x.shape()), " and t ", shape_str(t.shape()), " (expected [B, ", cfg.dim,
            "] and [B])");
-  Tensor tt = t.dtype() == x.dtype() ? t : t.to(x.dtype());
+  Tensor tt = t.to(x.device());
+  if (tt.dtype() != x.dtype()) tt = tt.to(x.dtype());
   Tensor temb = time_fc2->forward(silu(time_fc1->forward(timestep_embedding(tt, cfg.time_dim, cfg.max_period))));
   Tensor h = in_proj->forward(x);
   for (auto& b : block) h = add(h, b.fc2->forward(silu(b.fc1->forward(add(silu(h), temb)))));

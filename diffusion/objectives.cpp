@@ -34,7 +34,7 @@ Tensor ddpm_loss(Denoiser& model, const DiscreteSchedule& sched, const Tensor& x
 
 Tensor ddpm_loss(Denoiser& model, const DiscreteSchedule& sched, const Tensor& x0, Generator& gen) {
   Tensor t = randint(0, sched.num_steps(), {x0.size(0)}, gen).to(DType::f64);
-  Tensor noise = randn(x0.shape(), gen, x0.dtype());
+  Tensor noise = randn(x0.shape(), gen, {x0.dtype(), x0.device()});
   return ddpm_loss(model, sched, x0, t, noise);
 }
 
@@ -64,7 +64,7 @@ Tensor dsm_loss(Denoiser& model, const SDE& sde, const Tensor& x0, const Tensor&
 Tensor dsm_loss(Denoiser& model, const SDE& sde, const Tensor& x0, Generator& gen, DSMOptions opt) {
   LD_CHECK(opt.eps > 0 && opt.eps < 1, "dsm_loss: eps = ", opt.eps);
   Tensor t = add(mul(rand({x0.size(0)}, gen, DType::f64), 1.0 - opt.eps), opt.eps);
-  Tensor noise = randn(x0.shape(), gen, x0.dtype());
+  Tensor noise = randn(x0.shape(), gen, {x0.dtype(), x0.device()});
   return dsm_loss(model, sde, x0, t, noise, opt);
 }
 

@@ -26,19 +26,20 @@ Tensor eps_at(Denoiser& model, const Process& p, const Tensor& x, double t, cons
 }
 
 // The starting point: x_init (checked, converted to dtype) or a prior draw.
-Tensor initial(const Process& p, const Shape& shape, Generator& gen, DType dtype, const Tensor& x_init,
+Tensor initial(const Process& p, const Shape& shape, Generator& gen, DType dtype, Device device, const Tensor& x_init,
                const char* who) {
   LD_CHECK(!shape.empty() && shape[0] >= 1, who, ": shape ", shape_str(shape), " needs a batch dim");
-  if (!x_init.defined()) return p.prior_sample(shape, gen, dtype);
+  if (!x_init.defined()) return p.prior_sample(shape, gen, dtype).to(device);  // drawn on the CPU: same on every device
   LD_CHECK(x_init.shape() == shape, who, ": x_init has shape ", shape_str(x_init.shape()), ", expected ",
            shape_str(shape));
-  return x_init.dtype() == dtype ? x_init.detach() : x_init.detach().to(dtype);
+  Tensor x = x_init.detach().to(device);
+  return x.dtype() == dtype ? x : x.to(dtype);
 }
 
 // x + c·z with z ~ N(0, I) drawn from gen; no draw when c = 0.
 Tensor add_noise(const Tensor& x, double c, Generator& gen) {
   if (c == 0.0) return x;
-  return add(x, mul(randn(x.shape(), gen, x.dtype()), c));
+  return add(x, mul(randn(x.shape(), gen, {x.dtype(), x.device()}), c));
 }
 
 double end_time(double eps, const SDE& sde) { return std::isnan(eps) ? sde.sampling_eps() : eps; }
@@ -80,7 +81,7 @@ Tensor ddpm_sample(Denoiser& model, const DiscreteSchedule& sched, const Shape& 
                    Generator& gen, DDPMOptions opt) {
   NoGradGuard ng;
   std::vector<int64_t> tau = timesteps(sched.num_steps(), steps, opt.spacing);
-  Tensor x = initial(sched, shape, gen, opt.dtype, opt.x_init, "ddpm_sample");
+  Tensor x = initial(sched, shape, gen, opt.dtype, opt.device, opt.x_init, "ddpm_sample");
   for (int64_t i = int64_t(tau.size()) - 1; i >= 0; --i) {
     int64_t t = tau[size_t(i)], tp = i > 0 ? tau[size_t(i - 1)] : -1;
     Tensor eps = predict_eps(model, sched, x, times(double(t), shape[0]));
@@ -100,7 +101,7 @@ Tensor ddim_sample(Denoiser& model, const DiscreteSchedule& sched, const Shape& 
   NoGradGuard ng;
   LD_CHECK(opt.eta >= 0, "ddim_sample: eta = ", opt.eta, " must be >= 0");
   std::vector<int64_t> tau = timesteps(sched.num_steps(), steps, opt.spacing);
-  Tensor x = initial(sched, shape, gen, opt.dtype, opt.x_init, "ddim_sample");
+  Tensor x = initial(sched, shape, gen, opt.dtype, opt.device, opt.x_init, "ddim_sample");
   Clip clip{opt.clip_x0, opt.clip_min, opt.clip_max};
   for (int64_t i = int64_t(tau.size()) - 1; i >= 0; --i) {
     int64_t t = tau[size_t(i)], tp = i > 0 ? tau[size_t(i - 1)] : -1;
@@ -119,7 +120,7 @@ Tensor ddim_invert(Denoiser& model, const DiscreteSchedule& sched, const Tensor&
   NoGradGuard ng;
   std::vector<int64_t> tau = timesteps(sched.num_steps(), steps, opt.spacing);
   Generator unused(0);
-  Tensor x = initial(sched, x0.shape(), unused, opt.dtype, x0, "ddim_invert");
+  Tensor x = initial(sched, x0.shape(), unused, opt.dtype, opt.device, x0, "ddim_invert");
   Clip clip{opt.clip_x0, opt.clip_min, opt.clip_max};
   int64_t tp = -1;
   for (int64_t t : tau) {
@@ -150,7 +151,7 @@ Tensor sde_sample(Denoiser& model, const SDE& sde, const Shape& shape, int64_t N
   Clip clip{opt.clip_x0, opt.clip_min, opt.clip_max};
   auto score = [&](const Tensor& x, double t) { return mul(eps_at(model, sde, x, t, clip), -1.0 / sde.marginal_std(t)); };
 
-  Tensor x = initial(sde, shape, gen, opt.dtype, opt.x_init, "sde_sample"), x_mean = x;
+  Tensor x = initial(sde, shape, gen, opt.dtype, opt.device, opt.x_init, "sde_sample"), x_mean = x;
   for (int64_t i = 0; i < N; ++i) {
     double t = 1.0 + double(i) * (eps - 1.0) / double(N - 1);  // linspace(1, eps, N)
     bool last = i == N - 1;
@@ -158,7 +159,7 @@ Tensor sde_sample(Denoiser& model, const SDE& sde, const Shape& shape, int64_t N
       double alpha = sde.langevin_alpha(t, N);
       for (int64_t j = 0; j < opt.corrector_steps; ++j) {
         Tensor s = score(x, t);
-        Tensor z = randn(x.shape(), gen, x.dtype());
+        Tensor z = randn(x.shape(), gen, {x.dtype(), x.device()});
         // A zero score (an untrained model) makes score_sde's step size infinite and the sample NaN: no
         // gradient to follow, so the corrector does nothing.
         double s_norm = mean_norm(s);
@@ -345,7 +346,7 @@ ODEResult pf_ode_sample(Denoiser& model, const SDE& sde, const Shape& shape, int
   NoGradGuard ng;
   double eps = end_time(opt.eps, sde);
   LD_CHECK(eps > 0 && eps < 1, "pf_ode_sample: eps = ", eps, " outside (0, 1)");
-  Tensor x = initial(sde, shape, gen, opt.dtype, opt.x_init, "pf_ode_sample");
+  Tensor x = initial(sde, shape, gen, opt.dtype, opt.device, opt.x_init, "pf_ode_sample");
   ODEResult r = integrate(model, sde, x, 1.0, eps, steps, opt);
   if (opt.denoise) {  // reverse-diffusion step at eps, mean only (on score_sde's N = 1000 grid)
     SDE::Discrete d = sde.discretize(eps, 1000);
@@ -362,7 +363,7 @@ ODEResult pf_ode_encode(Denoiser& model, const SDE& sde, const Tensor& x0, int64
   double eps = end_time(opt.eps, sde);
   LD_CHECK(eps > 0 && eps < 1, "pf_ode_encode: eps = ", eps, " outside (0, 1)");
   Generator unused(0);
-  Tensor x = initial(sde, x0.shape(), unused, opt.dtype, x0, "pf_ode_encode");
+  Tensor x = initial(sde, x0.shape(), unused, opt.dtype, opt.device, x0, "pf_ode_encode");
   return integrate(model, sde, x, eps, 1.0, steps, opt);
 }
 

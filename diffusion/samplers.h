@@ -47,6 +47,7 @@ struct DDPMOptions {
   bool clip_x0 = false;                // Ho clips by default for images in [−1, 1]: set it there
   double clip_min = -1.0, clip_max = 1.0;
   DType dtype = DType::f32;
+  Device device = Device::cpu();  // where the samples live: the model's device
   Tensor x_init;  // start here instead of drawing x_T ~ N(0, I)
 };
 // For t = τ_last … τ_0 (next τ' = previous entry, −1 after τ_0, ᾱ_{−1} = 1): x̂0 from ε̂, mean = c1·x̂0 + c2·x_t,
@@ -60,6 +61,7 @@ struct DDIMOptions {
   bool clip_x0 = false;  // ermongroup's generalized_steps does not clip
   double clip_min = -1.0, clip_max = 1.0;
   DType dtype = DType::f32;
+  Device device = Device::cpu();  // where the samples live: the model's device
   Tensor x_init;
 };
 // x_{t'} = √ᾱ_{t'}·x̂0 + √(1−ᾱ_{t'}−σ²)·ε̂ + σ·z,  σ = η·√((1−ᾱ_t/ᾱ_{t'})(1−ᾱ_{t'})/(1−ᾱ_t)).
@@ -85,6 +87,7 @@ struct SDEOptions {
   bool clip_x0 = false;
   double clip_min = -1.0, clip_max = 1.0;
   DType dtype = DType::f32;
+  Device device = Device::cpu();  // where the samples live: the model's device
   Tensor x_init;  // start here instead of x_1 ~ prior
 };
 // For t in linspace(1, eps, N): corrector at t, then predictor at t (score_sde's order). Score s = −ε̂/σ_t.
@@ -115,6 +118,7 @@ struct ODEOptions {
   bool clip_x0 = false;
   double clip_min = -1.0, clip_max = 1.0;
   DType dtype = DType::f32;
+  Device device = Device::cpu();  // where the samples live: the model's device
   Tensor x_init;  // sampling: start here instead of the prior
 };
 struct ODEResult {

@@ -27,12 +27,12 @@ Tensor batch_coef(const Tensor& t, const Tensor& x, const std::function<double(d
   std::vector<double> ts = t.to_vector();
   bool uniform = true;
   for (double s : ts) uniform = uniform && s == ts[0];
-  if (uniform) return full({}, f(ts[0]), x.dtype());
+  if (uniform) return full({}, f(ts[0]), {x.dtype(), x.device()});
   std::vector<double> v(ts.size());
   for (size_t i = 0; i < ts.size(); ++i) v[i] = f(ts[i]);
   Shape s(size_t(x.dim()), 1);
   s[0] = x.size(0);
-  return from_vector(v, s, x.dtype());
+  return from_vector(v, s, {x.dtype(), x.device()});
 }
 
 // ---------------------------------------------------------------- DiscreteSchedule

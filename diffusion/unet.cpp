@@ -147,7 +147,7 @@ Tensor UNet::forward(const Tensor& x, const Tensor& t) {
   LD_CHECK(t.defined() && t.dim() == 1 && t.size(0) == x.size(0), "UNet: expected t [", x.size(0),
            "] (one timestep per image), got ", t.defined() ? shape_str(t.shape()) : "undefined");
   Tensor ts = c.time_scale == 1.0 ? t : mul(t.to(DType::f64), c.time_scale);
-  Tensor temb = timestep_embedding(ts.to(DType::f64), c.base_channels).to(x.dtype());  // table in double
+  Tensor temb = timestep_embedding(ts.to(DType::f64).to(x.device()), c.base_channels).to(x.dtype());  // table in double
   temb = temb_fc2->forward(silu(temb_fc1->forward(temb)));
   Tensor temb_act = silu(temb);  // every ResBlock projects SiLU(temb)
 

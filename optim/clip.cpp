@@ -5,6 +5,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace liandan::optim {
 
@@ -19,6 +20,10 @@ void for_each_grad(const NamedParams& params, F&& f) {
   }
 }
 double sum_squares(const Tensor& g) {
+  if (!g.device().is_cpu()) {  // a device reduction (deterministic), one number back
+    NoGradGuard ng;
+    return sum(square(g.to(DType::f64))).item();
+  }
   double ss = 0;
   LD_DISPATCH_FLOAT(g.dtype(), "grad_norm", [&] {
     const scalar_t* x = g.data_ptr<scalar_t>();
@@ -51,6 +56,11 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
 void clip_grad_value_(const NamedParams& params, double v) {
   LD_CHECK(v > 0, "clip_grad_value_: value must be > 0, got ", v);
   for_each_grad(params, [&](const std::string&, const Tensor& g) {
+    if (!g.device().is_cpu()) {
+      NoGradGuard ng;
+      Tensor(g).copy_(clamp(g, -v, v));
+      return;
+    }
     LD_DISPATCH_FLOAT(g.dtype(), "clip_grad_value_", [&] {
       scalar_t* x = g.data_ptr<scalar_t>();
       for (int64_t i = 0; i < g.numel(); ++i) x[i] = std::clamp(x[i], scalar_t(-v), scalar_t(v));

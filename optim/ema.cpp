@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/autograd.h"
+#include "core/ops.h"
 #include "core/cpu/loops.h"
 #include "core/error.h"
 
@@ -23,6 +24,11 @@ void EMA::update() {
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& p = params_[i].second;
     Tensor& s = shadow_[i].second;
+    if (!p.device().is_cpu()) {  // s ← d·s + (1 − d)·p with device ops
+      NoGradGuard ng;
+      s.copy_(add(mul(s, d), mul(p.detach(), 1 - d)));
+      continue;
+    }
     LD_DISPATCH_FLOAT(p.dtype(), "EMA", [&] {
       using T = scalar_t;
       const T* x = p.data_ptr<T>();

@@ -15,6 +15,7 @@
 #include "apps/default_config.h"
 #include "apps/trainer.h"
 #include "core/data/mnist.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "core/serialize.h"
@@ -202,6 +203,19 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
   typo.set("model.hiden=3");
   CHECK_THROWS_WITH_AS(train(typo, {.run_dir = (dir / "c").string()}),
                        "config typo.toml: unknown key 'model.hiden' (not used by this task; check the spelling)", Error);
+
+  // The device key: a bad spelling, and a GPU that is not there (this machine, or a CPU-only build).
+  Config bad_dev = Config::from_string(kSpirals, "dev.toml");
+  bad_dev.set("device=\"gpu\"");
+  CHECK_THROWS_WITH_AS(train(bad_dev, {.run_dir = (dir / "e").string()}),
+                       "config dev.toml: 'device' must be \"cpu\", \"cuda\" or \"cuda:N\", got \"gpu\"", Error);
+  if (!cuda::is_available()) {
+    Config no_gpu = Config::from_string(kSpirals, "gpu.toml");
+    no_gpu.set("device=\"cuda\"");
+    CHECK_THROWS_WITH_AS(train(no_gpu, {.run_dir = (dir / "f").string()}),
+                         ("config gpu.toml: device = \"cuda:0\": device cuda:0 is not available: " +
+                          cuda::unavailable_reason()).c_str(), Error);
+  }
 
   // A truncated checkpoint: resuming names the file.
   Config ok = Config::from_string(kSpirals, "ok.toml");

@@ -130,28 +130,31 @@ class DiffusionTask : public Task {
       if (spec.kind == "ddpm" || spec.kind == "ddpm_tilde")
         return ddpm_sample(d, *proc_.discrete, shape, spec.steps, g,
                            DDPMOptions{.variance = spec.kind == "ddpm" ? DDPMVariance::beta : DDPMVariance::beta_tilde,
-                                       .clip_x0 = clip_});
+                                       .clip_x0 = clip_, .device = device}).cpu();
       return ddim_sample(d, *proc_.discrete, shape, spec.steps, g,
                          DDIMOptions{.eta = spec.eta, .spacing = spec.kind == "ddim" ? Spacing::uniform : Spacing::quadratic,
-                                     .clip_x0 = clip_});
+                                     .clip_x0 = clip_, .device = device}).cpu();
     }
     LD_CHECK(proc_.sde, "sampler ", spec_text, " needs an SDE (diffusion.process ddpm, vp, subvp or ve)");
     // A discretely trained network takes labels 0…T−1: label = time_scale·t with time_scale = T−1.
     ModuleDenoiser<M> d(net_, pred_, time_scale_);
     if (spec.kind.rfind("ode_", 0) == 0) {
       ODEMethod m = spec.kind == "ode_euler" ? ODEMethod::euler : spec.kind == "ode_heun" ? ODEMethod::heun : ODEMethod::rk45;
-      ODEResult r = pf_ode_sample(d, *proc_.sde, shape, spec.steps, g, ODEOptions{.method = m, .clip_x0 = clip_});
+      ODEResult r = pf_ode_sample(d, *proc_.sde, shape, spec.steps, g,
+                                  ODEOptions{.method = m, .clip_x0 = clip_, .device = device});
       if (nfe) *nfe = r.nfe;
-      return r.x;
+      return r.x.cpu();
     }
-    SDEOptions o{.clip_x0 = clip_};
+    SDEOptions o{.clip_x0 = clip_, .device = device};
     if (nfe) *nfe = spec.steps * (spec.kind == "pc" ? 2 : 1);
-    if (spec.kind == "em") return euler_maruyama_sample(d, *proc_.sde, shape, spec.steps, g, o);
-    if (spec.kind == "rd") return reverse_diffusion_sample(d, *proc_.sde, shape, spec.steps, g, o);
-    return pc_sample(d, *proc_.sde, shape, spec.steps, g, o);
+    if (spec.kind == "em") return euler_maruyama_sample(d, *proc_.sde, shape, spec.steps, g, o).cpu();
+    if (spec.kind == "rd") return reverse_diffusion_sample(d, *proc_.sde, shape, spec.steps, g, o).cpu();
+    return pc_sample(d, *proc_.sde, shape, spec.steps, g, o).cpu();
   }
 
-  Tensor loss_of(const Tensor& x0, Generator& g) {
+  // Samples come back to the host (metrics and image files read them there); batches go to the device.
+  Tensor loss_of(const Tensor& x0_host, Generator& g) {
+    Tensor x0 = x0_host.to(device);
     if (proc_.train_discrete()) {
       ModuleDenoiser<M> d(net_, pred_, 1.0);
       return ddpm_loss(d, *proc_.discrete, x0, g);
@@ -161,6 +164,7 @@ class DiffusionTask : public Task {
   }
 
   nn::Module& model() override { return *net_; }
+  bool runs_on_devices() const override { return true; }
   std::vector<int64_t> state() const override { return {int64_t(gen_.seed()), int64_t(gen_.offset())}; }
   void set_state_gen(const std::vector<int64_t>& s, size_t at) {
     LD_CHECK(s.size() >= at + 2, "diffusion task: task state too short");

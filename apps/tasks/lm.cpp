@@ -100,6 +100,8 @@ class LMTask : public Task {
   }
 
   nn::Module& model() override { return *model_; }
+  // Token batches stay on the host: embedding and the loss's gather move indices to the model's device.
+  bool runs_on_devices() const override { return true; }
   std::string describe() const override {
     return "RoFormer LM, " + std::to_string(model_->num_parameters()) + " parameters, vocab " +
            std::to_string(tok_.vocab_size()) + ", context " + std::to_string(seq_len_) + ", batch " +

@@ -56,6 +56,7 @@ class MnistTask : public Task {
     }
   }
   nn::Module& model() override { return vit_ ? static_cast<nn::Module&>(*vit_model_) : *cnn_; }
+  bool runs_on_devices() const override { return true; }
   std::string describe() const override {
     return std::string(vit_ ? "ViT" : "CNN") + " with " +
            std::to_string(const_cast<MnistTask*>(this)->model().num_parameters()) + " parameters on MNIST (" +
@@ -72,7 +73,7 @@ class MnistTask : public Task {
     if (vit_ && vit_model_->config.position != nn::PositionEncoding::learned)
       for (int64_t s : canvases_) {
         auto [a, l] = classify_eval(test_images_, data_.test.labels,
-                                    [&](const Tensor& x) { return vit_model_->forward(on_canvas(x, s)); }, 250);
+                                    [&](const Tensor& x) { return vit_model_->forward(on_canvas(x, s).to(device)); }, 250);
         m.emplace_back("val_accuracy@" + std::to_string(s), a);
       }
     return m;
@@ -82,7 +83,10 @@ class MnistTask : public Task {
   void set_state(const std::vector<int64_t>& s) override { loader_.set_state(s); }
 
  private:
-  Tensor logits(const Tensor& x) { return vit_ ? vit_model_->forward(x) : cnn_->forward(x); }
+  Tensor logits(const Tensor& x) {
+    Tensor xd = x.to(device);
+    return vit_ ? vit_model_->forward(xd) : cnn_->forward(xd);
+  }
 
   bool vit_;
   MnistSplits data_;

@@ -76,7 +76,7 @@ std::pair<double, double> classify_eval(const Tensor& images, const Tensor& labe
     Tensor logits = logits_fn(images.narrow(0, i, b).contiguous());
     Tensor y = labels.narrow(0, i, b).contiguous();
     loss += losses::cross_entropy(logits, y).item() * double(b);
-    std::vector<double> pred = argmax(logits, 1).to_vector(), truth = y.to_vector();
+    std::vector<double> pred = argmax(logits.cpu(), 1).to_vector(), truth = y.to_vector();
     for (int64_t j = 0; j < b; ++j) correct += pred[size_t(j)] == truth[size_t(j)];
   }
   return {double(correct) / double(n), loss / double(n)};

@@ -51,6 +51,7 @@ class SpiralsTask : public Task {
     model_->push_back(std::make_shared<nn::Linear>(in, 3, true, init));
   }
   nn::Module& model() override { return *model_; }
+  bool runs_on_devices() const override { return true; }
   std::string describe() const override {
     return "MLP " + std::to_string(model_->num_parameters()) + " parameters on 3-arm spirals (" +
            std::to_string(x_.size(0)) + " train / " + std::to_string(vx_.size(0)) + " val points)";
@@ -58,11 +59,11 @@ class SpiralsTask : public Task {
   Tensor train_loss() override {
     std::vector<int64_t> idx;
     for (double i : randint(0, x_.size(0), {batch_}, gen_).to_vector()) idx.push_back(int64_t(i));
-    return losses::cross_entropy(model_->forward(data::gather_rows(x_, idx)), data::gather_rows(y_, idx));
+    return losses::cross_entropy(model_->forward(data::gather_rows(x_, idx).to(device)), data::gather_rows(y_, idx));
   }
   Metrics evaluate() override {
-    Tensor logits = model_->forward(vx_);
-    double acc = mean(eq(argmax(logits, 1).to(DType::f32), vy_.to(DType::f32))).item();
+    Tensor logits = model_->forward(vx_.to(device));
+    double acc = mean(eq(argmax(logits.cpu(), 1).to(DType::f32), vy_.to(DType::f32))).item();
     return {{"val_loss", losses::cross_entropy(logits, vy_).item()}, {"val_accuracy", acc}};
   }
   std::pair<std::string, bool> best_metric() const override { return {"val_accuracy", false}; }

@@ -44,6 +44,10 @@ void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& 
                const AdamStepArgs& a) {
   LD_CHECK(p.is_contiguous() && g.is_contiguous() && m.is_contiguous() && v.is_contiguous(),
            "Adam on CUDA: expected contiguous parameter, gradient and moments");
+  for (const Tensor* t : {&g, &m, &v, &vmax})
+    LD_CHECK(!t->defined() || (t->device() == p.device() && t->dtype() == p.dtype()),
+             "Adam on CUDA: gradient or state on ", t->device().str(), " / ", dtype_name(t->dtype()),
+             ", parameter on ", p.device().str(), " / ", dtype_name(p.dtype()));
   if (p.numel() == 0) return;
   if (p.dtype() == DType::f32) launch_adam<float>(p, g, m, v, vmax, a);
   else if (p.dtype() == DType::f64) launch_adam<double>(p, g, m, v, vmax, a);
