@@ -15,6 +15,8 @@
 #include "core/device.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "diffusion/mlp_denoiser.h"
+#include "diffusion/samplers.h"
 #include "diffusion/unet.h"
 #include "nn/layers.h"
 #include "nn/models.h"
@@ -481,6 +483,36 @@ TEST_CASE("cuda: a small U-Net (convs, group norms, attention, upsampling) has t
     CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
           1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
   }
+}
+
+TEST_CASE("cuda: DDIM, predictor-corrector and RK45 ODE sampling on the GPU follow the CPU (same draws)" *
+          doctest::skip(!kGpu)) {
+  using namespace diffusion;
+  Generator init(16);
+  auto net = std::make_shared<MLPDenoiser>(MLPDenoiserConfig{.dim = 2, .hidden = 32, .blocks = 2}, init);
+  {  // non-zero output layer, so the samples depend on the network
+    NoGradGuard ng;
+    net->out_proj->weight.copy_(mul(randn(net->out_proj->weight.shape(), init), 0.1));
+  }
+  auto gnet = std::make_shared<MLPDenoiser>(MLPDenoiserConfig{.dim = 2, .hidden = 32, .blocks = 2}, init);
+  gnet->load_state_dict(net->state_dict());
+  gnet->to(kCuda);
+  ModuleDenoiser<MLPDenoiser> dc(net), dg(gnet);
+  DiscreteSchedule sched = DiscreteSchedule::linear(1000);
+  Generator a(17), b(17);
+  Tensor xc = ddim_sample(dc, sched, {64, 2}, 20, a, DDIMOptions{.eta = 0.5});
+  Tensor xg = ddim_sample(dg, sched, {64, 2}, 20, b, DDIMOptions{.eta = 0.5, .device = kCuda});
+  CHECK(xg.device() == kCuda);
+  CHECK(max(abs(sub(xg.cpu(), xc))).item() <= 1e-4);
+  VPSDE sde;
+  ModuleDenoiser<MLPDenoiser> sc(net, Prediction::eps, 999.0), sg(gnet, Prediction::eps, 999.0);
+  Generator c(18), d(18);
+  Tensor pc_c = pc_sample(sc, sde, {64, 2}, 50, c), pc_g = pc_sample(sg, sde, {64, 2}, 50, d, SDEOptions{.device = kCuda});
+  CHECK(max(abs(sub(pc_g.cpu(), pc_c))).item() <= 1e-3);
+  Generator e(19), f(19);
+  ODEResult oc = pf_ode_sample(sc, sde, {64, 2}, 0, e), og = pf_ode_sample(sg, sde, {64, 2}, 0, f, ODEOptions{.device = kCuda});
+  CHECK(std::abs(og.nfe - oc.nfe) <= oc.nfe / 10);  // step acceptance may flip on rounding; the path is the same ODE
+  CHECK(max(abs(sub(og.x.cpu(), oc.x))).item() <= 1e-3);
 }
 
 TEST_CASE("cuda: errors — a missing kernel, a device mismatch, out of memory — are clear, not crashes" *
