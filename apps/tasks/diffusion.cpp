@@ -111,6 +111,7 @@ class DiffusionTask : public Task {
     clip_ = c.get<bool>("sample.clip", clip_default_);
     eval_specs_ = c.get<std::vector<std::string>>("eval.samplers", {});
     eval_samples_ = c.get<int64_t>("eval.samples", 256);
+    eval_seed_ = uint64_t(c.get<int64_t>("eval.seed", 4242));  // the samplers' generator seed in evaluations
     batch_ = c.get<int64_t>("batch_size", 64);
     parse_spec(sample_spec_);
     for (auto& s : eval_specs_) parse_spec(s);
@@ -185,6 +186,7 @@ class DiffusionTask : public Task {
   std::string sample_spec_;
   std::vector<std::string> eval_specs_;
   int64_t sample_count_ = 64, eval_samples_ = 256, batch_ = 64;
+  uint64_t eval_seed_ = 4242;
   bool clip_ = false, clip_default_ = false;
   Generator gen_;
   std::shared_ptr<M> net_;
@@ -236,7 +238,7 @@ class Toy2dTask : public DiffusionTask<MLPDenoiser> {
     Metrics m{{"val_loss", fixed_loss(val_)}};
     for (auto& spec : eval_specs_) {
       int64_t nfe = 0;
-      Tensor x = sample(spec, val_.size(0), 4242, &nfe).to(DType::f64);
+      Tensor x = sample(spec, val_.size(0), eval_seed_, &nfe).to(DType::f64);
       Generator pg(9);
       m.emplace_back(spec + "/sw1", metrics::sliced_wasserstein(x, val_.to(DType::f64), 64, pg));
       if (spec.rfind("ode_rk45", 0) == 0) m.emplace_back(spec + "/nfe", double(nfe));
@@ -305,7 +307,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     load_classifier();
     for (auto& spec : eval_specs_) {
       int64_t nfe = 0;
-      Tensor x = sample(spec, eval_samples_, 4242, &nfe);
+      Tensor x = sample(spec, eval_samples_, eval_seed_, &nfe);
       m.emplace_back(spec + "/fid", metrics::frechet_distance(features((clamp(x, -1.0, 1.0) + 1.0) * 0.5), real_features_));
       if (spec.rfind("ode_rk45", 0) == 0) m.emplace_back(spec + "/nfe", double(nfe));
     }
