@@ -156,6 +156,17 @@ double max_rel_err(const Tensor& got, const Tensor& want) {
 
 double tol(DType dt) { return dt == DType::f64 ? 1e-12 : 1e-5; }
 
+// Every parameter's gradient in the GPU copy of a model matches the CPU model's (relative to its scale).
+void check_same_grads(const nn::Module& cpu_model, const nn::Module& gpu_model) {
+  auto pc = cpu_model.named_parameters(), pg = gpu_model.named_parameters();
+  REQUIRE(pc.size() == pg.size());
+  for (size_t i = 0; i < pc.size(); ++i) {
+    CAPTURE(pc[i].first);
+    CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
+          1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("cuda: copies to and from the device are exact; views, dtype casts and fills run on the device" *
@@ -429,12 +440,7 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
     CHECK(std::abs(lg.item() - lc.item()) <= 1e-5 * std::abs(lc.item()));
     lc.backward();
     lg.backward();
-    auto pc = cpu_lm.named_parameters(), pg = gpu_lm.named_parameters();
-    for (size_t i = 0; i < pc.size(); ++i) {
-      CAPTURE(pc[i].first);
-      CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
-            1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
-    }
+    check_same_grads(cpu_lm, gpu_lm);
     optim::AdamW opt(gpu_lm.named_parameters(), {.lr = 3e-3});
     double first = 0, last = 0;
     for (int step = 0; step < 30; ++step) {
@@ -477,12 +483,7 @@ TEST_CASE("cuda: a small U-Net (convs, group norms, attention, upsampling) has t
   CHECK(std::abs(lg.item() - lc.item()) <= 1e-5 * std::abs(lc.item()) + 1e-7);
   lc.backward();
   lg.backward();
-  auto pc = cpu_net.named_parameters(), pg = gpu_net.named_parameters();
-  for (size_t i = 0; i < pc.size(); ++i) {
-    CAPTURE(pc[i].first);
-    CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
-          1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
-  }
+  check_same_grads(cpu_net, gpu_net);
 }
 
 TEST_CASE("cuda: DDIM, predictor-corrector and RK45 ODE sampling on the GPU follow the CPU (same draws)" *
