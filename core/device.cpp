@@ -8,9 +8,12 @@ namespace liandan {
 
 DeviceBackend& device_backend(Device d) {
   LD_CHECK(!d.is_cpu(), "device_backend: the CPU has no backend table (ops run its kernels directly)");
-  std::string why;
-  int n = cuda_impl::device_count(&why);
-  LD_CHECK(n > 0, "device ", d.str(), " is not available: ", why);
+  int n = cuda_impl::device_count(nullptr);  // every device allocation passes here: no string unless it fails
+  if (n == 0) {
+    std::string why;
+    cuda_impl::device_count(&why);
+    LD_FAIL("device ", d.str(), " is not available: ", why);
+  }
   LD_CHECK(d.index >= 0 && d.index < n, "device ", d.str(), " does not exist: this machine has ", n,
            " CUDA device", n == 1 ? "" : "s");
   return *cuda_impl::backend(d.index);

@@ -18,13 +18,13 @@ Tensor sinusoidal_position_encoding(int64_t T, int64_t d, int64_t offset, double
   return from_vector(pe, {T, d}, dtype);
 }
 
-std::pair<Tensor, Tensor> rope_tables_1d(const Tensor& positions, int64_t head_dim, double base, DType dtype) {
-  return rope_cos_sin(rope_angles_1d(positions, head_dim, base), dtype);
+std::pair<Tensor, Tensor> rope_tables_1d(const Tensor& positions, int64_t head_dim, double base, TensorOptions opt) {
+  return rope_cos_sin(rope_angles_1d(positions, head_dim, base), opt);
 }
 
 std::pair<Tensor, Tensor> rope_tables_2d(const Tensor& px, const Tensor& py, int64_t head_dim, double base,
-                                         DType dtype) {
-  return rope_cos_sin(rope_angles_2d(px, py, head_dim, base), dtype);
+                                         TensorOptions opt) {
+  return rope_cos_sin(rope_angles_2d(px, py, head_dim, base), opt);
 }
 
 MultiheadAttention::MultiheadAttention(int64_t d_model, int64_t n_heads, AttentionConfig cfg, Generator& gen)
@@ -61,14 +61,14 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
   if (!cos.defined()) {
     if (config.position == PositionEncoding::rope1d) {
       Tensor pos = in.positions.defined() ? in.positions : arange(double(offset), double(offset + T), 1.0, DType::f64);
-      std::tie(cos, sin) = rope_tables_1d(pos, head_dim, config.rope_base, x.dtype());
+      std::tie(cos, sin) = rope_tables_1d(pos, head_dim, config.rope_base, {x.dtype(), x.device()});
     } else if (config.position == PositionEncoding::rope2d) {
       LD_CHECK(in.pos_x.defined() && in.pos_y.defined(),
                "MultiheadAttention: rope2d needs pos_x and pos_y (or cos/sin tables)");
-      std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, x.dtype());
+      std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, {x.dtype(), x.device()});
     }
   }
-  if (cos.defined() && cos.device() != x.device()) {  // tables are built on the host; the model may be on a GPU
+  if (cos.defined() && cos.device() != x.device()) {  // a caller's tables on another device (ours are built on x's)
     cos = cos.to(x.device());
     sin = sin.to(x.device());
   }

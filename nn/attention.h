@@ -68,9 +68,9 @@ Tensor sinusoidal_position_encoding(int64_t T, int64_t d, int64_t offset = 0, do
                                     DType dtype = DType::f32);
 
 // RoPE tables (cos, sin), each [T, Dh/2] in `dtype`, for 1-D positions / 2-D coordinates.
-std::pair<Tensor, Tensor> rope_tables_1d(const Tensor& positions, int64_t head_dim, double base, DType dtype);
+std::pair<Tensor, Tensor> rope_tables_1d(const Tensor& positions, int64_t head_dim, double base, TensorOptions opt);
 std::pair<Tensor, Tensor> rope_tables_2d(const Tensor& px, const Tensor& py, int64_t head_dim, double base,
-                                         DType dtype);
+                                         TensorOptions opt);
 
 class MultiheadAttention : public Module {
  public:

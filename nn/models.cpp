@@ -101,7 +101,7 @@ Tensor RoFormerLM::forward(const Tensor& tokens, std::vector<KVCache>* caches) {
   if (config.position == PositionEncoding::rope1d) {
     const int64_t hd = config.d_model / config.n_heads;
     std::tie(in.cos, in.sin) = rope_tables_1d(arange(double(offset), double(offset + T), 1.0, DType::f64), hd,
-                                              config.rope_base, x.dtype());
+                                              config.rope_base, {x.dtype(), x.device()});
   }
   size_t i = 0;
   for (const auto& m : *blocks) {
@@ -199,7 +199,7 @@ Tensor RoFormerEncoder::encode(const Tensor& tokens, const Tensor& key_valid) {
   in.key_valid = key_valid;
   if (config.position == PositionEncoding::rope1d)
     std::tie(in.cos, in.sin) = rope_tables_1d(arange(double(0), double(T), 1.0, DType::f64),
-                                              config.d_model / config.n_heads, config.rope_base, x.dtype());
+                                              config.d_model / config.n_heads, config.rope_base, {x.dtype(), x.device()});
   for (const auto& m : *blocks) x = static_cast<TransformerBlock&>(*m).forward(x, in);
   return ln_f->forward(x);
 }
@@ -248,14 +248,14 @@ std::pair<Tensor, Tensor> ViT::patch_coordinates(int64_t rows, int64_t cols) con
   return {from_vector(px, {rows * cols}, DType::f64), from_vector(py, {rows * cols}, DType::f64)};
 }
 
-std::pair<Tensor, Tensor> ViT::rope_tables(const Tensor& pos_x, const Tensor& pos_y, DType dtype) const {
+std::pair<Tensor, Tensor> ViT::rope_tables(const Tensor& pos_x, const Tensor& pos_y, TensorOptions opt) const {
   const int64_t hd = config.d_model / config.n_heads;
   Tensor angles;
   if (config.position == PositionEncoding::rope2d) angles = rope_angles_2d(pos_x, pos_y, hd, config.rope_base);
   else if (config.position == PositionEncoding::rope1d) angles = rope_angles_1d(pos_x, hd, config.rope_base);
   else return {};
   if (config.pooling == Pooling::cls) angles = cat({zeros({1, angles.size(1)}, angles.dtype()), angles}, 0);
-  return rope_cos_sin(angles, dtype);
+  return rope_cos_sin(angles, opt);
 }
 
 Tensor ViT::embed(const Tensor& images) {
@@ -281,7 +281,7 @@ Tensor ViT::forward(const Tensor& images) {
 Tensor ViT::forward(const Tensor& images, const Tensor& pos_x, const Tensor& pos_y) {
   Tensor x = embed(images);
   AttentionInputs in;
-  std::tie(in.cos, in.sin) = rope_tables(pos_x, pos_y, x.dtype());
+  std::tie(in.cos, in.sin) = rope_tables(pos_x, pos_y, {x.dtype(), x.device()});
   for (const auto& m : *blocks) x = static_cast<TransformerBlock&>(*m).forward(x, in);
   x = ln_f->forward(x);
   Tensor pooled = config.pooling == Pooling::cls ? x.select(1, 0) : mean(x, {1});

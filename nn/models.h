@@ -148,7 +148,7 @@ class ViT : public Module {
   Tensor forward(const Tensor& images, const Tensor& pos_x, const Tensor& pos_y);
   // Patch tokens [B, N(+1), d] before the blocks, and the RoPE tables for them.
   Tensor embed(const Tensor& images);
-  std::pair<Tensor, Tensor> rope_tables(const Tensor& pos_x, const Tensor& pos_y, DType dtype) const;
+  std::pair<Tensor, Tensor> rope_tables(const Tensor& pos_x, const Tensor& pos_y, TensorOptions opt) const;
   // Default coordinates: x = column, y = row (rope1d: pos_x = row-major index), for a grid of
   // rows × cols patches (default: the configured image size). Images larger than the training size are
   // accepted with RoPE or no positions (resolution extrapolation); learned positions need the trained size.

@@ -154,6 +154,25 @@ TEST_CASE("conv2d f32 backward agrees with f64") {
   CHECK(max_abs_diff(b32.grad().to(DType::f64), b64.grad()) < 1e-4);
 }
 
+// conv2d's output and its three gradients (upstream g) on 1 and on 2 threads are bit-identical.
+void check_same_on_1_and_2_threads(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, int64_t padding,
+                                   int64_t groups) {
+  auto run = [&](int threads) {
+    ThreadsGuard tg(threads);
+    REQUIRE(get_num_threads() == threads);
+    Tensor xl = leaf(x.clone()), wl = leaf(w.clone()), bl = leaf(b.clone());
+    Tensor y = conv2d(xl, wl, bl, 1, padding, groups);
+    y.backward(g);
+    return std::vector<std::vector<double>>{y.to_vector(), xl.grad().to_vector(), wl.grad().to_vector(),
+                                            bl.grad().to_vector()};
+  };
+  auto r1 = run(1), r2 = run(2);
+  for (size_t k = 0; k < r1.size(); ++k) {
+    CAPTURE(k);
+    CHECK(r1[k] == r2[k]);
+  }
+}
+
 TEST_CASE("conv2d forward and backward are bit-identical on 1 and 2 threads") {
   Generator gen(5);
   for (auto cfg : {std::pair<int64_t, int64_t>{4, 1}, {4, 2}, {1, 1}, {3, 8}}) {
@@ -162,20 +181,7 @@ TEST_CASE("conv2d forward and backward are bit-identical on 1 and 2 threads") {
     CAPTURE(groups);
     Tensor x = randn({N, 8, 16, 16}, gen, DType::f32), w = randn({16, 8 / groups, 3, 3}, gen, DType::f32);
     Tensor b = randn({16}, gen, DType::f32), g = randn({N, 16, 16, 16}, gen, DType::f32);
-    auto run = [&](int threads) {
-      ThreadsGuard tg(threads);
-      REQUIRE(get_num_threads() == threads);
-      Tensor xl = leaf(x.clone()), wl = leaf(w.clone()), bl = leaf(b.clone());
-      Tensor y = conv2d(xl, wl, bl, 1, 1, groups);
-      y.backward(g);
-      return std::vector<std::vector<double>>{y.to_vector(), xl.grad().to_vector(), wl.grad().to_vector(),
-                                              bl.grad().to_vector()};
-    };
-    auto r1 = run(1), r2 = run(2);
-    for (size_t k = 0; k < r1.size(); ++k) {
-      CAPTURE(k);
-      CHECK(r1[k] == r2[k]);
-    }
+    check_same_on_1_and_2_threads(x, w, b, g, 1, groups);
   }
   CHECK(get_num_threads() == 2);
 }
@@ -211,19 +217,7 @@ TEST_CASE("conv2d fast paths are bit-identical on 1 and 2 threads (forward, dx, 
     CAPTURE(C);
     CAPTURE(K);
     Tensor x = randn({8, C, 12, 12}, gen), w = randn({O, C, K, K}, gen), b = randn({O}, gen), g = randn({8, O, 12, 12}, gen);
-    auto run = [&](int threads) {
-      ThreadsGuard tg(threads);
-      Tensor xl = leaf(x.clone()), wl = leaf(w.clone()), bl = leaf(b.clone());
-      Tensor y = conv2d(xl, wl, bl, 1, K / 2);
-      y.backward(g);
-      return std::vector<std::vector<double>>{y.to_vector(), xl.grad().to_vector(), wl.grad().to_vector(),
-                                              bl.grad().to_vector()};
-    };
-    auto r1 = run(1), r2 = run(2);
-    for (size_t k = 0; k < r1.size(); ++k) {
-      CAPTURE(k);
-      CHECK(r1[k] == r2[k]);
-    }
+    check_same_on_1_and_2_threads(x, w, b, g, K / 2, 1);
   }
 }
 

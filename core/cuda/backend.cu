@@ -195,8 +195,8 @@ DeviceBackend* backend(int index) {
   return d.backends[size_t(index)];
 }
 
-cudaStream_t stream_of(const Tensor& t) {
-  return static_cast<CudaBackend*>(backend(t.device().index))->stream();
-}
+// Called for every kernel launch: a tensor on the device means its backend exists (created under the lock
+// when the tensor's storage was allocated) and the table never changes size, so no lock is needed here.
+cudaStream_t stream_of(const Tensor& t) { return devices().backends[size_t(t.device().index)]->stream(); }
 
 }  // namespace liandan::cuda_impl

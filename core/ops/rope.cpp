@@ -150,8 +150,8 @@ Tensor rope_angles_2d(const Tensor& px, const Tensor& py, int64_t d, double base
   return cat({rope_angles_1d(px, d / 2, base), rope_angles_1d(py, d / 2, base)}, 1);
 }
 
-std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& angles, DType dtype) {
-  return {cos(angles).to(dtype), sin(angles).to(dtype)};
+std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& angles, TensorOptions opt) {
+  return {cos(angles).to(opt.dtype).to(opt.device), sin(angles).to(opt.dtype).to(opt.device)};
 }
 
 }  // namespace liandan

@@ -29,7 +29,7 @@ Tensor rope_frequencies(int64_t d, double base = 10000.0);
 Tensor rope_angles_1d(const Tensor& positions, int64_t d, double base = 10000.0);
 // [N, d/2] angles (f64) for N points with coordinates px, py (1-D tensors of length N); d % 4 == 0.
 Tensor rope_angles_2d(const Tensor& px, const Tensor& py, int64_t d, double base = 10000.0);
-// Convenience: angles -> (cos, sin) in `dtype`.
-std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& angles, DType dtype);
+// Convenience: angles -> (cos, sin) in `opt`'s dtype, on its device (tables are computed on the host in f64).
+std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& angles, TensorOptions opt);
 
 }  // namespace liandan
