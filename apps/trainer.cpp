@@ -28,6 +28,7 @@
 #include "optim/amos.h"
 #include "optim/clip.h"
 #include "optim/ema.h"
+#include "optim/grad_scaler.h"
 #include "optim/schedule.h"
 #include "optim/sgd.h"
 
@@ -118,6 +119,7 @@ struct RunSettings {
   bool ema_warmup;
   std::string data_dir;
   Device device;
+  DType precision;  // f32, or the half format of mixed precision (autocast): bf16 or f16
 };
 
 // "cpu", "cuda" (= cuda:0) or "cuda:N".
@@ -127,6 +129,14 @@ Device parse_device(const std::string& s, const std::string& source) {
   if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos)
     return Device::cuda(std::stoi(s.substr(5)));
   LD_FAIL("config ", source, ": 'device' must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", s, "\"");
+}
+
+// "f32" (no autocast), "bf16" or "f16" (mixed precision: half GEMM inputs, f32 weights and everything else).
+DType parse_precision(const std::string& s, const std::string& source) {
+  if (s == "f32") return DType::f32;
+  if (s == "bf16") return DType::bf16;
+  if (s == "f16") return DType::f16;
+  LD_FAIL("config ", source, ": 'precision' must be \"f32\", \"bf16\" or \"f16\", got \"", s, "\"");
 }
 
 RunSettings read_settings(Config& cfg) {
@@ -146,6 +156,7 @@ RunSettings read_settings(Config& cfg) {
   r.ema_warmup = cfg.get<bool>("ema.warmup", false);
   r.data_dir = cfg.get<std::string>("data_dir", "data");
   r.device = parse_device(cfg.get<std::string>("device", "cpu"), cfg.source());
+  r.precision = parse_precision(cfg.get<std::string>("precision", "f32"), cfg.source());
   LD_CHECK(r.steps >= 1, "config ", cfg.source(), ": 'steps' must be >= 1, got ", r.steps);
   for (auto [k, v] : {std::pair{"log_every", r.log_every}, {"eval_every", r.eval_every},
                       {"checkpoint_every", r.checkpoint_every}, {"optim.accumulate", r.accumulate}})
@@ -355,6 +366,7 @@ struct Setup {
   std::unique_ptr<optim::Optimizer> opt;
   std::unique_ptr<optim::Scheduler> sched;
   std::unique_ptr<optim::EMA> ema;
+  std::unique_ptr<optim::GradScaler> scaler;  // enabled for precision = "f16" only
 };
 
 Setup build(Config& cfg) {
@@ -377,8 +389,15 @@ Setup build(Config& cfg) {
   s.sched = std::make_unique<optim::Scheduler>(*s.opt, make_schedule(cfg, s.rs.steps));
   if (s.rs.ema_decay > 0)
     s.ema = std::make_unique<optim::EMA>(s.task->model().named_parameters(), s.rs.ema_decay, s.rs.ema_warmup);
+  s.scaler = std::make_unique<optim::GradScaler>(optim::GradScalerOptions{.enabled = s.rs.precision == DType::f16});
   cfg.check_all_used();
   return s;
+}
+
+// The next training batch's loss, with the forward under autocast when the run is in mixed precision.
+Tensor train_loss(Setup& s) {
+  Autocast ac(s.rs.precision);
+  return s.task->train_loss();
 }
 
 NamedTensors checkpoint_tensors(const Setup& s) {
@@ -386,6 +405,8 @@ NamedTensors checkpoint_tensors(const Setup& s) {
   for (auto& kv : prefixed("optim.", s.opt->state_dict())) t.push_back(kv);
   if (s.ema)
     for (auto& kv : s.ema->state_dict()) t.push_back(kv);
+  if (s.scaler->enabled())
+    for (auto& kv : s.scaler->state_dict()) t.push_back(kv);
   return t;
 }
 
@@ -396,6 +417,7 @@ std::pair<int64_t, Metadata> load_checkpoint(Setup& s, const std::string& path) 
   s.task->model().load_state_dict(with_prefix_removed("model.", c.tensors), true);
   s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
   if (s.ema) s.ema->load_state_dict(c.tensors, path);
+  if (s.scaler->enabled()) s.scaler->load_state_dict(c.tensors, path);
   int64_t step = meta_int(c.metadata, "step", path);
   s.sched->set_steps_taken(step);
   auto rng = parse_ints(meta_at(c.metadata, "rng", path), path, "rng");
@@ -467,6 +489,9 @@ int train(Config& cfg, const TrainOptions& topt) {
   spdlog::info("task {}: {}", rs.task, s.task->describe());
   spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", s.opt->type_name(),
                s.opt->param_groups().size(), rs.steps, get_num_threads(), run.string());
+  if (rs.precision != DType::f32 || !rs.device.is_cpu())
+    spdlog::info("device {}, precision {}{}", rs.device.str(), dtype_name(rs.precision),
+                 rs.precision == DType::f32 ? "" : " mixed (autocast GEMMs, f32 weights)");
 
   auto named = s.task->model().named_parameters();
   std::ofstream metrics(run / "metrics.jsonl", std::ios::app);
@@ -505,7 +530,7 @@ int train(Config& cfg, const TrainOptions& topt) {
     while (step < rs.steps) {
       double loss_sum = 0;
       for (int64_t m = 0; m < rs.accumulate; ++m) {
-        Tensor loss = s.task->train_loss();
+        Tensor loss = train_loss(s);
         double lv = loss.item();
         if (!std::isfinite(lv)) {
           auto bad = optim::first_nonfinite_param(named);
@@ -514,15 +539,27 @@ int train(Config& cfg, const TrainOptions& topt) {
                   "; training stopped");
         }
         loss_sum += lv;
-        (rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
+        s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
         acc.micro_step();
       }
-      if (auto bad = optim::first_nonfinite_grad(named))
-        LD_FAIL("step ", step + 1, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
-      double gnorm = rs.clip_norm > 0 ? optim::clip_grad_norm_(named, rs.clip_norm) : std::nan("");
-      if (rs.clip_value > 0) optim::clip_grad_value_(named, rs.clip_value);
+      s.scaler->unscale_(*s.opt);
+      // f16: an Inf/NaN gradient means the loss scale was too large: the scaler skips the step and halves
+      // the scale. Only when that keeps happening down to a scale of 1 is it the model's fault.
+      if (s.scaler->found_inf() && s.scaler->get_scale() < 1.0)
+        LD_FAIL("step ", step + 1, ": the gradients are not finite even at loss scale ", s.scaler->get_scale(),
+                " (f16 mixed precision, ", s.scaler->skipped_steps(), " steps skipped so far); training stopped");
+      if (!s.scaler->found_inf())
+        if (auto bad = optim::first_nonfinite_grad(named))
+          LD_FAIL("step ", step + 1, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
+      double gnorm = std::nan("");
+      if (!s.scaler->found_inf()) {
+        if (rs.clip_norm > 0) gnorm = optim::clip_grad_norm_(named, rs.clip_norm);
+        if (rs.clip_value > 0) optim::clip_grad_value_(named, rs.clip_value);
+      }
       double lr = s.opt->param_groups()[0].lr;
-      s.opt->step();
+      if (!s.scaler->step(*s.opt)) spdlog::debug("step {}: gradients overflowed in f16, step skipped, loss scale {} -> {}",
+                                                 step + 1, s.scaler->get_scale(), s.scaler->get_scale() / 2);
+      s.scaler->update();
       s.opt->zero_grad();
       s.sched->step();
       if (s.ema) s.ema->update();
@@ -532,6 +569,10 @@ int train(Config& cfg, const TrainOptions& topt) {
       if (step % rs.log_every == 0 || step == rs.steps) {
         json j{{"step", step}, {"loss", last_loss}, {"lr", lr}, {"time_s", wall()}};
         if (!std::isnan(gnorm)) j["grad_norm"] = gnorm;
+        if (s.scaler->enabled()) {
+          j["loss_scale"] = s.scaler->get_scale();
+          j["skipped_steps"] = s.scaler->skipped_steps();
+        }
         metrics << j.dump() << "\n" << std::flush;
         hist.add(j);
       }
@@ -565,7 +606,9 @@ int train(Config& cfg, const TrainOptions& topt) {
                {"optimizer", s.opt->type_name()},
                {"optimizer_state_bytes", s.opt->state_bytes()},
                {"wall_s", wall()},
-               {"threads", get_num_threads()}};
+               {"threads", get_num_threads()},
+               {"device", rs.device.str()},
+               {"precision", dtype_name(rs.precision)}};
   write_json_atomic(run / "summary.json", summary);
   std::printf("%s\n", metrics_line(final_m).c_str());
   std::printf("run directory: %s (curves.png, samples/, checkpoints/, summary.json)\n", run.string().c_str());
@@ -609,8 +652,9 @@ int bench(Config& cfg, int64_t steps) {
   s.task->model().train();
   auto named = s.task->model().named_parameters();
   auto one = [&] {
-    s.task->train_loss().backward();
-    s.opt->step();
+    s.scaler->scale(train_loss(s)).backward();
+    s.scaler->step(*s.opt);
+    s.scaler->update();
     s.opt->zero_grad();
   };
   one();  // warm-up: allocator caches, OpenMP pool

@@ -43,7 +43,7 @@ class DeviceBackend {
 
   // ---- kernels. Tensors are on this device; outputs are preallocated and contiguous unless said.
   // dst[i] = src[i] over dst's shape (dst strided), src read through `src_strides` (0 on broadcast dims),
-  // converting between any two of f32, f64, i64.
+  // converting between any two of f32, f64, i64, bf16, f16 (half formats rounded as core/half.h does).
   virtual void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) = 0;
   virtual void fill(const Tensor& dst, double value) = 0;  // dst strided
   // y = f(x); x contiguous with y's shape.
@@ -60,6 +60,7 @@ class DeviceBackend {
   // summation tree, no atomics), accumulated in double for f32 as on the CPU.
   virtual void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) = 0;
   // C[i] = op(A[i]) @ op(B[i]) for i < batch, row-major, as cpu::gemm's arguments (lda etc. in elements).
+  // dt is the operands' dtype; C is f32 when they are bf16/f16 (f32 accumulation).
   virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                             const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
                             int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int64_t batch) = 0;
@@ -68,6 +69,10 @@ class DeviceBackend {
   virtual void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) = 0;
   virtual void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n,
                                 int64_t inner, bool log) = 0;
+  // Random fills of a contiguous f32/f64 tensor from Philox blocks first, first + 1, ... of `seed`: element for
+  // element the CPU's numbers (the formulas are core/philox.h's, compiled for both).
+  virtual void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) = 0;
+  virtual void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) = 0;
   // The fused Adam/AdamW update of one parameter in place (all contiguous; vmax undefined without amsgrad).
   virtual void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
                          const AdamStepArgs& a) = 0;

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops/attention.h"
 #include "core/ops/rope.h"

@@ -59,58 +59,7 @@ const char* st_dtype_name(StDType t) { return info(t).name; }
 size_t st_dtype_size(StDType t) { return info(t).size; }
 DType st_dtype_target(StDType t) { return info(t).target; }
 
-// ---------------------------------------------------------------- half-precision conversions
-
-uint16_t float_to_bf16(float f) {
-  uint32_t x = std::bit_cast<uint32_t>(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x0040u);  // NaN: keep it a (quiet) NaN
-  uint32_t bias = 0x7FFFu + ((x >> 16) & 1u);                                 // round to nearest even
-  return uint16_t((x + bias) >> 16);
-}
-
-float bf16_to_float(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
-
-uint16_t float_to_f16(float f) {
-  uint32_t x = std::bit_cast<uint32_t>(f);
-  uint16_t sign = uint16_t((x >> 16) & 0x8000u);
-  uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return uint16_t(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));  // NaN
-  if (ax >= 0x47800000u) return uint16_t(sign | 0x7C00u);                         // >= 65536 or inf
-  int32_t e = int32_t(ax >> 23) - 127;
-  if (e >= -14) {  // a normal half (the rounding carry may reach the exponent, up to inf: correct)
-    uint32_t h = (uint32_t(e + 15) << 10) | ((ax >> 13) & 0x3FFu);
-    uint32_t rem = ax & 0x1FFFu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-    return uint16_t(sign | h);
-  }
-  if (e < -25) return sign;  // below half of the smallest subnormal (2^-24): rounds to zero
-  uint32_t mant = (ax & 0x7FFFFFu) | 0x800000u;
-  int shift = -(e + 1);  // 14 .. 24: the value is m * 2^-24
-  uint32_t m = mant >> shift, rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (m & 1u))) ++m;  // m = 0x400 is the smallest normal: still correct
-  return uint16_t(sign | m);
-}
-
-float f16_to_float(uint16_t h) {
-  uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-  if (e == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (m << 13));
-  if (e == 0) {
-    float v = float(m) * 0x1p-24f;  // exact
-    return sign ? -v : v;
-  }
-  return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 namespace {
-
-// f64 -> f32 rounding to odd: the later rounding to bf16/f16 (at least 2 bits narrower) is then the
-// correctly rounded f64 -> bf16/f16 result (no double-rounding error).
-float double_to_float_odd(double d) {
-  float f = float(d);
-  if (std::isnan(d) || double(f) == d) return f;
-  if (std::fabs(double(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);  // truncate toward zero
-  return std::bit_cast<float>(std::bit_cast<uint32_t>(f) | 1u);
-}
 
 // ---------------------------------------------------------------- file helpers
 
@@ -362,6 +311,8 @@ StDType storage_type(const Tensor& t, FloatFormat ff) {
       if (ff == FloatFormat::bf16) return StDType::BF16;
       if (ff == FloatFormat::f16) return StDType::F16;
       return t.dtype() == DType::f32 ? StDType::F32 : StDType::F64;
+    case DType::bf16: return ff == FloatFormat::f16 ? StDType::F16 : StDType::BF16;
+    case DType::f16: return ff == FloatFormat::bf16 ? StDType::BF16 : StDType::F16;
   }
   return StDType::F32;
 }
@@ -370,7 +321,10 @@ StDType storage_type(const Tensor& t, FloatFormat ff) {
 void write_tensor(int fd, const Tensor& t, StDType st, const std::string& tmp) {
   int64_t n = t.numel();
   if (n == 0) return;
-  if (st_dtype_size(st) == dtype_size(t.dtype()) && st != StDType::BF16 && st != StDType::F16) {
+  bool half_st = st == StDType::BF16 || st == StDType::F16;
+  bool same_half = (st == StDType::BF16 && t.dtype() == DType::bf16) || (st == StDType::F16 && t.dtype() == DType::f16);
+  if (is_half(t.dtype()) && !same_half) return write_tensor(fd, t.to(DType::f32), st, tmp);  // bf16 <-> f16: exact via f32
+  if (same_half || (st_dtype_size(st) == dtype_size(t.dtype()) && !half_st)) {
     write_all(fd, t.raw_data(), size_t(n) * dtype_size(t.dtype()), tmp);
     return;
   }

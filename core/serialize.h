@@ -93,10 +93,6 @@ class SafetensorsReader {
   Metadata metadata_;
 };
 
-// Scalar conversions used by the reader and writer (exposed for tests).
-uint16_t float_to_bf16(float f);  // round to nearest even; NaN stays NaN
-float bf16_to_float(uint16_t h);
-uint16_t float_to_f16(float f);  // round to nearest even; subnormals; overflow to inf; NaN stays NaN
-float f16_to_float(uint16_t h);
+// The scalar conversions the reader and writer use (float_to_bf16 etc.) are in core/half.h.
 
 }  // namespace liandan

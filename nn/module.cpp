@@ -253,6 +253,8 @@ void Module::retarget(const std::function<bool(const Tensor&)>& wants, const std
 
 void Module::to(DType t) {
   LD_CHECK(is_floating(t), type_name_, ".to: target dtype must be floating, got ", dtype_name(t));
+  LD_CHECK(!is_half(t), type_name_, ".to(", dtype_name(t), "): parameters stay f32 (or f64); train in ",
+           dtype_name(t), " with ld::Autocast (core/autocast.h), which keeps f32 master weights");
   retarget([t](const Tensor& x) { return is_floating(x.dtype()) && x.dtype() != t; },
            [t](const Tensor& x) { return x.to(t); });
 }

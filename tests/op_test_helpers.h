@@ -68,6 +68,16 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// The message of the liandan::Error that fn throws ("" when it throws none).
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 inline bool same_storage(const Tensor& a, const Tensor& b) {
   return a.impl()->storage == b.impl()->storage;
 }

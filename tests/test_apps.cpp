@@ -162,6 +162,53 @@ TEST_CASE("Trainer: a run killed with SIGKILL and resumed ends bit-identical to 
   CHECK(fs::exists(fs::path(killed) / "config.toml"));
 }
 
+TEST_CASE("Trainer: precision = bf16 / f16 trains like f32; f16 runs behind the loss scaler and resumes bit-identically") {
+  fs::path dir = scratch("precision");
+  auto run = [&](const std::string& precision, const std::string& name, std::vector<std::string> extra = {}) {
+    fs::path cfg = dir / (name + ".toml");
+    std::ofstream(cfg) << "precision = \"" << precision << "\"\n" << kSpirals;
+    std::vector<std::string> args{"train", cfg.string(), "--run-dir", (dir / name).string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  auto summary = [&](const std::string& name) { return nlohmann::json::parse(std::ifstream(dir / name / "summary.json")); };
+  REQUIRE(run("f32", "f32") == 0);
+  REQUIRE(run("bf16", "bf16") == 0);
+  double v32 = summary("f32")["eval"]["val_loss"], v16 = summary("bf16")["eval"]["val_loss"];
+  CHECK(summary("bf16")["precision"] == "bf16");
+  CHECK(v16 < 0.5);                          // it learned the spirals (chance is ln 2 = 0.69)
+  CHECK(std::abs(v16 - v32) < 0.1 * v32 + 0.02);
+  CHECK(v16 != v32);                         // the GEMMs really ran in bf16
+
+  // f16: the scale and the skipped steps are logged, and live in the checkpoint: a killed run resumes exactly.
+  int st = run("f16", "f16_killed", {"--die-after-step", "250"});
+  REQUIRE(WIFSIGNALED(st));
+  REQUIRE(run_cli({"resume", (dir / "f16_killed").string()}) == 0);
+  REQUIRE(run("f16", "f16_whole") == 0);
+  auto ck = [&](const std::string& name) { return load_safetensors((dir / name / "checkpoints" / "last.safetensors").string()); };
+  auto a = ck("f16_killed"), b = ck("f16_whole");
+  CHECK(a.at("grad_scaler.scale").item() == b.at("grad_scaler.scale").item());
+  CHECK(a.at("grad_scaler.scale").item() >= 1.0);
+  NamedTensors ma = model_and_optimizer(dir / "f16_killed" / "checkpoints" / "last.safetensors"),
+               mb = model_and_optimizer(dir / "f16_whole" / "checkpoints" / "last.safetensors");
+  REQUIRE(ma.size() == mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    CAPTURE(ma[i].first);
+    CHECK(ma[i].second.to_vector() == mb[i].second.to_vector());
+  }
+  CHECK(std::abs(double(summary("f16_whole")["eval"]["val_loss"]) - v32) < 0.1 * v32 + 0.02);
+  std::ifstream in(dir / "f16_whole" / "metrics.jsonl");
+  std::string line;
+  int with_scale = 0;
+  while (std::getline(in, line)) with_scale += nlohmann::json::parse(line).contains("loss_scale");
+  CHECK(with_scale == 12);  // every logged step (25 of 300)
+
+  Config bad = Config::from_string(std::string("precision = \"f8\"\n") + kSpirals, "p.toml");
+  CHECK_THROWS_WITH_AS(train(bad, {.run_dir = (dir / "bad").string()}),
+                       "config p.toml: 'precision' must be \"f32\", \"bf16\" or \"f16\", got \"f8\"", Error);
+  fs::remove_all(dir.parent_path());
+}
+
 TEST_CASE("Trainer: divergence stops the run with the step named and keeps the last good checkpoint") {
   fs::path dir = scratch("nan");
   std::string text = kSpirals;

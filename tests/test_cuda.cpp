@@ -14,6 +14,7 @@
 
 #include "core/device.h"
 #include "core/ops.h"
+#include "op_test_helpers.h"
 #include "core/random.h"
 #include "diffusion/mlp_denoiser.h"
 #include "diffusion/samplers.h"
@@ -23,6 +24,7 @@
 #include "optim/adam.h"
 
 using namespace liandan;
+using liandan::testing::error_of;
 
 namespace {
 
@@ -45,15 +47,6 @@ struct FakeMemory {
   }
   RawAllocator raw() { return {alloc, free, this}; }
 };
-
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -452,6 +445,82 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
       last = l.item();
     }
     CHECK(last < first - 0.5);  // memorizes the 4 sequences
+  }
+}
+
+TEST_CASE("cuda: rand/randn drawn on the GPU are the CPU's numbers for the same seed and offset" * doctest::skip(!kGpu)) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dt));
+    Generator gc(77), gg(77);
+    for (int64_t n : {1, 2, 5, 4099, 100001}) {
+      CAPTURE(n);
+      Tensor uc = rand({n}, gc, dt), ug = rand({n}, gg, {dt, kCuda});
+      CHECK(ug.device() == kCuda);
+      CHECK(ug.cpu().to_vector() == uc.to_vector());  // integer Philox, exact scaling, one fma: bit-identical
+      Tensor ac = empty({n}, dt), ag = empty({n}, {dt, kCuda});
+      fill_uniform_(ac, -0.37, 0.91, gc);
+      fill_uniform_(ag, -0.37, 0.91, gg);
+      CHECK(ag.cpu().to_vector() == ac.to_vector());
+      Tensor nc = randn({n}, gc, dt), ng = randn({n}, gg, {dt, kCuda});
+      // Box-Muller in double through each device's log/sin/cos (within an ulp or two of each other): f32 values
+      // agree unless a double lands within an ulp of an f32 rounding boundary (~1e-9 per element).
+      auto a = ng.cpu().to_vector(), b = nc.to_vector();
+      size_t differ = 0;
+      for (size_t i = 0; i < a.size(); ++i)
+        differ += dt == DType::f32 ? a[i] != b[i] : std::abs(a[i] - b[i]) > 4e-16 * std::max(1.0, std::abs(b[i]));
+      CHECK(differ == 0);
+      CHECK(gc.offset() == gg.offset());
+    }
+  }
+}
+
+TEST_CASE("cuda: bf16/f16 casts are bit-identical to the CPU's; autocast GEMMs and the LM follow the CPU's autocast" *
+          doctest::skip(!kGpu)) {
+  Generator g(21);
+  Tensor x = mul(randn({4, 300}, g), 1000.0);
+  for (DType h : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(h));
+    CHECK(x.to(kCuda).to(h).cpu().to_vector() == x.to(h).to_vector());                     // f32 -> half
+    CHECK(x.to(DType::f64).to(kCuda).to(h).cpu().to_vector() == x.to(DType::f64).to(h).to_vector());  // f64 -> half
+    CHECK(x.to(h).to(kCuda).to(DType::f32).cpu().to_vector() == x.to(h).to(DType::f32).to_vector());  // widening
+    CHECK(full({3}, 0.1, {h, kCuda}).cpu().to_vector() == full({3}, 0.1, h).to_vector());
+    // A half GEMM on tensor cores: the same rounded operands, f32 accumulation (order may differ).
+    Tensor a = randn({3, 40, 64}, g), b = randn({64, 24}, g);
+    Tensor cc, cg;
+    {
+      Autocast ac(h);
+      cc = matmul(a, b);
+      cg = matmul(a.to(kCuda), b.to(kCuda));
+    }
+    CHECK(cg.dtype() == DType::f32);
+    CHECK(max(abs(sub(cg.cpu(), cc))).item() <= 1e-5 * max(abs(cc)).item());
+  }
+  // The RoFormer LM under bf16 autocast: GPU vs the CPU's emulation of the same arithmetic.
+  nn::RoFormerLMConfig cfg;
+  cfg.vocab_size = 32;
+  cfg.d_model = 64;
+  cfg.n_layers = 2;
+  cfg.n_heads = 2;
+  cfg.d_ff = 128;
+  Generator g1(22), g2(22), data(23);
+  nn::RoFormerLM cpu_lm(cfg, g1), gpu_lm(cfg, g2);
+  gpu_lm.to(kCuda);
+  Tensor tokens = randint(0, 32, {4, 33}, data);
+  Tensor lc, lg;
+  {
+    Autocast ac(DType::bf16);
+    lc = cpu_lm.loss(tokens);
+    lg = gpu_lm.loss(tokens.to(kCuda));
+  }
+  CHECK(std::abs(lg.item() - lc.item()) <= 1e-2 * std::abs(lc.item()));
+  lc.backward();
+  lg.backward();
+  auto pc = cpu_lm.named_parameters(), pg = gpu_lm.named_parameters();
+  for (size_t i = 0; i < pc.size(); ++i) {
+    CAPTURE(pc[i].first);
+    CHECK(pg[i].second.grad().dtype() == DType::f32);
+    CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
+          1e-2 * std::max(1e-3, max(abs(pc[i].second.grad())).item()));
   }
 }
 

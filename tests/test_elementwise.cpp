@@ -22,6 +22,7 @@
 
 using namespace liandan;
 
+using liandan::testing::error_of;
 using liandan::testing::for_each_index;
 
 namespace {
@@ -130,16 +131,6 @@ void check_unary_values(const Tensor& y, const Tensor& x, const Tf& ref, double 
   });
   INFO(first);
   CHECK(bad == 0);
-}
-
-// The message of the liandan::Error that fn throws ("" when it throws none).
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // ---------------------------------------------------------------- op tables

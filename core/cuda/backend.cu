@@ -139,6 +139,14 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard guard(index_);
     cuda_impl::softmax_backward(y, g, dx, outer, n, inner, log);
   }
+  void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
+    DeviceGuard guard(index_);
+    cuda_impl::fill_uniform(out, lo, hi, seed, first);
+  }
+  void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) override {
+    DeviceGuard guard(index_);
+    cuda_impl::fill_normal(out, mean, std, seed, first);
+  }
   void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
                  const AdamStepArgs& a) override {
     DeviceGuard guard(index_);

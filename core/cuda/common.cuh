@@ -17,6 +17,16 @@
 #define LD_CUDA_LAUNCHED(name) LD_CHECK(cudaPeekAtLastError() == cudaSuccess, "CUDA kernel ", name, ": ", \
                                         cudaGetErrorString(cudaGetLastError()))
 
+// Runs BODY with scalar_t = float or double; other dtypes are an error naming the op.
+#define LD_CUDA_FLOAT(DT, OPNAME, ...)                                                              \
+  [&] {                                                                                             \
+    switch (DT) {                                                                                   \
+      case DType::f32: { using scalar_t = float; return __VA_ARGS__(); }                             \
+      case DType::f64: { using scalar_t = double; return __VA_ARGS__(); }                            \
+      default: LD_FAIL(OPNAME, " on CUDA: expected f32 or f64, got ", dtype_name(DT));               \
+    }                                                                                               \
+  }()
+
 namespace liandan::cuda_impl {
 
 cudaStream_t stream_of(const Tensor& t);  // the one stream of t's device (core/cuda/backend.cu)

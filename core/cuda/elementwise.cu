@@ -1,7 +1,11 @@
 // Elementwise kernels on CUDA: strided copies and fills, and the unary and binary ops of
 // core/ops/elementwise.cpp found by name. Each device formula transcribes the CPU lambda beside its op
 // (same NaN rules, same torch conventions for ties and zeros), forward and derivative together.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstring>
+#include <type_traits>
 
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
@@ -198,10 +202,41 @@ __global__ void binary_backward_kernel(B op, int which, const T* a, StridedIndex
 
 // ---------------------------------------------------------------- copies and fills
 
+// Element conversions for copies between dtypes. Half formats widen to float (exact) and narrow with
+// round-to-nearest-even, from f64 directly (no double rounding), matching core/half.h bit for bit.
+template <class S> __device__ S widen(S v) { return v; }
+__device__ inline float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float widen(__half v) { return __half2float(v); }
+
+template <class D, class W> __device__ D narrow(W w) {
+  if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+    if constexpr (std::is_same_v<W, float>) return __float2bfloat16_rn(w);
+    else return __double2bfloat16(double(w));
+  } else if constexpr (std::is_same_v<D, __half>) {
+    if constexpr (std::is_same_v<W, float>) return __float2half_rn(w);
+    else return __double2half(double(w));
+  } else {
+    return D(w);
+  }
+}
+
 template <class D, class S>
 __global__ void copy_kernel(D* dst, StridedIndex id, const S* src, StridedIndex is, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[id.offset(i)] = D(src[is.offset(i)]);
+    dst[id.offset(i)] = narrow<D>(widen(src[is.offset(i)]));
+}
+
+// A fill value in a half format, rounded on the host by core/half.h.
+template <class T> T host_value(double v) { return T(v); }
+template <> __nv_bfloat16 host_value<__nv_bfloat16>(double v) {
+  __nv_bfloat16_raw r;
+  r.x = bfloat16(v).bits;
+  return __nv_bfloat16(r);
+}
+template <> __half host_value<__half>(double v) {
+  __half_raw r;
+  r.x = float16(v).bits;
+  return __half(r);
 }
 
 template <class T>
@@ -210,22 +245,14 @@ __global__ void fill_kernel(T* dst, StridedIndex id, int64_t n, T v) {
     dst[id.offset(i)] = v;
 }
 
-// Runs BODY with scalar_t = float or double; other dtypes are an error naming the op.
-#define LD_CUDA_FLOAT(DT, OPNAME, ...)                                                              \
-  [&] {                                                                                             \
-    switch (DT) {                                                                                   \
-      case DType::f32: { using scalar_t = float; return __VA_ARGS__(); }                             \
-      case DType::f64: { using scalar_t = double; return __VA_ARGS__(); }                            \
-      default: LD_FAIL(OPNAME, " on CUDA: expected f32 or f64, got ", dtype_name(DT));               \
-    }                                                                                               \
-  }()
-
 #define LD_CUDA_ANY(DT, OPNAME, ...)                                                                \
   [&] {                                                                                             \
     switch (DT) {                                                                                   \
       case DType::f32: { using scalar_t = float; return __VA_ARGS__(); }                             \
       case DType::f64: { using scalar_t = double; return __VA_ARGS__(); }                            \
       case DType::i64: { using scalar_t = int64_t; return __VA_ARGS__(); }                           \
+      case DType::bf16: { using scalar_t = __nv_bfloat16; return __VA_ARGS__(); }                    \
+      case DType::f16: { using scalar_t = __half; return __VA_ARGS__(); }                            \
       default: LD_FAIL(OPNAME, " on CUDA: unsupported dtype ", dtype_name(DT));                      \
     }                                                                                               \
   }()
@@ -312,7 +339,7 @@ void fill(const Tensor& dst, double value) {
   StridedIndex id = strided_index(dst.shape(), dst.strides(), "fill_");
   LD_CUDA_ANY(dst.dtype(), "fill_", [&] {
     fill_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dst)>>>(static_cast<scalar_t*>(dst.device_data()),
-                                                                           id, n, scalar_t(value));
+                                                                           id, n, host_value<scalar_t>(value));
   });
   LD_CUDA_LAUNCHED("fill_");
 }

@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu. Arguments as in DeviceBackend (core/device.h).
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
 #include "core/device.h"
@@ -27,6 +27,10 @@ void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_
 void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log);
 void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n, int64_t inner,
                       bool log);
+
+// random.cu
+void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first);
+void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first);
 
 // optim.cu
 void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,

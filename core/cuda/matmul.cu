@@ -33,8 +33,14 @@ void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_
     st = cublasGemmStridedBatchedEx(h, opa, opb, int(N), int(M), int(K), &one, B, CUDA_R_64F, int(ldb), stride_b,
                                     A, CUDA_R_64F, int(lda), stride_a, &zero, C, CUDA_R_64F, int(ldc), stride_c,
                                     int(batch), CUBLAS_COMPUTE_64F, CUBLAS_GEMM_DEFAULT);
+  } else if (is_half(dt)) {  // autocast: bf16/f16 operands on tensor cores, f32 accumulation and result
+    const float one = 1, zero = 0;
+    cudaDataType_t in = dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    st = cublasGemmStridedBatchedEx(h, opa, opb, int(N), int(M), int(K), &one, B, in, int(ldb), stride_b, A, in,
+                                    int(lda), stride_a, &zero, C, CUDA_R_32F, int(ldc), stride_c, int(batch),
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   } else {
-    LD_CHECK(dt == DType::f32, "matmul on CUDA: expected f32 or f64, got ", dtype_name(dt));
+    LD_CHECK(dt == DType::f32, "matmul on CUDA: expected f32, f64, bf16 or f16, got ", dtype_name(dt));
     const float one = 1, zero = 0;
     cublasComputeType_t ct = cuda::allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     st = cublasGemmStridedBatchedEx(h, opa, opb, int(N), int(M), int(K), &one, B, CUDA_R_32F, int(ldb), stride_b,

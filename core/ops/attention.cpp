@@ -227,7 +227,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     valid = opt.key_valid.to(q.dtype()).contiguous();
     g.B = q.size(0);
   }
-  if (!q.device().is_cpu()) return composite::attention(q, k, v, opt);
+  if (!q.device().is_cpu() || autocast_enabled()) return composite::attention(q, k, v, opt);
   Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Shape os = q.shape();
   os.back() = g.Dv;
@@ -262,7 +262,7 @@ Tensor causal_linear_attention_core(const Tensor& rq, const Tensor& rk, const Te
   LD_CHECK(fq.shape() == rq.shape() && fk.shape() == rk.shape() && rq.shape() == rk.shape(), op,
            ": feature shapes differ: rq ", shape_str(rq.shape()), ", rk ", shape_str(rk.shape()), ", fq ",
            shape_str(fq.shape()), ", fk ", shape_str(fk.shape()));
-  if (!rq.device().is_cpu()) return composite::causal_linear_attention(rq, rk, fq, fk, v);
+  if (!rq.device().is_cpu() || autocast_enabled()) return composite::causal_linear_attention(rq, rk, fq, fk, v);
   LinGeom g{0, rq.size(-2), rq.size(-1), v.size(-1)};
   g.BH = shape_numel(Shape(rq.shape().begin(), rq.shape().end() - 2));
   std::vector<Tensor> in = {rq.contiguous(), rk.contiguous(), fq.contiguous(), fk.contiguous(), v.contiguous()};

@@ -149,6 +149,7 @@ Tensor one_hot(const Tensor& idx, int64_t n, TensorOptions opt) {
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   int64_t d = wrap_dim(dim, x.dim(), "index_select");
+  Autocast exact(DType::f32);  // a one-hot product is exact only in the input's own dtype
   Tensor idx = index.reshape({-1});
   Tensor xt = x.transpose(0, d);  // the selected dim first
   Shape rest(xt.shape().begin() + 1, xt.shape().end());
@@ -160,6 +161,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   int64_t d = wrap_dim(dim, x.dim(), "gather");
+  Autocast exact(DType::f32);  // a one-hot product is exact only in the input's own dtype
   for (int64_t i = 0; i < x.dim(); ++i)
     LD_CHECK(i == d || index.size(i) == x.size(i), "gather on ", x.device().str(), ": index ",
              shape_str(index.shape()), " must match input ", shape_str(x.shape()), " outside dim ", d);

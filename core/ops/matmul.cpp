@@ -1,7 +1,9 @@
 // matmul on OpenBLAS. A transposed operand (a view with unit stride along its rows) is passed to
 // BLAS with the transpose flag instead of being copied; `x @ W` with a 2-D W folds all batch dims
-// of x into one GEMM (the Linear-layer case).
+// of x into one GEMM (the Linear-layer case). bf16/f16 operands (autocast, core/autocast.h) are multiplied
+// with f32 accumulation into an f32 result.
 
+#include "core/autocast.h"
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/device.h"
@@ -24,14 +26,19 @@ BlasView blas_view(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
   return {};
 }
 
+// Half operands give an f32 product (f32 accumulation, no rounding of the result).
+DType result_dtype(DType in) { return is_half(in) ? DType::f32 : in; }
+
 // C[b] = A[b] @ B[b] for 3-D operands (batch dims already broadcast and flattened).
 Tensor bmm_kernel(Tensor a, Tensor b) {
   int64_t batch = a.shape()[0], M = a.shape()[1], K = a.shape()[2], N = b.shape()[2];
+  // Half operands on the CPU: widened to f32 (exact), then sgemm, which is what a tensor core computes.
+  if (is_half(a.dtype()) && a.device().is_cpu()) { a = a.to(DType::f32); b = b.to(DType::f32); }
   BlasView va = blas_view(M, K, a.strides()[1], a.strides()[2]);
   BlasView vb = blas_view(K, N, b.strides()[1], b.strides()[2]);
   if (!va.ok) { a = a.contiguous(); va = blas_view(M, K, K, 1); }
   if (!vb.ok) { b = b.contiguous(); vb = blas_view(K, N, N, 1); }
-  Tensor c = empty({batch, M, N}, {a.dtype(), a.device()});
+  Tensor c = empty({batch, M, N}, {result_dtype(a.dtype()), a.device()});
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
   if (!a.device().is_cpu()) {
@@ -71,7 +78,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   out_shape.push_back(N);
   // An empty result, or K = 0 (every element an empty sum): no GEMM, and no reshape of an empty
   // tensor (reshape({1, -1, 0}) cannot infer -1).
-  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {a.dtype(), a.device()});
+  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {result_dtype(a.dtype()), a.device()});
   // x[..., M, K] @ W[K, N]: fold the batch into M when x's rows are evenly spaced.
   if (b.dim() == 2 && a.dim() > 2) {
     Tensor a2 = a.is_contiguous() ? a : a.contiguous();
@@ -126,6 +133,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   // vector @ vector: [1, K] @ [K] is [1] already (the column was removed), so dim 0 goes.
   if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(b.dim() == 1 ? 0 : -2);
   if (b.dim() == 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
+  // Autocast: the operands are cast (differentiably: their gradients come back through the casts).
+  if (DType h = autocast_dtype(); h != DType::f32 && a.dtype() == DType::f32) return matmul(a.to(h), b.to(h));
   Tensor c;
   {
     NoGradGuard ng;
@@ -135,16 +144,22 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     SavedTensor sa(a, "matmul"), sb(b, "matmul");
     bool ga = a.requires_grad(), gb = b.requires_grad();
     Shape as = a.shape(), bs = b.shape();
-    record("matmul", c, {a, b}, [=](const Tensor& g) {
+    record("matmul", c, {a, b}, [=](const Tensor& g_out) {
       const Tensor &av = sa.get(), &bv = sb.get();
+      // The backward GEMMs take the forward's operand format (half under autocast: the incoming f32
+      // gradient is rounded, as PyTorch's bf16 GEMM output would be) whatever autocast says now, and
+      // each gradient is returned in its input's dtype.
+      Autocast same_as_forward(DType::f32);
+      Tensor g = g_out.to(av.dtype());
       Tensor da, db;
-      if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as);
+      if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as).to(av.dtype());
       if (gb) {
         if (bs.size() == 2 && as.size() > 2)  // Linear case: one GEMM over all rows
-          db = av.numel() == 0 ? zeros(bs, {g.dtype(), g.device()})  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
+          db = av.numel() == 0 ? zeros(bs, {av.dtype(), g.device()})  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
                                : matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
         else
           db = sum_to(matmul(av.transpose(-1, -2), g), bs);
+        db = db.to(bv.dtype());
       }
       return std::vector<Tensor>{da, db};
     });

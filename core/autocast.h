@@ -1,0 +1,36 @@
+#pragma once
+// Mixed precision, torch.autocast's way. Inside an `Autocast` scope, matmul rounds f32 operands to bf16
+// (or f16) and multiplies them with f32 accumulation into an f32 result: on a GPU that is cuBLAS's bf16
+// tensor-core GEMM, on the CPU the same numbers by conversion and sgemm (products of two bf16 values are
+// exact in f32). The ops built on matmul follow: nn::Linear, and attention and conv2d, which take their
+// composite (matmul-based) form under autocast so that CPU and GPU compute the same thing. Parameters
+// stay f32 ("master weights"); gradients come back through the casts, rounded to the half format on the
+// way, as in PyTorch. Everything else (norms, softmax, losses, optimizer) stays in f32.
+//
+//   { ld::Autocast ac(DType::bf16);  loss = model.forward(x); }   // forward in mixed precision
+//   loss.backward(); opt.step();                                 // backward follows the forward's dtypes
+//
+// f16's range ends at 65504, so small gradients underflow and large ones overflow: train with f16 behind
+// an optim::GradScaler (optim/grad_scaler.h). bf16 has f32's range and needs no scaling.
+#include "core/dtype.h"
+
+namespace liandan {
+
+// The half format matmul uses in this thread, or f32 when autocast is off.
+DType autocast_dtype();
+inline bool autocast_enabled() { return autocast_dtype() != DType::f32; }
+
+// Sets the thread's autocast format for a scope (bf16 or f16; f32 turns autocast off) and restores the
+// previous one at its end. Scopes nest.
+class Autocast {
+ public:
+  explicit Autocast(DType half);
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  DType prev_;
+};
+
+}  // namespace liandan
