@@ -46,6 +46,8 @@ class DeviceBackend {
   // converting between any two of f32, f64, i64, bf16, f16 (half formats rounded as core/half.h does).
   virtual void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) = 0;
   virtual void fill(const Tensor& dst, double value) = 0;  // dst strided
+  // out = cond != 0 ? a : b, all three broadcast to out's shape (any strides; cond in a's dtype).
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // y = f(x); x contiguous with y's shape.
   virtual void unary(const Elementwise& op, const Tensor& x, const Tensor& y) = 0;
   // dx = f'(x, y, g) for y = f(x); all contiguous, one shape.
@@ -59,6 +61,12 @@ class DeviceBackend {
   // out[o, j] = Σ_r x[o, r, j] for a contiguous x viewed as [outer, R, inner]; deterministic (a fixed
   // summation tree, no atomics), accumulated in double for f32 as on the CPU.
   virtual void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) = 0;
+  // max (is_max) or min over R of a contiguous [outer, R, inner] into vals [outer, inner], with the index of the
+  // first extreme element into idx (i64; may be undefined); a NaN wins. cumsum: running sums along R into y
+  // (contiguous, x's shape), from the end when `reverse`. Both in the CPU kernels' order: bit-identical.
+  virtual void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals,
+                           const Tensor& idx, bool is_max) = 0;
+  virtual void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse) = 0;
   // C[i] = op(A[i]) @ op(B[i]) for i < batch, row-major, as cpu::gemm's arguments (lda etc. in elements).
   // dt is the operands' dtype; C is f32 when they are bf16/f16 (f32 accumulation).
   virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,

@@ -192,6 +192,8 @@ inline T sigmoid_exact(T x) {  // σ(x), no overflow at either end
 
 Tensor bce_core(const Tensor& x, const Tensor& a, const Tensor& b) {
   const char* name = "binary_cross_entropy_with_logits";
+  // On a device: the same formula in core ops (softplus cuts over to x above 20: an error below 3e-9).
+  if (!x.device().is_cpu()) return add(mul(a, softplus(x)), mul(b, softplus(neg(x))));
   Tensor y = LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
     return cpu::map<scalar_t, 3>(x.shape(), {&x, &a, &b}, [](scalar_t v, scalar_t p, scalar_t q) {
       return p * softplus_exact(v) + q * softplus_exact(-v);
@@ -222,11 +224,11 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   LD_CHECK(target.shape() == logits.shape(), op, ": target shape ", shape_str(target.shape()),
            " must match input shape ", shape_str(logits.shape()));
   DType dt = logits.dtype();
-  Tensor t = as_target(target, dt);
+  Tensor t = as_target(target, dt).to(logits.device());
   Tensor a = rsub(t, 1.0), b = t;
   if (opt.pos_weight.defined()) {
     check_float(opt.pos_weight, op, "pos_weight");
-    Tensor pw = as_target(opt.pos_weight, dt);
+    Tensor pw = as_target(opt.pos_weight, dt).to(logits.device());
     broadcast_shapes(pw.shape(), logits.shape(), "binary_cross_entropy_with_logits (pos_weight)");
     b = mul(t, pw);
     LD_CHECK(b.shape() == logits.shape(), op, ": pos_weight ", shape_str(pw.shape()),
@@ -235,7 +237,7 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   Tensor l = bce_core(logits, a, b);
   if (opt.weight.defined()) {
     check_float(opt.weight, op, "weight");
-    Tensor w = as_target(opt.weight, dt);
+    Tensor w = as_target(opt.weight, dt).to(logits.device());
     broadcast_shapes(w.shape(), logits.shape(), "binary_cross_entropy_with_logits (weight)");
     l = mul(l, w);
     LD_CHECK(l.shape() == logits.shape(), op, ": weight ", shape_str(w.shape()), " must broadcast to the input shape ",

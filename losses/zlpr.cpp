@@ -238,25 +238,25 @@ Tensor masked_targets(const Tensor& t, bool soft, double eps, const char* op) {
                         [](double u) { return u == 0 || u == 1; });
     }
   }
-  return from_vector(v, t.shape(), t.dtype());
+  return from_vector(v, t.shape(), t.dtype()).to(t.device());
 }
 
 Tensor zlpr_composite_impl(const Tensor& logits, const Tensor& targets, bool soft, double eps) {
   const char* op = soft ? "zlpr_soft" : "zlpr";
   check_logits(logits, op);
-  DType dt = logits.dtype();
-  Tensor tq = masked_targets(prepared_targets(logits, targets, op), soft, eps, op);
-  Tensor valid = rsub(le(logits.detach(), full({}, kMaskedLogit, dt)), 1.0);
+  TensorOptions o{logits.dtype(), logits.device()};
+  Tensor tq = masked_targets(prepared_targets(logits, targets, op).to(logits.device()), soft, eps, op);
+  Tensor valid = rsub(le(logits.detach(), full({}, kMaskedLogit, o)), 1.0);
   Tensor nmask = mul(valid, lt(tq, 1.0)), pmask = mul(valid, gt(tq, 0.0));
-  Tensor zero = zeros({}, dt), ninf = full({}, -kInf, dt);
+  Tensor zero = zeros({}, o), ninf = full({}, -kInf, o);
   // log(1 - t) and log t where the entry is in the set (finite there), 0 elsewhere.
   Tensor l1mt = where(nmask, log1p(neg(tq)), zero);
-  Tensor lt_ = where(pmask, log(where(pmask, tq, full({}, 1.0, dt))), zero);
+  Tensor lt_ = where(pmask, log(where(pmask, tq, full({}, 1.0, o))), zero);
   Tensor a = where(nmask, add(logits, l1mt), ninf);
   Tensor b = where(pmask, add(neg(logits), lt_), ninf);
   Shape zs = logits.shape();
   zs.back() = 1;
-  Tensor z = zeros(zs, dt);
+  Tensor z = zeros(zs, o);
   return add(logsumexp(cat({a, z}, -1), {-1}), logsumexp(cat({b, z}, -1), {-1}));
 }
 
@@ -313,7 +313,7 @@ Nxm nxm_prepare(const Tensor& logits, const Tensor& targets, double eps, const c
     }
   }
   r.s = logits.reshape({r.B, r.n, r.m});
-  r.logt = from_vector(lt, {r.B, r.n, r.m}, logits.dtype());
+  r.logt = from_vector(lt, {r.B, r.n, r.m}, logits.dtype()).to(logits.device());
   return r;
 }
 
@@ -321,18 +321,24 @@ Nxm nxm_prepare(const Tensor& logits, const Tensor& targets, double eps, const c
 Tensor lse_with_zero(const Tensor& e) {
   Shape zs = e.shape();
   zs.back() = 1;
-  return logsumexp(cat({e, zeros(zs, e.dtype())}, -1), {-1});
+  return logsumexp(cat({e, zeros(zs, {e.dtype(), e.device()})}, -1), {-1});
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------------------ public API
 
+// On a device the composite runs (its definition in core ops); the fused row kernel is the CPU's.
 Tensor zlpr(const Tensor& logits, const Tensor& targets, Reduction r) {
+  if (logits.defined() && !logits.device().is_cpu()) return reduce(zlpr_composite_impl(logits, targets, false, 0.0), r);
   return reduce(zlpr_fused(logits, targets, false, 0.0), r);
 }
 
 Tensor zlpr_soft(const Tensor& logits, const Tensor& targets, Reduction r, double eps) {
+  if (logits.defined() && !logits.device().is_cpu()) {
+    LD_CHECK(eps >= 0 && eps < 0.5, "zlpr_soft: eps must be in [0, 0.5), got ", eps);
+    return reduce(zlpr_composite_impl(logits, targets, true, eps), r);
+  }
   return reduce(zlpr_fused(logits, targets, true, eps), r);
 }
 
@@ -374,10 +380,10 @@ Tensor sparse_zlpr(const Tensor& logits, const Tensor& pos_index, Reduction r, b
                index_str(int64_t(q), pos_index.shape()), " is out of range for ", C, " labels");
     if (mask_zero) LD_CHECK(C >= 1, op, ": mask_zero needs a dummy class 0");
   }
-  DType dt = logits.dtype();
+  TensorOptions o{logits.dtype(), logits.device()};
   Shape zs = logits.shape();
   zs.back() = 1;
-  Tensor z = zeros(zs, dt);
+  Tensor z = zeros(zs, o);
   int64_t K = pos_index.shape().back();
   // Removed entries use ±1e30 rather than ±inf: finite, so no 0·inf appears in the backward of the
   // logsumexps when a row has no positive at all (e^{-1e30} is 0 in f32 and f64 alike).
@@ -385,23 +391,24 @@ Tensor sparse_zlpr(const Tensor& logits, const Tensor& pos_index, Reduction r, b
   Tensor s_pos = cat({logits, z}, -1), s_all = s_pos;
   if (mask_zero) {
     Tensor rest = logits.narrow(-1, 1, C - 1);
-    s_pos = cat({full(zs, big, dt), rest, z}, -1);
-    s_all = cat({full(zs, -big, dt), rest, z}, -1);
+    s_pos = cat({full(zs, big, o), rest, z}, -1);
+    s_all = cat({full(zs, -big, o), rest, z}, -1);
   }
   Tensor all = logsumexp(s_all, {-1});
   if (K == 0) return reduce(all, r);
-  Tensor pos = lse_with_zero(neg(gather(s_pos, -1, pos_index)));
-  Tensor aux = sub(logsumexp(gather(s_all, -1, pos_index), {-1}), all);
+  Tensor idx = pos_index.to(logits.device());
+  Tensor pos = lse_with_zero(neg(gather(s_pos, -1, idx)));
+  Tensor aux = sub(logsumexp(gather(s_all, -1, idx), {-1}), all);
   Tensor neg_ = add(all, log(clamp(rsub(exp(aux), 1.0), 1e-7, 1.0)));
   return reduce(add(pos, neg_), r);
 }
 
 Tensor nxm_loss1(const Tensor& logits, const Tensor& targets, Reduction r, double eps) {
   Nxm p = nxm_prepare(logits, targets, eps, "nxm_loss1");
-  DType dt = logits.dtype();
   // E[b, i, j, k] = log t_ij - s_ij + s_ik, k != j (the diagonal is -inf).
-  Tensor diag = zeros({p.m, p.m}, dt);
+  Tensor diag = zeros({p.m, p.m}, logits.dtype());
   for (int64_t j = 0; j < p.m; ++j) diag.set({j, j}, -kInf);
+  diag = diag.to(logits.device());
   Tensor e = add(add(sub(p.logt, p.s).unsqueeze(-1), p.s.unsqueeze(-2)), diag);
   // For each class j: the log-sum over (i, k) with a 0 appended, then the sum over j.
   e = e.permute({0, 2, 1, 3}).reshape({p.B, p.m, p.n * p.m});

@@ -4,6 +4,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace liandan::optim {
 
@@ -49,8 +50,9 @@ Shape Amos::slot_shape_for(const std::string& name, const Shape& shape) const {
 
 void Amos::init_state(ParamState& s, const ParamGroup&) {
   Shape slot = slot_shape_for(s.name, s.param.shape());
-  s.slots.emplace_back("v", zeros(slot, s.param.dtype()));
-  s.slots.emplace_back("b", full(slot, opt_.init_b, s.param.dtype()));
+  TensorOptions o{s.param.dtype(), s.param.device()};
+  s.slots.emplace_back("v", zeros(slot, o));
+  s.slots.emplace_back("b", full(slot, opt_.init_b, o));
   if (opt_.momentum > 0) s.slots.emplace_back("u", zeros_like(s.param));
 }
 
@@ -110,6 +112,36 @@ void amos_update(T* p, const T* g, T* v, T* b, T* u, int64_t rows, int64_t inner
   }, grain);
 }
 
+// The same update in tensor ops (any device): the row scalars in f64 over [rows] vectors, as amos_row
+// computes them, then θ += −A·g − B·θ (or through the momentum slot) broadcast over each row.
+void amos_update_tensors(const Tensor& p, const Tensor& grad, const Tensor& v, const Tensor& b, const Tensor& u,
+                         int64_t rows, int64_t inner, double xi, double eta, double lambda, double bias_correction,
+                         const AmosOptions& o) {
+  DType dt = p.dtype(), f64 = DType::f64;
+  Tensor gc = o.clip_value > 0 ? clamp(grad, -o.clip_value, o.clip_value) : grad;
+  gc = gc.reshape({rows, inner});
+  Tensor g2 = mean(square(gc.to(f64)), {1});
+  Tensor bo = b.reshape({rows}).to(f64);
+  Tensor vn = add(mul(v.reshape({rows}).to(f64), o.beta), mul(g2, 1 - o.beta));
+  Tensor r = rdiv(clamp(vn, o.epsilon, std::nullopt), bias_correction);
+  Tensor c = rsqrt(add(mul(bo, o.c_coef * std::sqrt(xi)), 1.0));
+  double fr = o.finetune_rate, alpha = xi * eta;
+  Tensor gamma = mul(mul(mul(c, r), g2), std::sqrt(fr) * xi * xi);
+  Tensor d = rdiv(add(mul(bo, o.d_coef * std::sqrt(alpha)), 1.0), 1.0);
+  Tensor(v).copy_(vn.reshape(v.shape()));
+  Tensor(b).copy_(add(bo, mul(gamma, add(bo, fr))).reshape(b.shape()));
+  Tensor A = mul(mul(d, sqrt(r)), fr * alpha).to(dt).unsqueeze(1);
+  Tensor B = mul(mul(d, add(mul(gamma, 0.5), lambda)), fr).to(dt).unsqueeze(1);
+  Tensor pr = p.view({rows, inner});
+  Tensor step = sub(mul(neg(A), gc), mul(B, pr));
+  if (u.defined()) {
+    Tensor ur = u.view({rows, inner});
+    ur.copy_(add(mul(ur, o.momentum), mul(step, 1 - o.momentum)));
+    step = ur;
+  }
+  pr.copy_(add(pr, step));
+}
+
 }  // namespace
 
 void Amos::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
@@ -118,6 +150,8 @@ void Amos::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   Tensor u = opt_.momentum > 0 ? s.slot("u") : Tensor();
   int64_t rows = v.numel(), inner = s.param.numel() / std::max<int64_t>(rows, 1);
   double bias_correction = 1 - std::pow(opt_.beta, double(s.step));
+  if (!opt_.fused || !s.param.device().is_cpu())
+    return amos_update_tensors(s.param, grad, v, b, u, rows, inner, g.lr, s.scale, g.weight_decay, bias_correction, opt_);
   LD_DISPATCH_FLOAT(s.param.dtype(), "Amos", [&] {
     using T = scalar_t;
     amos_update<T>(s.param.data_ptr<T>(), grad.data_ptr<T>(), v.data_ptr<T>(), b.data_ptr<T>(),

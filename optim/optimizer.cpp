@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/autograd.h"
+#include "core/ops.h"
 #include "core/error.h"
 
 namespace liandan::optim {
@@ -115,7 +116,9 @@ double Optimizer::decoupled_decay(const ParamGroup& g, const Strategy& st) const
 double Optimizer::per_tensor_lr_factor(const ParamState& s, const Strategy& st, const Tensor& direction) {
   if (!st.per_tensor_lr) return 1.0;
   double ss = 0;
-  if (direction.dtype() == DType::f32) {
+  if (!direction.device().is_cpu()) {
+    ss = sum(square(direction.to(DType::f64))).item();  // a deterministic device sum, one number back
+  } else if (direction.dtype() == DType::f32) {
     const float* u = direction.data_ptr<float>();
     for (int64_t i = 0; i < direction.numel(); ++i) ss += double(u[i]) * u[i];
   } else {

@@ -2,6 +2,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace liandan::optim {
 
@@ -42,8 +43,18 @@ void SGD::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   const Strategy& st = opt_.strategy;
   double decay = st.tie_weight_decay ? decoupled_decay(g, st) : 0.0;
   double l2 = st.tie_weight_decay ? 0.0 : g.weight_decay;
-  Tensor dir = empty_like(s.param);
   Tensor buf = opt_.momentum > 0 ? s.slot("momentum_buffer") : Tensor();
+  if (!opt_.fused || !s.param.device().is_cpu()) {  // the same steps in tensor ops (any device)
+    Tensor d = l2 != 0 ? add(grad, mul(s.param, l2)) : grad;
+    if (buf.defined()) {
+      buf.copy_(s.step == 1 ? d : add(mul(buf, opt_.momentum), mul(d, 1 - opt_.dampening)));
+      d = opt_.nesterov ? add(d, mul(buf, opt_.momentum)) : buf;
+    }
+    double step = -(g.lr * per_tensor_lr_factor(s, st, d));
+    s.param.copy_(add(mul(s.param, 1 - decay), mul(d, step)));
+    return;
+  }
+  Tensor dir = empty_like(s.param);
   LD_DISPATCH_FLOAT(s.param.dtype(), "SGD", [&] {
     using T = scalar_t;
     T* p = s.param.data_ptr<T>();

@@ -13,6 +13,7 @@ struct SGDOptions {
   bool nesterov = false;
   double weight_decay = 0.0;  // L2 (torch's SGD)
   Strategy strategy;          // per-tensor lr / tied decoupled decay (optim/optimizer.h)
+  bool fused = true;          // false: the update in tensor ops, as on a GPU (tests compare the two)
 };
 
 class SGD : public Optimizer {

@@ -325,14 +325,20 @@ TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and sa
                                    "sample.count=4"},
        {"val_loss"}, {"samples/final.png"}},
   };
+  // Every task on the CPU, and on the GPU too when there is one (device = "cuda").
+  std::vector<std::string> devices{"cpu"};
+  if (cuda::is_available()) devices.push_back("cuda");
+  for (const std::string& device : devices)
   for (auto& c : cases) {
     CAPTURE(c.name);
+    CAPTURE(device);
     Config cfg = c.config.empty() ? Config::from_string("task = \"lm\"\n", "lm.toml")
                                   : Config::from_file((fs::path(LIANDAN_SOURCE_DIR) / "configs" / c.config).string());
     for (auto& s : c.sets) cfg.set(s);
     for (auto s : {"steps=4", "eval_every=2", "checkpoint_every=2", "log_every=1", "batch_size=8"}) cfg.set(s);
     cfg.set("data_dir=\"" + data_dir + "\"");
-    fs::path run = dir / c.name;
+    cfg.set("device=\"" + device + "\"");
+    fs::path run = dir / (c.name + "_" + device);
     REQUIRE(train(cfg, {.run_dir = run.string()}) == 0);
     auto summary = nlohmann::json::parse(std::ifstream(run / "summary.json"));
     CHECK(summary["status"] == "completed");

@@ -105,7 +105,7 @@ TEST_CASE("composite causal linear attention = the fused running-sum kernel") {
              [](auto& t) { return composite::causal_linear_attention(t[0], t[1], t[2], t[3], t[4]); });
 }
 
-TEST_CASE("composite one_hot, index_select and gather = the index kernels") {
+TEST_CASE("composite one_hot, index_select, gather and scatter_add = the index kernels") {
   Generator gen(5);
   Tensor oh = composite::one_hot(from_vector(std::vector<int64_t>{2, 0, 3}, {3}), 4, DType::f64);
   CHECK(oh.to_vector() == std::vector<double>{0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1});
@@ -121,6 +121,13 @@ TEST_CASE("composite one_hot, index_select and gather = the index kernels") {
   check_same({x}, [&](auto& t) { return gather(t[0], 1, gi); }, [&](auto& t) { return composite::gather(t[0], 1, gi); });
   Tensor gi0 = from_vector(std::vector<int64_t>{3, 1, 0, 2, 2, 3, 1, 1, 0, 0, 3, 2, 3, 3, 2}, {1, 5, 3});
   check_same({x}, [&](auto& t) { return gather(t[0], 0, gi0); }, [&](auto& t) { return composite::gather(t[0], 0, gi0); });
+  // scatter_add: repeated indices accumulate; src larger than index (only the addressed part counts).
+  Tensor src = randn({4, 3, 3}, gen, DType::f64);
+  check_same({x, src}, [&](auto& t) { return scatter_add(t[0], 1, gi, t[1]); },
+             [&](auto& t) { return composite::scatter_add(t[0], 1, gi, t[1]); });
+  Tensor src0 = randn({2, 5, 3}, gen, DType::f64);
+  check_same({x, src0}, [&](auto& t) { return scatter_add(t[0], 0, gi0, t[1]); },
+             [&](auto& t) { return composite::scatter_add(t[0], 0, gi0, t[1]); });
 }
 
 TEST_CASE("composite conv2d (stride, padding, groups, bias), avg_pool2d and nearest upsampling = the CPU kernels") {

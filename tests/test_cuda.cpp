@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <functional>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -21,7 +22,10 @@
 #include "diffusion/unet.h"
 #include "nn/layers.h"
 #include "nn/models.h"
+#include "losses/losses.h"
 #include "optim/adam.h"
+#include "optim/amos.h"
+#include "optim/sgd.h"
 
 using namespace liandan;
 using liandan::testing::error_of;
@@ -157,6 +161,31 @@ void check_same_grads(const nn::Module& cpu_model, const nn::Module& gpu_model) 
     CAPTURE(pc[i].first);
     CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
           1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
+  }
+}
+
+// f on CPU leaves and on GPU copies of `inputs` (i64 inputs are passed as they are, on the CPU: ops move
+// indices themselves): outputs and every input gradient agree within `tolerance` (relative).
+void check_op_on_gpu(const std::vector<Tensor>& inputs, const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                     double tolerance) {
+  std::vector<Tensor> xc, xg;
+  for (const Tensor& x : inputs) {
+    bool fl = x.dtype() != DType::i64;
+    xc.push_back(fl ? x.detach().requires_grad_() : x);
+    xg.push_back(fl ? x.detach().to(kCuda).requires_grad_() : x);
+  }
+  Tensor yc = f(xc), yg = f(xg);
+  REQUIRE(yg.device() == kCuda);
+  CHECK(max_rel_err(yg, yc) <= tolerance);
+  Generator gw(5);
+  Tensor w = randn(yc.shape(), gw, yc.dtype());
+  sum(mul(yc, w)).backward();
+  sum(mul(yg, w.to(kCuda))).backward();
+  for (size_t i = 0; i < xc.size(); ++i) {
+    if (!xc[i].requires_grad() || !xc[i].grad().defined()) continue;
+    CAPTURE(i);
+    REQUIRE(xg[i].grad().defined());
+    CHECK(max_rel_err(xg[i].grad(), xc[i].grad()) <= tolerance * 10);
   }
 }
 
@@ -445,6 +474,67 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
       last = l.item();
     }
     CHECK(last < first - 0.5);  // memorizes the 4 sequences
+  }
+}
+
+TEST_CASE("cuda: where, max/min with indices, cumsum, logsumexp and scatter_add match the CPU" * doctest::skip(!kGpu)) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    Generator g(41);
+    Tensor x = randn({5, 7, 9}, g, dt), y = randn({7, 1}, g, dt);
+    Tensor c = gt(randn({5, 1, 9}, g, dt), 0.0);
+    check_op_on_gpu({c, x, y}, [](auto& t) { return where(t[0], t[1], t[2]); }, tol(dt));
+    for (int64_t d : {0, 1, 2}) {
+      CAPTURE(d);
+      check_op_on_gpu({x}, [d](auto& t) { return max(t[0], d).first; }, 0);
+      check_op_on_gpu({x}, [d](auto& t) { return min(t[0], d, true).first; }, 0);
+      CHECK(argmax(x.to(kCuda), d).cpu().to_vector() == argmax(x, d).to_vector());
+      check_op_on_gpu({x}, [d](auto& t) { return cumsum(t[0], d); }, 0);  // the CPU's order: bit-identical
+      check_op_on_gpu({x}, [d](auto& t) { return logsumexp(t[0], {d}); }, tol(dt) * 10);
+    }
+    check_op_on_gpu({x}, [](auto& t) { return max(t[0]); }, 0);
+    Tensor idx = randint(0, 7, {5, 4, 9}, g), src = randn({5, 4, 9}, g, dt);
+    check_op_on_gpu({x, src}, [&](auto& t) { return scatter_add(t[0], 1, idx, t[1]); }, tol(dt) * 10);
+  }
+}
+
+TEST_CASE("cuda: ZLPR (hard, soft, sparse), the n×m losses and BCE match the CPU; Amos and SGD steps too" *
+          doctest::skip(!kGpu)) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    Generator g(42);
+    Tensor s = mul(randn({6, 10}, g, dt), 3.0);
+    Tensor hard = gt(randn({6, 10}, g, dt), 0.5), soft = rand({6, 10}, g, dt);
+    check_op_on_gpu({s}, [&](auto& t) { return losses::zlpr(t[0], hard); }, tol(dt) * 10);
+    check_op_on_gpu({s}, [&](auto& t) { return losses::zlpr_soft(t[0], soft, losses::Reduction::none); }, tol(dt) * 10);
+    check_op_on_gpu({s}, [&](auto& t) { return losses::binary_cross_entropy_with_logits(t[0], soft); }, tol(dt) * 10);
+    Tensor pos = randint(0, 10, {6, 3}, g);
+    check_op_on_gpu({s}, [&](auto& t) { return losses::sparse_zlpr(t[0], pos); }, tol(dt) * 10);
+    Tensor s3 = randn({4, 3, 10}, g, dt);
+    Tensor seq = randint(0, 10, {4, 3}, g);
+    check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss1(t[0], seq); }, tol(dt) * 10);
+    check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss3(t[0], seq); }, tol(dt) * 10);
+  }
+  // Optimizers without a fused device kernel run their tensor-op form: five steps as on the CPU.
+  for (int which : {0, 1, 2}) {
+    CAPTURE(which);
+    Generator g1(43), g2(43);
+    Tensor pc = randn({8, 6}, g1).requires_grad_(), pg = randn({8, 6}, g2).to(kCuda).requires_grad_();
+    auto make = [&](Tensor p) -> std::unique_ptr<optim::Optimizer> {
+      if (which == 0) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05});
+      if (which == 1) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05, .momentum = 0.9});
+      return std::make_unique<optim::SGD>(std::vector<Tensor>{p}, optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .nesterov = true});
+    };
+    auto oc = make(pc), og = make(pg);
+    Generator gg(44);
+    for (int step = 0; step < 5; ++step) {
+      Tensor gr = randn({8, 6}, gg);
+      pc.set_grad(gr);
+      pg.set_grad(gr.to(kCuda));
+      oc->step();
+      og->step();
+    }
+    CHECK(max_rel_err(pg, pc) <= 1e-5);
   }
 }
 

@@ -335,6 +335,71 @@ TEST_CASE("Amos slot memory on the reference RoFormer LM is at most 51 % of Adam
   CHECK(amos_full.state_bytes() == adamw.state_bytes());  // v and b at full shape: same as m and v
 }
 
+TEST_CASE("Amos and SGD in tensor ops (the form a GPU runs) follow the fused CPU pass") {
+  // Two copies of the same parameters (a matrix with factored slots, a 4-D tensor with a custom slot shape, a
+  // vector and a scalar), the same gradients for 6 steps; the tensor-op form vs the fused pass, f64 and f32.
+  for (DType dt : {DType::f64, DType::f32}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    double tol = dt == DType::f64 ? 1e-12 : 2e-6;
+    auto make = [&] {
+      Generator g(31);
+      NamedParams ps;
+      for (auto [name, shape] : std::vector<std::pair<std::string, Shape>>{{"w", {6, 5}}, {"conv", {4, 3, 2, 2}},
+                                                                          {"bias", {5}}, {"gain", {}}})
+        ps.emplace_back(name, randn(shape, g, dt).requires_grad_());
+      return ps;
+    };
+    auto run = [&](auto make_opt) {
+      NamedParams ps = make();
+      auto opt = make_opt(ps);
+      Generator gg(32);
+      for (int step = 0; step < 6; ++step) {
+        for (auto& [n, p] : ps) p.set_grad(mul(randn(p.shape(), gg, dt), step == 3 ? 0.0 : 1.0 + step));
+        opt->step();
+      }
+      NamedTensors out;
+      for (auto& [n, p] : ps) out.emplace_back(n, p.detach());
+      for (auto& kv : opt->state_dict()) out.push_back(kv);
+      return out;
+    };
+    auto check_same = [&](const NamedTensors& a, const NamedTensors& b) {
+      REQUIRE(a.size() == b.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(a[i].first);
+        REQUIRE(a[i].first == b[i].first);
+        double scale = std::max(1e-3, max(abs(a[i].second.to(DType::f64))).item());
+        CHECK(max(abs(sub(a[i].second.to(DType::f64), b[i].second.to(DType::f64)))).item() <= tol * scale);
+      }
+    };
+    for (double momentum : {0.0, 0.9})
+      for (double clip : {0.0, 1.5}) {
+        CAPTURE(momentum);
+        CAPTURE(clip);
+        auto amos = [&](bool fused) {
+          return [=](const NamedParams& ps) {
+            AmosOptions o{.lr = 0.05, .momentum = momentum, .clip_value = clip, .fused = fused};
+            o.slot_shape = [](const std::string& n, const Shape& s) { return n == "conv" ? Shape{4, 3, 1, 1} : Shape{}; };
+            return std::make_unique<Amos>(std::vector<ParamGroup>{{.name = "a", .params = {ps[0], ps[1]}},
+                                                                  {.name = "b", .params = {ps[2], ps[3]}, .weight_decay = 0.01}},
+                                          o);
+          };
+        };
+        check_same(run(amos(true)), run(amos(false)));
+      }
+    for (bool nesterov : {false, true})
+      for (bool strategy : {false, true}) {
+        auto sgd = [&](bool fused) {
+          return [=](const NamedParams& ps) {
+            SGDOptions o{.lr = 0.01, .momentum = 0.8, .nesterov = nesterov, .weight_decay = 1e-3, .fused = fused};
+            o.strategy = {.per_tensor_lr = strategy, .tie_weight_decay = strategy};
+            return std::make_unique<SGD>(ps, o);
+          };
+        };
+        check_same(run(sgd(true)), run(sgd(false)));
+      }
+  }
+}
+
 TEST_CASE("Schedules: closed-form values, half-lives, composition; the scheduler drives the lr") {
   for (double T : {10.0, 1000.0}) {
     auto isq = inverse_square(T), itm = inverse_time(T);

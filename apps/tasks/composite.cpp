@@ -77,13 +77,13 @@ class CompositeTask : public Task {
   }
   Tensor train_loss() override {
     data::Batch b = loader_.loader->next();
-    return loss(net_->forward(b["image"]), b);
+    return loss(net_->forward(b["image"].to(device)), b);
   }
   Metrics evaluate() override {
     std::vector<int64_t> all(size_t(test_->size()));
     for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(i);
     data::Batch b = test_->get(all);
-    Tensor out = net_->forward(b["image"]);
+    Tensor out = net_->forward(b["image"].to(device));
     Metrics m{{"val_loss", loss(out, b).item()}};
     if (nxm_) {
       auto acc = metrics::nxm_accuracy(out.view({out.size(0), n_, 10}), b["sequence"]);
@@ -100,6 +100,8 @@ class CompositeTask : public Task {
   std::pair<std::string, bool> best_metric() const override {
     return {nxm_ ? "val_sequence_accuracy" : "val_micro_f1", false};
   }
+  // Images go to the device; targets stay on the host (the losses move what they need, metrics read back).
+  bool runs_on_devices() const override { return true; }
   std::vector<int64_t> state() const override { return loader_.state(); }
   void set_state(const std::vector<int64_t>& s) override { loader_.set_state(s); }
 

@@ -100,6 +100,12 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard g(index_);
     cuda_impl::fill(dst, v);
   }
+  void where(const Tensor& c, const Tensor& a, const Tensor& b, const Tensor& out) override {
+    DeviceGuard g(index_);
+    check_same_device("where", c, a);
+    check_same_device("where", a, b);
+    cuda_impl::where(c, a, b, out);
+  }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
     DeviceGuard g(index_);
     cuda_impl::unary(op, x, y);
@@ -122,6 +128,15 @@ class CudaBackend final : public DeviceBackend {
   void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) override {
     DeviceGuard g(index_);
     cuda_impl::sum_run(x, outer, R, inner, out);
+  }
+  void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals, const Tensor& idx,
+                   bool is_max) override {
+    DeviceGuard g(index_);
+    cuda_impl::extreme_run(x, outer, R, inner, vals, idx, is_max);
+  }
+  void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse) override {
+    DeviceGuard g(index_);
+    cuda_impl::cumsum_run(x, outer, R, inner, y, reverse);
   }
   void gemm_batched(DType dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
                     int64_t sa, const void* B, int64_t ldb, int64_t sb, void* C, int64_t ldc, int64_t sc,

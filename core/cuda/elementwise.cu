@@ -226,6 +226,13 @@ __global__ void copy_kernel(D* dst, StridedIndex id, const S* src, StridedIndex 
     dst[id.offset(i)] = narrow<D>(widen(src[is.offset(i)]));
 }
 
+template <class T>
+__global__ void where_kernel(const T* c, StridedIndex ic, const T* a, StridedIndex ia, const T* b, StridedIndex ib,
+                             T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = c[ic.offset(i)] != T(0) ? a[ia.offset(i)] : b[ib.offset(i)];
+}
+
 // A fill value in a half format, rounded on the host by core/half.h.
 template <class T> T host_value(double v) { return T(v); }
 template <> __nv_bfloat16 host_value<__nv_bfloat16>(double v) {
@@ -342,6 +349,19 @@ void fill(const Tensor& dst, double value) {
                                                                            id, n, host_value<scalar_t>(value));
   });
   LD_CUDA_LAUNCHED("fill_");
+}
+
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  int64_t n = out.numel();
+  if (n == 0) return;
+  StridedIndex ic = operand_index(cond, out.shape(), "where"), ia = operand_index(a, out.shape(), "where"),
+               ib = operand_index(b, out.shape(), "where");
+  LD_CUDA_FLOAT(a.dtype(), "where", [&] {
+    where_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(out)>>>(
+        static_cast<const scalar_t*>(cond.device_data()), ic, static_cast<const scalar_t*>(a.device_data()), ia,
+        static_cast<const scalar_t*>(b.device_data()), ib, static_cast<scalar_t*>(out.device_data()), n);
+  });
+  LD_CUDA_LAUNCHED("where");
 }
 
 }  // namespace liandan::cuda_impl

@@ -14,9 +14,13 @@ void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out)
 void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& g, const Tensor& out);
 void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides);
 void fill(const Tensor& dst, double value);
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
 
 // reduce.cu
 void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out);
+void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals, const Tensor& idx,
+                 bool is_max);
+void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse);
 
 // matmul.cu
 void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,

@@ -170,4 +170,17 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   return matmul(oh, xt.unsqueeze(-1)).squeeze(-1).transpose(d, -1);             // [.., K] -> back
 }
 
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src) {
+  int64_t d = wrap_dim(dim, x.dim(), "scatter_add");
+  Autocast exact(DType::f32);  // a one-hot product is exact only in the input's own dtype
+  for (int64_t i = 0; i < x.dim(); ++i)
+    LD_CHECK(i == d || index.size(i) == x.size(i), "scatter_add on ", x.device().str(), ": index ",
+             shape_str(index.shape()), " must match input ", shape_str(x.shape()), " outside dim ", d);
+  Tensor s = src;  // the part of src that index addresses
+  for (int64_t i = 0; i < x.dim(); ++i) s = s.narrow(i, 0, index.size(i));
+  Tensor st = s.transpose(d, -1).unsqueeze(-2), it = index.transpose(d, -1);  // [.., 1, K], [.., K]
+  Tensor oh = one_hot(it, x.size(d), {x.dtype(), x.device()});               // [.., K, n]
+  return add(x, matmul(st, oh).squeeze(-2).transpose(d, -1));                 // out[.., c] += Σ_k src[.., k]·[idx_k = c]
+}
+
 }  // namespace liandan::composite

@@ -31,5 +31,7 @@ Tensor one_hot(const Tensor& idx, int64_t n, TensorOptions opt);
 // index_select and gather through one-hot matrix products (exact: one term is 1, the others 0).
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);  // index: x's shape except at `dim`
+// x + the src entries summed into the positions index names along dim (index: x's shape except at `dim`).
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 
 }  // namespace liandan::composite

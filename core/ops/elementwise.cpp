@@ -328,19 +328,24 @@ Tensor lt(const Tensor& a, double s) { return lt(a, full({}, s, {a.dtype(), a.de
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype(a, b, "where");
-  if (!a.device().is_cpu()) no_device_kernel("where", a.device());
   check_same_dtype(cond, a, "where (condition)");
   Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
-  Tensor y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
-    return map<scalar_t, 3>(s, {&cond, &a, &b}, [](scalar_t c, scalar_t u, scalar_t v) { return c != 0 ? u : v; });
-  });
+  Tensor y;
+  if (!a.device().is_cpu()) {
+    y = empty(s, {a.dtype(), a.device()});
+    device_backend(a.device()).where(cond, a, b, y);
+  } else {
+    y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
+      return map<scalar_t, 3>(s, {&cond, &a, &b}, [](scalar_t c, scalar_t u, scalar_t v) { return c != 0 ? u : v; });
+    });
+  }
   if (needs_grad({&a, &b})) {
     SavedTensor sc(cond, "where");
     Shape as = a.shape(), bs = b.shape();
     bool ga = a.requires_grad(), gb = b.requires_grad();
     record("where", y, {a, b}, [=](const Tensor& g) {
       const Tensor& c = sc.get();
-      Tensor zero = zeros({}, g.dtype());
+      Tensor zero = zeros({}, {g.dtype(), g.device()});
       return std::vector<Tensor>{ga ? sum_to(where(c, g, zero), as) : Tensor(),
                                  gb ? sum_to(where(c, zero, g), bs) : Tensor()};
     });
@@ -349,7 +354,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
-  return where(mask, full({}, value, x.dtype()), x);
+  return where(mask, full({}, value, {x.dtype(), x.device()}), x);
 }
 
 Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {

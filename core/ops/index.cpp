@@ -111,7 +111,7 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   check_gather_shapes(x, d, index, &src, "scatter_add");
   Tensor ic = index.contiguous();
   check_range(ic, x.dim() ? x.shape()[d] : 1, "scatter_add");
-  if (!x.device().is_cpu()) no_device_kernel("scatter_add", x.device());
+  if (!x.device().is_cpu()) return composite::scatter_add(x, d, ic, src);
   Tensor out;
   {
     NoGradGuard ng;

@@ -158,17 +158,21 @@ std::pair<Tensor, Tensor> extreme_dim(const char* name, const Tensor& x, int64_t
   int64_t d = wrap_dim(dim, x.dim(), name);
   Tensor xc = x.contiguous();
   Shape ks = x.dim() == 0 ? Shape{} : keepdim_shape(x.shape(), {d});
-  Tensor vals = empty(ks, x.dtype()), idx = empty(ks, DType::i64);
-  LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    extreme_run_kernel<scalar_t, IsMax>(xc.data_ptr<scalar_t>(), vals.data_ptr<scalar_t>(),
-                                        idx.data_ptr<int64_t>(), x.dim() == 0 ? Run{1, 1, 1} : run_of(x.shape(), d, d));
-  });
+  Tensor vals = empty(ks, {x.dtype(), x.device()}), idx = empty(ks, {DType::i64, x.device()});
+  Run r = x.dim() == 0 ? Run{1, 1, 1} : run_of(x.shape(), d, d);
+  if (!x.device().is_cpu()) {
+    device_backend(x.device()).extreme_run(xc, r.outer, r.R, r.inner, vals, idx, IsMax);
+  } else {
+    LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+      extreme_run_kernel<scalar_t, IsMax>(xc.data_ptr<scalar_t>(), vals.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), r);
+    });
+  }
   Shape in_shape = x.shape();
   if (needs_grad({&x})) {
     Tensor ik = idx;
     record(name, vals, {x}, [ik, d, in_shape](const Tensor& g) {
       if (in_shape.empty()) return std::vector<Tensor>{g};
-      return std::vector<Tensor>{scatter_add(zeros(in_shape, g.dtype()), d, ik, g)};
+      return std::vector<Tensor>{scatter_add(zeros(in_shape, {g.dtype(), g.device()}), d, ik, g)};
     });
   }
   if (!keepdim && x.dim() > 0) {
@@ -213,11 +217,13 @@ void cumsum_kernel(const T* x, T* y, Run r, bool reverse) {
 
 Tensor cumsum_impl(const Tensor& x, int64_t d, bool reverse) {
   Tensor xc = x.contiguous();
-  Tensor y = empty(x.shape(), x.dtype());
-  LD_DISPATCH_FLOAT(x.dtype(), "cumsum", [&] {
-    cumsum_kernel(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                  x.dim() == 0 ? Run{1, 1, 1} : run_of(x.shape(), d, d), reverse);
-  });
+  Tensor y = empty(x.shape(), {x.dtype(), x.device()});
+  Run r = x.dim() == 0 ? Run{1, 1, 1} : run_of(x.shape(), d, d);
+  if (!x.device().is_cpu()) {
+    device_backend(x.device()).cumsum_run(xc, r.outer, r.R, r.inner, y, reverse);
+  } else {
+    LD_DISPATCH_FLOAT(x.dtype(), "cumsum", [&] { cumsum_kernel(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r, reverse); });
+  }
   record("cumsum", y, {x}, [d, reverse](const Tensor& g) {
     return std::vector<Tensor>{cumsum_impl(g, d, !reverse)};
   });
@@ -261,9 +267,14 @@ Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
     NoGradGuard ng;
     Tensor cur = x.detach();
     for (int64_t v : d) cur = extreme_dim<true>("logsumexp", cur, v, true).first;
-    m = LD_DISPATCH_FLOAT(x.dtype(), "logsumexp", [&] {
-      return cpu::map<scalar_t, 1>(cur.shape(), {&cur}, [](scalar_t v) { return std::isfinite(v) ? v : scalar_t(0); });
-    });
+    if (!x.device().is_cpu()) {  // |m| < inf is false for ±inf and NaN
+      TensorOptions o{x.dtype(), x.device()};
+      m = where(lt(abs(cur), full({}, INFINITY, o)), cur, zeros({}, o));
+    } else {
+      m = LD_DISPATCH_FLOAT(x.dtype(), "logsumexp", [&] {
+        return cpu::map<scalar_t, 1>(cur.shape(), {&cur}, [](scalar_t v) { return std::isfinite(v) ? v : scalar_t(0); });
+      });
+    }
   }
   Tensor y = add(log(sum(exp(sub(x, m)), dims, true)), m);
   return keepdim ? y : y.reshape(dropped_shape(x.shape(), d));
