@@ -3,7 +3,13 @@
 //   bench_ops --list                             every workload, "NAME<TAB>CONFIG" per line
 //   bench_ops --info                             threads and the OpenBLAS core in use (JSON)
 //   bench_ops --workload NAME --config CONFIG    times it: {"name","config","ms","min_ms","iters","runs"}
-//     [--threads N] [--runs R] [--min-run-s S]
+//     [--threads N] [--runs R] [--min-run-s S] [--device cpu|cuda] [--precision f32|tf32|bf16]
+//
+// The gpu_* workloads (bench/run-gpu, issue #9) run on --device (cuda by default in bench/run-gpu; any
+// config on the cpu for a quick check) in --precision: f32 (no TF32), tf32 (cuBLAS TF32 GEMMs) or bf16
+// (the forward under ld::Autocast: bf16 GEMM operands, f32 weights and accumulation). Their bodies end with
+// cuda::synchronize, so the time is finished GPU work, and their JSON line adds "params", "device" and
+// "precision". A gpu_* workload accepts any config string (shapes are read from it).
 //
 // A workload is (name, config): the config string holds the shapes, and `dims(config)` reads its
 // integers in order ("4096x256x768" -> 4096, 256, 768). bench/torch_ops.py holds the same
@@ -27,6 +33,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/random.h"
 #include "core/tensor.h"
@@ -52,6 +59,11 @@ struct Workload {
   std::string name, config;
   std::function<Body(const Dims&)> setup;  // builds inputs, returns the timed body
 };
+
+// The device and precision of the gpu_* workloads (command line).
+Device g_device = Device::cpu();
+DType g_precision = DType::f32;  // f32, or bf16 (autocast); TF32 is a cuBLAS switch set in main
+int64_t g_params = 0;            // parameters of the model a gpu_* setup built (reported in the JSON)
 
 std::vector<Workload>& registry() {
   static std::vector<Workload> r;
@@ -92,7 +104,99 @@ const std::vector<std::string> kMatmulConfigs = {
     "1024x1024x1024", "2048x2048x2048", "4096x256x768", "4096x768x256",
 };
 
+// ---- GPU workloads (issue #9): whole training steps at GPU scale, attention alone, and the GEMM ceiling.
+void register_gpu() {
+  auto sync = [] { if (!g_device.is_cpu()) cuda::synchronize(g_device.index); };
+  // gpu_lm: config VxDxLxHxFxTxB; one AdamW training step of the RoFormer LM (nn/models.h): forward
+  // (under autocast for bf16), cross-entropy via log_softmax + gather, backward, fused AdamW, grads dropped.
+  reg("gpu_lm", {"256x768x12x12x3072x1024x16"}, [sync](const Dims& d) -> Body {
+    nn::RoFormerLMConfig c;
+    c.vocab_size = d[0], c.d_model = d[1], c.n_layers = d[2], c.n_heads = d[3], c.d_ff = d[4];
+    auto lm = std::make_shared<nn::RoFormerLM>(c);
+    lm->to(g_device);
+    g_params = lm->num_parameters();
+    Tensor x = randint(0, d[0], {d[6], d[5]}).to(g_device), t = randint(0, d[0], {d[6], d[5], 1}).to(g_device);
+    auto opt = std::make_shared<optim::AdamW>(lm->named_parameters(), optim::AdamWOptions{.lr = 1e-4});
+    return [=] {
+      Tensor loss;
+      {
+        Autocast ac(g_precision);
+        loss = -mean(gather(log_softmax(lm->forward(x), -1), -1, t));
+      }
+      loss.backward();
+      opt->step();
+      opt->zero_grad();
+      sync();
+    };
+  });
+  // gpu_unet: config BxCxHxW,chBASExM1xM2xM3,resN,gnG,attnR; the DDPM training step of unet_ddpm on the
+  // device, plus the AdamW step.
+  reg("gpu_unet", {"128x3x32x32,ch128x1x2x2,res2,gn32,attn16"}, [sync](const Dims& d) -> Body {
+    diffusion::UNetConfig c;
+    c.in_channels = d[1], c.image_size = d[2], c.base_channels = d[4], c.channel_mult = {d[5], d[6], d[7]};
+    c.num_res_blocks = d[8], c.groups = d[9], c.attention_resolutions = {d[10]};
+    auto net = std::make_shared<diffusion::UNet>(c);
+    net->to(g_device);
+    g_params = net->num_parameters();
+    const int64_t B = d[0];
+    TensorOptions o{DType::f32, g_device};
+    Tensor x0 = randn({B, d[1], d[2], d[3]}, default_generator(), o);
+    std::vector<double> ab(1000);
+    for (int i = 0; i < 1000; ++i) ab[size_t(i)] = (i ? ab[size_t(i - 1)] : 1.0) * (1 - (1e-4 + (0.02 - 1e-4) * i / 999.0));
+    Tensor abar = from_vector(ab, {1000}, DType::f32).to(g_device);
+    auto opt = std::make_shared<optim::AdamW>(net->named_parameters(), optim::AdamWOptions{.lr = 1e-4});
+    return [=] {
+      Tensor t = randint(0, 1000, {B}), eps = randn(x0.shape(), default_generator(), o);
+      Tensor a = index_select(abar, 0, t).view({B, 1, 1, 1});
+      Tensor xt = sqrt(a) * x0 + sqrt(rsub(a, 1.0)) * eps;
+      Tensor loss;
+      {
+        Autocast ac(g_precision);
+        loss = losses::mse_loss(net->forward(xt, t.to(DType::f32).to(g_device)), eps);
+      }
+      loss.backward();
+      opt->step();
+      opt->zero_grad();
+      sync();
+    };
+  });
+  // gpu_attention: config BxHxTxD; causal softmax attention forward + backward (the fused kernel in f32/tf32;
+  // its composite, with bf16 GEMMs, under bf16 autocast).
+  reg("gpu_attention", {"16x12x1024x64"}, [sync](const Dims& d) -> Body {
+    TensorOptions o{DType::f32, g_device};
+    Tensor q = randn({d[0], d[1], d[2], d[3]}, default_generator(), o).requires_grad_(),
+           k = randn({d[0], d[1], d[2], d[3]}, default_generator(), o).requires_grad_(),
+           v = randn({d[0], d[1], d[2], d[3]}, default_generator(), o).requires_grad_(),
+           g = randn({d[0], d[1], d[2], d[3]}, default_generator(), o);
+    return [=] {
+      Tensor y;
+      {
+        Autocast ac(g_precision);
+        y = scaled_dot_product_attention(q, k, v, {.causal = true});
+      }
+      y.backward(g);
+      clear_grads({&q, &k, &v});
+      sync();
+    };
+  });
+  // gpu_gemm: config MxKxN; one GEMM, operands already in the precision's format (bf16: the f32 product of
+  // bf16 operands): the ceiling the MFU figures are measured against.
+  reg("gpu_gemm", {"8192x8192x8192"}, [sync](const Dims& d) -> Body {
+    TensorOptions o{DType::f32, g_device};
+    Tensor a = randn({d[0], d[1]}, default_generator(), o), b = randn({d[1], d[2]}, default_generator(), o);
+    if (g_precision != DType::f32) {
+      a = a.to(g_precision);
+      b = b.to(g_precision);
+    }
+    return [=] {
+      matmul(a, b);
+      sync();
+    };
+  });
+}
+
 void register_all() {
+  register_gpu();
   // ---- matmul: config MxKxN, [M,K] @ [K,N]
   reg("matmul", kMatmulConfigs, [](const Dims& d) -> Body {
     Tensor a = rn({d[0], d[1]}), b = rn({d[1], d[2]});
@@ -425,7 +529,7 @@ std::string json_str(const std::string& s) {
 int usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s --list | --info | --workload NAME --config CONFIG [--pair NAME2] [--threads N] "
-               "[--runs R] [--min-run-s S]\n",
+               "[--runs R] [--min-run-s S] [--device cpu|cuda] [--precision f32|tf32|bf16]\n",
                argv0);
   return 2;
 }
@@ -435,6 +539,7 @@ int usage(const char* argv0) {
 int main(int argc, char** argv) {
   register_all();
   std::string mode, name, config, pair;
+  std::string device = "cpu", precision = "f32";
   int threads = 0, runs = 7;
   double min_run_s = 0.05;
   for (int i = 1; i < argc; ++i) {
@@ -450,9 +555,16 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::atoi(next().c_str());
     else if (a == "--runs") runs = std::max(1, std::atoi(next().c_str()));
     else if (a == "--min-run-s") min_run_s = std::atof(next().c_str());
+    else if (a == "--device") device = next();
+    else if (a == "--precision") precision = next();
     else return usage(argv[0]);
   }
   if (threads > 0) set_num_threads(threads);
+  if (device == "cuda") g_device = Device::cuda(0);
+  else if (device != "cpu") return usage(argv[0]);
+  if (precision == "bf16") g_precision = DType::bf16;
+  else if (precision == "tf32") cuda::set_allow_tf32(true);
+  else if (precision != "f32") return usage(argv[0]);
 
   if (mode == "--list") {
     for (auto& w : registry()) std::printf("%s\t%s\n", w.name.c_str(), w.config.c_str());
@@ -469,6 +581,14 @@ int main(int argc, char** argv) {
   auto find = [&](const std::string& n) -> const Workload* {
     for (auto& w : registry())
       if (w.name == n && (config.empty() || w.config == config)) return &w;
+    // A gpu_* workload takes any config (its shapes are read from the string).
+    for (auto& w : registry())
+      if (w.name == n && n.rfind("gpu_", 0) == 0) {
+        static Workload custom;
+        custom = w;
+        custom.config = config;
+        return &custom;
+      }
     return nullptr;
   };
   const Workload* w = find(name);
@@ -487,10 +607,14 @@ int main(int argc, char** argv) {
                     t2.median_ms, t.runs, get_num_threads());
       } else {
         Timing t = time_body(body, runs, min_run_s);
+        std::string gpu;
+        if (w->name.rfind("gpu_", 0) == 0)
+          gpu = ", \"params\": " + std::to_string(g_params) + ", \"device\": " + json_str(device) +
+                ", \"precision\": " + json_str(precision);
         std::printf("{\"name\": %s, \"config\": %s, \"ms\": %.6g, \"min_ms\": %.6g, \"iters\": %lld, \"runs\": %d, "
-                    "\"threads\": %d}\n",
+                    "\"threads\": %d%s}\n",
                     json_str(w->name).c_str(), json_str(w->config).c_str(), t.median_ms, t.min_ms,
-                    static_cast<long long>(t.iters), t.runs, get_num_threads());
+                    static_cast<long long>(t.iters), t.runs, get_num_threads(), gpu.c_str());
       }
       std::fflush(stdout);
     } catch (const std::exception& e) {

@@ -1,10 +1,11 @@
 #!/usr/bin/python3
-"""PyTorch's side of bench/run: one process runs one workload and prints one JSON line.
+"""PyTorch's side of bench/run and bench/run-gpu: one process runs one workload and prints one JSON line.
 
   torch_ops.py --list                            every workload, "NAME<TAB>CONFIG" per line
   torch_ops.py --info                            threads and the OpenBLAS core in use (JSON)
-  torch_ops.py --workload NAME --config CONFIG   times it: {"name","config","ms","min_ms","iters","runs"}
-    [--threads N] [--runs R] [--min-run-s S]
+  torch_ops.py --workload NAME --config CONFIG   times it: {"name","config","ms","min_ms","iters","runs",
+    [--threads N] [--runs R] [--min-run-s S]       "threads","device","precision"} (+ "flops","params": gpu_*)
+    [--device cpu|cuda] [--precision f32|tf32|bf16]
 
 The (name, config) pairs mirror bench/bench_ops.cpp: the config string holds the shapes and
 dims(config) reads its integers in order. To add a workload, add one @workload entry here and one
@@ -14,18 +15,30 @@ inputs and returns the timed body.
 bench/run starts this with OMP_WAIT_POLICY=PASSIVE and a GLIBC_TUNABLES that keeps large blocks
 out of mmap (PyTorch has no caching CPU allocator), one fresh process per workload.
 
+The gpu_* workloads (gpu_gemm, gpu_attention, gpu_lm, gpu_unet; bench/run-gpu) run on --device (cuda, or
+cpu with tiny configs to check them) at --precision: f32 (no TF32 anywhere), tf32 (TF32 matmuls and convs),
+bf16 (forward under torch.autocast(bfloat16), f32 parameters; gemm/attention take bf16 tensors). PyTorch is
+the reference peer, so it runs at its best: cudnn.benchmark, fused AdamW, scaled_dot_product_attention.
+They also accept a --config that is not registered (smaller shapes), and their JSON line carries "flops"
+(the model FLOPs of one call, counted here; MFU = flops / time / bf16 GEMM ceiling) and "params". The other
+workloads are CPU-only: they refuse a --device or --precision other than the defaults.
+
 Timing (identical in bench_ops.cpp): warm up (>= 2 calls and >= 0.1 s); pick n calls per run so a
 run lasts >= min_run_s (from the warm-up's mean call time); do `runs` runs (fewer, but >= 3, when
-they would take over 2 s); report the median (and the min) of the per-call times, in ms.
+they would take over 2 s); report the median (and the min) of the per-call times, in ms. On cuda every
+call ends with torch.cuda.synchronize(), so a call's time is that of finished GPU work.
 """
 import argparse
+import contextlib
 import json
 import math
 import re
 import sys
 import time
+import warnings
 
 torch = None  # imported in main(), after --list (which needs no torch)
+DEVICE, PRECISION = "cpu", "f32"  # --device, --precision (set in main(); the setups read them)
 
 WORKLOADS = []  # (name, config, setup)
 
@@ -49,6 +62,26 @@ def rn(*shape, rg=False):
 def clear_grads(*ts):
     for t in ts:
         t.grad = None
+
+
+def autocast():
+    """The forward's precision context: bf16 autocast (PyTorch's mixed-precision recipe) or none."""
+    if PRECISION == "bf16":
+        return torch.autocast(device_type=DEVICE, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sdpa_attention(q, k, v, causal):
+    """F.scaled_dot_product_attention (flash / memory-efficient kernels on cuda); torch < 2.0 has none,
+    so there (the cpu checks of the gpu_* workloads) the same math is written out."""
+    F = torch.nn.functional
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        T = q.shape[-2]
+        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return s.softmax(-1) @ v
 
 
 MATMUL_CONFIGS = ("64x64x64", "128x128x128", "256x256x256", "512x512x512",
@@ -229,6 +262,8 @@ def _(d):
 # ---- RoFormer family (issue #3). The models are written out in torch 1.13 (no scaled_dot_product_attention):
 # attention by matmul + softmax with an explicit causal mask, RoPE with the interleaved pairing (RoFormer),
 # nn.Linear / nn.LayerNorm / nn.Conv2d default inits, token embedding N(0, 0.02^2), plain SGD.
+# gpu_lm builds the LM with sdpa=True on cuda (scaled_dot_product_attention: PyTorch at its best) and
+# cache_tables=True; the CPU workloads keep the explicit attention and recompute the tables each forward.
 _ROFORMER = {}
 
 
@@ -246,6 +281,14 @@ def _roformer():
         a = torch.arange(T, dtype=torch.float64)[:, None] * f
         return a.cos().float(), a.sin().float()
 
+    cached = {}
+
+    def tables_1d_on(T, hd, device):  # tables_1d moved to the device once per (T, hd, device)
+        key = (T, hd, str(device))
+        if key not in cached:
+            cached[key] = tuple(t.to(device) for t in tables_1d(T, hd))
+        return cached[key]
+
     def tables_2d(g, hd, base):  # first hd/4 pairs rotate by x (column), the last hd/4 by y (row)
         f = base ** (-torch.arange(hd // 4, dtype=torch.float64) * 4 / hd)
         c = torch.arange(g, dtype=torch.float64)
@@ -254,9 +297,9 @@ def _roformer():
         return a.cos().float(), a.sin().float()
 
     class MHA(nn.Module):
-        def __init__(self, d, h, causal, kind="softmax"):
+        def __init__(self, d, h, causal, kind="softmax", sdpa=False):
             super().__init__()
-            self.h, self.causal, self.kind = h, causal, kind
+            self.h, self.causal, self.kind, self.sdpa = h, causal, kind, sdpa
             self.q, self.k, self.v, self.o = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
         def forward(self, x, cos, sin):
@@ -264,7 +307,12 @@ def _roformer():
             def heads(t):
                 return t.view(B, T, self.h, C // self.h).transpose(1, 2)
             q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-            if self.kind == "softmax":
+            if self.kind == "softmax" and self.sdpa:
+                # RoPE in q's dtype (bf16 under autocast, as bf16 models write it: no f32 round trip), then
+                # PyTorch's fused attention (autocast runs it in bf16: the flash kernel).
+                cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+                o = sdpa_attention(rope(q, cos, sin), rope(k, cos, sin), v, self.causal)
+            elif self.kind == "softmax":
                 q, k = rope(q, cos, sin), rope(k, cos, sin)
                 s = q @ k.transpose(-2, -1) / math.sqrt(C // self.h)
                 if self.causal:
@@ -283,9 +331,9 @@ def _roformer():
             return self.o(o.transpose(1, 2).reshape(B, T, C))
 
     class Block(nn.Module):
-        def __init__(self, d, h, ff, causal):
+        def __init__(self, d, h, ff, causal, sdpa=False):
             super().__init__()
-            self.ln1, self.attn, self.ln2 = nn.LayerNorm(d), MHA(d, h, causal), nn.LayerNorm(d)
+            self.ln1, self.attn, self.ln2 = nn.LayerNorm(d), MHA(d, h, causal, sdpa=sdpa), nn.LayerNorm(d)
             self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
 
         def forward(self, x, cos, sin):
@@ -293,16 +341,19 @@ def _roformer():
             return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
     class LM(nn.Module):
-        def __init__(self, V, d, L, h, ff):
+        def __init__(self, V, d, L, h, ff, sdpa=False, cache_tables=False):
             super().__init__()
-            self.hd = d // h
+            self.hd, self.cache_tables = d // h, cache_tables
             self.emb = nn.Embedding(V, d)
             nn.init.normal_(self.emb.weight, std=0.02)
-            self.blocks = nn.ModuleList(Block(d, h, ff, True) for _ in range(L))
+            self.blocks = nn.ModuleList(Block(d, h, ff, True, sdpa) for _ in range(L))
             self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, V)
 
         def forward(self, x):
-            cos, sin = tables_1d(x.shape[1], self.hd)
+            if self.cache_tables:
+                cos, sin = tables_1d_on(x.shape[1], self.hd, x.device)
+            else:
+                cos, sin = tables_1d(x.shape[1], self.hd)
             h = self.emb(x)
             for b in self.blocks:
                 h = b(h, cos, sin)
@@ -440,7 +491,7 @@ def _unet():
 
     def timestep_embedding(t, dim):  # DDPM's get_timestep_embedding, in double
         half = dim // 2
-        w = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / (half - 1))
+        w = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64, device=t.device) / (half - 1))
         a = t.double()[:, None] * w[None]
         return torch.cat((a.sin(), a.cos()), 1).float()
 
@@ -458,9 +509,9 @@ def _unet():
             return (x if self.skip is None else self.skip(x)) + h
 
     class MHA(nn.Module):  # no position encoding; q, k, v, o projections as liandan's MultiheadAttention
-        def __init__(self, C, heads):
+        def __init__(self, C, heads, sdpa=False):
             super().__init__()
-            self.h = heads
+            self.h, self.sdpa = heads, sdpa
             self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(C, C) for _ in range(4))
 
         def forward(self, x):
@@ -468,13 +519,16 @@ def _unet():
             def heads(t):
                 return t.view(B, T, self.h, C // self.h).transpose(1, 2)
             q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-            o = ((q @ k.transpose(-2, -1)) / math.sqrt(C // self.h)).softmax(-1) @ v
+            if self.sdpa:
+                o = sdpa_attention(q, k, v, False)
+            else:
+                o = ((q @ k.transpose(-2, -1)) / math.sqrt(C // self.h)).softmax(-1) @ v
             return self.o_proj(o.transpose(1, 2).reshape(B, T, C))
 
     class AttnBlock(nn.Module):
-        def __init__(self, C, heads, G):
+        def __init__(self, C, heads, G, sdpa=False):
             super().__init__()
-            self.norm, self.attn = nn.GroupNorm(G, C), MHA(C, heads)
+            self.norm, self.attn = nn.GroupNorm(G, C), MHA(C, heads, sdpa)
 
         def forward(self, x):
             B, C, H, W = x.shape
@@ -487,7 +541,7 @@ def _unet():
             self.res, self.attn, self.resample = nn.ModuleList(), None, None
 
     class UNet(nn.Module):
-        def __init__(self, cin, base, mult, nres, G, size, attn_res, heads=1):
+        def __init__(self, cin, base, mult, nres, G, size, attn_res, heads=1, sdpa=False):
             super().__init__()
             E, L = 4 * base, len(mult)
             self.base = base
@@ -502,13 +556,13 @@ def _unet():
                     lv.res.append(ResBlock(ch, out, E, G))
                     ch = out
                     if use_attn:
-                        lv.attn.append(AttnBlock(ch, heads, G))
+                        lv.attn.append(AttnBlock(ch, heads, G, sdpa))
                     skips.append(ch)
                 if i + 1 < L:
                     lv.resample = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
                     skips.append(ch)
                 self.down.append(lv)
-            self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, E, G), AttnBlock(ch, heads, G), ResBlock(ch, ch, E, G)
+            self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, E, G), AttnBlock(ch, heads, G, sdpa), ResBlock(ch, ch, E, G)
             for i in reversed(range(L)):
                 lv, out, use_attn = Level(), base * mult[i], (size >> i) in attn_res
                 lv.attn = nn.ModuleList() if use_attn else None
@@ -516,7 +570,7 @@ def _unet():
                     lv.res.append(ResBlock(ch + skips.pop(), out, E, G))
                     ch = out
                     if use_attn:
-                        lv.attn.append(AttnBlock(ch, heads, G))
+                        lv.attn.append(AttnBlock(ch, heads, G, sdpa))
                 if i > 0:
                     lv.resample = nn.Conv2d(ch, ch, 3, padding=1)
                 self.up.append(lv)
@@ -546,12 +600,12 @@ def _unet():
                     h = lv.resample(F.interpolate(h, scale_factor=2, mode="nearest"))
             return self.conv_out(F.silu(self.norm_out(h)))
 
-    _UNET.update(UNet=UNet)
+    _UNET.update(UNet=UNet, AttnBlock=AttnBlock)
     return _UNET
 
 
-def _unet_from(d):
-    return _unet()["UNet"](d[1], d[4], (d[5], d[6], d[7]), d[8], d[9], d[2], (d[10],))
+def _unet_from(d, sdpa=False):
+    return _unet()["UNet"](d[1], d[4], (d[5], d[6], d[7]), d[8], d[9], d[2], (d[10],), sdpa=sdpa)
 
 
 # unet_ddpm: one DDPM training step without the optimizer: t ~ U{0..999}, eps ~ N(0, I), x_t from the linear
@@ -584,6 +638,137 @@ def _(d):
         with torch.no_grad():
             model(x, t)
     return body
+
+
+# ---- GPU workloads (issue #9; bench/run-gpu): liandan vs PyTorch eager on one GPU, same shapes and precision.
+# Every tensor goes to DEVICE (cpu runs them too, with tiny configs); main() adds torch.cuda.synchronize() to
+# each call on cuda. A setup hangs "flops" (the model FLOPs of one call) and "params" on its body for the
+# JSON line; run-gpu reports MFU = flops / time / the bf16 GEMM ceiling (gpu_gemm bf16).
+def _with(body, flops, params=0):
+    body.flops, body.params = int(flops), int(params)
+    return body
+
+
+def _adamw(params):
+    # fused=True on cuda: one multi-tensor kernel per step (PyTorch's fastest AdamW); foreach on cpu.
+    if DEVICE == "cuda":
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+
+def _train_step(loss_fn, opt):
+    with autocast():  # forward only; backward outside the autocast block, as PyTorch's AMP recipe says
+        loss = loss_fn()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _dtype():  # gemm / attention inputs: bf16 tensors at bf16, f32 otherwise (TF32 or not by the flags)
+    return torch.bfloat16 if PRECISION == "bf16" else torch.float32
+
+
+# gpu_gemm: config MxKxN, [M,K] @ [K,N], the result discarded: the GEMM ceiling of the MFU.
+def gpu_gemm_flops(d):
+    return 2 * d[0] * d[1] * d[2]
+
+
+@workload("gpu_gemm", "8192x8192x8192")
+def _(d):
+    a = torch.randn(d[0], d[1], device=DEVICE, dtype=_dtype())
+    b = torch.randn(d[1], d[2], device=DEVICE, dtype=_dtype())
+    return _with(lambda: a @ b, gpu_gemm_flops(d))
+
+
+# gpu_attention: config BxHxTxD; causal scaled_dot_product_attention forward + backward on [B,H,T,D] q, k, v.
+# FLOPs: forward QK^T and PV are 2*T*T*D each per (b, h), halved for causality: 2*B*H*T*T*D; backward is 2.5x
+# the forward (dV, dP, dQ, dK: four matmuls, plus recomputing P = QK^T): 5*B*H*T*T*D; total 7*B*H*T*T*D.
+def gpu_attention_flops(d):
+    B, H, T, D = d[:4]
+    return 7 * B * H * T * T * D
+
+
+@workload("gpu_attention", "16x12x1024x64")
+def _(d):
+    B, H, T, D = d[:4]
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=_dtype(), requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, T, D, device=DEVICE, dtype=_dtype())
+
+    def body():
+        sdpa_attention(q, k, v, True).backward(g)
+        clear_grads(q, k, v)
+    return _with(body, gpu_attention_flops(d))
+
+
+# gpu_lm: config VxDxLxHxFxTxB; one training step of the RoFormer LM (as roformer_lm) with AdamW (lr 1e-4):
+# forward under autocast at bf16, backward, fused AdamW step, grads set to None. Attention by SDPA on cuda;
+# the RoPE tables are computed once (f64 on the cpu, as tables_1d) and cached on the device, so the timed
+# step does no host work or host-to-device copy for them (liandan recomputes its tables each forward; a
+# 1024x32 table is negligible either way, but an unpinned copy would stall PyTorch's launch queue).
+# FLOPs: 6*N*B*T (N = parameters without the token embedding: 2 forward + 4 backward per parameter and
+# token) + 6*L*B*T*T*D (attention QK^T and PV: 4*T*D forward per token and layer, 12*T*D with the
+# backward, halved for causality).
+def gpu_lm_flops(d, model):
+    V, D, L, H, F, T, B = d[:7]
+    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("emb."))
+    return 6 * n * B * T + 6 * L * B * T * T * D
+
+
+@workload("gpu_lm", "256x768x12x12x3072x1024x16")
+def _(d):
+    V, D, L, H, F, T, B = d[:7]
+    model = _roformer()["LM"](V, D, L, H, F, sdpa=DEVICE == "cuda", cache_tables=True).to(DEVICE)
+    x = torch.randint(0, V, (B, T), device=DEVICE)
+    t = torch.randint(0, V, (B, T, 1), device=DEVICE)
+    params = list(model.parameters())
+    opt = _adamw(params)
+    body = lambda: _train_step(lambda: -model(x).log_softmax(-1).gather(-1, t).mean(), opt)  # noqa: E731
+    return _with(body, gpu_lm_flops(d, model), sum(p.numel() for p in params))
+
+
+# gpu_unet: config as UNET_CONFIG; the DDPM training step of unet_ddpm (same schedule and loss) plus an AdamW
+# step (lr 1e-4) and zero_grad, forward under autocast at bf16, the AttnBlocks' attention by SDPA on cuda.
+# FLOPs: the forward's, counted once at setup by forward hooks on one no-grad forward pass of the config's
+# shapes on the device: 2 * MACs of every Conv2d and Linear, plus 4*B*T*T*C per AttnBlock (QK^T and PV,
+# T = H*W at its resolution, C its channels); the training step is 3x the forward.
+def gpu_unet_flops(model, x, t):
+    nn, fwd = torch.nn, [0]
+
+    def conv(m, inp, out):
+        fwd[0] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        fwd[0] += 2 * out.numel() * m.in_features
+
+    def attn(m, inp, out):
+        B, C, H, W = inp[0].shape
+        fwd[0] += 4 * B * (H * W) ** 2 * C
+
+    kinds = ((nn.Conv2d, conv), (nn.Linear, linear), (_unet()["AttnBlock"], attn))
+    hooks = [m.register_forward_hook(f) for m in model.modules() for cls, f in kinds if isinstance(m, cls)]
+    with torch.no_grad():
+        model(x, t)
+    for h in hooks:
+        h.remove()
+    return 3 * fwd[0]
+
+
+@workload("gpu_unet", "128x3x32x32,ch128x1x2x2,res2,gn32,attn16")
+def _(d):
+    model, B = _unet_from(d, sdpa=DEVICE == "cuda").to(DEVICE), d[0]
+    x0 = torch.randn(B, d[1], d[2], d[3], device=DEVICE)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float().to(DEVICE)
+    params = list(model.parameters())
+    opt = _adamw(params)
+    flops = gpu_unet_flops(model, x0, torch.full((B,), 500.0, device=DEVICE))
+
+    def loss():
+        t = torch.randint(0, 1000, (B,), device=DEVICE)
+        eps = torch.randn_like(x0)
+        a = abar[t].view(B, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        return torch.nn.functional.mse_loss(model(xt, t.float()), eps)
+    return _with(lambda: _train_step(loss, opt), flops, sum(p.numel() for p in params))
 
 
 # ------------------------------------------------------------------------------------ timing

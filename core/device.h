@@ -28,6 +28,14 @@ struct AdamStepArgs {
   double bc1, bc2_sqrt;
 };
 
+// The geometry of one fused attention call: BH = batch·heads rows of [Tq, D] queries, [Tk, D] keys and
+// [Tk, Dv] values (contiguous); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
+struct AttentionShape {
+  int64_t BH, Tq, Tk, D, Dv, heads;
+  double scale;
+  bool causal;
+};
+
 class DeviceBackend {
  public:
   virtual ~DeviceBackend() = default;
@@ -77,6 +85,28 @@ class DeviceBackend {
   virtual void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) = 0;
   virtual void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n,
                                 int64_t inner, bool log) = 0;
+  // layer_norm (center) / rms_norm over rows of `len` of a contiguous x: y, and the per-row mean (0 for rms)
+  // and rstd saved for the backward; w, b: [len] or undefined. The backward writes dx, dw, db (each may be
+  // undefined), deterministically (core/ops/norm.cpp has the math).
+  virtual void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                            const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps) = 0;
+  virtual void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
+                             const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len,
+                             bool center) = 0;
+  // RoPE (core/ops/rope.h): y = x ([.., D] contiguous) with its first 2P dims rotated by contiguous cos/sin
+  // tables ([.., P]); x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d];
+  // sign −1 rotates backwards (the gradient).
+  virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
+                    const Shape& table_strides, bool half, double sign) = 0;
+  // Fused softmax attention (flash-style: no Tq × Tk matrix stored), with the masking rules of
+  // core/ops/attention.h; valid (q's dtype, [B, Tk]) may be undefined. The forward writes out and the per-row
+  // log-sum-exp (+inf for a row that sees no key); the backward takes both back. Both return false when
+  // they do not handle the shape (then the op runs its composite form).
+  virtual bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& valid, const Tensor& out, const Tensor& lse) = 0;
+  virtual bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& valid, const Tensor& out, const Tensor& lse, const Tensor& g,
+                                  const Tensor& dq, const Tensor& dk, const Tensor& dv) = 0;
   // Random fills of a contiguous f32/f64 tensor from Philox blocks first, first + 1, ... of `seed`: element for
   // element the CPU's numbers (the formulas are core/philox.h's, compiled for both).
   virtual void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) = 0;

@@ -84,6 +84,13 @@ int run_cli(const std::vector<std::string>& args) {
   return status;
 }
 
+// The repository root: where the tests were built from, or $LIANDAN_SOURCE_DIR (a packed test binary run from
+// another checkout, scripts/device-check).
+fs::path source_dir() {
+  const char* env = std::getenv("LIANDAN_SOURCE_DIR");
+  return env && *env ? fs::path(env) : fs::path(LIANDAN_SOURCE_DIR);
+}
+
 NamedTensors model_and_optimizer(const fs::path& ckpt) {
   NamedTensors out;
   for (auto& [k, t] : load_safetensors(ckpt.string()).tensors)
@@ -333,7 +340,7 @@ TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and sa
     CAPTURE(c.name);
     CAPTURE(device);
     Config cfg = c.config.empty() ? Config::from_string("task = \"lm\"\n", "lm.toml")
-                                  : Config::from_file((fs::path(LIANDAN_SOURCE_DIR) / "configs" / c.config).string());
+                                  : Config::from_file((source_dir() / "configs" / c.config).string());
     for (auto& s : c.sets) cfg.set(s);
     for (auto s : {"steps=4", "eval_every=2", "checkpoint_every=2", "log_every=1", "batch_size=8"}) cfg.set(s);
     cfg.set("data_dir=\"" + data_dir + "\"");

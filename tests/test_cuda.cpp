@@ -498,6 +498,55 @@ TEST_CASE("cuda: where, max/min with indices, cumsum, logsumexp and scatter_add 
   }
 }
 
+TEST_CASE("cuda: fused layer_norm / rms_norm and RoPE kernels match the CPU, forward and backward" * doctest::skip(!kGpu)) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    Generator g(45);
+    Tensor x = add(mul(randn({3, 300, 48}, g, dt), 2.0), 0.7), w = randn({48}, g, dt), b = randn({48}, g, dt);
+    check_op_on_gpu({x, w, b}, [](auto& t) { return layer_norm(t[0], {48}, t[1], t[2]); }, tol(dt) * 10);
+    check_op_on_gpu({x}, [](auto& t) { return layer_norm(t[0], {48}, Tensor(), Tensor()); }, tol(dt) * 10);
+    check_op_on_gpu({x, w}, [](auto& t) { return rms_norm(t[0], {48}, t[1]); }, tol(dt) * 10);
+    Tensor w2 = randn({300, 48}, g, dt);
+    check_op_on_gpu({x, w2}, [](auto& t) { return rms_norm(t[0], {300, 48}, t[1]); }, tol(dt) * 10);  // long rows
+    // RoPE: both pairings, partial rotary (2P < D), tables broadcast over batch and heads, learned tables.
+    Tensor q = randn({2, 3, 17, 16}, g, dt);
+    Tensor ang = mul(rand({17, 6}, g, dt), 20.0);
+    for (RopePairing pr : {RopePairing::interleaved, RopePairing::half}) {
+      check_op_on_gpu({q, cos(ang), sin(ang)}, [pr](auto& t) { return rope(t[0], t[1], t[2], pr); }, tol(dt) * 10);
+      Tensor per_batch = mul(rand({2, 1, 17, 8}, g, dt), 5.0);
+      check_op_on_gpu({q, cos(per_batch), sin(per_batch)}, [pr](auto& t) { return rope(t[0], t[1], t[2], pr); },
+                      tol(dt) * 10);
+    }
+  }
+}
+
+TEST_CASE("cuda: fused (flash-style) attention matches the CPU kernel: masks, KV offset, head dims, long rows" *
+          doctest::skip(!kGpu)) {
+  struct Case { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
+  for (DType dt : {DType::f32, DType::f64})
+    for (Case c : {Case{2, 3, 33, 33, 16, 16, true, false}, Case{2, 2, 20, 70, 64, 64, true, false},
+                   Case{2, 2, 70, 70, 100, 40, false, true}, Case{1, 2, 300, 300, 64, 64, true, true},
+                   Case{1, 1, 9, 9, 160, 8, true, false}}) {  // D 160 > 128: the composite
+      CAPTURE(std::string(dtype_name(dt)));
+      CAPTURE(c.Tq);
+      CAPTURE(c.D);
+      Generator g(46);
+      Tensor q = randn({c.B, c.H, c.Tq, c.D}, g, dt), k = randn({c.B, c.H, c.Tk, c.D}, g, dt),
+             v = randn({c.B, c.H, c.Tk, c.Dv}, g, dt);
+      AttentionOptions opt{.causal = c.causal};
+      if (c.mask) {  // batch 0 keeps a prefix; the last batch sees no key at all (its rows give 0)
+        std::vector<double> m(size_t(c.B * c.Tk), 0.0);
+        for (int64_t j = 0; j < c.Tk / 2; ++j) m[size_t(j)] = 1.0;
+        opt.key_valid = from_vector(m, {c.B, c.Tk});
+      }
+      check_op_on_gpu({q, k, v}, [&](auto& t) {
+        AttentionOptions o = opt;
+        if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
+        return scaled_dot_product_attention(t[0], t[1], t[2], o);
+      }, dt == DType::f64 ? 1e-11 : 2e-5);
+    }
+}
+
 TEST_CASE("cuda: ZLPR (hard, soft, sparse), the n×m losses and BCE match the CPU; Amos and SGD steps too" *
           doctest::skip(!kGpu)) {
   for (DType dt : {DType::f32, DType::f64}) {

@@ -154,6 +154,33 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard guard(index_);
     cuda_impl::softmax_backward(y, g, dx, outer, n, inner, log);
   }
+  void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                    const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps) override {
+    DeviceGuard guard(index_);
+    cuda_impl::norm_forward(x, w, b, y, mean, rstd, rows, len, center, eps);
+  }
+  void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
+                     const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len,
+                     bool center) override {
+    DeviceGuard guard(index_);
+    cuda_impl::norm_backward(x, w, g, mean, rstd, dx, dw, db, rows, len, center);
+  }
+  void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
+            const Shape& table_strides, bool half, double sign) override {
+    DeviceGuard guard(index_);
+    cuda_impl::rope(x, cos, sin, y, lead, table_strides, half, sign);
+  }
+  bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                         const Tensor& out, const Tensor& lse) override {
+    DeviceGuard guard(index_);
+    return cuda_impl::attention_forward(a, q, k, v, valid, out, lse);
+  }
+  bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& valid, const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq,
+                          const Tensor& dk, const Tensor& dv) override {
+    DeviceGuard guard(index_);
+    return cuda_impl::attention_backward(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  }
   void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
     DeviceGuard guard(index_);
     cuda_impl::fill_uniform(out, lo, hi, seed, first);

@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, rope.cu, attention.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
 #include "core/device.h"
@@ -31,6 +31,23 @@ void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_
 void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log);
 void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n, int64_t inner,
                       bool log);
+
+// norm.cu
+void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                  const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps);
+void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
+                   const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len, bool center);
+
+// rope.cu
+void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
+          const Shape& table_strides, bool half, double sign);
+
+// attention.cu
+bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                       const Tensor& out, const Tensor& lse);
+bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                        const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
+                        const Tensor& dv);
 
 // random.cu
 void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first);

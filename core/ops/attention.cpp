@@ -8,6 +8,7 @@
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/ops/composite.h"
 
@@ -227,22 +228,39 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     valid = opt.key_valid.to(q.dtype()).contiguous();
     g.B = q.size(0);
   }
-  if (!q.device().is_cpu() || autocast_enabled()) return composite::attention(q, k, v, opt);
+  // Under autocast the composite runs (its GEMMs take the half format); on a device the fused kernel when it
+  // handles the shape.
+  if (autocast_enabled()) return composite::attention(q, k, v, opt);
   Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Shape os = q.shape();
   os.back() = g.Dv;
-  Tensor out = empty(os, q.dtype()), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, q.dtype());
-  LD_DISPATCH_FLOAT(q.dtype(), op, [&] {
-    const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
-    attention_forward<scalar_t>(g, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pv,
-                                out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
-  });
+  TensorOptions o{q.dtype(), q.device()};
+  Tensor out = empty(os, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, o);
+  bool on_device = !q.device().is_cpu();
+  AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal};
+  if (on_device) {
+    if (valid.defined()) valid = valid.to(q.device());
+    if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse))
+      return composite::attention(q, k, v, opt);
+  } else {
+    LD_DISPATCH_FLOAT(q.dtype(), op, [&] {
+      const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
+      attention_forward<scalar_t>(g, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pv,
+                                  out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    });
+  }
   if (needs_grad({&q, &k, &v})) {
     SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op);
     record(op, out, {q, k, v}, [=](const Tensor& g_in) {
       Tensor gout = g_in.contiguous();
       const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get(), &ov = so.get();
-      Tensor dq = empty(qv.shape(), qv.dtype()), dk = empty(kv.shape(), kv.dtype()), dv = empty(vv.shape(), vv.dtype());
+      TensorOptions og{qv.dtype(), qv.device()};
+      Tensor dq = empty(qv.shape(), og), dk = empty(kv.shape(), og), dv = empty(vv.shape(), og);
+      if (on_device) {
+        LD_CHECK(device_backend(qv.device()).attention_backward(shape, qv, kv, vv, valid, ov, lse, gout, dq, dk, dv),
+                 op, ": the device's fused backward refused a shape its forward took");
+        return std::vector<Tensor>{dq, dk, dv};
+      }
       LD_DISPATCH_FLOAT(qv.dtype(), op, [&] {
         const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
         attention_backward<scalar_t>(g, qv.data_ptr<scalar_t>(), kv.data_ptr<scalar_t>(), vv.data_ptr<scalar_t>(), pv,

@@ -10,6 +10,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/ops/composite.h"
 
@@ -104,11 +105,17 @@ Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affi
                  const Tensor& bias, double eps) {
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
-  Tensor y = empty(x.shape(), x.dtype()), mean = empty({p.rows}, x.dtype()), rstd = empty({p.rows}, x.dtype());
-  LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    norm_forward<scalar_t>(p, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
-                           y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps);
-  });
+  TensorOptions o{x.dtype(), x.device()};
+  Tensor y = empty(x.shape(), o), mean = empty({p.rows}, o), rstd = empty({p.rows}, o);
+  bool on_device = !x.device().is_cpu();
+  if (on_device) {
+    device_backend(x.device()).norm_forward(xc, wc, bc, y, mean, rstd, p.rows, p.len, p.center, eps);
+  } else {
+    LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+      norm_forward<scalar_t>(p, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
+                             y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps);
+    });
+  }
   if (needs_grad({&x, &weight, &bias})) {
     SavedTensor sx(xc, name), sw(wc, name);
     bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad(),
@@ -117,6 +124,14 @@ Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affi
       Tensor g = g_in.contiguous();
       const Tensor &xv = sx.get(), &wv = sw.get();
       Tensor dx, dw, db;
+      if (on_device) {
+        TensorOptions og{g.dtype(), g.device()};
+        if (gx) dx = empty(xv.shape(), og);
+        if (gw) dw = empty(affine_shape, og);
+        if (gb) db = empty(affine_shape, og);
+        device_backend(g.device()).norm_backward(xv, wv, g, mean, rstd, dx, dw, db, p.rows, p.len, p.center);
+        return std::vector<Tensor>{dx, dw, db};
+      }
       LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
         const scalar_t *px = xv.data_ptr<scalar_t>(), *pg = g.data_ptr<scalar_t>(),
                        *pm = mean.data_ptr<scalar_t>(), *pr = rstd.data_ptr<scalar_t>();
@@ -302,7 +317,6 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_affine(weight, normalized_shape, x, "layer_norm", "weight");
   check_affine(bias, normalized_shape, x, "layer_norm", "bias");
   int64_t len = shape_numel(normalized_shape);
-  if (!x.device().is_cpu()) return composite::layer_norm(x, k, weight, bias, eps);
   RowNorm p{len ? x.numel() / len : 0, len, true};
   return norm_impl("layer_norm", x, p, normalized_shape, weight, bias, eps);
 }
@@ -315,7 +329,6 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
            shape_str(x.shape()));
   check_affine(weight, normalized_shape, x, "rms_norm", "weight");
   int64_t len = shape_numel(normalized_shape);
-  if (!x.device().is_cpu()) return composite::rms_norm(x, k, weight, eps);
   RowNorm p{len ? x.numel() / len : 0, len, false};
   return norm_impl("rms_norm", x, p, normalized_shape, weight, Tensor(), eps);
 }

@@ -6,6 +6,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/map.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/ops/composite.h"
 
@@ -40,15 +41,20 @@ void rope_kernel(const T* x, T* y, const T* c, const T* s, const std::vector<int
   }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, D)));
 }
 
-// Offset (in table rows) of the table row each x row uses: x's leading dims broadcast against the
-// table's leading dims.
-std::vector<int64_t> table_rows(const Shape& xlead, const Tensor& table) {
+// The stride (in table rows) of each of x's leading dims when x's leading dims broadcast against the
+// table's: 0 where the table has size 1 or no dim.
+Shape table_row_strides(const Shape& xlead, const Tensor& table) {
   Shape tlead(table.shape().begin(), table.shape().end() - 1);
   Shape tc = contiguous_strides(tlead);  // in table rows (the table is contiguous, rows of P)
   for (size_t d = 0; d < tlead.size(); ++d) tc[d] = tlead[d] == 1 ? 0 : tc[d];
   Shape st(xlead.size(), 0);
   int64_t lead = int64_t(xlead.size()) - int64_t(tlead.size());
   for (size_t d = 0; d < tlead.size(); ++d) st[size_t(lead) + d] = tc[d];
+  return st;
+}
+
+// The table row each x row uses (host list, for the CPU kernel).
+std::vector<int64_t> table_rows(const Shape& xlead, const Shape& st) {
   int64_t R = shape_numel(xlead);
   std::vector<int64_t> rows(static_cast<size_t>(R));
   Shape idx(xlead.size(), 0);
@@ -68,8 +74,13 @@ Tensor rope_apply(const Tensor& x, const Tensor& c, const Tensor& s, bool half, 
   Tensor xc = x.contiguous(), cc = c.contiguous(), sc = s.contiguous();
   int64_t D = x.shape().back(), P = c.shape().back(), R = D ? x.numel() / D : 0;
   Shape xlead(x.shape().begin(), x.shape().end() - 1);
-  std::vector<int64_t> rows = table_rows(xlead, c);
-  Tensor y = empty(x.shape(), x.dtype());
+  Shape st = table_row_strides(xlead, c);
+  Tensor y = empty(x.shape(), {x.dtype(), x.device()});
+  if (!x.device().is_cpu()) {
+    device_backend(x.device()).rope(xc, cc, sc, y, xlead, st, half, sign);
+    return y;
+  }
+  std::vector<int64_t> rows = table_rows(xlead, st);
   LD_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
     rope_kernel<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cc.data_ptr<scalar_t>(),
                           sc.data_ptr<scalar_t>(), rows, R, D, P, half, scalar_t(sign));
@@ -110,7 +121,8 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, RopePairing p
   Shape xlead(x.shape().begin(), x.shape().end() - 1), tlead(cos.shape().begin(), cos.shape().end() - 1);
   LD_CHECK(broadcast_shapes(xlead, tlead, "rope") == xlead, "rope: tables ", shape_str(cos.shape()),
            " do not broadcast to x ", shape_str(x.shape()), " (leading dims)");
-  if (!x.device().is_cpu()) return composite::rope(x, cos, sin, pairing);
+  LD_CHECK(x.device() == cos.device() && x.device() == sin.device(), "rope: x is on ", x.device().str(),
+           ", the tables on ", cos.device().str(), " and ", sin.device().str());
   bool half = pairing == RopePairing::half;
   Tensor y = rope_apply(x, cos, sin, half, 1.0);
   if (needs_grad({&x, &cos, &sin})) {

@@ -1,0 +1,313 @@
+// Fused softmax attention on CUDA, flash-attention style (Dao et al. 2022; the backward as in FlashAttention-2):
+// no Tq × Tk matrix is ever stored. Forward: a block of R query rows (one thread each) walks the keys in tiles
+// of R staged in shared memory, keeping the running max m, the running sum l and the output accumulator
+// (online softmax); it writes the output and lse = m + log l per row (+inf for a row that sees no key, whose
+// output is 0: the CPU kernel's rule). Backward, with Di = Σ dO·O per query row:
+//   p = exp(scale·q·k − lse),  dv_j += p·dO_i,  ds = p·(dO_i·v_j − Di),  dk_j += scale·ds·q_i,  dq_i += scale·ds·k_j
+// computed twice without atomics: one kernel owns key rows (dk, dv), the other query rows (dq), so results
+// are deterministic. Masks: causal (key j visible from query i iff j ≤ Tk − Tq + i, the KV-cache offset) and
+// key_valid [B, Tk]. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
+// composite). The arithmetic is plain f32/f64 FMA, not tensor cores: fast in memory, not yet in FLOPs.
+#include <type_traits>
+
+#include "core/cuda/common.cuh"
+#include "core/cuda/kernels.h"
+
+namespace liandan::cuda_impl {
+namespace {
+
+template <class T> __device__ T dev_exp(T x) {
+  if constexpr (sizeof(T) == 4) return expf(x);
+  else return exp(x);
+}
+template <class T> __device__ T dev_log(T x) {
+  if constexpr (sizeof(T) == 4) return logf(x);
+  else return log(x);
+}
+template <class T> __device__ T pos_inf() { return T(INFINITY); }
+
+template <class T>
+__device__ bool visible(const AttentionShape& a, int64_t i, int64_t j, const T* valid_row) {
+  if (a.causal && j > a.Tk - a.Tq + i) return false;
+  return !valid_row || valid_row[j] != T(0);
+}
+
+// Stages `rows` rows of `width` elements (row `first` on, zero past `total` rows or `width`) into a
+// [rows][kD + 1] shared tile; the +1 keeps a thread reading its own row free of bank conflicts.
+template <class T, int kD>
+__device__ void load_rows(T* dst, const T* src, int64_t first, int64_t total, int64_t width, int rows) {
+  for (int t = threadIdx.x; t < rows * kD; t += blockDim.x) {
+    int r = t / kD, c = t % kD;
+    int64_t row = first + r;
+    dst[r * (kD + 1) + c] = (row < total && c < width) ? src[row * width + c] : T(0);
+  }
+}
+
+// The last key any query of this block can see, plus one.
+__device__ int64_t key_end(const AttentionShape& a, int R) {
+  int64_t last_row = min(a.Tq - 1, int64_t(blockIdx.x) * R + R - 1);
+  return a.causal ? min(a.Tk, a.Tk - a.Tq + last_row + 1) : a.Tk;
+}
+
+template <class T, int kD>
+__global__ void attention_forward_kernel(const T* q, const T* k, const T* v, const T* valid, T* out, T* lse,
+                                         AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  const int R = blockDim.x;
+  T* ks = reinterpret_cast<T*>(smem);
+  T* vs = ks + R * (kD + 1);
+  int64_t bh = blockIdx.y;
+  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv;
+  const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  int64_t i = int64_t(blockIdx.x) * R + threadIdx.x;
+  bool active = i < a.Tq;
+  T qr[kD], acc[kD];
+#pragma unroll
+  for (int d = 0; d < kD; ++d) {
+    qr[d] = (active && d < a.D) ? qb[i * a.D + d] : T(0);
+    acc[d] = 0;
+  }
+  T m = -pos_inf<T>(), l = 0;
+  int64_t kend = key_end(a, R);
+  for (int64_t j0 = 0; j0 < kend; j0 += R) {
+    __syncthreads();
+    load_rows<T, kD>(ks, kb, j0, a.Tk, a.D, R);
+    load_rows<T, kD>(vs, vb, j0, a.Tk, a.Dv, R);
+    __syncthreads();
+    if (!active) continue;
+    int jn = int(min(int64_t(R), kend - j0));
+    for (int jj = 0; jj < jn; ++jj) {
+      if (!visible(a, i, j0 + jj, vrow)) continue;
+      const T* kr = ks + jj * (kD + 1);
+      T s = 0;
+#pragma unroll
+      for (int d = 0; d < kD; ++d) s += qr[d] * kr[d];
+      s *= T(a.scale);
+      T mn = s > m ? s : m;
+      T corr = dev_exp(m - mn), p = dev_exp(s - mn);  // corr = 0 at the first visible key (m = −inf)
+      l = l * corr + p;
+      const T* vr = vs + jj * (kD + 1);
+#pragma unroll
+      for (int d = 0; d < kD; ++d) acc[d] = acc[d] * corr + p * vr[d];
+      m = mn;
+    }
+  }
+  if (!active) return;
+  T* o = out + (bh * a.Tq + i) * a.Dv;
+  T inv = l > 0 ? T(1) / l : T(0);
+  for (int d = 0; d < a.Dv; ++d) o[d] = acc[d] * inv;
+  lse[bh * a.Tq + i] = l > 0 ? m + dev_log(l) : pos_inf<T>();
+}
+
+// Di = Σ_d dO[i, d]·O[i, d], one thread per query row.
+template <class T>
+__global__ void attention_di_kernel(const T* g, const T* o, T* di, int64_t rows, int64_t Dv) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+    T s = 0;
+    for (int64_t d = 0; d < Dv; ++d) s += g[r * Dv + d] * o[r * Dv + d];
+    di[r] = s;
+  }
+}
+
+// dk, dv: a block owns R key rows (one thread each, rows staged in shared memory) and walks the query tiles.
+template <class T, int kD>
+__global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T* valid, const T* lse, const T* di,
+                                     const T* g, T* dk, T* dv, AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  const int R = blockDim.x;
+  T* kown = reinterpret_cast<T*>(smem);
+  T* vown = kown + R * (kD + 1);
+  T* qs = vown + R * (kD + 1);
+  T* gs = qs + R * (kD + 1);
+  T* ls = gs + R * (kD + 1);
+  T* ds_ = ls + R;
+  int64_t bh = blockIdx.y;
+  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
+          *gb = g + bh * a.Tq * a.Dv;
+  const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  int64_t jfirst = int64_t(blockIdx.x) * R, j = jfirst + threadIdx.x;
+  bool key_ok = j < a.Tk && (!vrow || vrow[j] != 0);
+  load_rows<T, kD>(kown, kb, jfirst, a.Tk, a.D, R);
+  load_rows<T, kD>(vown, vb, jfirst, a.Tk, a.Dv, R);
+  T dka[kD], dva[kD];
+#pragma unroll
+  for (int d = 0; d < kD; ++d) dka[d] = dva[d] = 0;
+  const T* kr = kown + threadIdx.x * (kD + 1);
+  const T* vr = vown + threadIdx.x * (kD + 1);
+  // Causal: queries before jfirst − (Tk − Tq) see none of this block's keys.
+  int64_t istart = a.causal ? max(int64_t(0), jfirst - (a.Tk - a.Tq)) : 0;
+  for (int64_t i0 = istart; i0 < a.Tq; i0 += R) {
+    __syncthreads();
+    load_rows<T, kD>(qs, qb, i0, a.Tq, a.D, R);
+    load_rows<T, kD>(gs, gb, i0, a.Tq, a.Dv, R);
+    int64_t it = i0 + threadIdx.x;
+    ls[threadIdx.x] = it < a.Tq ? lse[bh * a.Tq + it] : pos_inf<T>();
+    ds_[threadIdx.x] = it < a.Tq ? di[bh * a.Tq + it] : T(0);
+    __syncthreads();
+    if (!key_ok) continue;
+    int in = int(min(int64_t(R), a.Tq - i0));
+    for (int ii = 0; ii < in; ++ii) {
+      if (a.causal && j > a.Tk - a.Tq + i0 + ii) continue;
+      T L = ls[ii];
+      if (L == pos_inf<T>()) continue;  // a row that sees nothing has p = 0
+      const T *qr = qs + ii * (kD + 1), *gr = gs + ii * (kD + 1);
+      T s = 0, dp = 0;
+#pragma unroll
+      for (int d = 0; d < kD; ++d) {
+        s += qr[d] * kr[d];
+        dp += gr[d] * vr[d];
+      }
+      T p = dev_exp(s * T(a.scale) - L), dsv = p * (dp - ds_[ii]);
+#pragma unroll
+      for (int d = 0; d < kD; ++d) {
+        dva[d] += p * gr[d];
+        dka[d] += dsv * qr[d];
+      }
+    }
+  }
+  if (j >= a.Tk) return;
+  for (int d = 0; d < a.D; ++d) dk[(bh * a.Tk + j) * a.D + d] = dka[d] * T(a.scale);
+  for (int d = 0; d < a.Dv; ++d) dv[(bh * a.Tk + j) * a.Dv + d] = dva[d];
+}
+
+// dq: a block owns R query rows (staged in shared memory) and walks the key tiles.
+template <class T, int kD>
+__global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T* valid, const T* lse, const T* di,
+                                    const T* g, T* dq, AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  const int R = blockDim.x;
+  T* qown = reinterpret_cast<T*>(smem);
+  T* gown = qown + R * (kD + 1);
+  T* ks = gown + R * (kD + 1);
+  T* vs = ks + R * (kD + 1);
+  int64_t bh = blockIdx.y;
+  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
+          *gb = g + bh * a.Tq * a.Dv;
+  const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  int64_t ifirst = int64_t(blockIdx.x) * R, i = ifirst + threadIdx.x;
+  bool active = i < a.Tq;
+  load_rows<T, kD>(qown, qb, ifirst, a.Tq, a.D, R);
+  load_rows<T, kD>(gown, gb, ifirst, a.Tq, a.Dv, R);
+  T L = active ? lse[bh * a.Tq + i] : pos_inf<T>(), Di = active ? di[bh * a.Tq + i] : T(0);
+  T dqa[kD];
+#pragma unroll
+  for (int d = 0; d < kD; ++d) dqa[d] = 0;
+  const T* qr = qown + threadIdx.x * (kD + 1);
+  const T* gr = gown + threadIdx.x * (kD + 1);
+  int64_t kend = key_end(a, R);
+  for (int64_t j0 = 0; j0 < kend; j0 += R) {
+    __syncthreads();
+    load_rows<T, kD>(ks, kb, j0, a.Tk, a.D, R);
+    load_rows<T, kD>(vs, vb, j0, a.Tk, a.Dv, R);
+    __syncthreads();
+    if (!active || L == pos_inf<T>()) continue;
+    int jn = int(min(int64_t(R), kend - j0));
+    for (int jj = 0; jj < jn; ++jj) {
+      if (!visible(a, i, j0 + jj, vrow)) continue;
+      const T *kr = ks + jj * (kD + 1), *vr = vs + jj * (kD + 1);
+      T s = 0, dp = 0;
+#pragma unroll
+      for (int d = 0; d < kD; ++d) {
+        s += qr[d] * kr[d];
+        dp += gr[d] * vr[d];
+      }
+      T dsv = dev_exp(s * T(a.scale) - L) * (dp - Di);
+#pragma unroll
+      for (int d = 0; d < kD; ++d) dqa[d] += dsv * kr[d];
+    }
+  }
+  if (!active) return;
+  for (int d = 0; d < a.D; ++d) dq[(bh * a.Tq + i) * a.D + d] = dqa[d] * T(a.scale);
+}
+
+// Rows per tile (= threads per block): 64, or 32 for f64 so that the largest tiles fit in shared memory.
+template <class T> int tile_rows() { return sizeof(T) == 4 ? 64 : 32; }
+
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    LD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <class T, int kD>
+void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                    const Tensor& out, const Tensor& lse) {
+  int R = tile_rows<T>();
+  size_t smem = size_t(2 * R * (kD + 1)) * sizeof(T);
+  allow_shared(attention_forward_kernel<T, kD>, smem);
+  dim3 grid(unsigned((a.Tq + R - 1) / R), unsigned(a.BH));
+  attention_forward_kernel<T, kD><<<grid, R, smem, stream_of(out)>>>(
+      static_cast<const T*>(q.device_data()), static_cast<const T*>(k.device_data()),
+      static_cast<const T*>(v.device_data()), valid.defined() ? static_cast<const T*>(valid.device_data()) : nullptr,
+      static_cast<T*>(out.device_data()), static_cast<T*>(lse.device_data()), a);
+}
+
+template <class T, int kD>
+void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                     const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
+                     const Tensor& dv) {
+  int R = tile_rows<T>();
+  cudaStream_t st = stream_of(dq);
+  Tensor di = empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {q.dtype(), q.device()});
+  const T *pq = static_cast<const T*>(q.device_data()), *pk = static_cast<const T*>(k.device_data()),
+          *pv = static_cast<const T*>(v.device_data()), *pl = static_cast<const T*>(lse.device_data()),
+          *pg = static_cast<const T*>(g.device_data()),
+          *pvalid = valid.defined() ? static_cast<const T*>(valid.device_data()) : nullptr;
+  T* pdi = static_cast<T*>(di.device_data());
+  attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, st>>>(pg, static_cast<const T*>(out.device_data()),
+                                                                       pdi, a.BH * a.Tq, a.Dv);
+  size_t smem_kv = size_t(4 * R * (kD + 1) + 2 * R) * sizeof(T);
+  allow_shared(attention_dkv_kernel<T, kD>, smem_kv);
+  attention_dkv_kernel<T, kD><<<dim3(unsigned((a.Tk + R - 1) / R), unsigned(a.BH)), R, smem_kv, st>>>(
+      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<T*>(dk.device_data()), static_cast<T*>(dv.device_data()), a);
+  size_t smem_q = size_t(4 * R * (kD + 1)) * sizeof(T);
+  allow_shared(attention_dq_kernel<T, kD>, smem_q);
+  attention_dq_kernel<T, kD><<<dim3(unsigned((a.Tq + R - 1) / R), unsigned(a.BH)), R, smem_q, st>>>(
+      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<T*>(dq.device_data()), a);
+}
+
+// Runs F<T, kD> for the padded head dim that holds max(D, Dv); false when that exceeds 128.
+template <template <class, int> class F, class... Args>
+bool dispatch_head_dim(DType dt, int64_t width, Args&&... args) {
+  auto run = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if (width <= 16) F<T, 16>::run(args...);
+    else if (width <= 32) F<T, 32>::run(args...);
+    else if (width <= 64) F<T, 64>::run(args...);
+    else F<T, 128>::run(args...);
+  };
+  if (width > 128) return false;
+  if (dt == DType::f32) run(static_cast<float*>(nullptr));
+  else if (dt == DType::f64) run(static_cast<double*>(nullptr));
+  else return false;
+  return true;
+}
+
+template <class T, int kD> struct Forward {
+  template <class... A> static void run(A&&... a) { forward_launch<T, kD>(a...); }
+};
+template <class T, int kD> struct Backward {
+  template <class... A> static void run(A&&... a) { backward_launch<T, kD>(a...); }
+};
+
+}  // namespace
+
+bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                       const Tensor& out, const Tensor& lse) {
+  // Empty shapes (no grid to launch) and head dims above 128 take the composite.
+  if (a.BH == 0 || a.Tq == 0 || a.Tk == 0 || a.D == 0 || a.Dv == 0) return false;
+  LD_CHECK(a.BH <= 65535, "scaled_dot_product_attention on CUDA: ", a.BH, " batch·heads exceed the grid's 65535");
+  bool ok = dispatch_head_dim<Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse);
+  if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");
+  return ok;
+}
+
+bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                        const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
+                        const Tensor& dv) {
+  bool ok = dispatch_head_dim<Backward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention backward");
+  return ok;
+}
+
+}  // namespace liandan::cuda_impl
