@@ -95,7 +95,10 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   if (!active) return;
   T* o = out + (bh * a.Tq + i) * a.Dv;
   T inv = l > 0 ? T(1) / l : T(0);
-  for (int d = 0; d < a.Dv; ++d) o[d] = acc[d] * inv;
+  // Register arrays are indexed with compile-time constants only (unrolled), or they move to local memory.
+#pragma unroll
+  for (int d = 0; d < kD; ++d)
+    if (d < a.Dv) o[d] = acc[d] * inv;
   lse[bh * a.Tq + i] = l > 0 ? m + dev_log(l) : pos_inf<T>();
 }
 
@@ -166,8 +169,11 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
     }
   }
   if (j >= a.Tk) return;
-  for (int d = 0; d < a.D; ++d) dk[(bh * a.Tk + j) * a.D + d] = dka[d] * T(a.scale);
-  for (int d = 0; d < a.Dv; ++d) dv[(bh * a.Tk + j) * a.Dv + d] = dva[d];
+#pragma unroll
+  for (int d = 0; d < kD; ++d) {
+    if (d < a.D) dk[(bh * a.Tk + j) * a.D + d] = dka[d] * T(a.scale);
+    if (d < a.Dv) dv[(bh * a.Tk + j) * a.Dv + d] = dva[d];
+  }
 }
 
 // dq: a block owns R query rows (staged in shared memory) and walks the key tiles.
@@ -217,7 +223,9 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
     }
   }
   if (!active) return;
-  for (int d = 0; d < a.D; ++d) dq[(bh * a.Tq + i) * a.D + d] = dqa[d] * T(a.scale);
+#pragma unroll
+  for (int d = 0; d < kD; ++d)
+    if (d < a.D) dq[(bh * a.Tq + i) * a.D + d] = dqa[d] * T(a.scale);
 }
 
 // Rows per tile (= threads per block): 64, or 32 for f64 so that the largest tiles fit in shared memory.
