@@ -562,7 +562,8 @@ def _unet():
                     lv.resample = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
                     skips.append(ch)
                 self.down.append(lv)
-            self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, E, G), AttnBlock(ch, heads, G, sdpa), ResBlock(ch, ch, E, G)
+            self.mid1, self.mid_attn = ResBlock(ch, ch, E, G), AttnBlock(ch, heads, G, sdpa)
+            self.mid2 = ResBlock(ch, ch, E, G)
             for i in reversed(range(L)):
                 lv, out, use_attn = Level(), base * mult[i], (size >> i) in attn_res
                 lv.attn = nn.ModuleList() if use_attn else None
@@ -722,7 +723,9 @@ def _(d):
     t = torch.randint(0, V, (B, T, 1), device=DEVICE)
     params = list(model.parameters())
     opt = _adamw(params)
-    body = lambda: _train_step(lambda: -model(x).log_softmax(-1).gather(-1, t).mean(), opt)  # noqa: E731
+
+    def body():
+        _train_step(lambda: -model(x).log_softmax(-1).gather(-1, t).mean(), opt)
     return _with(body, gpu_lm_flops(d, model), sum(p.numel() for p in params))
 
 
@@ -811,6 +814,30 @@ def openblas_core():
         return "unknown", "unknown"
 
 
+def setup_device(a):
+    """Applies --device / --precision: the settings the setups read, and PyTorch's backend flags on cuda."""
+    global DEVICE, PRECISION
+    DEVICE, PRECISION = a.device, a.precision
+    if DEVICE != "cuda":
+        return
+    if not torch.cuda.is_available():
+        sys.exit("torch_ops.py: --device cuda, but this PyTorch sees no CUDA device")
+    torch.backends.cudnn.benchmark = True  # the best-launched peer: cuDNN picks its fastest conv algorithms
+    if PRECISION in ("f32", "tf32"):  # bf16: autocast runs every matmul and conv in bf16; flags left as they are
+        with warnings.catch_warnings():  # torch >= 2.9 prefers fp32_precision; the legacy flags still work
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32 = PRECISION == "tf32"
+            torch.backends.cudnn.allow_tf32 = PRECISION == "tf32"
+
+
+def synced(body):
+    """body, then torch.cuda.synchronize(): on cuda a call's time is that of finished GPU work."""
+    def call():
+        body()
+        torch.cuda.synchronize()
+    return call
+
+
 def main():
     global torch
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -821,6 +848,8 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--min-run-s", type=float, default=0.05)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("f32", "tf32", "bf16"), default="f32")
     a = p.parse_args()
     if a.list:
         for name, config, _ in WORKLOADS:
@@ -830,27 +859,40 @@ def main():
     torch = _torch
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    setup_device(a)
     if a.info:
         core, config = openblas_core()
-        print(json.dumps({"threads": torch.get_num_threads(), "openblas_core": core,
-                          "openblas_config": config, "torch": torch.__version__}))
+        info = {"threads": torch.get_num_threads(), "openblas_core": core,
+                "openblas_config": config, "torch": torch.__version__}
+        if DEVICE == "cuda":
+            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                        cudnn=torch.backends.cudnn.version())
+        print(json.dumps(info))
         return 0
     if not a.workload:
         p.error("need --list, --info or --workload")
-    found = False
-    for name, config, setup in WORKLOADS:
-        if name != a.workload or (a.config is not None and config != a.config):
-            continue
-        found = True
-        torch.manual_seed(0)
-        body = setup(dims(config))
-        med, mn, n, runs = time_body(body, max(1, a.runs), a.min_run_s)
-        print(json.dumps({"name": name, "config": config, "ms": float(f"{med:.6g}"),
-                          "min_ms": float(f"{mn:.6g}"), "iters": n, "runs": runs,
-                          "threads": torch.get_num_threads()}), flush=True)
-    if not found:
+    gpu = a.workload.startswith("gpu_")
+    if not gpu and (DEVICE, PRECISION) != ("cpu", "f32"):
+        p.error(f"{a.workload} is a CPU workload: only the gpu_* workloads take --device / --precision")
+    runs = [(name, config, setup) for name, config, setup in WORKLOADS
+            if name == a.workload and (a.config is None or config == a.config)]
+    if not runs and gpu and a.config is not None:  # a gpu_* workload at shapes of the caller's choosing
+        runs = [(name, a.config, setup) for name, _, setup in WORKLOADS if name == a.workload][:1]
+    if not runs:
         print(f"torch_ops.py: no workload {a.workload} [{a.config}] (see --list)", file=sys.stderr)
         return 3
+    for name, config, setup in runs:
+        torch.manual_seed(0)
+        body = setup(dims(config))
+        extra = {"flops": body.flops, "params": body.params} if gpu else {}
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()  # the setup's work is not the first call's
+            body = synced(body)
+        med, mn, n, r = time_body(body, max(1, a.runs), a.min_run_s)
+        print(json.dumps({"name": name, "config": config, "ms": float(f"{med:.6g}"),
+                          "min_ms": float(f"{mn:.6g}"), "iters": n, "runs": r,
+                          "threads": torch.get_num_threads(), "device": DEVICE, "precision": PRECISION,
+                          **extra}), flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@
 #include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/error.h"
+#include "core/ops.h"
 
 namespace liandan::optim {
 
@@ -60,6 +61,28 @@ void adam_pass(T* p, const T* g, T* m, T* v, T* vmax, T* u, int64_t n, const Ada
   });
 }
 
+// The same update in tensor ops (any device), line for line as adam_pass.
+void adam_tensors(ParamState& s, const Tensor& grad, const Tensor& vmax, const AdamStep& a, const Strategy& st,
+                  double lr) {
+  Tensor p = s.param, m = s.slot("exp_avg"), v = s.slot("exp_avg_sq");
+  Tensor gi = a.l2 != 0 ? add(grad, mul(p, a.l2)) : grad;
+  if (a.decay != 0) p.copy_(mul(p, 1 - a.decay));
+  m.copy_(add(m, mul(sub(gi, m), 1 - a.beta1)));
+  v.copy_(add(mul(v, a.beta2), mul(mul(gi, gi), 1 - a.beta2)));
+  Tensor vi = v;
+  if (vmax.defined()) {
+    Tensor(vmax).copy_(maximum(vmax, v));
+    vi = vmax;
+  }
+  Tensor denom = add(div(sqrt(vi), full({}, a.bc2_sqrt, {p.dtype(), p.device()})), a.eps);
+  if (st.per_tensor_lr) {
+    Tensor u = div(mul(m, 1.0 / a.bc1), denom);
+    p.copy_(add(p, mul(u, -(lr * Optimizer::per_tensor_lr_factor(s, st, u)))));
+  } else {
+    p.copy_(add(p, div(mul(m, -(a.lr / a.bc1)), denom)));  // neg_step·m / denom, as adam_pass
+  }
+}
+
 template <class T>
 void apply_direction(T* p, const T* u, int64_t n, double step) {
   const T s = T(-step);
@@ -83,8 +106,10 @@ void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   a.bc1 = 1 - std::pow(opt_.beta1, double(s.step));
   a.bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, double(s.step)));
   Tensor vmax = opt_.amsgrad ? s.slot("max_exp_avg_sq") : Tensor();
+  // Tensor ops: asked for, or on a device for the per-tensor-lr strategy (the fused kernel has no norm pass).
+  if (!opt_.fused || (st.per_tensor_lr && !s.param.device().is_cpu()))
+    return adam_tensors(s, grad, vmax, a, st, g.lr);
   if (!s.param.device().is_cpu()) {  // the device's fused kernel (core/cuda/optim.cu)
-    if (st.per_tensor_lr) no_device_kernel("Adam with the per-tensor-lr strategy", s.param.device());
     device_backend(s.param.device()).adam_step(s.param, grad.contiguous(), s.slot("exp_avg"), s.slot("exp_avg_sq"),
                                                 vmax, a);
     return;

@@ -17,6 +17,9 @@ struct AdamOptions {
   double weight_decay = 0.0;  // Adam: L2 coefficient; AdamW: decoupled (see AdamW's default)
   bool amsgrad = false;
   Strategy strategy;  // Su's per-tensor lr / tied weight decay (optim/optimizer.h)
+  // true: the fused pass (CPU) or fused kernel (CUDA). false: the update in tensor ops (torch's "foreach"
+  // form; what a GPU runs for the per-tensor-lr strategy), kept selectable so tests compare the two.
+  bool fused = true;
 };
 
 class Adam : public Optimizer {
@@ -44,7 +47,8 @@ struct AdamWOptions {
   double weight_decay = 1e-2;
   bool amsgrad = false;
   Strategy strategy;
-  operator AdamOptions() const { return {lr, beta1, beta2, eps, weight_decay, amsgrad, strategy}; }
+  bool fused = true;
+  operator AdamOptions() const { return {lr, beta1, beta2, eps, weight_decay, amsgrad, strategy, fused}; }
 };
 
 class AdamW : public Adam {

@@ -98,6 +98,8 @@ class Optimizer {
   void load_state_dict(const NamedTensors& dict, const std::string& source = "state dict");
   // Bytes held in optimizer state tensors (the slots; step counts excluded).
   int64_t state_bytes() const;
+  // The per-tensor lr multiplier ‖ε₀‖/‖u‖ of the per_tensor_lr strategy (1 when off).
+  static double per_tensor_lr_factor(const ParamState& s, const Strategy& st, const Tensor& direction);
   // All per-parameter states, in group order.
   std::vector<std::vector<ParamState>>& states() { return states_; }
 
@@ -112,8 +114,6 @@ class Optimizer {
 
   // The decoupled decay rate ρ for a group under the strategy (tied) or lr·wd (torch's AdamW).
   double decoupled_decay(const ParamGroup& g, const Strategy& st) const;
-  // The per-tensor lr multiplier ‖ε₀‖/‖u‖ of the per_tensor_lr strategy (1 when off).
-  static double per_tensor_lr_factor(const ParamState& s, const Strategy& st, const Tensor& direction);
 
  private:
   std::string type_name_;

@@ -564,15 +564,20 @@ TEST_CASE("cuda: ZLPR (hard, soft, sparse), the n×m losses and BCE match the CP
     check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss1(t[0], seq); }, tol(dt) * 10);
     check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss3(t[0], seq); }, tol(dt) * 10);
   }
-  // Optimizers without a fused device kernel run their tensor-op form: five steps as on the CPU.
-  for (int which : {0, 1, 2}) {
+  // Optimizers without a fused device kernel (Amos, SGD, AdamW with the per-tensor-lr strategy) run their
+  // tensor-op form: five steps as on the CPU.
+  for (int which : {0, 1, 2, 3}) {
     CAPTURE(which);
     Generator g1(43), g2(43);
     Tensor pc = randn({8, 6}, g1).requires_grad_(), pg = randn({8, 6}, g2).to(kCuda).requires_grad_();
     auto make = [&](Tensor p) -> std::unique_ptr<optim::Optimizer> {
       if (which == 0) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05});
       if (which == 1) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05, .momentum = 0.9});
-      return std::make_unique<optim::SGD>(std::vector<Tensor>{p}, optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .nesterov = true});
+      if (which == 2)
+        return std::make_unique<optim::SGD>(std::vector<Tensor>{p}, optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .nesterov = true});
+      optim::AdamWOptions o{.lr = 0.01};  // per-tensor lr: the tensor-op form on the GPU
+      o.strategy = {.per_tensor_lr = true, .tie_weight_decay = true};
+      return std::make_unique<optim::AdamW>(std::vector<Tensor>{p}, o);
     };
     auto oc = make(pc), og = make(pg);
     Generator gg(44);

@@ -335,7 +335,7 @@ TEST_CASE("Amos slot memory on the reference RoFormer LM is at most 51 % of Adam
   CHECK(amos_full.state_bytes() == adamw.state_bytes());  // v and b at full shape: same as m and v
 }
 
-TEST_CASE("Amos and SGD in tensor ops (the form a GPU runs) follow the fused CPU pass") {
+TEST_CASE("Amos, SGD and Adam(W) in tensor ops (the form a GPU runs) follow the fused CPU pass") {
   // Two copies of the same parameters (a matrix with factored slots, a 4-D tensor with a custom slot shape, a
   // vector and a scalar), the same gradients for 6 steps; the tensor-op form vs the fused pass, f64 and f32.
   for (DType dt : {DType::f64, DType::f32}) {
@@ -397,6 +397,24 @@ TEST_CASE("Amos and SGD in tensor ops (the form a GPU runs) follow the fused CPU
         };
         check_same(run(sgd(true)), run(sgd(false)));
       }
+    for (bool amsgrad : {false, true})
+      for (bool strategy : {false, true})
+        for (bool decoupled : {false, true}) {
+          CAPTURE(amsgrad);
+          CAPTURE(strategy);
+          CAPTURE(decoupled);
+          auto adam = [&](bool fused) {
+            return [=](const NamedParams& ps) -> std::unique_ptr<Optimizer> {
+              AdamOptions o{.lr = 0.01, .weight_decay = 0.05, .amsgrad = amsgrad, .fused = fused};
+              o.strategy = {.per_tensor_lr = strategy, .tie_weight_decay = strategy};
+              if (decoupled) return std::make_unique<AdamW>(ps, AdamWOptions{.lr = o.lr, .weight_decay = o.weight_decay,
+                                                                              .amsgrad = amsgrad, .strategy = o.strategy,
+                                                                              .fused = fused});
+              return std::make_unique<Adam>(ps, o);
+            };
+          };
+          check_same(run(adam(true)), run(adam(false)));
+        }
   }
 }
 
