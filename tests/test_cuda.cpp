@@ -4,7 +4,9 @@
 //   that is not there.
 // - With a GPU (skipped otherwise, reported by doctest as "skipped"): every kernel against the CPU result
 //   (relative error ≤ 1e-5 in f32, 1e-12 in f64, 3e-4 with TF32), gradients through device ops, determinism
-//   of sums, the allocator over 1,000 training steps, and errors for a missing kernel and for OOM.
+//   of sums, the allocator over 1,000 training steps, and errors for CPU access to device memory and for OOM.
+// - test_cuda_emulated (CMakeLists.txt) is this file against an emulated GPU (tests/cuda_emulation/emu.h): the
+//   CUDA kernels compiled for the CPU, so their logic is tested on every machine.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -139,16 +141,21 @@ namespace {
 const bool kGpu = cuda::is_available();
 const Device kCuda = Device::cuda(0);
 
+// max |got − want| / max |want| (NaNs in the same places): the error relative to the tensor's scale. A GPU sums
+// in another order than the CPU, which shows in the last bits of the large elements; relative to each element,
+// an element near 0 (a gradient, a log-softmax of a likely class) would make that look like a large error.
 double max_rel_err(const Tensor& got, const Tensor& want) {
   std::vector<double> g = got.to_vector(), w = want.to_vector();
   REQUIRE(g.size() == w.size());
-  double m = 0;
+  double m = 0, scale = 0;
   for (size_t i = 0; i < g.size(); ++i) {
     REQUIRE(std::isnan(g[i]) == std::isnan(w[i]));
     if (std::isnan(w[i]) || g[i] == w[i]) continue;
-    m = std::max(m, std::abs(g[i] - w[i]) / std::max(std::abs(w[i]), 1e-6));
+    m = std::max(m, std::abs(g[i] - w[i]));
   }
-  return m;
+  for (double v : w)
+    if (std::isfinite(v)) scale = std::max(scale, std::abs(v));
+  return m / std::max(scale, 1e-30);
 }
 
 double tol(DType dt) { return dt == DType::f64 ? 1e-12 : 1e-5; }
@@ -717,22 +724,24 @@ TEST_CASE("cuda: DDIM, predictor-corrector and RK45 ODE sampling on the GPU foll
   Tensor xc = ddim_sample(dc, sched, {64, 2}, 20, a, DDIMOptions{.eta = 0.5});
   Tensor xg = ddim_sample(dg, sched, {64, 2}, 20, b, DDIMOptions{.eta = 0.5, .device = kCuda});
   CHECK(xg.device() == kCuda);
-  CHECK(max(abs(sub(xg.cpu(), xc))).item() <= 1e-4);
+  // Samples are O(1); the GPU's f32 GEMMs sum in another order (~1e-7 relative per evaluation), and the samplers
+  // amplify that (x̂₀ = (x − √(1−ᾱ)ε)/√ᾱ divides by √ᾱ ≈ 0.006 near t = T): measured 4e-4 / 3e-3 / 6e-3 for
+  // DDIM / PC / RK45 on the emulated GPU (tests/cuda_emulation). A wrong draw or path is an O(1) difference.
+  CHECK(max(abs(sub(xg.cpu(), xc))).item() <= 3e-3);
   VPSDE sde;
   ModuleDenoiser<MLPDenoiser> sc(net, Prediction::eps, 999.0), sg(gnet, Prediction::eps, 999.0);
   Generator c(18), d(18);
   Tensor pc_c = pc_sample(sc, sde, {64, 2}, 50, c), pc_g = pc_sample(sg, sde, {64, 2}, 50, d, SDEOptions{.device = kCuda});
-  CHECK(max(abs(sub(pc_g.cpu(), pc_c))).item() <= 1e-3);
+  CHECK(max(abs(sub(pc_g.cpu(), pc_c))).item() <= 2e-2);
   Generator e(19), f(19);
   ODEResult oc = pf_ode_sample(sc, sde, {64, 2}, 0, e), og = pf_ode_sample(sg, sde, {64, 2}, 0, f, ODEOptions{.device = kCuda});
   CHECK(std::abs(og.nfe - oc.nfe) <= oc.nfe / 10);  // step acceptance may flip on rounding; the path is the same ODE
-  CHECK(max(abs(sub(og.x.cpu(), oc.x))).item() <= 1e-3);
+  CHECK(max(abs(sub(og.x.cpu(), oc.x))).item() <= 3e-2);
 }
 
-TEST_CASE("cuda: errors — a missing kernel, a device mismatch, out of memory — are clear, not crashes" *
+TEST_CASE("cuda: errors — CPU access to device memory, a device mismatch, out of memory — are clear, not crashes" *
           doctest::skip(!kGpu)) {
   Tensor d = ones({2, 3}, kCuda);
-  CHECK(error_of([&] { where(d, d, d); }) .find("op 'where' has no kernel on cuda:0") != std::string::npos);
   CHECK(error_of([&] { add(d, ones({2, 3})); }).find("device mismatch") != std::string::npos);
   CHECK(error_of([&] { d.data_ptr<float>(); }).find("is on cuda:0") != std::string::npos);
   std::string oom = error_of([] { empty({int64_t(1) << 48}, kCuda); });  // 1 PiB of f32

@@ -1,0 +1,454 @@
+#pragma once
+// A small CUDA emulator, so that the kernels of core/cuda/ run — and are tested — on machines without a GPU.
+// tests/CMakeLists rules copy each kernel file, turn `k<<<grid, block, smem, stream>>>(args)` into
+// `(emu::configure(grid, block, smem, stream), emu::kernel(k))(args)` and `extern __shared__ T s[];` into a
+// pointer to the block's dynamic shared memory, and compile it as C++ with this header forced in. A launch runs
+// the blocks one after another; the threads of a block are coroutines (ucontext) on one OS thread, so
+// __syncthreads() and __shfl_down_sync() are barriers that switch between them, `__shared__` variables are
+// function statics (one block runs at a time), and registers are the coroutines' stacks.
+//
+// What this checks: a kernel's indexing, bounds, masking, barriers and arithmetic (in the same order as on a
+// GPU, for this schedule). What it cannot: races (threads interleave only at barriers), the compiler's and
+// the hardware's behaviour (FMA contraction, fast math), performance. Kernels without a barrier run their
+// threads as plain calls after the first thread of the launch finished without one; a barrier reached in
+// that mode is an error, never a silent wrong result.
+#include <math.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <stdexcept>
+#include <tuple>
+#include <unordered_map>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "core/half.h"
+
+// ---------------------------------------------------------------- CUDA C++ keywords
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}  // NOLINT: as CUDA's
+};
+
+// ---------------------------------------------------------------- runtime API (what core/cuda/*.cu call)
+// One emulated GPU whose memory is host memory, with a capacity (so out-of-memory is testable).
+using cudaError_t = int;
+constexpr cudaError_t cudaSuccess = 0, cudaErrorMemoryAllocation = 2;
+using cudaStream_t = void*;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost };
+constexpr unsigned cudaStreamNonBlocking = 1;
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor;
+  size_t totalGlobalMem;
+};
+namespace emu {
+constexpr size_t kMemoryBytes = size_t(64) << 30;  // the emulated GPU's "memory": 64 GiB of host allocations
+inline size_t& used_bytes() {
+  static size_t used = 0;
+  return used;
+}
+inline std::unordered_map<void*, size_t>& allocations() {
+  static std::unordered_map<void*, size_t> a;
+  return a;
+}
+}  // namespace emu
+inline const char* cudaGetErrorString(cudaError_t e) { return e ? "out of memory (emulated)" : "no error (emulated)"; }
+inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+  std::strcpy(p->name, "emulated GPU (tests/cuda_emulation)");
+  p->major = 9;
+  p->minor = 0;
+  p->totalGlobalMem = emu::kMemoryBytes;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (bytes > emu::kMemoryBytes - emu::used_bytes()) return cudaErrorMemoryAllocation;
+  *p = std::malloc(std::max<size_t>(bytes, 1));
+  if (!*p) return cudaErrorMemoryAllocation;
+  emu::used_bytes() += bytes;
+  emu::allocations()[*p] = bytes;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* p) {
+  auto it = emu::allocations().find(p);
+  if (it != emu::allocations().end()) {
+    emu::used_bytes() -= it->second;
+    emu::allocations().erase(it);
+  }
+  std::free(p);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+  *total_b = emu::kMemoryBytes;
+  *free_b = emu::kMemoryBytes - emu::used_bytes();
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = nullptr; return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memcpy(d, s, n);
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------- cuBLAS (one GEMM entry point, column-major)
+using cublasHandle_t = void*;
+enum cublasStatus_t {
+  CUBLAS_STATUS_SUCCESS, CUBLAS_STATUS_NOT_INITIALIZED, CUBLAS_STATUS_ALLOC_FAILED, CUBLAS_STATUS_INVALID_VALUE,
+  CUBLAS_STATUS_ARCH_MISMATCH, CUBLAS_STATUS_EXECUTION_FAILED, CUBLAS_STATUS_INTERNAL_ERROR, CUBLAS_STATUS_NOT_SUPPORTED
+};
+enum cublasOperation_t { CUBLAS_OP_N, CUBLAS_OP_T };
+enum cudaDataType_t { CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF, CUDA_R_16F };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = nullptr; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+namespace emu {
+// Element e of a column-major operand of type t, widened to double.
+inline double load(const void* p, cudaDataType_t t, int64_t e) {
+  switch (t) {
+    case CUDA_R_32F: return static_cast<const float*>(p)[e];
+    case CUDA_R_64F: return static_cast<const double*>(p)[e];
+    case CUDA_R_16BF: return liandan::bf16_to_float(static_cast<const uint16_t*>(p)[e]);
+    case CUDA_R_16F: return liandan::f16_to_float(static_cast<const uint16_t*>(p)[e]);
+  }
+  return 0;
+}
+}  // namespace emu
+// C = α·op(A)·op(B) + β·C per batch, column-major, accumulated in double (f32 outputs rounded once: the
+// emulation is exact where the GPU accumulates in f32; TF32 is not emulated, so it matches f32 here).
+inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t opa, cublasOperation_t opb, int m,
+                                                 int n, int k, const void* alpha, const void* A, cudaDataType_t ta,
+                                                 int lda, long long sa, const void* B, cudaDataType_t tb, int ldb,
+                                                 long long sb, const void* beta, void* C, cudaDataType_t tc, int ldc,
+                                                 long long sc, int batch, cublasComputeType_t ct, cublasGemmAlgo_t) {
+  bool dbl = ct == CUBLAS_COMPUTE_64F;
+  double al = dbl ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
+  double be = dbl ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
+  std::vector<double> a(size_t(m) * k), b(size_t(k) * n);
+  for (int64_t q = 0; q < batch; ++q) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t l = 0; l < k; ++l)
+        a[size_t(i * k + l)] = emu::load(A, ta, q * sa + (opa == CUBLAS_OP_N ? i + l * lda : l + i * lda));
+    for (int64_t l = 0; l < k; ++l)
+      for (int64_t j = 0; j < n; ++j)
+        b[size_t(l * n + j)] = emu::load(B, tb, q * sb + (opb == CUBLAS_OP_N ? l + j * ldb : j + l * ldb));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t l = 0; l < k; ++l) acc += a[size_t(i * k + l)] * b[size_t(l * n + j)];
+        int64_t e = q * sc + i + j * ldc;
+        if (tc == CUDA_R_64F) {
+          double* c = static_cast<double*>(C) + e;
+          *c = al * acc + (be != 0 ? be * *c : 0.0);
+        } else {
+          float* c = static_cast<float*>(C) + e;
+          *c = float(al * acc + (be != 0 ? be * double(*c) : 0.0));
+        }
+      }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// ---------------------------------------------------------------- half types (cuda_bf16.h, cuda_fp16.h)
+struct __nv_bfloat16_raw { uint16_t x; };
+struct __half_raw { uint16_t x; };
+struct __nv_bfloat16 {
+  uint16_t x = 0;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(__nv_bfloat16_raw r) : x(r.x) {}  // NOLINT
+};
+struct __half {
+  uint16_t x = 0;
+  __half() = default;
+  __half(__half_raw r) : x(r.x) {}  // NOLINT
+};
+inline float __bfloat162float(__nv_bfloat16 h) { return liandan::bf16_to_float(h.x); }
+inline float __half2float(__half h) { return liandan::f16_to_float(h.x); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16_raw{liandan::float_to_bf16(f)}; }
+inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16_raw{liandan::bfloat16(d).bits}; }
+inline __half __float2half_rn(float f) { return __half_raw{liandan::float_to_f16(f)}; }
+inline __half __double2half(double d) { return __half_raw{liandan::float16(d).bits}; }
+
+// ---------------------------------------------------------------- device math CUDA has and C++ lacks
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+template <class A, class B> auto min(A a, B b) -> std::common_type_t<A, B> { return b < a ? b : a; }
+template <class A, class B> auto max(A a, B b) -> std::common_type_t<A, B> { return a < b ? b : a; }
+
+namespace emu {
+
+// The running thread's coordinates and the block's scheduler state.
+// Coroutine contexts. On x86-64 a switch is six pushes, a stack swap and six pops (emu_switch below): glibc's
+// swapcontext also saves the signal mask with a system call per switch, a hundred times slower, which the
+// emulated kernels (millions of switches per test) cannot afford. Elsewhere: ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+struct Context {
+  void* sp = nullptr;
+};
+inline void switch_to(Context& from, Context& to) { emu_switch(&from.sp, to.sp); }
+inline void make_context(Context& c, std::vector<char>& stack, void (*entry)()) {
+  auto top = (reinterpret_cast<uintptr_t>(stack.data() + stack.size())) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                               // the entry function's return address: it never returns
+  *--sp = reinterpret_cast<void*>(entry);        // where emu_switch's `ret` lands
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;   // rbp, rbx, r12–r15 popped by emu_switch
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context(Context& c, std::vector<char>& stack, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack.data();
+  c.uc.uc_stack.ss_size = stack.size();
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
+struct Thread {
+  dim3 thread_idx, block_idx;
+  Context ctx;
+  std::vector<char> stack;
+  enum class State { runnable, at_block_barrier, at_warp_barrier, done } state = State::runnable;
+};
+
+struct Grid {
+  dim3 grid, block;
+  size_t shared_bytes = 0;
+};
+
+struct Runtime {
+  Grid pending, current;
+  std::vector<Thread> threads;
+  std::vector<unsigned char> dynamic_shared;
+  std::vector<double> shfl_slots;  // one per thread of the block (the lane's value, for __shfl_down_sync)
+  Context scheduler;
+  Thread* running = nullptr;
+  bool direct = false;        // threads run as plain calls (no barrier seen in the first thread)
+  dim3 direct_thread, direct_block;
+  std::function<void()> body;
+  std::exception_ptr error;
+  size_t barriers = 0;  // barriers passed since the launch began
+};
+
+inline Runtime& rt() {
+  static Runtime r;
+  return r;
+}
+
+inline const dim3& thread_idx() { return rt().direct ? rt().direct_thread : rt().running->thread_idx; }
+inline const dim3& block_idx() { return rt().direct ? rt().direct_block : rt().running->block_idx; }
+
+// Marks the running thread as waiting at a barrier and switches to the scheduler.
+inline void wait_at(Thread::State s) {
+  Runtime& r = rt();
+  if (r.direct)
+    throw std::logic_error("emulated CUDA: a barrier in a kernel whose first thread ran without one (divergent barrier)");
+  r.running->state = s;
+  ++r.barriers;
+  switch_to(r.running->ctx, r.scheduler);
+}
+
+inline void syncthreads() { wait_at(Thread::State::at_block_barrier); }
+
+// __shfl_down_sync over the full warp: every lane publishes its value, the warp meets, each lane reads lane + o's
+// (its own past the warp's end), and the warp meets again before the slots are reused.
+template <class T>
+T shfl_down(T v, unsigned o) {
+  Runtime& r = rt();
+  if (r.direct) throw std::logic_error("emulated CUDA: __shfl_down_sync outside a coroutine block");
+  size_t tid = size_t(r.running - r.threads.data());
+  r.shfl_slots[tid] = double(v);
+  wait_at(Thread::State::at_warp_barrier);
+  size_t lane = tid % 32, src = lane + o < 32 && tid + o < r.threads.size() ? tid + o : tid;
+  T out = T(r.shfl_slots[src]);
+  wait_at(Thread::State::at_warp_barrier);
+  return out;
+}
+
+inline void trampoline() {
+  Runtime& r = rt();
+  try {
+    r.body();
+  } catch (...) {
+    if (!r.error) r.error = std::current_exception();
+  }
+  r.running->state = Thread::State::done;
+  switch_to(r.running->ctx, r.scheduler);  // never resumed
+}
+
+// Runs one block's threads as coroutines until all are done, releasing barriers when every live thread of the
+// block (or of a warp) waits at one.
+inline void run_block(const dim3& b) {
+  Runtime& r = rt();
+  size_t n = size_t(r.current.block.x) * r.current.block.y * r.current.block.z;
+  r.threads.resize(n);
+  r.shfl_slots.assign(n, 0.0);
+  for (size_t t = 0; t < n; ++t) {
+    Thread& th = r.threads[t];
+    th.thread_idx = dim3(unsigned(t % r.current.block.x), unsigned(t / r.current.block.x % r.current.block.y),
+                         unsigned(t / (size_t(r.current.block.x) * r.current.block.y)));
+    th.block_idx = b;
+    th.state = Thread::State::runnable;
+    th.stack.resize(256 * 1024);
+    make_context(th.ctx, th.stack, trampoline);
+  }
+  for (;;) {
+    bool progressed = false;
+    for (auto& th : r.threads)
+      if (th.state == Thread::State::runnable) {
+        r.running = &th;
+        switch_to(r.scheduler, th.ctx);
+        progressed = true;
+      }
+    if (progressed) continue;
+    size_t live = 0, at_block = 0;
+    for (auto& th : r.threads) {
+      live += th.state != Thread::State::done;
+      at_block += th.state == Thread::State::at_block_barrier;
+    }
+    if (live == 0) break;
+    if (at_block == live) {
+      for (auto& th : r.threads) if (th.state == Thread::State::at_block_barrier) th.state = Thread::State::runnable;
+      continue;
+    }
+    bool released = false;
+    for (size_t w = 0; w < n; w += 32) {
+      size_t end = std::min(n, w + 32), wl = 0, ww = 0;
+      for (size_t t = w; t < end; ++t) {
+        wl += r.threads[t].state != Thread::State::done;
+        ww += r.threads[t].state == Thread::State::at_warp_barrier;
+      }
+      if (wl > 0 && ww == wl) {
+        for (size_t t = w; t < end; ++t) r.threads[t].state = Thread::State::runnable;
+        released = true;
+      }
+    }
+    if (!released) throw std::logic_error("emulated CUDA: the block deadlocked at a barrier");
+  }
+  r.running = nullptr;
+}
+
+inline int configure(dim3 grid, dim3 block, size_t shared = 0, cudaStream_t = nullptr) {
+  rt().pending = Grid{grid, block, shared};
+  return 0;
+}
+
+// emu::kernel(k)(args...) runs the configured grid of k.
+template <class... P>
+struct Launch {
+  void (*fn)(P...);
+  template <class... A>
+  void operator()(A&&... args) const {
+    Runtime& r = rt();
+    r.current = r.pending;
+    r.dynamic_shared.assign(r.current.shared_bytes + 16, 0);
+    std::tuple<std::decay_t<P>...> a(std::forward<A>(args)...);
+    auto f = fn;
+    r.body = [f, &a] { std::apply(f, a); };
+    r.error = nullptr;
+    r.barriers = 0;
+    const dim3 g = r.current.grid, bl = r.current.block;
+    size_t nthreads = size_t(bl.x) * bl.y * bl.z;
+    bool first = true, barrier_free = false;
+    for (unsigned z = 0; z < g.z; ++z)
+      for (unsigned y = 0; y < g.y; ++y)
+        for (unsigned x = 0; x < g.x; ++x) {
+          dim3 b(x, y, z);
+          if (first) {  // the first block as coroutines; barrier-free kernels then run as plain calls
+            run_block(b);
+            first = false;
+            if (r.error) std::rethrow_exception(r.error);
+            barrier_free = r.barriers == 0;
+            continue;
+          }
+          if (!barrier_free) {
+            run_block(b);
+            if (r.error) std::rethrow_exception(r.error);
+            continue;
+          }
+          r.direct = true;
+          r.direct_block = b;
+          for (size_t t = 0; t < nthreads; ++t) {
+            r.direct_thread = dim3(unsigned(t % bl.x), unsigned(t / bl.x % bl.y), unsigned(t / (size_t(bl.x) * bl.y)));
+            try {
+              r.body();
+            } catch (...) {
+              r.direct = false;
+              throw;
+            }
+          }
+          r.direct = false;
+        }
+    r.body = nullptr;
+  }
+};
+
+template <class... P>
+Launch<P...> kernel(void (*fn)(P...)) {
+  return Launch<P...>{fn};
+}
+
+template <class T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(rt().dynamic_shared.data());
+}
+
+}  // namespace emu
+
+#if defined(__x86_64__)
+// Defined in every translation unit that includes this header, as a weak symbol (the linker keeps one).
+asm(R"(
+  .text
+  .weak emu_switch
+  .type emu_switch, @function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch, .-emu_switch
+)");
+#endif
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+#define blockDim (::emu::rt().current.block)
+#define gridDim (::emu::rt().current.grid)
+#define __syncthreads() ::emu::syncthreads()
+#define __shfl_down_sync(mask, v, o) ::emu::shfl_down((v), (o))
