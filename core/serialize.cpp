@@ -356,8 +356,6 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     LD_CHECK(name != "__metadata__", "save_safetensors: ", path, ": \"__metadata__\" is reserved, not a tensor name");
     LD_CHECK(names.insert(name).second, "save_safetensors: ", path, ": duplicate tensor name \"", name, "\"");
     LD_CHECK(t.defined(), "save_safetensors: ", path, ": tensor \"", name, "\" is undefined");
-    LD_CHECK(t.device().is_cpu(), "save_safetensors: ", path, ": tensor \"", name, "\" is on ", t.device().str(),
-             "; move it to the CPU first");
   }
 
   ojson header = ojson::object();

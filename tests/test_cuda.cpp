@@ -724,19 +724,19 @@ TEST_CASE("cuda: DDIM, predictor-corrector and RK45 ODE sampling on the GPU foll
   Tensor xc = ddim_sample(dc, sched, {64, 2}, 20, a, DDIMOptions{.eta = 0.5});
   Tensor xg = ddim_sample(dg, sched, {64, 2}, 20, b, DDIMOptions{.eta = 0.5, .device = kCuda});
   CHECK(xg.device() == kCuda);
-  // Samples are O(1); the GPU's f32 GEMMs sum in another order (~1e-7 relative per evaluation), and the samplers
-  // amplify that (x̂₀ = (x − √(1−ᾱ)ε)/√ᾱ divides by √ᾱ ≈ 0.006 near t = T): measured 4e-4 / 3e-3 / 6e-3 for
-  // DDIM / PC / RK45 on the emulated GPU (tests/cuda_emulation). A wrong draw or path is an O(1) difference.
-  CHECK(max(abs(sub(xg.cpu(), xc))).item() <= 3e-3);
+  // Relative to the samples' scale (an untrained random denoiser: up to ~10³). The GPU's f32 GEMMs sum in another
+  // order (~1e-7 relative per evaluation) and the samplers amplify it: on the CPU alone, scaling the weights by
+  // 1 + 1e-7 moves the RK45 samples by 1.3e-5 of their scale. A wrong draw or path is an O(1) difference.
+  CHECK(max_rel_err(xg.cpu(), xc) <= 1e-4);
   VPSDE sde;
   ModuleDenoiser<MLPDenoiser> sc(net, Prediction::eps, 999.0), sg(gnet, Prediction::eps, 999.0);
   Generator c(18), d(18);
   Tensor pc_c = pc_sample(sc, sde, {64, 2}, 50, c), pc_g = pc_sample(sg, sde, {64, 2}, 50, d, SDEOptions{.device = kCuda});
-  CHECK(max(abs(sub(pc_g.cpu(), pc_c))).item() <= 2e-2);
+  CHECK(max_rel_err(pc_g.cpu(), pc_c) <= 1e-4);
   Generator e(19), f(19);
   ODEResult oc = pf_ode_sample(sc, sde, {64, 2}, 0, e), og = pf_ode_sample(sg, sde, {64, 2}, 0, f, ODEOptions{.device = kCuda});
   CHECK(std::abs(og.nfe - oc.nfe) <= oc.nfe / 10);  // step acceptance may flip on rounding; the path is the same ODE
-  CHECK(max(abs(sub(og.x.cpu(), oc.x))).item() <= 3e-2);
+  CHECK(max_rel_err(og.x.cpu(), oc.x) <= 1e-4);
 }
 
 TEST_CASE("cuda: errors — CPU access to device memory, a device mismatch, out of memory — are clear, not crashes" *

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/cpu/blas.h"
 #include "core/half.h"
 
 // ---------------------------------------------------------------- CUDA C++ keywords
@@ -123,49 +124,54 @@ enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
 inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = nullptr; return CUBLAS_STATUS_SUCCESS; }
 inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
 namespace emu {
-// Element e of a column-major operand of type t, widened to double.
-inline double load(const void* p, cudaDataType_t t, int64_t e) {
-  switch (t) {
-    case CUDA_R_32F: return static_cast<const float*>(p)[e];
-    case CUDA_R_64F: return static_cast<const double*>(p)[e];
-    case CUDA_R_16BF: return liandan::bf16_to_float(static_cast<const uint16_t*>(p)[e]);
-    case CUDA_R_16F: return liandan::f16_to_float(static_cast<const uint16_t*>(p)[e]);
+// A column-major operand of type t as f32 or f64 (the GEMM's working type W): half formats widen exactly.
+template <class W>
+const W* widened(const void* p, cudaDataType_t t, int64_t n, std::vector<W>& buf) {
+  if ((t == CUDA_R_32F && std::is_same_v<W, float>) || (t == CUDA_R_64F && std::is_same_v<W, double>))
+    return static_cast<const W*>(p);
+  buf.resize(size_t(n));
+  for (int64_t e = 0; e < n; ++e) {
+    switch (t) {
+      case CUDA_R_32F: buf[size_t(e)] = W(static_cast<const float*>(p)[e]); break;
+      case CUDA_R_64F: buf[size_t(e)] = W(static_cast<const double*>(p)[e]); break;
+      case CUDA_R_16BF: buf[size_t(e)] = W(liandan::bf16_to_float(static_cast<const uint16_t*>(p)[e])); break;
+      case CUDA_R_16F: buf[size_t(e)] = W(liandan::f16_to_float(static_cast<const uint16_t*>(p)[e])); break;
+    }
   }
-  return 0;
+  return buf.data();
+}
+
+// One column-major GEMM per batch through OpenBLAS: column-major C = op(A)·op(B) is row-major
+// Cᵀ = op(B)ᵀ·op(A)ᵀ, where a column-major operand read row-major is its transpose.
+template <class W>
+void gemm_batched(cublasOperation_t opa, cublasOperation_t opb, int m, int n, int k, double alpha, const void* A,
+                  cudaDataType_t ta, int lda, long long sa, const void* B, cudaDataType_t tb, int ldb, long long sb,
+                  double beta, void* C, int ldc, long long sc, int batch) {
+  // Operand extents in elements: enough to cover every batch (strides may be 0: a broadcast operand).
+  int64_t na = (batch - 1) * sa + int64_t(lda) * (opa == CUBLAS_OP_N ? k : m);
+  int64_t nb = (batch - 1) * sb + int64_t(ldb) * (opb == CUBLAS_OP_N ? n : k);
+  std::vector<W> abuf, bbuf;
+  const W* a = widened<W>(A, ta, na, abuf);
+  const W* b = widened<W>(B, tb, nb, bbuf);
+  for (int64_t q = 0; q < batch; ++q)
+    liandan::cpu::gemm<W>(opb == CUBLAS_OP_T, opa == CUBLAS_OP_T, n, m, k, W(alpha), b + q * sb, ldb, a + q * sa, lda,
+                          W(beta), static_cast<W*>(C) + q * sc, ldc);
 }
 }  // namespace emu
-// C = α·op(A)·op(B) + β·C per batch, column-major, accumulated in double (f32 outputs rounded once: the
-// emulation is exact where the GPU accumulates in f32; TF32 is not emulated, so it matches f32 here).
+
+// C = α·op(A)·op(B) + β·C per batch, column-major, as cuBLAS; f32 through sgemm (half operands widened exactly),
+// f64 through dgemm. TF32 is not emulated: it computes in f32 here.
 inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t opa, cublasOperation_t opb, int m,
                                                  int n, int k, const void* alpha, const void* A, cudaDataType_t ta,
                                                  int lda, long long sa, const void* B, cudaDataType_t tb, int ldb,
                                                  long long sb, const void* beta, void* C, cudaDataType_t tc, int ldc,
                                                  long long sc, int batch, cublasComputeType_t ct, cublasGemmAlgo_t) {
-  bool dbl = ct == CUBLAS_COMPUTE_64F;
-  double al = dbl ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
-  double be = dbl ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
-  std::vector<double> a(size_t(m) * k), b(size_t(k) * n);
-  for (int64_t q = 0; q < batch; ++q) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t l = 0; l < k; ++l)
-        a[size_t(i * k + l)] = emu::load(A, ta, q * sa + (opa == CUBLAS_OP_N ? i + l * lda : l + i * lda));
-    for (int64_t l = 0; l < k; ++l)
-      for (int64_t j = 0; j < n; ++j)
-        b[size_t(l * n + j)] = emu::load(B, tb, q * sb + (opb == CUBLAS_OP_N ? l + j * ldb : j + l * ldb));
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t l = 0; l < k; ++l) acc += a[size_t(i * k + l)] * b[size_t(l * n + j)];
-        int64_t e = q * sc + i + j * ldc;
-        if (tc == CUDA_R_64F) {
-          double* c = static_cast<double*>(C) + e;
-          *c = al * acc + (be != 0 ? be * *c : 0.0);
-        } else {
-          float* c = static_cast<float*>(C) + e;
-          *c = float(al * acc + (be != 0 ? be * double(*c) : 0.0));
-        }
-      }
-  }
+  if (tc == CUDA_R_64F)
+    emu::gemm_batched<double>(opa, opb, m, n, k, *static_cast<const double*>(alpha), A, ta, lda, sa, B, tb, ldb, sb,
+                              *static_cast<const double*>(beta), C, ldc, sc, batch);
+  else
+    emu::gemm_batched<float>(opa, opb, m, n, k, *static_cast<const float*>(alpha), A, ta, lda, sa, B, tb, ldb, sb,
+                             *static_cast<const float*>(beta), C, ldc, sc, batch);
   return CUBLAS_STATUS_SUCCESS;
 }
 
