@@ -93,6 +93,14 @@ class DeviceBackend {
   virtual void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
                              const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len,
                              bool center) = 0;
+  // group_norm (+ SiLU when `silu`) of a contiguous x [N, C, S...] in G groups; w, b: [C] or undefined; mean,
+  // rstd: [N·G]. The backward writes dx, dw, db (each may be undefined), deterministically.
+  virtual void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                                  const Tensor& rstd, int64_t N, int64_t C, int64_t G, int64_t S, double eps,
+                                  bool silu) = 0;
+  virtual void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g,
+                                   const Tensor& mean, const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                                   const Tensor& db, int64_t N, int64_t C, int64_t G, int64_t S, bool silu) = 0;
   // RoPE (core/ops/rope.h): y = x ([.., D] contiguous) with its first 2P dims rotated by contiguous cos/sin
   // tables ([.., P]); x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d];
   // sign −1 rotates backwards (the gradient).

@@ -505,7 +505,7 @@ TEST_CASE("cuda: where, max/min with indices, cumsum, logsumexp and scatter_add 
   }
 }
 
-TEST_CASE("cuda: fused layer_norm / rms_norm and RoPE kernels match the CPU, forward and backward" * doctest::skip(!kGpu)) {
+TEST_CASE("cuda: fused layer_norm / rms_norm / group_norm (+SiLU) and RoPE kernels match the CPU, forward and backward" * doctest::skip(!kGpu)) {
   for (DType dt : {DType::f32, DType::f64}) {
     CAPTURE(std::string(dtype_name(dt)));
     Generator g(45);
@@ -515,6 +515,11 @@ TEST_CASE("cuda: fused layer_norm / rms_norm and RoPE kernels match the CPU, for
     check_op_on_gpu({x, w}, [](auto& t) { return rms_norm(t[0], {48}, t[1]); }, tol(dt) * 10);
     Tensor w2 = randn({300, 48}, g, dt);
     check_op_on_gpu({x, w2}, [](auto& t) { return rms_norm(t[0], {300, 48}, t[1]); }, tol(dt) * 10);  // long rows
+    // group_norm (+ SiLU): [N, C, H, W] in 4 groups, with and without affine parameters.
+    Tensor img = add(mul(randn({3, 16, 9, 7}, g, dt), 1.5), 0.3), gw = randn({16}, g, dt), gb = randn({16}, g, dt);
+    check_op_on_gpu({img, gw, gb}, [](auto& t) { return group_norm(t[0], 4, t[1], t[2]); }, tol(dt) * 10);
+    check_op_on_gpu({img, gw, gb}, [](auto& t) { return group_norm_silu(t[0], 4, t[1], t[2]); }, tol(dt) * 10);
+    check_op_on_gpu({img}, [](auto& t) { return group_norm(t[0], 8, Tensor(), Tensor()); }, tol(dt) * 10);
     // RoPE: both pairings, partial rotary (2P < D), tables broadcast over batch and heads, learned tables.
     Tensor q = randn({2, 3, 17, 16}, g, dt);
     Tensor ang = mul(rand({17, 6}, g, dt), 20.0);

@@ -165,6 +165,17 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard guard(index_);
     cuda_impl::norm_backward(x, w, g, mean, rstd, dx, dw, db, rows, len, center);
   }
+  void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                          const Tensor& rstd, int64_t N, int64_t C, int64_t G, int64_t S, double eps, bool silu) override {
+    DeviceGuard guard(index_);
+    cuda_impl::group_norm_forward(x, w, b, y, mean, rstd, N, C, G, S, eps, silu);
+  }
+  void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, const Tensor& mean,
+                           const Tensor& rstd, const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t N,
+                           int64_t C, int64_t G, int64_t S, bool silu) override {
+    DeviceGuard guard(index_);
+    cuda_impl::group_norm_backward(x, w, b, g, mean, rstd, dx, dw, db, N, C, G, S, silu);
+  }
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
             const Shape& table_strides, bool half, double sign) override {
     DeviceGuard guard(index_);

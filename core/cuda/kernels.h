@@ -37,6 +37,11 @@ void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tenso
                   const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps);
 void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
                    const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len, bool center);
+void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
+                        const Tensor& rstd, int64_t N, int64_t C, int64_t G, int64_t S, double eps, bool silu);
+void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, const Tensor& mean,
+                         const Tensor& rstd, const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t N, int64_t C,
+                         int64_t G, int64_t S, bool silu);
 
 // rope.cu
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,

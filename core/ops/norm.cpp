@@ -272,18 +272,20 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
   LD_CHECK(G > 0 && C % G == 0, name, ": ", C, " channels are not divisible into ", G, " groups");
   check_affine(weight, {C}, x, name, "weight");
   check_affine(bias, {C}, x, name, "bias");
-  if (!x.device().is_cpu()) {  // no fused kernel on that device: the composite form (core/ops/composite.h)
-    Tensor y = composite::group_norm(x, G, weight, bias, eps);
-    return silu ? liandan::silu(y) : y;
-  }
   GroupGeom q{N, C, G, (N && C) ? x.numel() / (N * C) : 0};  // N = 0 (empty batch) must not divide by zero
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
-  Tensor y = empty(x.shape(), x.dtype()), mean = empty({N * G}, x.dtype()), rstd = empty({N * G}, x.dtype());
-  LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    gn_forward<scalar_t>(q, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
-                         y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps, silu);
-  });
+  TensorOptions o{x.dtype(), x.device()};
+  Tensor y = empty(x.shape(), o), mean = empty({N * G}, o), rstd = empty({N * G}, o);
+  bool on_device = !x.device().is_cpu();
+  if (on_device) {
+    device_backend(x.device()).group_norm_forward(xc, wc, bc, y, mean, rstd, N, C, G, q.S, eps, silu);
+  } else {
+    LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
+      gn_forward<scalar_t>(q, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
+                           y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps, silu);
+    });
+  }
   if (needs_grad({&x, &weight, &bias})) {
     SavedTensor sx(xc, name), sw(wc, name), sb(silu ? bc : Tensor(), name);
     bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad(),
@@ -292,8 +294,13 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
       Tensor g = g_in.contiguous();
       const Tensor &xv = sx.get(), &wv = sw.get();
       Tensor bv = sb.defined() ? sb.get() : Tensor();
-      Tensor dx = gx ? empty(xv.shape(), g.dtype()) : Tensor(), dw = gw ? empty({q.C}, g.dtype()) : Tensor(),
-             db = gb ? empty({q.C}, g.dtype()) : Tensor();
+      TensorOptions og{g.dtype(), g.device()};
+      Tensor dx = gx ? empty(xv.shape(), og) : Tensor(), dw = gw ? empty({q.C}, og) : Tensor(),
+             db = gb ? empty({q.C}, og) : Tensor();
+      if (on_device) {
+        device_backend(g.device()).group_norm_backward(xv, wv, bv, g, mean, rstd, dx, dw, db, q.N, q.C, q.G, q.S, silu);
+        return std::vector<Tensor>{dx, dw, db};
+      }
       LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
         gn_backward<scalar_t>(q, xv.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wv), ptr_or_null<scalar_t>(bv),
                               g.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(),
