@@ -43,6 +43,17 @@ __device__ void load_rows(T* dst, const T* src, int64_t first, int64_t total, in
   }
 }
 
+// The next tile of two row sets (keys and values, or queries and output gradients), between barriers: the
+// first lets every thread finish with the previous tile, the second publishes this one.
+template <class T, int kD>
+__device__ void load_tile_pair(T* a_dst, const T* a_src, T* b_dst, const T* b_src, int64_t first, int64_t total,
+                               int64_t a_width, int64_t b_width, int rows) {
+  __syncthreads();
+  load_rows<T, kD>(a_dst, a_src, first, total, a_width, rows);
+  load_rows<T, kD>(b_dst, b_src, first, total, b_width, rows);
+  __syncthreads();
+}
+
 // The last key any query of this block can see, plus one.
 __device__ int64_t key_end(const AttentionShape& a, int R) {
   int64_t last_row = min(a.Tq - 1, int64_t(blockIdx.x) * R + R - 1);
@@ -70,10 +81,7 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   T m = -pos_inf<T>(), l = 0;
   int64_t kend = key_end(a, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
-    __syncthreads();
-    load_rows<T, kD>(ks, kb, j0, a.Tk, a.D, R);
-    load_rows<T, kD>(vs, vb, j0, a.Tk, a.Dv, R);
-    __syncthreads();
+    load_tile_pair<T, kD>(ks, kb, vs, vb, j0, a.Tk, a.D, a.Dv, R);
     if (!active) continue;
     int jn = int(min(int64_t(R), kend - j0));
     for (int jj = 0; jj < jn; ++jj) {
@@ -202,10 +210,7 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
   const T* gr = gown + threadIdx.x * (kD + 1);
   int64_t kend = key_end(a, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
-    __syncthreads();
-    load_rows<T, kD>(ks, kb, j0, a.Tk, a.D, R);
-    load_rows<T, kD>(vs, vb, j0, a.Tk, a.Dv, R);
-    __syncthreads();
+    load_tile_pair<T, kD>(ks, kb, vs, vb, j0, a.Tk, a.D, a.Dv, R);
     if (!active || L == pos_inf<T>()) continue;
     int jn = int(min(int64_t(R), kend - j0));
     for (int jj = 0; jj < jn; ++jj) {

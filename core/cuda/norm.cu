@@ -30,22 +30,31 @@ __device__ double block_sum(double v) {
   return total;
 }
 
+// A row's mean (0 when not `center`: RMS norm) and 1/sqrt(mean squared deviation + eps), by two block sums (the
+// mean, then the squared deviations from it: exact enough in double, and the row stays in L1/L2).
+template <class T>
+__device__ void row_stats(const T* xr, int64_t len, bool center, double eps, T* mean, T* rstd) {
+  double s = 0;
+  if (center)
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += double(xr[i]);
+  T m = center ? T(block_sum(s) / double(len)) : T(0);
+  double ss = 0;
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+    double d = double(xr[i] - m);
+    ss += d * d;
+  }
+  *mean = m;
+  *rstd = T(1.0 / sqrt(block_sum(ss) / double(len) + eps));
+}
+
 template <class T>
 __global__ void norm_forward_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t rows,
                                     int64_t len, bool center, double eps) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * len;
     T* yr = y + r * len;
-    double s = 0;
-    if (center)
-      for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += double(xr[i]);
-    T m = center ? T(block_sum(s) / double(len)) : T(0);
-    double ss = 0;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-      double d = double(xr[i] - m);
-      ss += d * d;
-    }
-    T rs = T(1.0 / sqrt(block_sum(ss) / double(len) + eps));
+    T m, rs;
+    row_stats(xr, len, center, eps, &m, &rs);
     if (threadIdx.x == 0) {
       mean[r] = m;
       rstd[r] = rs;
@@ -112,15 +121,8 @@ __global__ void group_norm_forward_kernel(const T* x, const T* w, const T* b, T*
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * len;
     T* yr = y + r * len;
-    double s = 0;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += double(xr[i]);
-    T m = T(block_sum(s) / double(len));
-    double ss = 0;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-      double d = double(xr[i] - m);
-      ss += d * d;
-    }
-    T rs = T(1.0 / sqrt(block_sum(ss) / double(len) + eps));
+    T m, rs;
+    row_stats(xr, len, true, eps, &m, &rs);
     if (threadIdx.x == 0) {
       mean[r] = m;
       rstd[r] = rs;
