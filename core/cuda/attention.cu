@@ -8,6 +8,9 @@
 // are deterministic. Masks: causal (key j visible from query i iff j ≤ Tk − Tq + i, the KV-cache offset) and
 // key_valid [B, Tk]. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
 // composite). The arithmetic is plain f32/f64 FMA, not tensor cores: fast in memory, not yet in FLOPs.
+#include <cuda_bf16.h>
+#include <mma.h>
+
 #include <type_traits>
 
 #include "core/cuda/common.cuh"
@@ -15,6 +18,8 @@
 
 namespace liandan::cuda_impl {
 namespace {
+
+namespace wmma = nvcuda::wmma;
 
 template <class T> __device__ T dev_exp(T x) {
   if constexpr (sizeof(T) == 4) return expf(x);
@@ -303,6 +308,330 @@ template <class T, int kD> struct Backward {
   template <class... A> static void run(A&&... a) { backward_launch<T, kD>(a...); }
 };
 
+// ---------------------------------------------------------------- bf16 tensor cores (autocast)
+// The same algorithm with the four GEMMs of a tile on tensor cores (WMMA 16×16×16, bf16 operands, f32
+// accumulation), the autocast numbers of the composite (scores, probabilities and gradients rounded to bf16 as
+// GEMM operands; softmax, running max/sum and outputs in f32). A block of 4 warps owns 64 rows (queries, or keys
+// in the dK/dV kernel); each warp computes the 16 rows it owns of every product. Elementwise steps (masking,
+// exponentials, rescaling) run on shared-memory tiles, one thread per row, since a fragment's element layout is
+// not specified. Head dims are padded with zeros to the next of 16/32/64/128.
+namespace tc {
+constexpr int kRows = 64, kWarps = 4, kBlock = kWarps * 32;
+using bf16 = __nv_bfloat16;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // a transposed operand
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// Carves the block's dynamic shared memory into 32-byte-aligned arrays (WMMA's pointer alignment).
+struct Carve {
+  unsigned char* p;
+  template <class T> __device__ T* take(int64_t n) {
+    T* out = reinterpret_cast<T*>(p);
+    p += (n * int64_t(sizeof(T)) + 31) / 32 * 32;
+    return out;
+  }
+};
+template <int kD> constexpr size_t shared_bytes(int bf16_tiles, int f32_tiles, int square_f32, int square_bf16) {
+  auto up = [](size_t b) { return (b + 31) / 32 * 32; };
+  return bf16_tiles * up(size_t(kRows) * kD * 2) + f32_tiles * up(size_t(kRows) * kD * 4) +
+         square_f32 * up(size_t(kRows) * kRows * 4) + square_bf16 * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
+}
+
+// rows × kD bf16 tile from f32 rows of `width` (row `first` on; zero past `total` or `width`).
+template <int kD>
+__device__ void stage(bf16* dst, const float* src, int64_t first, int64_t total, int64_t width) {
+  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
+    int r = t / kD, c = t % kD;
+    int64_t row = first + r;
+    dst[t] = __float2bfloat16_rn((row < total && c < width) ? src[row * width + c] : 0.0f);
+  }
+}
+
+// out[64 × 64] (f32, ld 64) = A[64 × kD] · B[64 × kD]ᵀ, warp w computing rows 16w..16w+15.
+template <int kD>
+__device__ void gemm_abt(float* out, const bf16* A, const bf16* B) {
+  int w = threadIdx.x / 32;
+  for (int n = 0; n < kRows / 16; ++n) {
+    FragC acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < kD; kk += 16) {
+      FragA a;
+      FragBt b;
+      wmma::load_matrix_sync(a, A + 16 * w * kD + kk, kD);
+      wmma::load_matrix_sync(b, B + 16 * n * kD + kk, kD);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(out + 16 * w * kRows + 16 * n, acc, kRows, wmma::mem_row_major);
+  }
+}
+
+// acc[n] (rows 16w.. of a 64 × kD product) += X · Y, X = 64 × 64 bf16 (or its transpose, XT), Y = 64 × kD bf16.
+template <int kD, bool XT>
+__device__ void gemm_acc(FragC (&acc)[kD / 16], const bf16* X, const bf16* Y) {
+  int w = threadIdx.x / 32;
+  for (int kk = 0; kk < kRows; kk += 16) {
+    FragA a;
+    FragAt at;
+    if (XT) wmma::load_matrix_sync(at, X + kk * kRows + 16 * w, kRows);  // element (r, c) = X[c][r]
+    else wmma::load_matrix_sync(a, X + 16 * w * kRows + kk, kRows);
+#pragma unroll
+    for (int n = 0; n < kD / 16; ++n) {
+      FragB b;
+      wmma::load_matrix_sync(b, Y + kk * kD + 16 * n, kD);
+      if (XT) wmma::mma_sync(acc[n], at, b, acc[n]);
+      else wmma::mma_sync(acc[n], a, b, acc[n]);
+    }
+  }
+}
+
+// Writes a warp's accumulators (rows 16w.., × scale) through the f32 staging tile to global rows of `width`.
+template <int kD>
+__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, int64_t first, int64_t total,
+                           int64_t width, float scale) {
+  int w = threadIdx.x / 32;
+#pragma unroll
+  for (int n = 0; n < kD / 16; ++n)
+    wmma::store_matrix_sync(stage_f32 + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
+  __syncthreads();
+  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
+    int r = t / kD, c = t % kD;
+    if (first + r < total && c < width) dst[(first + r) * width + c] = stage_f32[t] * scale;
+  }
+}
+
+template <int kD>
+__global__ void forward_kernel(const float* q, const float* k, const float* v, const float* valid, float* out,
+                               float* lse, AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  bf16 *Qs = cv.take<bf16>(kRows * kD), *Ks = cv.take<bf16>(kRows * kD), *Vs = cv.take<bf16>(kRows * kD);
+  float* O = cv.take<float>(kRows * kD);
+  float* S = cv.take<float>(kRows * kRows);
+  bf16* P = cv.take<bf16>(kRows * kRows);
+  float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows);
+  int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
+  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv;
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  stage<kD>(Qs, qb, i0, a.Tq, a.D);
+  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) O[t] = 0;
+  if (threadIdx.x < kRows) m[threadIdx.x] = -INFINITY, l[threadIdx.x] = 0;
+  int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
+  for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
+    __syncthreads();
+    stage<kD>(Ks, kb, j0, a.Tk, a.D);
+    stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+    __syncthreads();
+    gemm_abt<kD>(S, Qs, Ks);
+    __syncthreads();
+    if (threadIdx.x < kRows) {  // the online softmax of row r
+      int r = threadIdx.x;
+      int64_t i = i0 + r;
+      float mo = m[r], mx = mo;
+      for (int jj = 0; jj < kRows; ++jj) {
+        int64_t j = j0 + jj;
+        bool vis = i < a.Tq && j < a.Tk && visible(a, i, j, vrow);
+        float s = vis ? S[r * kRows + jj] * float(a.scale) : -INFINITY;
+        S[r * kRows + jj] = s;
+        mx = s > mx ? s : mx;
+      }
+      if (mx == -INFINITY) {
+        for (int jj = 0; jj < kRows; ++jj) P[r * kRows + jj] = __float2bfloat16_rn(0.0f);
+      } else {
+        float corr = expf(mo - mx), sum = 0;
+        for (int jj = 0; jj < kRows; ++jj) {
+          float p = expf(S[r * kRows + jj] - mx);
+          P[r * kRows + jj] = __float2bfloat16_rn(p);
+          sum += p;
+        }
+        l[r] = l[r] * corr + sum;
+        m[r] = mx;
+        for (int d = 0; d < kD; ++d) O[r * kD + d] *= corr;
+      }
+    }
+    __syncthreads();
+    {  // O[rows of warp w] += P · V, accumulators loaded from and stored back to O
+      int w = threadIdx.x / 32;
+      FragC acc[kD / 16];
+#pragma unroll
+      for (int n = 0; n < kD / 16; ++n) wmma::load_matrix_sync(acc[n], O + 16 * w * kD + 16 * n, kD, wmma::mem_row_major);
+      gemm_acc<kD, false>(acc, P, Vs);
+#pragma unroll
+      for (int n = 0; n < kD / 16; ++n) wmma::store_matrix_sync(O + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq) {
+    int r = threadIdx.x;
+    int64_t i = i0 + r;
+    float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+    for (int d = 0; d < a.Dv; ++d) out[(bh * a.Tq + i) * a.Dv + d] = O[r * kD + d] * inv;
+    lse[bh * a.Tq + i] = l[r] > 0 ? m[r] + logf(l[r]) : INFINITY;
+  }
+}
+
+// P = exp(scale·S − lse) (masked: 0) into S (f32) and Pb (bf16), then dS = P ∘ (dP − Di) into dSb; row r of the
+// 64 × 64 tile is query i0 + r against keys j0.., one thread per row.
+__device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S,
+                                     const float* dP, const float* L, const float* Di, bf16* Pb, bf16* dSb) {
+  if (threadIdx.x >= kRows) return;
+  int r = threadIdx.x;
+  int64_t i = i0 + r;
+  for (int jj = 0; jj < kRows; ++jj) {
+    int64_t j = j0 + jj;
+    bool vis = i < a.Tq && j < a.Tk && L[r] != INFINITY && visible(a, i, j, vrow);
+    float p = vis ? expf(S[r * kRows + jj] * float(a.scale) - L[r]) : 0.0f;
+    if (Pb) Pb[r * kRows + jj] = __float2bfloat16_rn(p);
+    dSb[r * kRows + jj] = __float2bfloat16_rn(p * (dP[r * kRows + jj] - Di[r]));
+  }
+}
+
+// dK, dV for the block's 64 keys, walking the query tiles.
+template <int kD>
+__global__ void dkv_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
+                           const float* di, const float* g, float* dk, float* dv, AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  bf16 *Ks = cv.take<bf16>(kRows * kD), *Vs = cv.take<bf16>(kRows * kD), *Qs = cv.take<bf16>(kRows * kD),
+       *Gs = cv.take<bf16>(kRows * kD);
+  float* stage_f32 = cv.take<float>(kRows * kD);
+  float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
+  bf16 *Pb = cv.take<bf16>(kRows * kRows), *dSb = cv.take<bf16>(kRows * kRows);
+  float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
+  int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kRows;
+  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
+              *gb = g + bh * a.Tq * a.Dv;
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  stage<kD>(Ks, kb, j0, a.Tk, a.D);
+  stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+  FragC dk_acc[kD / 16], dv_acc[kD / 16];
+#pragma unroll
+  for (int n = 0; n < kD / 16; ++n) {
+    wmma::fill_fragment(dk_acc[n], 0.0f);
+    wmma::fill_fragment(dv_acc[n], 0.0f);
+  }
+  int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
+  for (int64_t i0 = istart; i0 < a.Tq; i0 += kRows) {
+    __syncthreads();
+    stage<kD>(Qs, qb, i0, a.Tq, a.D);
+    stage<kD>(Gs, gb, i0, a.Tq, a.Dv);
+    if (threadIdx.x < kRows) {
+      int64_t i = i0 + threadIdx.x;
+      L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
+      Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
+    }
+    __syncthreads();
+    gemm_abt<kD>(S, Qs, Ks);   // scores, queries × keys
+    gemm_abt<kD>(dP, Gs, Vs);  // dO · Vᵀ
+    __syncthreads();
+    probabilities_and_ds(a, vrow, i0, j0, S, dP, L, Di, Pb, dSb);
+    __syncthreads();
+    gemm_acc<kD, true>(dv_acc, Pb, Gs);   // dV += Pᵀ dO (rows: the warp's keys)
+    gemm_acc<kD, true>(dk_acc, dSb, Qs);  // dK += dSᵀ Q
+  }
+  __syncthreads();
+  write_rows<kD>(stage_f32, dv_acc, dv + bh * a.Tk * a.Dv, j0, a.Tk, a.Dv, 1.0f);
+  __syncthreads();
+  write_rows<kD>(stage_f32, dk_acc, dk + bh * a.Tk * a.D, j0, a.Tk, a.D, float(a.scale));
+}
+
+// dQ for the block's 64 queries, walking the key tiles.
+template <int kD>
+__global__ void dq_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
+                          const float* di, const float* g, float* dq, AttentionShape a) {
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  bf16 *Qs = cv.take<bf16>(kRows * kD), *Gs = cv.take<bf16>(kRows * kD), *Ks = cv.take<bf16>(kRows * kD),
+       *Vs = cv.take<bf16>(kRows * kD);
+  float* stage_f32 = cv.take<float>(kRows * kD);
+  float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
+  bf16* dSb = cv.take<bf16>(kRows * kRows);
+  float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
+  int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
+  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
+              *gb = g + bh * a.Tq * a.Dv;
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  stage<kD>(Qs, qb, i0, a.Tq, a.D);
+  stage<kD>(Gs, gb, i0, a.Tq, a.Dv);
+  if (threadIdx.x < kRows) {
+    int64_t i = i0 + threadIdx.x;
+    L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
+    Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
+  }
+  FragC dq_acc[kD / 16];
+#pragma unroll
+  for (int n = 0; n < kD / 16; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
+  int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
+  for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
+    __syncthreads();
+    stage<kD>(Ks, kb, j0, a.Tk, a.D);
+    stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+    __syncthreads();
+    gemm_abt<kD>(S, Qs, Ks);
+    gemm_abt<kD>(dP, Gs, Vs);
+    __syncthreads();
+    probabilities_and_ds(a, vrow, i0, j0, S, dP, L, Di, nullptr, dSb);
+    __syncthreads();
+    gemm_acc<kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
+  }
+  __syncthreads();
+  write_rows<kD>(stage_f32, dq_acc, dq + bh * a.Tq * a.D, i0, a.Tq, a.D, float(a.scale));
+}
+
+template <int kD>
+void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                    const Tensor& out, const Tensor& lse) {
+  size_t smem = shared_bytes<kD>(3, 1, 1, 1);
+  allow_shared(forward_kernel<kD>, smem);
+  dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
+  forward_kernel<kD><<<grid, kBlock, smem, stream_of(out)>>>(
+      static_cast<const float*>(q.device_data()), static_cast<const float*>(k.device_data()),
+      static_cast<const float*>(v.device_data()), valid.defined() ? static_cast<const float*>(valid.device_data()) : nullptr,
+      static_cast<float*>(out.device_data()), static_cast<float*>(lse.device_data()), a);
+}
+
+template <int kD>
+void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                     const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
+                     const Tensor& dv) {
+  cudaStream_t st = stream_of(dq);
+  Tensor di = empty({a.BH * a.Tq}, {DType::f32, q.device()});
+  const float *pq = static_cast<const float*>(q.device_data()), *pk = static_cast<const float*>(k.device_data()),
+              *pv = static_cast<const float*>(v.device_data()), *pl = static_cast<const float*>(lse.device_data()),
+              *pg = static_cast<const float*>(g.device_data()),
+              *pvalid = valid.defined() ? static_cast<const float*>(valid.device_data()) : nullptr;
+  float* pdi = static_cast<float*>(di.device_data());
+  attention_di_kernel<float><<<blocks_for(a.BH * a.Tq), kThreads, 0, st>>>(
+      pg, static_cast<const float*>(out.device_data()), pdi, a.BH * a.Tq, a.Dv);
+  size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
+  allow_shared(dkv_kernel<kD>, smem_kv);
+  dkv_kernel<kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, st>>>(
+      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dk.device_data()), static_cast<float*>(dv.device_data()), a);
+  size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
+  allow_shared(dq_kernel<kD>, smem_q);
+  dq_kernel<kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, st>>>(
+      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dq.device_data()), a);
+}
+
+// Runs F<kD> for the padded head dim; false for f64 or head dims above 128 (the caller takes the composite).
+template <template <int> class F, class... Args>
+bool dispatch(DType dt, int64_t width, Args&&... args) {
+  if (dt != DType::f32 || width > 128) return false;
+  if (width <= 16) F<16>::run(args...);
+  else if (width <= 32) F<32>::run(args...);
+  else if (width <= 64) F<64>::run(args...);
+  else F<128>::run(args...);
+  return true;
+}
+template <int kD> struct Forward {
+  template <class... A> static void run(A&&... a) { forward_launch<kD>(a...); }
+};
+template <int kD> struct Backward {
+  template <class... A> static void run(A&&... a) { backward_launch<kD>(a...); }
+};
+}  // namespace tc
+
 }  // namespace
 
 bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
@@ -310,7 +639,8 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
   // Empty shapes (no grid to launch) and head dims above 128 take the composite.
   if (a.BH == 0 || a.Tq == 0 || a.Tk == 0 || a.D == 0 || a.Dv == 0) return false;
   LD_CHECK(a.BH <= 65535, "scaled_dot_product_attention on CUDA: ", a.BH, " batch·heads exceed the grid's 65535");
-  bool ok = dispatch_head_dim<Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse);
+  bool ok = a.bf16 ? tc::dispatch<tc::Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse)
+                   : dispatch_head_dim<Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse);
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");
   return ok;
 }
@@ -318,7 +648,9 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
 bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                         const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv) {
-  bool ok = dispatch_head_dim<Backward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  int64_t width = std::max(a.D, a.Dv);
+  bool ok = a.bf16 ? tc::dispatch<tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
+                   : dispatch_head_dim<Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv);
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention backward");
   return ok;
 }

@@ -280,6 +280,8 @@ inline void wait_at(Thread::State s) {
 }
 
 inline void syncthreads() { wait_at(Thread::State::at_block_barrier); }
+// The lanes of the running warp meet (warp-collective operations: WMMA loads).
+inline void warp_sync() { wait_at(Thread::State::at_warp_barrier); }
 
 // __shfl_down_sync over the full warp: every lane publishes its value, the warp meets, each lane reads lane + o's
 // (its own past the warp's end), and the warp meets again before the slots are reused.
