@@ -31,7 +31,7 @@ def main():
         mark = "*" if ratio < 1 else " "
         mfu = {s: (tflops(s, r) or NAN) / ceiling * 100 for s in ("liandan", "torch")}
         pl, pt = lside.get("params", 0), tside.get("params", 0)
-        check = "" if pl == pt else f"  PARAMS DIFFER: liandan {pl}, torch {pt}"
+        check = "" if pl == pt or not lside or not tside else f"  PARAMS DIFFER: liandan {pl}, torch {pt}"
         print(f"{r['workload']:14} {r['precision']:9} {lm or NAN:11.3f} {tm or NAN:10.3f} {ratio:7.2f}{mark} "
               f"{mfu['liandan']:10.1f} % {mfu['torch']:8.1f} %  {pl}{check}")
     print("ratio = torch_ms / liandan_ms (* : liandan slower); MFU = model FLOPs / time / bf16 GEMM ceiling")
