@@ -30,12 +30,12 @@ struct AdamStepArgs {
 
 // The geometry of one fused attention call: BH = batch·heads rows of [Tq, D] queries, [Tk, D] keys and
 // [Tk, Dv] values (contiguous); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
-// bf16: bf16 autocast is on — the GEMMs take bf16 operands with f32 accumulation (tensor cores).
+// autocast: bf16 or f16 when autocast is on — the GEMMs take that format with f32 accumulation (tensor cores).
 struct AttentionShape {
   int64_t BH, Tq, Tk, D, Dv, heads;
   double scale;
   bool causal;
-  bool bf16 = false;
+  DType autocast = DType::f32;
 };
 
 class DeviceBackend {

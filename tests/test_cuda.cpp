@@ -560,11 +560,13 @@ TEST_CASE("cuda: fused (flash-style) attention matches the CPU kernel: masks, KV
     }
 }
 
-TEST_CASE("cuda: under bf16 autocast, the tensor-core attention kernel follows the CPU's autocast composite" *
+TEST_CASE("cuda: under bf16 / f16 autocast, the tensor-core attention kernel follows the CPU's autocast composite" *
           doctest::skip(!kGpu)) {
   struct Case { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
+  for (DType half : {DType::bf16, DType::f16})
   for (Case c : {Case{2, 3, 33, 33, 16, 16, true, false}, Case{2, 2, 20, 70, 64, 64, true, false},
                  Case{2, 2, 70, 70, 100, 40, false, true}, Case{1, 2, 150, 150, 64, 64, true, true}}) {
+    CAPTURE(std::string(dtype_name(half)));
     CAPTURE(c.Tq);
     CAPTURE(c.D);
     Generator g(47);
@@ -580,9 +582,9 @@ TEST_CASE("cuda: under bf16 autocast, the tensor-core attention kernel follows t
     check_op_on_gpu({q, k, v}, [&](auto& t) {
       AttentionOptions o = opt;
       if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
-      Autocast ac(DType::bf16);
+      Autocast ac(half);
       return scaled_dot_product_attention(t[0], t[1], t[2], o);
-    }, 5e-3, 1.5e-2);  // measured on the emulated GPU: outputs ≤ 2.8e-3, gradients ≤ 6.1e-3 of their scale
+    }, 5e-3, 1.5e-2);  // measured on the emulated GPU (bf16): outputs ≤ 2.8e-3, gradients ≤ 6.1e-3 of their scale
   }
 }
 

@@ -9,6 +9,7 @@
 // key_valid [B, Tk]. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
 // composite). The arithmetic is plain f32/f64 FMA, not tensor cores: fast in memory, not yet in FLOPs.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <mma.h>
 
 #include <type_traits>
@@ -308,20 +309,23 @@ template <class T, int kD> struct Backward {
   template <class... A> static void run(A&&... a) { backward_launch<T, kD>(a...); }
 };
 
-// ---------------------------------------------------------------- bf16 tensor cores (autocast)
-// The same algorithm with the four GEMMs of a tile on tensor cores (WMMA 16×16×16, bf16 operands, f32
-// accumulation), the autocast numbers of the composite (scores, probabilities and gradients rounded to bf16 as
+// ---------------------------------------------------------------- tensor cores (bf16 / f16 autocast)
+// The same algorithm with the four GEMMs of a tile on tensor cores (WMMA 16×16×16, bf16 or f16 operands H, f32
+// accumulation), the autocast numbers of the composite (scores, probabilities and gradients rounded to H as
 // GEMM operands; softmax, running max/sum and outputs in f32). A block of 4 warps owns 64 rows (queries, or keys
 // in the dK/dV kernel); each warp computes the 16 rows it owns of every product. Elementwise steps (masking,
 // exponentials, rescaling) run on shared-memory tiles, one thread per row, since a fragment's element layout is
 // not specified. Head dims are padded with zeros to the next of 16/32/64/128.
 namespace tc {
 constexpr int kRows = 64, kWarps = 4, kBlock = kWarps * 32;
-using bf16 = __nv_bfloat16;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // a transposed operand
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+// The half format of the operands: bf16 or f16 (autocast's), rounded to nearest even.
+template <class H> __device__ H to_half(float x);
+template <> __device__ __nv_bfloat16 to_half<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __half to_half<__half>(float x) { return __float2half_rn(x); }
+template <class H> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major>;
+template <class H> using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::col_major>;  // a transposed operand
+template <class H> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major>;
+template <class H> using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
 // Carves the block's dynamic shared memory into 32-byte-aligned arrays (WMMA's pointer alignment).
@@ -333,32 +337,32 @@ struct Carve {
     return out;
   }
 };
-template <int kD> constexpr size_t shared_bytes(int bf16_tiles, int f32_tiles, int square_f32, int square_bf16) {
+template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, int square_f32, int square_half) {
   auto up = [](size_t b) { return (b + 31) / 32 * 32; };
-  return bf16_tiles * up(size_t(kRows) * kD * 2) + f32_tiles * up(size_t(kRows) * kD * 4) +
-         square_f32 * up(size_t(kRows) * kRows * 4) + square_bf16 * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
+  return half_tiles * up(size_t(kRows) * kD * 2) + f32_tiles * up(size_t(kRows) * kD * 4) +
+         square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
 }
 
-// rows × kD bf16 tile from f32 rows of `width` (row `first` on; zero past `total` or `width`).
-template <int kD>
-__device__ void stage(bf16* dst, const float* src, int64_t first, int64_t total, int64_t width) {
+// rows × kD H tile from f32 rows of `width` (row `first` on; zero past `total` or `width`).
+template <class H, int kD>
+__device__ void stage(H* dst, const float* src, int64_t first, int64_t total, int64_t width) {
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
     int64_t row = first + r;
-    dst[t] = __float2bfloat16_rn((row < total && c < width) ? src[row * width + c] : 0.0f);
+    dst[t] = to_half<H>((row < total && c < width) ? src[row * width + c] : 0.0f);
   }
 }
 
 // out[64 × 64] (f32, ld 64) = A[64 × kD] · B[64 × kD]ᵀ, warp w computing rows 16w..16w+15.
-template <int kD>
-__device__ void gemm_abt(float* out, const bf16* A, const bf16* B) {
+template <class H, int kD>
+__device__ void gemm_abt(float* out, const H* A, const H* B) {
   int w = threadIdx.x / 32;
   for (int n = 0; n < kRows / 16; ++n) {
     FragC acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int kk = 0; kk < kD; kk += 16) {
-      FragA a;
-      FragBt b;
+      FragA<H> a;
+      FragBt<H> b;
       wmma::load_matrix_sync(a, A + 16 * w * kD + kk, kD);
       wmma::load_matrix_sync(b, B + 16 * n * kD + kk, kD);
       wmma::mma_sync(acc, a, b, acc);
@@ -367,18 +371,18 @@ __device__ void gemm_abt(float* out, const bf16* A, const bf16* B) {
   }
 }
 
-// acc[n] (rows 16w.. of a 64 × kD product) += X · Y, X = 64 × 64 bf16 (or its transpose, XT), Y = 64 × kD bf16.
-template <int kD, bool XT>
-__device__ void gemm_acc(FragC (&acc)[kD / 16], const bf16* X, const bf16* Y) {
+// acc[n] (rows 16w.. of a 64 × kD product) += X · Y, X = 64 × 64 H (or its transpose, XT), Y = 64 × kD H.
+template <class H, int kD, bool XT>
+__device__ void gemm_acc(FragC (&acc)[kD / 16], const H* X, const H* Y) {
   int w = threadIdx.x / 32;
   for (int kk = 0; kk < kRows; kk += 16) {
-    FragA a;
-    FragAt at;
+    FragA<H> a;
+    FragAt<H> at;
     if (XT) wmma::load_matrix_sync(at, X + kk * kRows + 16 * w, kRows);  // element (r, c) = X[c][r]
     else wmma::load_matrix_sync(a, X + 16 * w * kRows + kk, kRows);
 #pragma unroll
     for (int n = 0; n < kD / 16; ++n) {
-      FragB b;
+      FragB<H> b;
       wmma::load_matrix_sync(b, Y + kk * kD + 16 * n, kD);
       if (XT) wmma::mma_sync(acc[n], at, b, acc[n]);
       else wmma::mma_sync(acc[n], a, b, acc[n]);
@@ -401,29 +405,29 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, 
   }
 }
 
-template <int kD>
+template <class H, int kD>
 __global__ void forward_kernel(const float* q, const float* k, const float* v, const float* valid, float* out,
                                float* lse, AttentionShape a) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  bf16 *Qs = cv.take<bf16>(kRows * kD), *Ks = cv.take<bf16>(kRows * kD), *Vs = cv.take<bf16>(kRows * kD);
+  H *Qs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD);
   float* O = cv.take<float>(kRows * kD);
   float* S = cv.take<float>(kRows * kRows);
-  bf16* P = cv.take<bf16>(kRows * kRows);
+  H* P = cv.take<H>(kRows * kRows);
   float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
   const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv;
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<kD>(Qs, qb, i0, a.Tq, a.D);
+  stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) O[t] = 0;
   if (threadIdx.x < kRows) m[threadIdx.x] = -INFINITY, l[threadIdx.x] = 0;
   int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
     __syncthreads();
-    stage<kD>(Ks, kb, j0, a.Tk, a.D);
-    stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+    stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
+    stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
     __syncthreads();
-    gemm_abt<kD>(S, Qs, Ks);
+    gemm_abt<H, kD>(S, Qs, Ks);
     __syncthreads();
     if (threadIdx.x < kRows) {  // the online softmax of row r
       int r = threadIdx.x;
@@ -437,12 +441,12 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
         mx = s > mx ? s : mx;
       }
       if (mx == -INFINITY) {
-        for (int jj = 0; jj < kRows; ++jj) P[r * kRows + jj] = __float2bfloat16_rn(0.0f);
+        for (int jj = 0; jj < kRows; ++jj) P[r * kRows + jj] = to_half<H>(0.0f);
       } else {
         float corr = expf(mo - mx), sum = 0;
         for (int jj = 0; jj < kRows; ++jj) {
           float p = expf(S[r * kRows + jj] - mx);
-          P[r * kRows + jj] = __float2bfloat16_rn(p);
+          P[r * kRows + jj] = to_half<H>(p);
           sum += p;
         }
         l[r] = l[r] * corr + sum;
@@ -456,7 +460,7 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
       FragC acc[kD / 16];
 #pragma unroll
       for (int n = 0; n < kD / 16; ++n) wmma::load_matrix_sync(acc[n], O + 16 * w * kD + 16 * n, kD, wmma::mem_row_major);
-      gemm_acc<kD, false>(acc, P, Vs);
+      gemm_acc<H, kD, false>(acc, P, Vs);
 #pragma unroll
       for (int n = 0; n < kD / 16; ++n) wmma::store_matrix_sync(O + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
     }
@@ -471,10 +475,11 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
   }
 }
 
-// P = exp(scale·S − lse) (masked: 0) into S (f32) and Pb (bf16), then dS = P ∘ (dP − Di) into dSb; row r of the
+// P = exp(scale·S − lse) (masked: 0) into S (f32) and Pb (H), then dS = P ∘ (dP − Di) into dSb; row r of the
 // 64 × 64 tile is query i0 + r against keys j0.., one thread per row.
+template <class H>
 __device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S,
-                                     const float* dP, const float* L, const float* Di, bf16* Pb, bf16* dSb) {
+                                     const float* dP, const float* L, const float* Di, H* Pb, H* dSb) {
   if (threadIdx.x >= kRows) return;
   int r = threadIdx.x;
   int64_t i = i0 + r;
@@ -482,29 +487,29 @@ __device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow,
     int64_t j = j0 + jj;
     bool vis = i < a.Tq && j < a.Tk && L[r] != INFINITY && visible(a, i, j, vrow);
     float p = vis ? expf(S[r * kRows + jj] * float(a.scale) - L[r]) : 0.0f;
-    if (Pb) Pb[r * kRows + jj] = __float2bfloat16_rn(p);
-    dSb[r * kRows + jj] = __float2bfloat16_rn(p * (dP[r * kRows + jj] - Di[r]));
+    if (Pb) Pb[r * kRows + jj] = to_half<H>(p);
+    dSb[r * kRows + jj] = to_half<H>(p * (dP[r * kRows + jj] - Di[r]));
   }
 }
 
 // dK, dV for the block's 64 keys, walking the query tiles.
-template <int kD>
+template <class H, int kD>
 __global__ void dkv_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
                            const float* di, const float* g, float* dk, float* dv, AttentionShape a) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  bf16 *Ks = cv.take<bf16>(kRows * kD), *Vs = cv.take<bf16>(kRows * kD), *Qs = cv.take<bf16>(kRows * kD),
-       *Gs = cv.take<bf16>(kRows * kD);
+  H *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD), *Qs = cv.take<H>(kRows * kD),
+       *Gs = cv.take<H>(kRows * kD);
   float* stage_f32 = cv.take<float>(kRows * kD);
   float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
-  bf16 *Pb = cv.take<bf16>(kRows * kRows), *dSb = cv.take<bf16>(kRows * kRows);
+  H *Pb = cv.take<H>(kRows * kRows), *dSb = cv.take<H>(kRows * kRows);
   float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kRows;
   const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
               *gb = g + bh * a.Tq * a.Dv;
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<kD>(Ks, kb, j0, a.Tk, a.D);
-  stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+  stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
+  stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
   FragC dk_acc[kD / 16], dv_acc[kD / 16];
 #pragma unroll
   for (int n = 0; n < kD / 16; ++n) {
@@ -514,21 +519,21 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
   int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
   for (int64_t i0 = istart; i0 < a.Tq; i0 += kRows) {
     __syncthreads();
-    stage<kD>(Qs, qb, i0, a.Tq, a.D);
-    stage<kD>(Gs, gb, i0, a.Tq, a.Dv);
+    stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
+    stage<H, kD>(Gs, gb, i0, a.Tq, a.Dv);
     if (threadIdx.x < kRows) {
       int64_t i = i0 + threadIdx.x;
       L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
       Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
     }
     __syncthreads();
-    gemm_abt<kD>(S, Qs, Ks);   // scores, queries × keys
-    gemm_abt<kD>(dP, Gs, Vs);  // dO · Vᵀ
+    gemm_abt<H, kD>(S, Qs, Ks);   // scores, queries × keys
+    gemm_abt<H, kD>(dP, Gs, Vs);  // dO · Vᵀ
     __syncthreads();
-    probabilities_and_ds(a, vrow, i0, j0, S, dP, L, Di, Pb, dSb);
+    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, L, Di, Pb, dSb);
     __syncthreads();
-    gemm_acc<kD, true>(dv_acc, Pb, Gs);   // dV += Pᵀ dO (rows: the warp's keys)
-    gemm_acc<kD, true>(dk_acc, dSb, Qs);  // dK += dSᵀ Q
+    gemm_acc<H, kD, true>(dv_acc, Pb, Gs);   // dV += Pᵀ dO (rows: the warp's keys)
+    gemm_acc<H, kD, true>(dk_acc, dSb, Qs);  // dK += dSᵀ Q
   }
   __syncthreads();
   write_rows<kD>(stage_f32, dv_acc, dv + bh * a.Tk * a.Dv, j0, a.Tk, a.Dv, 1.0f);
@@ -537,23 +542,23 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
 }
 
 // dQ for the block's 64 queries, walking the key tiles.
-template <int kD>
+template <class H, int kD>
 __global__ void dq_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
                           const float* di, const float* g, float* dq, AttentionShape a) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  bf16 *Qs = cv.take<bf16>(kRows * kD), *Gs = cv.take<bf16>(kRows * kD), *Ks = cv.take<bf16>(kRows * kD),
-       *Vs = cv.take<bf16>(kRows * kD);
+  H *Qs = cv.take<H>(kRows * kD), *Gs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD),
+       *Vs = cv.take<H>(kRows * kD);
   float* stage_f32 = cv.take<float>(kRows * kD);
   float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
-  bf16* dSb = cv.take<bf16>(kRows * kRows);
+  H* dSb = cv.take<H>(kRows * kRows);
   float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
   const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
               *gb = g + bh * a.Tq * a.Dv;
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<kD>(Qs, qb, i0, a.Tq, a.D);
-  stage<kD>(Gs, gb, i0, a.Tq, a.Dv);
+  stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
+  stage<H, kD>(Gs, gb, i0, a.Tq, a.Dv);
   if (threadIdx.x < kRows) {
     int64_t i = i0 + threadIdx.x;
     L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
@@ -565,33 +570,33 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
   int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
     __syncthreads();
-    stage<kD>(Ks, kb, j0, a.Tk, a.D);
-    stage<kD>(Vs, vb, j0, a.Tk, a.Dv);
+    stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
+    stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
     __syncthreads();
-    gemm_abt<kD>(S, Qs, Ks);
-    gemm_abt<kD>(dP, Gs, Vs);
+    gemm_abt<H, kD>(S, Qs, Ks);
+    gemm_abt<H, kD>(dP, Gs, Vs);
     __syncthreads();
-    probabilities_and_ds(a, vrow, i0, j0, S, dP, L, Di, nullptr, dSb);
+    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, L, Di, nullptr, dSb);
     __syncthreads();
-    gemm_acc<kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
+    gemm_acc<H, kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
   }
   __syncthreads();
   write_rows<kD>(stage_f32, dq_acc, dq + bh * a.Tq * a.D, i0, a.Tq, a.D, float(a.scale));
 }
 
-template <int kD>
+template <class H, int kD>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
   size_t smem = shared_bytes<kD>(3, 1, 1, 1);
-  allow_shared(forward_kernel<kD>, smem);
+  allow_shared(forward_kernel<H, kD>, smem);
   dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
-  forward_kernel<kD><<<grid, kBlock, smem, stream_of(out)>>>(
+  forward_kernel<H, kD><<<grid, kBlock, smem, stream_of(out)>>>(
       static_cast<const float*>(q.device_data()), static_cast<const float*>(k.device_data()),
       static_cast<const float*>(v.device_data()), valid.defined() ? static_cast<const float*>(valid.device_data()) : nullptr,
       static_cast<float*>(out.device_data()), static_cast<float*>(lse.device_data()), a);
 }
 
-template <int kD>
+template <class H, int kD>
 void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
@@ -605,30 +610,30 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
   attention_di_kernel<float><<<blocks_for(a.BH * a.Tq), kThreads, 0, st>>>(
       pg, static_cast<const float*>(out.device_data()), pdi, a.BH * a.Tq, a.Dv);
   size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
-  allow_shared(dkv_kernel<kD>, smem_kv);
-  dkv_kernel<kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, st>>>(
+  allow_shared(dkv_kernel<H, kD>, smem_kv);
+  dkv_kernel<H, kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, st>>>(
       pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dk.device_data()), static_cast<float*>(dv.device_data()), a);
   size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
-  allow_shared(dq_kernel<kD>, smem_q);
-  dq_kernel<kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, st>>>(
+  allow_shared(dq_kernel<H, kD>, smem_q);
+  dq_kernel<H, kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, st>>>(
       pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dq.device_data()), a);
 }
 
-// Runs F<kD> for the padded head dim; false for f64 or head dims above 128 (the caller takes the composite).
-template <template <int> class F, class... Args>
+// Runs F<H, kD> for the padded head dim; false for f64 or head dims above 128 (the caller takes the composite).
+template <class H, template <class, int> class F, class... Args>
 bool dispatch(DType dt, int64_t width, Args&&... args) {
   if (dt != DType::f32 || width > 128) return false;
-  if (width <= 16) F<16>::run(args...);
-  else if (width <= 32) F<32>::run(args...);
-  else if (width <= 64) F<64>::run(args...);
-  else F<128>::run(args...);
+  if (width <= 16) F<H, 16>::run(args...);
+  else if (width <= 32) F<H, 32>::run(args...);
+  else if (width <= 64) F<H, 64>::run(args...);
+  else F<H, 128>::run(args...);
   return true;
 }
-template <int kD> struct Forward {
-  template <class... A> static void run(A&&... a) { forward_launch<kD>(a...); }
+template <class H, int kD> struct Forward {
+  template <class... A> static void run(A&&... a) { forward_launch<H, kD>(a...); }
 };
-template <int kD> struct Backward {
-  template <class... A> static void run(A&&... a) { backward_launch<kD>(a...); }
+template <class H, int kD> struct Backward {
+  template <class... A> static void run(A&&... a) { backward_launch<H, kD>(a...); }
 };
 }  // namespace tc
 
@@ -639,8 +644,10 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
   // Empty shapes (no grid to launch) and head dims above 128 take the composite.
   if (a.BH == 0 || a.Tq == 0 || a.Tk == 0 || a.D == 0 || a.Dv == 0) return false;
   LD_CHECK(a.BH <= 65535, "scaled_dot_product_attention on CUDA: ", a.BH, " batch·heads exceed the grid's 65535");
-  bool ok = a.bf16 ? tc::dispatch<tc::Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse)
-                   : dispatch_head_dim<Forward>(q.dtype(), std::max(a.D, a.Dv), a, q, k, v, valid, out, lse);
+  int64_t width = std::max(a.D, a.Dv);
+  bool ok = a.autocast == DType::bf16 ? tc::dispatch<__nv_bfloat16, tc::Forward>(q.dtype(), width, a, q, k, v, valid, out, lse)
+            : a.autocast == DType::f16 ? tc::dispatch<__half, tc::Forward>(q.dtype(), width, a, q, k, v, valid, out, lse)
+                                       : dispatch_head_dim<Forward>(q.dtype(), width, a, q, k, v, valid, out, lse);
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");
   return ok;
 }
@@ -649,8 +656,11 @@ bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& 
                         const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv) {
   int64_t width = std::max(a.D, a.Dv);
-  bool ok = a.bf16 ? tc::dispatch<tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
-                   : dispatch_head_dim<Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  bool ok = a.autocast == DType::bf16
+                ? tc::dispatch<__nv_bfloat16, tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
+            : a.autocast == DType::f16
+                ? tc::dispatch<__half, tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
+                : dispatch_head_dim<Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv);
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention backward");
   return ok;
 }

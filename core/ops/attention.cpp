@@ -228,16 +228,16 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     valid = opt.key_valid.to(q.dtype()).contiguous();
     g.B = q.size(0);
   }
-  // On a device the fused kernel when it handles the shape — under bf16 autocast its tensor-core form, with the
+  // On a device the fused kernel when it handles the shape — under autocast its tensor-core form, with the
   // composite's autocast numbers. On the CPU under autocast, the composite (its GEMMs take the half format).
   bool on_device = !q.device().is_cpu();
-  if (autocast_enabled() && !(on_device && autocast_dtype() == DType::bf16)) return composite::attention(q, k, v, opt);
+  if (autocast_enabled() && !on_device) return composite::attention(q, k, v, opt);
   Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   Shape os = q.shape();
   os.back() = g.Dv;
   TensorOptions o{q.dtype(), q.device()};
   Tensor out = empty(os, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, o);
-  AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_enabled()};
+  AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_dtype()};
   if (on_device) {
     if (valid.defined()) valid = valid.to(q.device());
     if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse))
