@@ -533,59 +533,54 @@ TEST_CASE("cuda: fused layer_norm / rms_norm / group_norm (+SiLU) and RoPE kerne
   }
 }
 
+namespace {
+// One attention comparison: q, k, v of the case's shapes (dtype dt), causal and/or a key mask (batch 0 keeps a
+// prefix of the keys; the last batch sees none, so its rows give 0), the op run on both sides under `half`
+// autocast (f32: none).
+struct AttentionCase { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
+
+void check_attention_on_gpu(const AttentionCase& c, DType dt, DType half, uint64_t seed, double tolerance,
+                            double grad_tolerance = -1) {
+  CAPTURE(std::string(dtype_name(dt)));
+  CAPTURE(std::string(dtype_name(half)));
+  CAPTURE(c.Tq);
+  CAPTURE(c.D);
+  Generator g(seed);
+  Tensor q = randn({c.B, c.H, c.Tq, c.D}, g, dt), k = randn({c.B, c.H, c.Tk, c.D}, g, dt),
+         v = randn({c.B, c.H, c.Tk, c.Dv}, g, dt);
+  AttentionOptions opt{.causal = c.causal};
+  if (c.mask) {
+    std::vector<double> m(size_t(c.B * c.Tk), 0.0);
+    for (int64_t j = 0; j < c.Tk / 2; ++j) m[size_t(j)] = 1.0;
+    opt.key_valid = from_vector(m, {c.B, c.Tk});
+  }
+  check_op_on_gpu({q, k, v}, [&](auto& t) {
+    AttentionOptions o = opt;
+    if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
+    Autocast ac(half);
+    return scaled_dot_product_attention(t[0], t[1], t[2], o);
+  }, tolerance, grad_tolerance);
+}
+}  // namespace
+
 TEST_CASE("cuda: fused (flash-style) attention matches the CPU kernel: masks, KV offset, head dims, long rows" *
           doctest::skip(!kGpu)) {
-  struct Case { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
   for (DType dt : {DType::f32, DType::f64})
-    for (Case c : {Case{2, 3, 33, 33, 16, 16, true, false}, Case{2, 2, 20, 70, 64, 64, true, false},
-                   Case{2, 2, 70, 70, 100, 40, false, true}, Case{1, 2, 300, 300, 64, 64, true, true},
-                   Case{1, 1, 9, 9, 160, 8, true, false}}) {  // D 160 > 128: the composite
-      CAPTURE(std::string(dtype_name(dt)));
-      CAPTURE(c.Tq);
-      CAPTURE(c.D);
-      Generator g(46);
-      Tensor q = randn({c.B, c.H, c.Tq, c.D}, g, dt), k = randn({c.B, c.H, c.Tk, c.D}, g, dt),
-             v = randn({c.B, c.H, c.Tk, c.Dv}, g, dt);
-      AttentionOptions opt{.causal = c.causal};
-      if (c.mask) {  // batch 0 keeps a prefix; the last batch sees no key at all (its rows give 0)
-        std::vector<double> m(size_t(c.B * c.Tk), 0.0);
-        for (int64_t j = 0; j < c.Tk / 2; ++j) m[size_t(j)] = 1.0;
-        opt.key_valid = from_vector(m, {c.B, c.Tk});
-      }
-      check_op_on_gpu({q, k, v}, [&](auto& t) {
-        AttentionOptions o = opt;
-        if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
-        return scaled_dot_product_attention(t[0], t[1], t[2], o);
-      }, dt == DType::f64 ? 1e-11 : 2e-5);
-    }
+    for (AttentionCase c : {AttentionCase{2, 3, 33, 33, 16, 16, true, false}, AttentionCase{2, 2, 20, 70, 64, 64, true, false},
+                            AttentionCase{2, 2, 70, 70, 100, 40, false, true}, AttentionCase{1, 2, 300, 300, 64, 64, true, true},
+                            AttentionCase{1, 1, 9, 9, 160, 8, true, false}})  // D 160 > 128: the composite
+      check_attention_on_gpu(c, dt, DType::f32, 46, dt == DType::f64 ? 1e-11 : 2e-5);
 }
 
 TEST_CASE("cuda: under bf16 / f16 autocast, the tensor-core attention kernel follows the CPU's autocast composite" *
           doctest::skip(!kGpu)) {
-  struct Case { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
+  // Half operands on both sides; the kernel and the composite round different intermediates (P·V vs softmax(S)·V,
+  // Di = Σ dO·O vs Σ P·dP), so they agree to the half format's precision, not bit for bit. Measured on the emulated
+  // GPU (bf16): outputs ≤ 2.8e-3, gradients ≤ 6.1e-3 of their scale.
   for (DType half : {DType::bf16, DType::f16})
-  for (Case c : {Case{2, 3, 33, 33, 16, 16, true, false}, Case{2, 2, 20, 70, 64, 64, true, false},
-                 Case{2, 2, 70, 70, 100, 40, false, true}, Case{1, 2, 150, 150, 64, 64, true, true}}) {
-    CAPTURE(std::string(dtype_name(half)));
-    CAPTURE(c.Tq);
-    CAPTURE(c.D);
-    Generator g(47);
-    Tensor q = randn({c.B, c.H, c.Tq, c.D}, g), k = randn({c.B, c.H, c.Tk, c.D}, g), v = randn({c.B, c.H, c.Tk, c.Dv}, g);
-    AttentionOptions opt{.causal = c.causal};
-    if (c.mask) {
-      std::vector<double> m(size_t(c.B * c.Tk), 0.0);
-      for (int64_t j = 0; j < c.Tk / 2; ++j) m[size_t(j)] = 1.0;
-      opt.key_valid = from_vector(m, {c.B, c.Tk});
-    }
-    // bf16 operands on both sides; the kernel and the composite round different intermediates (P·V vs
-    // softmax(S)·V, Di = Σ dO·O vs Σ P·dP), so they agree to bf16's precision, not bit for bit.
-    check_op_on_gpu({q, k, v}, [&](auto& t) {
-      AttentionOptions o = opt;
-      if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
-      Autocast ac(half);
-      return scaled_dot_product_attention(t[0], t[1], t[2], o);
-    }, 5e-3, 1.5e-2);  // measured on the emulated GPU (bf16): outputs ≤ 2.8e-3, gradients ≤ 6.1e-3 of their scale
-  }
+    for (AttentionCase c : {AttentionCase{2, 3, 33, 33, 16, 16, true, false}, AttentionCase{2, 2, 20, 70, 64, 64, true, false},
+                            AttentionCase{2, 2, 70, 70, 100, 40, false, true}, AttentionCase{1, 2, 150, 150, 64, 64, true, true}})
+      check_attention_on_gpu(c, DType::f32, half, 47, 5e-3, 1.5e-2);
 }
 
 TEST_CASE("cuda: ZLPR (hard, soft, sparse), the n×m losses and BCE match the CPU; Amos and SGD steps too" *

@@ -248,6 +248,23 @@ void allow_shared(Kernel kernel, size_t bytes) {
     LD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
+// The backward kernels' inputs as pointers, and Di = Σ dO·O per query row (computed here, on the stream).
+template <class T>
+struct BackwardArgs {
+  const T *q, *k, *v, *valid, *lse, *g;
+  Tensor di_buffer;
+  T* di;
+  cudaStream_t stream;
+  BackwardArgs(const AttentionShape& a, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_,
+               const Tensor& out, const Tensor& lse_, const Tensor& g_)
+      : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr), lse(ptr(lse_)),
+        g(ptr(g_)), di_buffer(empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {q_.dtype(), q_.device()})),
+        di(static_cast<T*>(di_buffer.device_data())), stream(stream_of(g_)) {
+    attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr(out), di, a.BH * a.Tq, a.Dv);
+  }
+  static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
+};
+
 template <class T, int kD>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
@@ -266,48 +283,17 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
   int R = tile_rows<T>();
-  cudaStream_t st = stream_of(dq);
-  Tensor di = empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {q.dtype(), q.device()});
-  const T *pq = static_cast<const T*>(q.device_data()), *pk = static_cast<const T*>(k.device_data()),
-          *pv = static_cast<const T*>(v.device_data()), *pl = static_cast<const T*>(lse.device_data()),
-          *pg = static_cast<const T*>(g.device_data()),
-          *pvalid = valid.defined() ? static_cast<const T*>(valid.device_data()) : nullptr;
-  T* pdi = static_cast<T*>(di.device_data());
-  attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, st>>>(pg, static_cast<const T*>(out.device_data()),
-                                                                       pdi, a.BH * a.Tq, a.Dv);
+  BackwardArgs<T> p(a, q, k, v, valid, out, lse, g);
   size_t smem_kv = size_t(4 * R * (kD + 1) + 2 * R) * sizeof(T);
   allow_shared(attention_dkv_kernel<T, kD>, smem_kv);
-  attention_dkv_kernel<T, kD><<<dim3(unsigned((a.Tk + R - 1) / R), unsigned(a.BH)), R, smem_kv, st>>>(
-      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<T*>(dk.device_data()), static_cast<T*>(dv.device_data()), a);
+  attention_dkv_kernel<T, kD><<<dim3(unsigned((a.Tk + R - 1) / R), unsigned(a.BH)), R, smem_kv, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dk.device_data()), static_cast<T*>(dv.device_data()), a);
   size_t smem_q = size_t(4 * R * (kD + 1)) * sizeof(T);
   allow_shared(attention_dq_kernel<T, kD>, smem_q);
-  attention_dq_kernel<T, kD><<<dim3(unsigned((a.Tq + R - 1) / R), unsigned(a.BH)), R, smem_q, st>>>(
-      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<T*>(dq.device_data()), a);
+  attention_dq_kernel<T, kD><<<dim3(unsigned((a.Tq + R - 1) / R), unsigned(a.BH)), R, smem_q, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dq.device_data()), a);
 }
 
-// Runs F<T, kD> for the padded head dim that holds max(D, Dv); false when that exceeds 128.
-template <template <class, int> class F, class... Args>
-bool dispatch_head_dim(DType dt, int64_t width, Args&&... args) {
-  auto run = [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    if (width <= 16) F<T, 16>::run(args...);
-    else if (width <= 32) F<T, 32>::run(args...);
-    else if (width <= 64) F<T, 64>::run(args...);
-    else F<T, 128>::run(args...);
-  };
-  if (width > 128) return false;
-  if (dt == DType::f32) run(static_cast<float*>(nullptr));
-  else if (dt == DType::f64) run(static_cast<double*>(nullptr));
-  else return false;
-  return true;
-}
-
-template <class T, int kD> struct Forward {
-  template <class... A> static void run(A&&... a) { forward_launch<T, kD>(a...); }
-};
-template <class T, int kD> struct Backward {
-  template <class... A> static void run(A&&... a) { backward_launch<T, kD>(a...); }
-};
 
 // ---------------------------------------------------------------- tensor cores (bf16 / f16 autocast)
 // The same algorithm with the four GEMMs of a tile on tensor cores (WMMA 16×16×16, bf16 or f16 operands H, f32
@@ -600,42 +586,43 @@ template <class H, int kD>
 void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
-  cudaStream_t st = stream_of(dq);
-  Tensor di = empty({a.BH * a.Tq}, {DType::f32, q.device()});
-  const float *pq = static_cast<const float*>(q.device_data()), *pk = static_cast<const float*>(k.device_data()),
-              *pv = static_cast<const float*>(v.device_data()), *pl = static_cast<const float*>(lse.device_data()),
-              *pg = static_cast<const float*>(g.device_data()),
-              *pvalid = valid.defined() ? static_cast<const float*>(valid.device_data()) : nullptr;
-  float* pdi = static_cast<float*>(di.device_data());
-  attention_di_kernel<float><<<blocks_for(a.BH * a.Tq), kThreads, 0, st>>>(
-      pg, static_cast<const float*>(out.device_data()), pdi, a.BH * a.Tq, a.Dv);
+  BackwardArgs<float> p(a, q, k, v, valid, out, lse, g);
   size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
   allow_shared(dkv_kernel<H, kD>, smem_kv);
-  dkv_kernel<H, kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, st>>>(
-      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dk.device_data()), static_cast<float*>(dv.device_data()), a);
+  dkv_kernel<H, kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dk.device_data()),
+      static_cast<float*>(dv.device_data()), a);
   size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
   allow_shared(dq_kernel<H, kD>, smem_q);
-  dq_kernel<H, kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, st>>>(
-      pq, pk, pv, pvalid, pl, pdi, pg, static_cast<float*>(dq.device_data()), a);
+  dq_kernel<H, kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dq.device_data()), a);
 }
 
-// Runs F<H, kD> for the padded head dim; false for f64 or head dims above 128 (the caller takes the composite).
-template <class H, template <class, int> class F, class... Args>
-bool dispatch(DType dt, int64_t width, Args&&... args) {
-  if (dt != DType::f32 || width > 128) return false;
-  if (width <= 16) F<H, 16>::run(args...);
-  else if (width <= 32) F<H, 32>::run(args...);
-  else if (width <= 64) F<H, 64>::run(args...);
-  else F<H, 128>::run(args...);
+}  // namespace tc
+
+// The kernel for a call: f(tag, kD) with kD the padded head dim (16/32/64/128) holding max(D, Dv), and tag
+// Fma<float|double> (the FMA kernels) or Tc<bf16|f16> (tensor cores, under autocast, f32 activations). False
+// for a shape none handles (head dims above 128, f64 under autocast): the op then runs its composite.
+template <class T> struct Fma { using type = T; static constexpr bool tensor_cores = false; };
+template <class H> struct Tc { using type = H; static constexpr bool tensor_cores = true; };
+
+template <class F>
+bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
+  int64_t width = std::max(a.D, a.Dv);
+  if (width > 128) return false;
+  auto dims = [&](auto tag) {
+    if (width <= 16) f(tag, std::integral_constant<int, 16>{});
+    else if (width <= 32) f(tag, std::integral_constant<int, 32>{});
+    else if (width <= 64) f(tag, std::integral_constant<int, 64>{});
+    else f(tag, std::integral_constant<int, 128>{});
+  };
+  if (a.autocast == DType::bf16 && dt == DType::f32) dims(Tc<__nv_bfloat16>{});
+  else if (a.autocast == DType::f16 && dt == DType::f32) dims(Tc<__half>{});
+  else if (a.autocast == DType::f32 && dt == DType::f32) dims(Fma<float>{});
+  else if (a.autocast == DType::f32 && dt == DType::f64) dims(Fma<double>{});
+  else return false;
   return true;
 }
-template <class H, int kD> struct Forward {
-  template <class... A> static void run(A&&... a) { forward_launch<H, kD>(a...); }
-};
-template <class H, int kD> struct Backward {
-  template <class... A> static void run(A&&... a) { backward_launch<H, kD>(a...); }
-};
-}  // namespace tc
 
 }  // namespace
 
@@ -644,10 +631,12 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
   // Empty shapes (no grid to launch) and head dims above 128 take the composite.
   if (a.BH == 0 || a.Tq == 0 || a.Tk == 0 || a.D == 0 || a.Dv == 0) return false;
   LD_CHECK(a.BH <= 65535, "scaled_dot_product_attention on CUDA: ", a.BH, " batch·heads exceed the grid's 65535");
-  int64_t width = std::max(a.D, a.Dv);
-  bool ok = a.autocast == DType::bf16 ? tc::dispatch<__nv_bfloat16, tc::Forward>(q.dtype(), width, a, q, k, v, valid, out, lse)
-            : a.autocast == DType::f16 ? tc::dispatch<__half, tc::Forward>(q.dtype(), width, a, q, k, v, valid, out, lse)
-                                       : dispatch_head_dim<Forward>(q.dtype(), width, a, q, k, v, valid, out, lse);
+  bool ok = with_kernel(a, q.dtype(), [&](auto tag, auto kd) {
+    using T = typename decltype(tag)::type;
+    constexpr int kD = decltype(kd)::value;
+    if constexpr (decltype(tag)::tensor_cores) tc::forward_launch<T, kD>(a, q, k, v, valid, out, lse);
+    else forward_launch<T, kD>(a, q, k, v, valid, out, lse);
+  });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");
   return ok;
 }
@@ -655,12 +644,12 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
 bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                         const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv) {
-  int64_t width = std::max(a.D, a.Dv);
-  bool ok = a.autocast == DType::bf16
-                ? tc::dispatch<__nv_bfloat16, tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
-            : a.autocast == DType::f16
-                ? tc::dispatch<__half, tc::Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv)
-                : dispatch_head_dim<Backward>(q.dtype(), width, a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  bool ok = with_kernel(a, q.dtype(), [&](auto tag, auto kd) {
+    using T = typename decltype(tag)::type;
+    constexpr int kD = decltype(kd)::value;
+    if constexpr (decltype(tag)::tensor_cores) tc::backward_launch<T, kD>(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+    else backward_launch<T, kD>(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention backward");
   return ok;
 }
