@@ -548,7 +548,8 @@ int train(Config& cfg, const TrainOptions& topt) {
       if (s.scaler->found_inf() && s.scaler->get_scale() < 1.0)
         LD_FAIL("step ", step + 1, ": the gradients are not finite even at loss scale ", s.scaler->get_scale(),
                 " (f16 mixed precision, ", s.scaler->skipped_steps(), " steps skipped so far); training stopped");
-      if (!s.scaler->found_inf())
+      // With the scaler on, unscale_ has already scanned every gradient; without it, scan and name the parameter.
+      if (!s.scaler->enabled())
         if (auto bad = optim::first_nonfinite_grad(named))
           LD_FAIL("step ", step + 1, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
       double gnorm = std::nan("");

@@ -454,13 +454,7 @@ TEST_CASE("cuda: the fused AdamW kernel follows the CPU's AdamW (with and withou
 TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's loss and gradients, and trains" *
           doctest::skip(!kGpu)) {
   for (nn::AttentionKind kind : {nn::AttentionKind::softmax, nn::AttentionKind::linear}) {
-    nn::RoFormerLMConfig cfg;
-    cfg.vocab_size = 32;
-    cfg.d_model = 32;
-    cfg.n_layers = 2;
-    cfg.n_heads = 2;
-    cfg.d_ff = 64;
-    cfg.kind = kind;
+    nn::RoFormerLMConfig cfg{.vocab_size = 32, .d_model = 32, .n_layers = 2, .n_heads = 2, .d_ff = 64, .kind = kind};
     Generator g1(11), g2(11), data(12);
     nn::RoFormerLM cpu_lm(cfg, g1), gpu_lm(cfg, g2);
     gpu_lm.to(kCuda);
@@ -676,12 +670,7 @@ TEST_CASE("cuda: bf16/f16 casts are bit-identical to the CPU's; autocast GEMMs a
     CHECK(max(abs(sub(cg.cpu(), cc))).item() <= 1e-5 * max(abs(cc)).item());
   }
   // The RoFormer LM under bf16 autocast: GPU vs the CPU's emulation of the same arithmetic.
-  nn::RoFormerLMConfig cfg;
-  cfg.vocab_size = 32;
-  cfg.d_model = 64;
-  cfg.n_layers = 2;
-  cfg.n_heads = 2;
-  cfg.d_ff = 128;
+  nn::RoFormerLMConfig cfg{.vocab_size = 32, .d_model = 64, .n_layers = 2, .n_heads = 2, .d_ff = 128};
   Generator g1(22), g2(22), data(23);
   nn::RoFormerLM cpu_lm(cfg, g1), gpu_lm(cfg, g2);
   gpu_lm.to(kCuda);

@@ -209,12 +209,7 @@ TEST_CASE("Autocast: Linear, attention and conv follow their f32 results within 
   CHECK(rel_err(o16, o32) < 1e-2);
   CHECK(rel_err(o16, o32) > 0);
 
-  nn::RoFormerLMConfig cfg;
-  cfg.vocab_size = 32;
-  cfg.d_model = 32;
-  cfg.n_layers = 2;
-  cfg.n_heads = 2;
-  cfg.d_ff = 64;
+  nn::RoFormerLMConfig cfg{.vocab_size = 32, .d_model = 32, .n_layers = 2, .n_heads = 2, .d_ff = 64};
   Generator gm(6), data(7);
   nn::RoFormerLM lm(cfg, gm);
   Tensor tokens = randint(0, 32, {4, 17}, data);
