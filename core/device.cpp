@@ -37,6 +37,28 @@ void synchronize(int device) { device_backend(Device::cuda(device)).synchronize(
 AllocatorStats memory_stats(int device) { return device_backend(Device::cuda(device)).allocator().stats(); }
 void reset_peak_memory_stats(int device) { device_backend(Device::cuda(device)).allocator().reset_peak(); }
 void empty_cache(int device) { device_backend(Device::cuda(device)).allocator().empty_cache(); }
+EventTimer::EventTimer(int device) : backend_(&device_backend(Device::cuda(device))) {
+  start_ = backend_->event_create();
+  stop_ = backend_->event_create();
+}
+EventTimer::~EventTimer() {
+  backend_->event_destroy(start_);
+  backend_->event_destroy(stop_);
+}
+void EventTimer::start() {
+  backend_->event_record(start_);
+  started_ = true;
+  stopped_ = false;
+}
+void EventTimer::stop() {
+  LD_CHECK(started_, "cuda::EventTimer: stop() before start()");
+  backend_->event_record(stop_);
+  stopped_ = true;
+}
+double EventTimer::elapsed_ms() {
+  LD_CHECK(stopped_, "cuda::EventTimer: elapsed_ms() before start() and stop()");
+  return backend_->event_elapsed_ms(start_, stop_);
+}
 void set_allow_tf32(bool on) { g_tf32 = on; }
 bool allow_tf32() { return g_tf32; }
 }  // namespace cuda

@@ -28,6 +28,27 @@ struct AdamStepArgs {
   double bc1, bc2_sqrt;
 };
 
+// One parameter of a multi-tensor Adam/AdamW step: its tensors (contiguous, one dtype; vmax undefined without
+// amsgrad) and its scalars (bias corrections differ between parameters that skipped steps; lr and decay between
+// groups).
+struct AdamTensor {
+  Tensor p, g, m, v, vmax;
+  AdamStepArgs args;
+};
+
+// One parameter of a multi-tensor Amos step (optim/amos.h): θ, its gradient, the slots v and b ([rows]: one
+// entry per row of θ viewed as [rows, inner]) and momentum u (undefined without), with its group's lr ξ and
+// weight decay λ, its expected scale η̃ and 1 − β^t.
+struct AmosTensor {
+  Tensor p, g, v, b, u;
+  int64_t rows, inner;
+  double xi, eta, lambda, bias_correction;
+};
+// The options every row reads (optim/amos_row.h's AmosRowOptions, with momentum and clipping).
+struct AmosStepArgs {
+  double beta, epsilon, c_coef, d_coef, finetune_rate, momentum, clip_value;
+};
+
 // The geometry of one fused attention call: BH = batch·heads rows of [Tq, D] queries, [Tk, D] keys and
 // [Tk, Dv] values (contiguous); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
 // autocast: bf16 or f16 when autocast is on — the GEMMs take that format with f32 accumulation (tensor cores).
@@ -47,9 +68,16 @@ class DeviceBackend {
   virtual void* allocate(size_t bytes) = 0;  // Error naming the size and the allocator's state on OOM
   virtual void deallocate(void* p, size_t bytes) = 0;
   virtual CachingAllocator& allocator() = 0;
+  // Host → device returns once `src` may be reused (through pinned staging it need not wait for the copy);
+  // device → host returns when the data is there. Both are ordered with the device's kernels.
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // Events on the device's stream, for timing GPU work without synchronizing in between (cuda::EventTimer).
+  virtual void* event_create() = 0;
+  virtual void event_record(void* event) = 0;
+  virtual double event_elapsed_ms(void* start, void* stop) = 0;  // waits for `stop`
+  virtual void event_destroy(void* event) = 0;
 
   // ---- kernels. Tensors are on this device; outputs are preallocated and contiguous unless said.
   // dst[i] = src[i] over dst's shape (dst strided), src read through `src_strides` (0 on broadcast dims),
@@ -117,13 +145,20 @@ class DeviceBackend {
   virtual bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& valid, const Tensor& out, const Tensor& lse, const Tensor& g,
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv) = 0;
+  // ZLPR over `rows` rows of C contiguous logits s with targets t (s's dtype and shape): the loss per row into
+  // loss [rows] and dL/ds into grad (undefined: no gradient), as the fused CPU kernel of losses/zlpr.cpp; soft
+  // targets use the eps masking fix. A target outside {0, 1} (hard) or [0, 1] (soft) makes the i64 scalar
+  // `bad` (zeroed by the caller) non-zero; the caller reads it back and reports the entry.
+  virtual void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows,
+                         int64_t C, bool soft, double eps, const Tensor& bad) = 0;
   // Random fills of a contiguous f32/f64 tensor from Philox blocks first, first + 1, ... of `seed`: element for
   // element the CPU's numbers (the formulas are core/philox.h's, compiled for both).
   virtual void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) = 0;
   virtual void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) = 0;
-  // The fused Adam/AdamW update of one parameter in place (all contiguous; vmax undefined without amsgrad).
-  virtual void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
-                         const AdamStepArgs& a) = 0;
+  // Optimizer updates of many parameters in place, a few kernel launches for all of them (core/cuda/optim.cu):
+  // Adam/AdamW elementwise as optim/adam.cpp's fused pass; Amos with each row's mean g² reduced in a fixed order.
+  virtual void adam_step(const std::vector<AdamTensor>& ts) = 0;
+  virtual void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) = 0;
 };
 
 // The backend of a non-CPU device; an Error saying why when it is not there (no CUDA in this build, no GPU,
@@ -141,6 +176,23 @@ void synchronize(int device = 0);
 AllocatorStats memory_stats(int device = 0);
 void reset_peak_memory_stats(int device = 0);
 void empty_cache(int device = 0);
+// GPU time between start() and stop() on a device's stream, measured by CUDA events: the host does not wait
+// in between (a training step's launches stay queued); elapsed_ms() waits for the stop event.
+//   cuda::EventTimer t;  t.start();  step();  t.stop();  double ms = t.elapsed_ms();
+class EventTimer {
+ public:
+  explicit EventTimer(int device = 0);
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void start();
+  void stop();
+  double elapsed_ms();
+ private:
+  DeviceBackend* backend_;
+  void *start_ = nullptr, *stop_ = nullptr;
+  bool started_ = false, stopped_ = false;
+};
 // TF32 tensor-core GEMMs for f32 (off by default: results then differ from the CPU's by ~1e-3 relative).
 void set_allow_tf32(bool on);
 bool allow_tf32();

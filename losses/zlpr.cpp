@@ -18,6 +18,7 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "losses/losses.h"
 
 namespace liandan::losses {
@@ -179,10 +180,17 @@ Tensor zlpr_fused(const Tensor& logits, const Tensor& targets, bool soft, double
   Shape batch(logits.shape().begin(), logits.shape().end() - 1);
   int64_t R = shape_numel(batch);
   bool grad = needs_grad({&logits});
-  Tensor loss = empty(batch, logits.dtype());
-  Tensor G = grad ? empty({R, C}, logits.dtype()) : Tensor();
+  Device dev = logits.device();
+  TensorOptions o{logits.dtype(), dev};
+  Tensor loss = empty(batch, o);
+  Tensor G = grad ? empty({R, C}, o) : Tensor();
   std::atomic<bool> bad{false};
-  LD_DISPATCH_FLOAT(logits.dtype(), op, [&] {
+  if (!dev.is_cpu()) {  // the same row kernel on the device (core/cuda/losses.cu); one flag read back
+    if (tc.device() != dev) tc = tc.to(dev);
+    Tensor flag = zeros({}, {DType::i64, dev});
+    device_backend(dev).zlpr_rows(xc, tc, loss, G, R, C, soft, eps, flag);
+    bad = flag.item() != 0;
+  } else LD_DISPATCH_FLOAT(logits.dtype(), op, [&] {
     const scalar_t *ps = xc.data_ptr<scalar_t>(), *pt = tc.data_ptr<scalar_t>();
     scalar_t* pl = loss.data_ptr<scalar_t>();
     scalar_t* pg = grad ? G.data_ptr<scalar_t>() : nullptr;
@@ -203,6 +211,7 @@ Tensor zlpr_fused(const Tensor& logits, const Tensor& targets, bool soft, double
   if (grad) {
     Shape xs = logits.shape();
     record(op, loss, {logits}, [G, xs, R, C](const Tensor& gout) {
+      if (!G.device().is_cpu()) return std::vector<Tensor>{mul(G, gout.reshape({R, 1})).view(xs)};
       // G is this node's own buffer and the closure runs once: scale it in place into the gradient.
       Tensor gc = gout.contiguous();
       LD_DISPATCH_FLOAT(G.dtype(), "zlpr backward", [&] {
@@ -328,17 +337,12 @@ Tensor lse_with_zero(const Tensor& e) {
 
 // ------------------------------------------------------------------------------ public API
 
-// On a device the composite runs (its definition in core ops); the fused row kernel is the CPU's.
+// The fused row kernel, on the CPU (above) or a device's (core/cuda/losses.cu); the composite is the reference.
 Tensor zlpr(const Tensor& logits, const Tensor& targets, Reduction r) {
-  if (logits.defined() && !logits.device().is_cpu()) return reduce(zlpr_composite_impl(logits, targets, false, 0.0), r);
   return reduce(zlpr_fused(logits, targets, false, 0.0), r);
 }
 
 Tensor zlpr_soft(const Tensor& logits, const Tensor& targets, Reduction r, double eps) {
-  if (logits.defined() && !logits.device().is_cpu()) {
-    LD_CHECK(eps >= 0 && eps < 0.5, "zlpr_soft: eps must be in [0, 0.5), got ", eps);
-    return reduce(zlpr_composite_impl(logits, targets, true, eps), r);
-  }
   return reduce(zlpr_fused(logits, targets, true, eps), r);
 }
 

@@ -1,5 +1,7 @@
 #include "optim/adam.h"
 
+#include <map>
+
 #include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/error.h"
@@ -93,7 +95,7 @@ void apply_direction(T* p, const T* u, int64_t n, double step) {
 
 }  // namespace
 
-void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
+AdamStep Adam::step_args(const ParamState& s, const ParamGroup& g) const {
   const Strategy& st = opt_.strategy;
   AdamStep a;
   a.lr = g.lr;
@@ -105,15 +107,39 @@ void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   a.l2 = decoupled ? 0.0 : g.weight_decay;
   a.bc1 = 1 - std::pow(opt_.beta1, double(s.step));
   a.bc2_sqrt = std::sqrt(1 - std::pow(opt_.beta2, double(s.step)));
+  return a;
+}
+
+// The device's multi-tensor kernel (core/cuda/optim.cu) takes the update unless tensor ops are asked for, or
+// the per-tensor-lr strategy needs each direction's norm first (the kernel has no norm pass).
+bool Adam::on_device_kernel(const ParamState& s) const {
+  return !s.param.device().is_cpu() && opt_.fused && !opt_.strategy.per_tensor_lr;
+}
+
+void Adam::update_all(std::vector<PendingUpdate>& due) {
+  std::map<std::pair<std::string, DType>, std::vector<AdamTensor>> batches;  // one kernel list per device and dtype
+  for (PendingUpdate& u : due) {
+    ParamState& s = *u.state;
+    if (!on_device_kernel(s)) {
+      update(s, *u.group, u.grad);
+      continue;
+    }
+    Tensor vmax = opt_.amsgrad ? s.slot("max_exp_avg_sq") : Tensor();
+    batches[{s.param.device().str(), s.param.dtype()}].push_back(
+        {s.param, u.grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, step_args(s, *u.group)});
+  }
+  for (auto& [key, list] : batches) device_backend(list[0].p.device()).adam_step(list);
+}
+
+void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
+  const Strategy& st = opt_.strategy;
+  AdamStep a = step_args(s, g);
   Tensor vmax = opt_.amsgrad ? s.slot("max_exp_avg_sq") : Tensor();
-  // Tensor ops: asked for, or on a device for the per-tensor-lr strategy (the fused kernel has no norm pass).
-  if (!opt_.fused || (st.per_tensor_lr && !s.param.device().is_cpu()))
-    return adam_tensors(s, grad, vmax, a, st, g.lr);
-  if (!s.param.device().is_cpu()) {  // the device's fused kernel (core/cuda/optim.cu)
-    device_backend(s.param.device()).adam_step(s.param, grad.contiguous(), s.slot("exp_avg"), s.slot("exp_avg_sq"),
-                                                vmax, a);
+  if (on_device_kernel(s)) {
+    device_backend(s.param.device()).adam_step({{s.param, grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, a}});
     return;
   }
+  if (!opt_.fused || !s.param.device().is_cpu()) return adam_tensors(s, grad, vmax, a, st, g.lr);
   Tensor u = st.per_tensor_lr ? empty_like(s.param) : Tensor();
   LD_DISPATCH_FLOAT(s.param.dtype(), "Adam", [&] {
     using T = scalar_t;

@@ -5,7 +5,9 @@
 //   m ← m + (1−β1)(g − m);  v ← β2·v + (1−β2)·g²;  (amsgrad: v_max ← max(v_max, v), used below)
 //   denom = √v / √(1−β2^t) + eps                      (eps outside the sqrt; bias terms in double)
 //   θ ← θ − (lr / (1−β1^t)) · m / denom
-// Each update is one fused pass over the parameter (all four arrays read once), split over threads.
+// Each update is one fused pass over the parameter (all four arrays read once), split over threads; on a GPU
+// one multi-tensor kernel updates all of a device's parameters in a few launches.
+#include "core/device.h"
 #include "optim/optimizer.h"
 
 namespace liandan::optim {
@@ -33,8 +35,11 @@ class Adam : public Optimizer {
   Adam(std::string type_name, std::vector<ParamGroup> groups, AdamOptions opt, bool decoupled);
   void init_state(ParamState& s, const ParamGroup& g) override;
   void update(ParamState& s, const ParamGroup& g, const Tensor& grad) override;
+  void update_all(std::vector<PendingUpdate>& due) override;
 
  private:
+  AdamStepArgs step_args(const ParamState& s, const ParamGroup& g) const;
+  bool on_device_kernel(const ParamState& s) const;
   AdamOptions opt_;
   bool decoupled_;
 };

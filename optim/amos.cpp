@@ -1,8 +1,11 @@
 #include "optim/amos.h"
+#include "optim/amos_row.h"
 
+#include <map>
 #include <vector>
 
 #include "core/cpu/loops.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "core/ops.h"
 
@@ -58,26 +61,8 @@ void Amos::init_state(ParamState& s, const ParamGroup&) {
 
 namespace {
 
-// Per-row coefficients: θ_i += −A·g_i − B·θ_i for every element i of the row.
-struct RowCoef {
-  double A, B;
-};
-
-// The scalar part of the update for one slot entry (one row), in double: v and b are updated in place.
-template <class T>
-RowCoef amos_row(T& v, T& b, double g2, double xi, double eta, double lambda, double bias_correction,
-                 const AmosOptions& o) {
-  double vn = o.beta * double(v) + (1 - o.beta) * g2;
-  double r = bias_correction / std::max(vn, o.epsilon);
-  double bo = double(b);
-  double c = 1 / std::sqrt(1 + o.c_coef * std::sqrt(xi) * bo);
-  double fr = o.finetune_rate;
-  double gamma = std::sqrt(fr) * c * xi * xi * r * g2;
-  double alpha = xi * eta;
-  double d = 1 / (1 + o.d_coef * std::sqrt(alpha) * bo);
-  v = T(vn);
-  b = T(bo + gamma * (fr + bo));
-  return {fr * d * alpha * std::sqrt(r), fr * d * (gamma / 2 + lambda)};
+AmosRowOptions row_options(const AmosOptions& o) {
+  return {o.beta, o.epsilon, o.c_coef, o.d_coef, o.finetune_rate};
 }
 
 template <class T>
@@ -97,7 +82,10 @@ void amos_update(T* p, const T* g, T* v, T* b, T* u, int64_t rows, int64_t inner
         double gi = double(clipped(gr[i]));
         ss += gi * gi;
       }
-      RowCoef k = amos_row(v[r], b[r], ss / double(inner), xi, eta, lambda, bias_correction, o);
+      AmosRow k = amos_row(double(v[r]), double(b[r]), ss / double(inner), xi, eta, lambda, bias_correction,
+                           row_options(o));
+      v[r] = T(k.v);
+      b[r] = T(k.b);
       const T A = T(k.A), B = T(k.B);
       if (u) {
         T* ur = u + r * inner;
@@ -143,6 +131,26 @@ void amos_update_tensors(const Tensor& p, const Tensor& grad, const Tensor& v, c
 }
 
 }  // namespace
+
+// On a device, the fused update is the multi-tensor kernel (core/cuda/optim.cu): all of a device's parameters
+// of one dtype in a few launches.
+void Amos::update_all(std::vector<PendingUpdate>& due) {
+  std::map<std::pair<std::string, DType>, std::vector<AmosTensor>> batches;
+  for (PendingUpdate& pu : due) {
+    ParamState& s = *pu.state;
+    if (!opt_.fused || s.param.device().is_cpu()) {
+      update(s, *pu.group, pu.grad);
+      continue;
+    }
+    Tensor v = s.slot("v"), b = s.slot("b"), u = opt_.momentum > 0 ? s.slot("u") : Tensor();
+    int64_t rows = v.numel(), inner = s.param.numel() / std::max<int64_t>(rows, 1);
+    batches[{s.param.device().str(), s.param.dtype()}].push_back(
+        {s.param, pu.grad, v, b, u, rows, inner, pu.group->lr, s.scale, pu.group->weight_decay,
+         1 - std::pow(opt_.beta, double(s.step))});
+  }
+  AmosStepArgs a{opt_.beta, opt_.epsilon, opt_.c_coef, opt_.d_coef, opt_.finetune_rate, opt_.momentum, opt_.clip_value};
+  for (auto& [key, list] : batches) device_backend(list[0].p.device()).amos_step(list, a);
+}
 
 void Amos::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   Tensor& v = s.slot("v");

@@ -34,8 +34,8 @@ struct AmosOptions {
   double finetune_rate = 1.0;
   double init_b = 0.0;       // a large b (∝ pre-training epochs) keeps restored weights from drifting
   bool factored = true;      // reduced-shape slots (see above); false = full-shape v and b
-  // true: the fused row pass on the CPU. false: the same update in tensor ops (what a GPU runs; torch's
-  // "foreach" form), kept selectable so tests compare the two.
+  // true: the fused row pass on the CPU, the multi-tensor kernel on a GPU. false: the same update in tensor
+  // ops (torch's "foreach" form), kept selectable so tests compare the two.
   bool fused = true;
   // Optional per-parameter overrides: expected scale η̃ and slot shape (return {} to keep the default).
   std::function<double(const std::string& name, const Tensor& p)> eta;
@@ -54,6 +54,7 @@ class Amos : public Optimizer {
  protected:
   void init_state(ParamState& s, const ParamGroup& g) override;
   void update(ParamState& s, const ParamGroup& g, const Tensor& grad) override;
+  void update_all(std::vector<PendingUpdate>& due) override;
 
  private:
   AmosOptions opt_;

@@ -70,6 +70,7 @@ Optimizer::Optimizer(std::string type_name, std::vector<ParamGroup> groups, doub
 
 void Optimizer::step() {
   NoGradGuard no_grad;
+  std::vector<PendingUpdate> due;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& g = groups_[gi];
     for (ParamState& s : states_[gi]) {
@@ -84,10 +85,15 @@ void Optimizer::step() {
         s.initialized = true;
       }
       ++s.step;
-      update(s, g, grad);
-      s.param.bump_version();
+      due.push_back({&s, &g, grad});
     }
   }
+  update_all(due);
+  for (PendingUpdate& u : due) u.state->param.bump_version();
+}
+
+void Optimizer::update_all(std::vector<PendingUpdate>& due) {
+  for (PendingUpdate& u : due) update(*u.state, *u.group, u.grad);
 }
 
 void Optimizer::zero_grad(bool set_to_none) {

@@ -74,6 +74,14 @@ struct ParamState {
   bool has_slot(const std::string& n) const;
 };
 
+// One parameter due for an update in this step: its state (step already incremented), its group, and its
+// gradient (contiguous, of the parameter's shape and dtype).
+struct PendingUpdate {
+  ParamState* state;
+  const ParamGroup* group;
+  Tensor grad;
+};
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
@@ -111,6 +119,10 @@ class Optimizer {
   // Updates one parameter in place; s.step is already incremented. The gradient is contiguous and
   // of the parameter's shape and dtype.
   virtual void update(ParamState& s, const ParamGroup& g, const Tensor& grad) = 0;
+  // Updates every parameter due in this step, across groups. The default calls update() for each; an
+  // optimizer with a multi-tensor device kernel overrides it to update a device's parameters in a few
+  // launches instead of one (or a dozen) per tensor.
+  virtual void update_all(std::vector<PendingUpdate>& due);
 
   // The decoupled decay rate ρ for a group under the strategy (tied) or lr·wd (torch's AdamW).
   double decoupled_decay(const ParamGroup& g, const Strategy& st) const;

@@ -218,6 +218,30 @@ TEST_CASE("cuda: copies to and from the device are exact; views, dtype casts and
   CHECK(back.to_vector() == x.to_vector());
 }
 
+TEST_CASE("cuda: host-to-device copies through pinned staging take their snapshot at once; events time GPU work" *
+          doctest::skip(!kGpu)) {
+  // More copies than staging buffers, each source overwritten right after its copy was queued.
+  std::vector<Tensor> on_gpu;
+  Tensor host = empty({3000}, DType::f32);
+  for (int i = 0; i < 11; ++i) {
+    host.fill_(double(i));
+    on_gpu.push_back(host.to(kCuda));
+    host.fill_(-1.0);
+  }
+  for (int i = 0; i < 11; ++i) CHECK(max(abs(add(on_gpu[size_t(i)].cpu(), -double(i)))).item() == 0);
+  cuda::EventTimer t;
+  CHECK(error_of([&] { t.elapsed_ms(); }).find("before start() and stop()") != std::string::npos);
+  Generator g(3);
+  Tensor a = randn({256, 256}, g).to(kCuda);
+  t.start();
+  Tensor c = matmul(a, a);
+  t.stop();
+  double ms = t.elapsed_ms();
+  CHECK(std::isfinite(ms));
+  CHECK(ms >= 0);
+  CHECK(max_rel_err(c, matmul(a.cpu(), a.cpu())) <= 1e-5);
+}
+
 TEST_CASE("cuda: unary ops and their derivatives match the CPU" * doctest::skip(!kGpu)) {
   for (DType dt : {DType::f32, DType::f64}) {
     Generator gen(2);
@@ -451,6 +475,62 @@ TEST_CASE("cuda: the fused AdamW kernel follows the CPU's AdamW (with and withou
   }
 }
 
+// Many parameters of mixed shapes in two groups (more than one kernel's list of 32, tensors of several blocks), some
+// without a gradient at some steps (their bias corrections then differ): the multi-tensor kernels against the
+// CPU's fused passes.
+TEST_CASE("cuda: the multi-tensor AdamW and Amos kernels follow the CPU over many parameters" * doctest::skip(!kGpu)) {
+  const std::vector<Shape> shapes = {{1}, {5}, {3, 7}, {70, 130}, {2, 3, 4, 5}, {33}, {4, 1}, {9000}};
+  for (DType dt : {DType::f32, DType::f64}) {
+    for (int which = 0; which < 5; ++which) {
+      CAPTURE(std::string(dtype_name(dt)));
+      CAPTURE(which);
+      Generator gen(17);
+      std::vector<Tensor> cpu, gpu;
+      for (int i = 0; i < 42; ++i) {
+        Tensor w = mul(randn(shapes[size_t(i) % shapes.size()], gen, dt), 0.1 * (1 + i % 3));
+        cpu.push_back(w.clone().requires_grad_());
+        gpu.push_back(w.to(kCuda).requires_grad_());
+      }
+      auto groups = [&](const std::vector<Tensor>& ps) {
+        optim::NamedParams a, b;
+        for (size_t i = 0; i < ps.size(); ++i) (i % 4 == 3 ? b : a).emplace_back("p" + std::to_string(i), ps[i]);
+        return std::vector<optim::ParamGroup>{{.name = "main", .params = a}, {.name = "slow", .params = b, .lr = 0.003, .weight_decay = 0.0}};
+      };
+      auto make = [&](const std::vector<Tensor>& ps) -> std::unique_ptr<optim::Optimizer> {
+        if (which < 2) return std::make_unique<optim::AdamW>(groups(ps), optim::AdamWOptions{.lr = 0.01, .weight_decay = 0.1, .amsgrad = which == 1});
+        optim::AmosOptions o{.lr = 0.05};
+        if (which == 3) o.momentum = 0.9, o.clip_value = 0.5;
+        if (which == 4) o.factored = false;
+        return std::make_unique<optim::Amos>(groups(ps), o);
+      };
+      auto oc = make(cpu), og = make(gpu);
+      Generator gg(18);
+      for (int step = 0; step < 4; ++step) {
+        for (size_t i = 0; i < cpu.size(); ++i) {
+          if ((i + size_t(step)) % 5 == 0) {  // no gradient this step
+            cpu[i].set_grad(Tensor());
+            gpu[i].set_grad(Tensor());
+            continue;
+          }
+          Tensor gr = randn(cpu[i].shape(), gg, dt);
+          cpu[i].set_grad(gr);
+          gpu[i].set_grad(gr.to(kCuda));
+        }
+        oc->step();
+        og->step();
+      }
+      double worst = 0;
+      for (size_t i = 0; i < cpu.size(); ++i) worst = std::max(worst, max_rel_err(gpu[i], cpu[i]));
+      CHECK(worst <= tol(dt));
+      auto sc = oc->state_dict(), sg = og->state_dict();
+      REQUIRE(sc.size() == sg.size());
+      double worst_state = 0;
+      for (size_t i = 0; i < sc.size(); ++i) worst_state = std::max(worst_state, max_rel_err(sg[i].second, sc[i].second));
+      CHECK(worst_state <= tol(dt));
+    }
+  }
+}
+
 TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's loss and gradients, and trains" *
           doctest::skip(!kGpu)) {
   for (nn::AttentionKind kind : {nn::AttentionKind::softmax, nn::AttentionKind::linear}) {
@@ -593,16 +673,51 @@ TEST_CASE("cuda: ZLPR (hard, soft, sparse), the n×m losses and BCE match the CP
     Tensor seq = randint(0, 10, {4, 3}, g);
     check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss1(t[0], seq); }, tol(dt) * 10);
     check_op_on_gpu({s3}, [&](auto& t) { return losses::nxm_loss3(t[0], seq); }, tol(dt) * 10);
+    // The fused row kernel (a warp per row) over rows longer than a warp and a row count that is not a multiple of
+    // a block's 8 rows, with masked logits (−1e12), soft targets at the eps edges and exact 0/1 targets; against the
+    // CPU's fused kernel and against the composite on the GPU.
+    Tensor wide = mul(randn({13, 75}, g, dt), 4.0);
+    std::vector<double> wv = wide.to_vector();
+    for (size_t k = 0; k < wv.size(); k += 7) wv[k] = -1e12;
+    wide = from_vector(wv, {13, 75}, dt);
+    std::vector<double> sv = rand({13, 75}, g, dt).to_vector();
+    for (size_t k = 0; k < sv.size(); k += 5) sv[k] = k % 2 ? 1.0 : 0.0;
+    sv[3] = 1e-9;
+    sv[4] = 1 - 1e-9;
+    Tensor soft_wide = from_vector(sv, {13, 75}, dt), hard_wide = gt(randn({13, 75}, g, dt), 0.0);
+    check_op_on_gpu({wide}, [&](auto& t) { return losses::zlpr(t[0], hard_wide, losses::Reduction::none); }, tol(dt) * 10);
+    check_op_on_gpu({wide}, [&](auto& t) { return losses::zlpr_soft(t[0], soft_wide, losses::Reduction::none, 1e-6); },
+                    tol(dt) * 10);
+    for (bool soft_case : {false, true}) {
+      Tensor tw = soft_case ? soft_wide : hard_wide;
+      Tensor xf = wide.to(kCuda).requires_grad_(), xr = wide.to(kCuda).requires_grad_();
+      Tensor fused = soft_case ? losses::zlpr_soft(xf, tw, losses::Reduction::sum, 1e-6) : losses::zlpr(xf, tw, losses::Reduction::sum);
+      Tensor ref = soft_case ? losses::zlpr_soft_composite(xr, tw, losses::Reduction::sum, 1e-6)
+                             : losses::zlpr_composite(xr, tw, losses::Reduction::sum);
+      fused.backward();
+      ref.backward();
+      CAPTURE(soft_case);
+      CHECK(max_rel_err(fused, ref) <= tol(dt) * 10);
+      CHECK(max_rel_err(xf.grad(), xr.grad()) <= tol(dt) * 10);
+    }
   }
-  // Optimizers without a fused device kernel (Amos, SGD, AdamW with the per-tensor-lr strategy) run their
-  // tensor-op form: five steps as on the CPU.
+  // Bad targets found by the device kernel are reported with their index, as on the CPU.
+  Tensor sg = zeros({3, 40}).to(kCuda);
+  std::vector<double> bad(120, 0.0);
+  bad[2 * 40 + 33] = 0.5;
+  CHECK(error_of([&] { losses::zlpr(sg, from_vector(bad, {3, 40})); }).find("got 0.5 at index [2, 33]") != std::string::npos);
+  bad[2 * 40 + 33] = 1.5;
+  CHECK(error_of([&] { losses::zlpr_soft(sg, from_vector(bad, {3, 40})); }).find("soft targets must be in [0, 1], got 1.5 at index [2, 33]") !=
+        std::string::npos);
+  // The tensor-op forms on the device (Amos with fused = false, SGD, AdamW with the per-tensor-lr strategy): five
+  // steps as on the CPU.
   for (int which : {0, 1, 2, 3}) {
     CAPTURE(which);
     Generator g1(43), g2(43);
     Tensor pc = randn({8, 6}, g1).requires_grad_(), pg = randn({8, 6}, g2).to(kCuda).requires_grad_();
     auto make = [&](Tensor p) -> std::unique_ptr<optim::Optimizer> {
-      if (which == 0) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05});
-      if (which == 1) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05, .momentum = 0.9});
+      if (which == 0) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05, .fused = false});
+      if (which == 1) return std::make_unique<optim::Amos>(std::vector<Tensor>{p}, optim::AmosOptions{.lr = 0.05, .momentum = 0.9, .fused = false});
       if (which == 2)
         return std::make_unique<optim::SGD>(std::vector<Tensor>{p}, optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .nesterov = true});
       optim::AdamWOptions o{.lr = 0.01};  // per-tensor lr: the tensor-op form on the GPU

@@ -4,6 +4,8 @@
 // whole device, so freed blocks are kept for reuse).
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -75,12 +77,32 @@ class CudaBackend final : public DeviceBackend {
   void deallocate(void* p, size_t bytes) override { alloc_.deallocate(p, bytes, stream_); }
   CachingAllocator& allocator() override { return alloc_; }
 
-  // Copies are ordered on the device's stream and complete before returning (the host buffer may be
-  // pageable and reused at once by the caller).
+  // Host → device copies up to kStagingMax go through a ring of pinned staging buffers: the caller's (pageable)
+  // bytes are memcpy'd into one, its DMA is queued on the stream, and the call returns while the GPU may still
+  // be busy with earlier kernels — a data loader's batch upload no longer waits for the previous step. A
+  // buffer is reused only after the event recorded behind its copy has completed. Larger copies (weights,
+  // checkpoints) go straight from pageable memory and wait.
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
     DeviceGuard g(index_);
-    LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (bytes > kStagingMax) {
+      LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+      LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(staging_mu_);
+    Staging& st = staging_[next_staging_];
+    next_staging_ = (next_staging_ + 1) % kStagingBuffers;
+    if (!st.done) LD_CUDA_CHECK(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming));
+    else LD_CUDA_CHECK(cudaEventSynchronize(st.done));  // its previous copy has left the buffer
+    if (st.capacity < bytes) {
+      if (st.host) LD_CUDA_CHECK(cudaFreeHost(st.host));
+      st.host = nullptr;
+      st.capacity = std::max(bytes, size_t(1) << 20);
+      LD_CUDA_CHECK(cudaHostAlloc(&st.host, st.capacity, cudaHostAllocDefault));
+    }
+    std::memcpy(st.host, src, bytes);
+    LD_CUDA_CHECK(cudaMemcpyAsync(dst, st.host, bytes, cudaMemcpyHostToDevice, stream_));
+    LD_CUDA_CHECK(cudaEventRecord(st.done, stream_));
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     DeviceGuard g(index_);
@@ -90,6 +112,27 @@ class CudaBackend final : public DeviceBackend {
   void synchronize() override {
     DeviceGuard g(index_);
     LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void* event_create() override {
+    DeviceGuard g(index_);
+    cudaEvent_t e = nullptr;
+    LD_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDefault));
+    return e;
+  }
+  void event_record(void* e) override {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), stream_));
+  }
+  double event_elapsed_ms(void* start, void* stop) override {
+    DeviceGuard g(index_);
+    LD_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
+    float ms = 0;
+    LD_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)));
+    return double(ms);
+  }
+  void event_destroy(void* e) override {
+    DeviceGuard g(index_);
+    cudaEventDestroy(static_cast<cudaEvent_t>(e));
   }
 
   void copy_strided(const Tensor& dst, const Tensor& src, const Shape& st) override {
@@ -192,6 +235,11 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard guard(index_);
     return cuda_impl::attention_backward(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   }
+  void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
+                 bool soft, double eps, const Tensor& bad) override {
+    DeviceGuard guard(index_);
+    cuda_impl::zlpr_rows(s, t, loss, grad, rows, C, soft, eps, bad);
+  }
   void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
     DeviceGuard guard(index_);
     cuda_impl::fill_uniform(out, lo, hi, seed, first);
@@ -200,18 +248,31 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard guard(index_);
     cuda_impl::fill_normal(out, mean, std, seed, first);
   }
-  void adam_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vmax,
-                 const AdamStepArgs& a) override {
+  void adam_step(const std::vector<AdamTensor>& ts) override {
     DeviceGuard guard(index_);
-    cuda_impl::adam_step(p, g, m, v, vmax, a);
+    cuda_impl::adam_step(ts);
+  }
+  void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) override {
+    DeviceGuard guard(index_);
+    cuda_impl::amos_step(ts, a);
   }
 
  private:
   static void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
     LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
   }
+  static constexpr size_t kStagingMax = size_t(64) << 20;
+  static constexpr int kStagingBuffers = 4;
+  struct Staging {
+    void* host = nullptr;
+    size_t capacity = 0;
+    cudaEvent_t done = nullptr;
+  };
   int index_;
   CachingAllocator alloc_;
+  std::mutex staging_mu_;
+  Staging staging_[kStagingBuffers];
+  int next_staging_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::string describe_;

@@ -39,6 +39,23 @@ inline int blocks_for(int64_t n) {
   return int(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);  // grid-stride loops cover the rest
 }
 
+// The sum / maximum of v over the 32 lanes of a warp, returned to every lane. A butterfly: lanes i and i^o add
+// the same two values (commutative), so every lane holds the same bits and the order is fixed (deterministic).
+// The maximum skips NaN (NaN only when every lane holds one), the same on every lane.
+template <class T>
+__device__ inline T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <class T>
+__device__ inline T warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = (w > v || v != v) ? w : v;
+  }
+  return v;
+}
+
 // Maps a linear index over `shape` (row-major) to an element offset through `stride`.
 struct StridedIndex {
   int nd = 0;

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -108,6 +109,39 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = n
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memcpy(d, s, n);
+  return cudaSuccess;
+}
+// Pinned host memory is host memory; events complete at once (the emulated stream runs synchronously) and time
+// on the host clock.
+constexpr unsigned cudaHostAllocDefault = 0;
+inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
+  *p = std::malloc(std::max<size_t>(bytes, 1));
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+inline cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+struct EmuEvent {
+  std::chrono::steady_clock::time_point at;
+};
+using cudaEvent_t = EmuEvent*;
+constexpr unsigned cudaEventDefault = 0, cudaEventDisableTiming = 2;
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = new EmuEvent{std::chrono::steady_clock::now()};
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  e->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
   return cudaSuccess;
 }
 
@@ -298,6 +332,20 @@ T shfl_down(T v, unsigned o) {
   return out;
 }
 
+// __shfl_xor_sync over the full warp: each lane reads lane ^ o's value (its own past the block's end).
+template <class T>
+T shfl_xor(T v, unsigned o) {
+  Runtime& r = rt();
+  if (r.direct) throw std::logic_error("emulated CUDA: __shfl_xor_sync outside a coroutine block");
+  size_t tid = size_t(r.running - r.threads.data());
+  r.shfl_slots[tid] = double(v);
+  wait_at(Thread::State::at_warp_barrier);
+  size_t src = (tid & ~size_t(31)) | ((tid & 31) ^ o);
+  T out = T(r.shfl_slots[src < r.threads.size() ? src : tid]);
+  wait_at(Thread::State::at_warp_barrier);
+  return out;
+}
+
 inline void trampoline() {
   Runtime& r = rt();
   try {
@@ -460,3 +508,11 @@ emu_switch:
 #define gridDim (::emu::rt().current.grid)
 #define __syncthreads() ::emu::syncthreads()
 #define __shfl_down_sync(mask, v, o) ::emu::shfl_down((v), (o))
+#define __shfl_xor_sync(mask, v, o) ::emu::shfl_xor((v), (o))
+// Threads interleave only at barriers, so a read-modify-write is atomic as written.
+template <class T>
+T atomicOr(T* p, T v) {
+  T old = *p;
+  *p |= v;
+  return old;
+}
