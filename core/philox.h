@@ -8,13 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef LD_HOST_DEVICE  // also defined by optim/amos_row.h
-#if defined(__CUDACC__)
-#define LD_HOST_DEVICE __host__ __device__
-#else
-#define LD_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace liandan::philox {
 

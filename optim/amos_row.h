@@ -4,13 +4,7 @@
 // for the device. Math: optim/amos.h.
 #include <cmath>
 
-#ifndef LD_HOST_DEVICE  // also defined by core/philox.h
-#if defined(__CUDACC__)
-#define LD_HOST_DEVICE __host__ __device__
-#else
-#define LD_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace liandan::optim {
 

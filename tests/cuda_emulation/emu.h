@@ -317,34 +317,23 @@ inline void syncthreads() { wait_at(Thread::State::at_block_barrier); }
 // The lanes of the running warp meet (warp-collective operations: WMMA loads).
 inline void warp_sync() { wait_at(Thread::State::at_warp_barrier); }
 
-// __shfl_down_sync over the full warp: every lane publishes its value, the warp meets, each lane reads lane + o's
-// (its own past the warp's end), and the warp meets again before the slots are reused.
-template <class T>
-T shfl_down(T v, unsigned o) {
+// A warp shuffle: every lane publishes its value, the warp meets, each lane reads the value of lane src(lane) of
+// its warp (its own where that lane is past the warp's or block's end), and the warp meets again before the slots
+// are reused.
+template <class T, class Src>
+T shfl(T v, Src src) {
   Runtime& r = rt();
-  if (r.direct) throw std::logic_error("emulated CUDA: __shfl_down_sync outside a coroutine block");
+  if (r.direct) throw std::logic_error("emulated CUDA: a warp shuffle outside a coroutine block");
   size_t tid = size_t(r.running - r.threads.data());
   r.shfl_slots[tid] = double(v);
   wait_at(Thread::State::at_warp_barrier);
-  size_t lane = tid % 32, src = lane + o < 32 && tid + o < r.threads.size() ? tid + o : tid;
-  T out = T(r.shfl_slots[src]);
+  size_t lane = src(tid % 32), from = (tid & ~size_t(31)) + lane;
+  T out = T(r.shfl_slots[lane < 32 && from < r.threads.size() ? from : tid]);
   wait_at(Thread::State::at_warp_barrier);
   return out;
 }
-
-// __shfl_xor_sync over the full warp: each lane reads lane ^ o's value (its own past the block's end).
-template <class T>
-T shfl_xor(T v, unsigned o) {
-  Runtime& r = rt();
-  if (r.direct) throw std::logic_error("emulated CUDA: __shfl_xor_sync outside a coroutine block");
-  size_t tid = size_t(r.running - r.threads.data());
-  r.shfl_slots[tid] = double(v);
-  wait_at(Thread::State::at_warp_barrier);
-  size_t src = (tid & ~size_t(31)) | ((tid & 31) ^ o);
-  T out = T(r.shfl_slots[src < r.threads.size() ? src : tid]);
-  wait_at(Thread::State::at_warp_barrier);
-  return out;
-}
+template <class T> T shfl_down(T v, unsigned o) { return shfl(v, [o](size_t lane) { return lane + o; }); }
+template <class T> T shfl_xor(T v, unsigned o) { return shfl(v, [o](size_t lane) { return lane ^ o; }); }
 
 inline void trampoline() {
   Runtime& r = rt();
