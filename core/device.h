@@ -105,6 +105,10 @@ class DeviceBackend {
   virtual void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals,
                            const Tensor& idx, bool is_max) = 0;
   virtual void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse) = 0;
+  // out[i] = Σ xs[i]² in double (out: f64 [xs.size()] on this device; xs contiguous f32/f64), all tensors in a few
+  // launches, deterministically; NaN/Inf propagate. (Gradient norms and the non-finite check of a step: one copy
+  // back for the whole model instead of a reduction and a synchronization per parameter.)
+  virtual void sum_squares(const std::vector<Tensor>& xs, const Tensor& out) = 0;
   // C[i] = op(A[i]) @ op(B[i]) for i < batch, row-major, as cpu::gemm's arguments (lda etc. in elements).
   // dt is the operands' dtype; C is f32 when they are bf16/f16 (f32 accumulation).
   virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,

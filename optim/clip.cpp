@@ -2,40 +2,77 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <vector>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "core/ops.h"
 
 namespace liandan::optim {
 
 namespace {
-template <class F>
-void for_each_grad(const NamedParams& params, F&& f) {
+
+// The defined gradients of `params` with their names (contiguous: an Error names one that is not).
+std::vector<std::pair<std::string, Tensor>> grads_of(const NamedParams& params) {
+  std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, p] : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     LD_CHECK(g.is_contiguous(), "gradient of '", name, "' is not contiguous");
-    f(name, g);
+    out.emplace_back(name, g);
   }
+  return out;
 }
-double sum_squares(const Tensor& g) {
-  if (!g.device().is_cpu()) {  // a device reduction (deterministic), one number back
-    NoGradGuard ng;
-    return sum(square(g.to(DType::f64))).item();
+
+template <class F>
+void for_each_grad(const NamedParams& params, F&& f) {
+  for (auto& [name, g] : grads_of(params)) f(name, g);
+}
+
+// Σx² of each tensor, in double. CPU tensors: a loop each. Device tensors: one multi-tensor reduction per
+// device (a few launches, core/cuda/reduce.cu) and one copy back — a per-tensor sum(...).item() would
+// synchronize the GPU once per parameter, hundreds of times a step.
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  std::vector<double> out(ts.size(), 0.0);
+  std::map<std::string, std::vector<size_t>> on_device;  // device name -> indices
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const Tensor& t = ts[i];
+    if (!t.device().is_cpu()) {
+      on_device[t.device().str()].push_back(i);
+      continue;
+    }
+    LD_DISPATCH_FLOAT(t.dtype(), "sum of squares", [&] {
+      const scalar_t* x = t.data_ptr<scalar_t>();
+      double ss = 0;
+      for (int64_t k = 0; k < t.numel(); ++k) ss += double(x[k]) * double(x[k]);
+      out[i] = ss;
+    });
   }
-  double ss = 0;
-  LD_DISPATCH_FLOAT(g.dtype(), "grad_norm", [&] {
-    const scalar_t* x = g.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < g.numel(); ++i) ss += double(x[i]) * double(x[i]);
-  });
-  return ss;
+  for (auto& [dev, idx] : on_device) {
+    std::vector<Tensor> xs;
+    for (size_t i : idx) xs.push_back(ts[i].is_contiguous() ? ts[i] : ts[i].contiguous());
+    Device d = xs[0].device();
+    Tensor sums = empty({int64_t(xs.size())}, {DType::f64, d});
+    device_backend(d).sum_squares(xs, sums);
+    std::vector<double> v = sums.to_vector();
+    for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = v[k];
+  }
+  return out;
 }
+
+std::vector<double> grad_sums_of_squares(const std::vector<std::pair<std::string, Tensor>>& grads) {
+  std::vector<Tensor> ts;
+  for (auto& kv : grads) ts.push_back(kv.second);
+  return sums_of_squares(ts);
+}
+
 }  // namespace
 
 double grad_norm(const NamedParams& params) {
   double ss = 0;
-  for_each_grad(params, [&](const std::string&, const Tensor& g) { ss += sum_squares(g); });
+  for (double s : grad_sums_of_squares(grads_of(params))) ss += s;
   return std::sqrt(ss);
 }
 
@@ -69,18 +106,23 @@ void clip_grad_value_(const NamedParams& params, double v) {
   });
 }
 
+// NaN or Inf anywhere in a tensor makes its sum of squares non-finite.
 std::optional<std::string> first_nonfinite_grad(const NamedParams& params) {
-  std::optional<std::string> bad;
-  for_each_grad(params, [&](const std::string& name, const Tensor& g) {
-    if (bad) return;
-    if (!std::isfinite(sum_squares(g))) bad = name;  // NaN or Inf anywhere makes the sum non-finite
-  });
-  return bad;
+  auto grads = grads_of(params);
+  std::vector<double> ss = grad_sums_of_squares(grads);
+  for (size_t i = 0; i < ss.size(); ++i)
+    if (!std::isfinite(ss[i])) return grads[i].first;
+  return std::nullopt;
 }
 
 std::optional<std::string> first_nonfinite_param(const NamedParams& params) {
+  std::vector<std::string> names;
+  std::vector<Tensor> ts;
   for (auto& [name, p] : params)
-    if (p.is_contiguous() && !std::isfinite(sum_squares(p))) return name;
+    if (p.is_contiguous()) names.push_back(name), ts.push_back(p.detach());
+  std::vector<double> ss = sums_of_squares(ts);
+  for (size_t i = 0; i < ss.size(); ++i)
+    if (!std::isfinite(ss[i])) return names[i];
   return std::nullopt;
 }
 

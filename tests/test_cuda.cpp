@@ -27,10 +27,14 @@
 #include "losses/losses.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
+#include "optim/clip.h"
 #include "optim/sgd.h"
 
 using namespace liandan;
 using liandan::testing::error_of;
+
+// Kernels launched so far on the emulated GPU (tests/cuda_emulation/emu.h); null in a binary without it.
+extern "C" size_t liandan_emulated_launches() __attribute__((weak));
 
 namespace {
 
@@ -516,8 +520,14 @@ TEST_CASE("cuda: the multi-tensor AdamW and Amos kernels follow the CPU over man
           cpu[i].set_grad(gr);
           gpu[i].set_grad(gr.to(kCuda));
         }
+        size_t due = 0;
+        for (const Tensor& p : gpu) due += p.grad().defined();
+        size_t launches = liandan_emulated_launches ? liandan_emulated_launches() : 0;
         oc->step();
         og->step();
+        // One launch per 32 parameters: the whole model, not a launch per tensor (from step 2: every state exists).
+        if (liandan_emulated_launches && step >= 2)
+          CHECK(liandan_emulated_launches() - launches == (due + 31) / 32);
       }
       double worst = 0;
       for (size_t i = 0; i < cpu.size(); ++i) worst = std::max(worst, max_rel_err(gpu[i], cpu[i]));
@@ -529,6 +539,44 @@ TEST_CASE("cuda: the multi-tensor AdamW and Amos kernels follow the CPU over man
       CHECK(worst_state <= tol(dt));
     }
   }
+}
+
+// Gradient norms and the non-finite scans over many parameters (f32 and f64, several lists of 32, tensors of several
+// chunks, an empty one): one multi-tensor reduction and one copy back, with the CPU's values and names.
+TEST_CASE("cuda: grad_norm, clip_grad_norm_ and the non-finite scans reduce all parameters at once, as on the CPU" *
+          doctest::skip(!kGpu)) {
+  Generator gen(23);
+  optim::NamedParams cpu, gpu;
+  for (int i = 0; i < 45; ++i) {
+    Shape shape = i % 9 == 4 ? Shape{70, 130} : i == 7 ? Shape{0} : Shape{3, i + 1};
+    DType dt = i % 4 == 1 ? DType::f64 : DType::f32;
+    Tensor p = randn(shape, gen, dt), g = mul(randn(shape, gen, dt), 0.01 * (i % 5 + 1));
+    cpu.emplace_back("p" + std::to_string(i), p.clone());
+    gpu.emplace_back("p" + std::to_string(i), p.to(kCuda));
+    cpu.back().second.set_grad(g);
+    gpu.back().second.set_grad(g.to(kCuda));
+  }
+  double want = optim::grad_norm(cpu);
+  size_t launches = liandan_emulated_launches ? liandan_emulated_launches() : 0;
+  double got = optim::grad_norm(gpu);
+  if (liandan_emulated_launches)  // a fill, then 2 launches per list of 32 per dtype: 34 f32 and 11 f64 tensors
+    CHECK(liandan_emulated_launches() - launches == 1 + 2 * 2 + 2 * 1);
+  CHECK(std::abs(got - want) <= 1e-12 * want);
+  CHECK(std::abs(optim::clip_grad_norm_(gpu, 0.5) - want) <= 1e-12 * want);
+  optim::clip_grad_norm_(cpu, 0.5);
+  CHECK(std::abs(optim::grad_norm(gpu) - optim::grad_norm(cpu)) <= 1e-6);
+  CHECK(!optim::first_nonfinite_grad(gpu));
+  CHECK(!optim::first_nonfinite_param(gpu));
+  for (int which : {40, 13}) {  // a NaN gradient, an Inf parameter: each named
+    std::vector<double> v = gpu[size_t(which)].second.to_vector();
+    v[v.size() / 2] = which == 40 ? std::nan("") : INFINITY;
+    Tensor bad = from_vector(v, gpu[size_t(which)].second.shape(), gpu[size_t(which)].second.dtype()).to(kCuda);
+    if (which == 40) gpu[size_t(which)].second.set_grad(bad);
+    else gpu[size_t(which)].second.copy_(bad);
+  }
+  CHECK(optim::first_nonfinite_grad(gpu) == std::optional<std::string>("p40"));
+  CHECK(optim::first_nonfinite_param(gpu) == std::optional<std::string>("p13"));
+  CHECK(std::isnan(optim::grad_norm(gpu)));
 }
 
 TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's loss and gradients, and trains" *

@@ -181,6 +181,10 @@ class CudaBackend final : public DeviceBackend {
     DeviceGuard g(index_);
     cuda_impl::cumsum_run(x, outer, R, inner, y, reverse);
   }
+  void sum_squares(const std::vector<Tensor>& xs, const Tensor& out) override {
+    DeviceGuard g(index_);
+    cuda_impl::sum_squares(xs, out);
+  }
   void gemm_batched(DType dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
                     int64_t sa, const void* B, int64_t ldb, int64_t sb, void* C, int64_t ldc, int64_t sc,
                     int64_t batch) override {

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "core/device.h"
 #include "core/error.h"
@@ -54,6 +55,68 @@ __device__ inline T warp_max(T v) {
     v = (w > v || v != v) ? w : v;
   }
   return v;
+}
+
+// The sum of v over the block, returned to every thread; a fixed shuffle-then-shared tree (deterministic).
+// blockDim.x must be a multiple of 32 (kThreads is).
+__device__ inline double block_sum(double v) {
+  __shared__ double warp_sums[32];
+  __shared__ double total;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // an earlier call may still be reading warp_sums / total
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < int(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+// Multi-tensor kernels (optimizer updates, sums of squares): the tensors travel in the kernel's arguments (at most
+// 4 KiB) as a TensorList, each with a run of the grid's blocks; a block finds its tensor by scanning the runs'
+// starts. A model's ~150 parameters then take a handful of launches instead of ~150.
+constexpr int kListMax = 32;  // tensors per launch: 32 Adam f64 entries are 3.7 KiB of the 4 KiB of arguments
+
+template <class Item>
+struct TensorList {
+  int count = 0;
+  int block_start[kListMax + 1];  // the blocks of entry k are [block_start[k], block_start[k + 1])
+  Item item[kListMax];
+};
+
+template <class Item>
+__device__ inline int list_entry(const TensorList<Item>& l, int block) {
+  int k = 0;
+  while (k + 1 < l.count && block >= l.block_start[k + 1]) ++k;
+  return k;
+}
+
+// Fills TensorLists from `ts` and launches one kernel per full list: make(t, item) fills an entry and returns
+// its block count; launch(list, blocks) runs the kernel.
+template <class Item, class Src, class Make, class Launch>
+void for_lists(const std::vector<Src>& ts, Make make, Launch launch) {
+  TensorList<Item> l;
+  l.block_start[0] = 0;
+  for (const Src& t : ts) {
+    int64_t blocks = make(t, l.item[l.count]);
+    if (blocks == 0) continue;
+    LD_CHECK(blocks < (int64_t(1) << 30), "CUDA multi-tensor kernel: a tensor of ", blocks, " blocks is too large");
+    if (l.count > 0 && int64_t(l.block_start[l.count]) + blocks >= (int64_t(1) << 30)) {
+      launch(l, l.block_start[l.count]);
+      l.item[0] = l.item[l.count];
+      l.count = 0;
+    }
+    l.block_start[l.count + 1] = l.block_start[l.count] + int(blocks);
+    if (++l.count == kListMax) {
+      launch(l, l.block_start[l.count]);
+      l.count = 0;
+    }
+  }
+  if (l.count > 0) launch(l, l.block_start[l.count]);
 }
 
 // Maps a linear index over `shape` (row-major) to an element offset through `stride`.

@@ -21,6 +21,7 @@ void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Ten
 void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals, const Tensor& idx,
                  bool is_max);
 void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse);
+void sum_squares(const std::vector<Tensor>& xs, const Tensor& out);
 
 // matmul.cu
 void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,

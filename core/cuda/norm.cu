@@ -11,25 +11,6 @@ namespace {
 
 constexpr int64_t kRowChunk = 128;  // rows per partial column sum in the affine backward
 
-// The sum of v over the block, returned to every thread; a fixed shuffle-then-shared tree (deterministic).
-// blockDim.x must be a multiple of 32 (kThreads is).
-__device__ double block_sum(double v) {
-  __shared__ double warp_sums[32];
-  __shared__ double total;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // an earlier call may still be reading warp_sums / total
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < int(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if (lane == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
-
 // A row's mean (0 when not `center`: RMS norm) and 1/sqrt(mean squared deviation + eps), by two block sums (the
 // mean, then the squared deviations from it: exact enough in double, and the row stays in L1/L2).
 template <class T>

@@ -1,7 +1,6 @@
 // Multi-tensor optimizer updates on CUDA: one launch updates up to kListMax parameters (a model's ~150 tensors
 // take a handful of launches, not ~150 — launch overhead dominates the small ones). The tensors travel in the
-// kernel's arguments (4 KiB) as a TensorList: each gets a run of the grid's blocks, and a block finds its tensor
-// by scanning the runs' starts.
+// kernel's arguments (4 KiB) as a TensorList (core/cuda/common.cuh).
 // - Adam/AdamW: elementwise, line for line the CPU pass in optim/adam.cpp (same order of operations, in the
 //   parameter's precision), so a GPU run follows the CPU trajectory up to fused multiply-adds.
 // - Amos: a warp per row of θ viewed as [rows, inner]: the row's mean of clipped g² is a warp sum (a fixed
@@ -13,46 +12,6 @@
 
 namespace liandan::cuda_impl {
 namespace {
-
-constexpr int kListMax = 32;  // tensors per launch: 32 Adam f64 entries are 3.7 KiB of the 4 KiB of arguments
-
-template <class Item>
-struct TensorList {
-  int count = 0;
-  int block_start[kListMax + 1];  // the blocks of entry k are [block_start[k], block_start[k + 1])
-  Item item[kListMax];
-};
-
-template <class Item>
-__device__ inline int list_entry(const TensorList<Item>& l, int block) {
-  int k = 0;
-  while (k + 1 < l.count && block >= l.block_start[k + 1]) ++k;
-  return k;
-}
-
-// Fills TensorLists from `ts` and launches one kernel per full list: make(t, item) fills an entry and returns
-// its block count; launch(list, blocks) runs the kernel.
-template <class Item, class Src, class Make, class Launch>
-void for_lists(const std::vector<Src>& ts, Make make, Launch launch) {
-  TensorList<Item> l;
-  l.block_start[0] = 0;
-  for (const Src& t : ts) {
-    int64_t blocks = make(t, l.item[l.count]);
-    if (blocks == 0) continue;
-    LD_CHECK(blocks < (int64_t(1) << 30), "optimizer step on CUDA: a tensor of ", t.p.numel(), " elements is too large");
-    if (l.count > 0 && int64_t(l.block_start[l.count]) + blocks >= (int64_t(1) << 30)) {
-      launch(l, l.block_start[l.count]);
-      l.item[0] = l.item[l.count];
-      l.count = 0;
-    }
-    l.block_start[l.count + 1] = l.block_start[l.count] + int(blocks);
-    if (++l.count == kListMax) {
-      launch(l, l.block_start[l.count]);
-      l.count = 0;
-    }
-  }
-  if (l.count > 0) launch(l, l.block_start[l.count]);
-}
 
 // ---------------------------------------------------------------------------------------------- Adam / AdamW
 
@@ -66,6 +25,8 @@ struct AdamItem {
   int64_t n;
   T keep, w1, b2, w2, l2, bc2_sqrt, eps, neg_step;
 };
+
+static_assert(sizeof(TensorList<AdamItem<double>>) <= 4096, "a kernel's arguments are at most 4 KiB");
 
 template <class T, bool kAmsgrad>
 __global__ void adam_kernel(TensorList<AdamItem<T>> l) {
@@ -117,6 +78,8 @@ struct AmosItem {
   int64_t rows, inner;
   double xi, eta, lambda, bias_correction;
 };
+
+static_assert(sizeof(TensorList<AmosItem<double>>) + sizeof(AmosStepArgs) <= 4096, "kernel arguments over 4 KiB");
 
 template <class T>
 __global__ void amos_kernel(TensorList<AmosItem<T>> l, AmosStepArgs o) {

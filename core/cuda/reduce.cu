@@ -5,6 +5,8 @@
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 
+#include <type_traits>
+
 namespace liandan::cuda_impl {
 namespace {
 
@@ -76,7 +78,82 @@ __global__ void cumsum_kernel(const T* x, T* y, int64_t outer, int64_t R, int64_
   }
 }
 
+// Σx² of many tensors (multi-tensor; core/cuda/common.cuh): stage 1 gives each block a fixed chunk of one tensor
+// and writes the chunk's sum (a fixed block tree, in double) to its slot of `partials`; stage 2 has one thread per
+// tensor add its chunks' sums in order. Deterministic, no atomics; NaN and Inf propagate.
+constexpr int64_t kSumsqChunk = int64_t(kThreads) * 16;
+
+template <class T>
+struct SumsqItem {
+  const T* x;
+  int64_t n, first_partial, out_index;
+};
+
+template <class T>
+__global__ void sumsq_chunks_kernel(TensorList<SumsqItem<T>> l, double* partials) {
+  int k = list_entry(l, blockIdx.x);
+  const SumsqItem<T>& a = l.item[k];
+  int64_t chunk = blockIdx.x - l.block_start[k], begin = chunk * kSumsqChunk;
+  int64_t end = begin + kSumsqChunk < a.n ? begin + kSumsqChunk : a.n;
+  double acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += double(a.x[i]) * double(a.x[i]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partials[a.first_partial + chunk] = acc;
+}
+
+template <class T>
+__global__ void sumsq_total_kernel(TensorList<SumsqItem<T>> l, const double* partials, double* out) {
+  int k = threadIdx.x;
+  if (k >= l.count) return;
+  const SumsqItem<T>& a = l.item[k];
+  double acc = 0;
+  for (int64_t c = 0; c < l.block_start[k + 1] - l.block_start[k]; ++c) acc += partials[a.first_partial + c];
+  out[a.out_index] = acc;
+}
+
+template <class T>
+void launch_sum_squares(const std::vector<Tensor>& xs, const Tensor& partials, const Tensor& out, int64_t& next_partial) {
+  struct Src {  // one of this dtype's tensors and its output slot
+    const Tensor* t;
+    int64_t index;
+  };
+  std::vector<Src> srcs;
+  for (size_t i = 0; i < xs.size(); ++i)
+    if (xs[i].dtype() == (std::is_same_v<T, float> ? DType::f32 : DType::f64)) srcs.push_back({&xs[i], int64_t(i)});
+  cudaStream_t stream = stream_of(out);
+  double* pp = static_cast<double*>(partials.device_data());
+  double* po = static_cast<double*>(out.device_data());
+  auto make = [&](const Src& s, SumsqItem<T>& it) -> int64_t {
+    int64_t blocks = (s.t->numel() + kSumsqChunk - 1) / kSumsqChunk;
+    it = {static_cast<const T*>(s.t->device_data()), s.t->numel(), next_partial, s.index};
+    next_partial += blocks;
+    return blocks;
+  };
+  auto launch = [&](const TensorList<SumsqItem<T>>& l, int blocks) {
+    sumsq_chunks_kernel<T><<<blocks, kThreads, 0, stream>>>(l, pp);
+    sumsq_total_kernel<T><<<1, kListMax, 0, stream>>>(l, pp, po);
+    LD_CUDA_LAUNCHED("sum of squares");
+  };
+  for_lists<SumsqItem<T>>(srcs, make, launch);
+}
+
 }  // namespace
+
+void sum_squares(const std::vector<Tensor>& xs, const Tensor& out) {
+  int64_t chunks = 0;
+  for (const Tensor& x : xs) {
+    LD_CHECK(x.device() == out.device() && x.is_contiguous() && (x.dtype() == DType::f32 || x.dtype() == DType::f64),
+             "sum of squares on CUDA: expected contiguous f32/f64 tensors on ", out.device().str(), ", got ",
+             dtype_name(x.dtype()), " on ", x.device().str());
+    chunks += (x.numel() + kSumsqChunk - 1) / kSumsqChunk;
+  }
+  fill(out, 0.0);  // empty tensors keep 0
+  if (chunks == 0) return;
+  Tensor partials = empty({chunks}, {DType::f64, out.device()});
+  int64_t next = 0;
+  launch_sum_squares<float>(xs, partials, out, next);
+  launch_sum_squares<double>(xs, partials, out, next);
+}
 
 void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) {
   if (out.numel() == 0) return;

@@ -293,6 +293,7 @@ struct Runtime {
   std::function<void()> body;
   std::exception_ptr error;
   size_t barriers = 0;  // barriers passed since the launch began
+  size_t launches = 0;  // kernels launched since the process began
 };
 
 inline Runtime& rt() {
@@ -410,6 +411,7 @@ struct Launch {
   template <class... A>
   void operator()(A&&... args) const {
     Runtime& r = rt();
+    ++r.launches;
     r.current = r.pending;
     r.dynamic_shared.assign(r.current.shared_bytes + 16, 0);
     std::tuple<std::decay_t<P>...> a(std::forward<A>(args)...);
@@ -505,3 +507,7 @@ T atomicOr(T* p, T v) {
   *p |= v;
   return old;
 }
+
+// The number of kernels launched so far, for tests that count launches (a weak symbol: tests/test_cuda.cpp
+// declares it weak too, and finds it null in a binary without the emulator).
+extern "C" __attribute__((weak)) size_t liandan_emulated_launches() { return ::emu::rt().launches; }
