@@ -529,7 +529,8 @@ std::string json_str(const std::string& s) {
 int usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s --list | --info | --workload NAME --config CONFIG [--pair NAME2] [--threads N] "
-               "[--runs R] [--min-run-s S] [--device cpu|cuda] [--precision f32|tf32|bf16]\n",
+               "[--runs R] [--min-run-s S] [--device cpu|cuda] [--precision f32|tf32|bf16] [--profile]\n"
+               "  --profile (cuda): after the timing, one more step under the op profiler; its table to stderr\n",
                argv0);
   return 2;
 }
@@ -542,6 +543,7 @@ int main(int argc, char** argv) {
   std::string device = "cpu", precision = "f32";
   int threads = 0, runs = 7;
   double min_run_s = 0.05;
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -557,6 +559,7 @@ int main(int argc, char** argv) {
     else if (a == "--min-run-s") min_run_s = std::atof(next().c_str());
     else if (a == "--device") device = next();
     else if (a == "--precision") precision = next();
+    else if (a == "--profile") profile = true;
     else return usage(argv[0]);
   }
   if (threads > 0) set_num_threads(threads);
@@ -615,6 +618,12 @@ int main(int argc, char** argv) {
                     "\"threads\": %d%s}\n",
                     json_str(w->name).c_str(), json_str(w->config).c_str(), t.median_ms, t.min_ms,
                     static_cast<long long>(t.iters), t.runs, get_num_threads(), gpu.c_str());
+        if (profile && !g_device.is_cpu()) {  // where the step's GPU time goes, op by op
+          cuda::profile_start(g_device.index);
+          body();
+          std::fprintf(stderr, "%s [%s] %s: one step under the op profiler\n%s", w->name.c_str(), w->config.c_str(),
+                       precision.c_str(), cuda::profile_table(cuda::profile_stop(g_device.index)).c_str());
+        }
       }
       std::fflush(stdout);
     } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 #include "core/device.h"
 
 #include <atomic>
+#include <cstdio>
 
 #include "core/error.h"
 
@@ -58,6 +59,23 @@ void EventTimer::stop() {
 double EventTimer::elapsed_ms() {
   LD_CHECK(stopped_, "cuda::EventTimer: elapsed_ms() before start() and stop()");
   return backend_->event_elapsed_ms(start_, stop_);
+}
+void profile_start(int device) { device_backend(Device::cuda(device)).profile_start(); }
+std::vector<OpTime> profile_stop(int device) { return device_backend(Device::cuda(device)).profile_stop(); }
+std::string profile_table(const std::vector<OpTime>& profile) {
+  double total = 0;
+  for (const OpTime& t : profile) total += t.ms;
+  std::string out;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-28s %8s %10s %7s\n", "op", "calls", "gpu ms", "share");
+  out += line;
+  for (const OpTime& t : profile) {
+    std::snprintf(line, sizeof line, "%-28s %8lld %10.3f %6.1f%%\n", t.op.c_str(), static_cast<long long>(t.calls), t.ms,
+                  total > 0 ? 100 * t.ms / total : 0.0);
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "%-28s %8s %10.3f\n", "total", "", total);
+  return out + line;
 }
 void set_allow_tf32(bool on) { g_tf32 = on; }
 bool allow_tf32() { return g_tf32; }

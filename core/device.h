@@ -59,6 +59,13 @@ struct AttentionShape {
   DType autocast = DType::f32;
 };
 
+// One line of a GPU op profile (cuda::profile_stop): a kernel-table op, how often it ran, its GPU time.
+struct OpTime {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0;
+};
+
 class DeviceBackend {
  public:
   virtual ~DeviceBackend() = default;
@@ -78,6 +85,9 @@ class DeviceBackend {
   virtual void event_record(void* event) = 0;
   virtual double event_elapsed_ms(void* start, void* stop) = 0;  // waits for `stop`
   virtual void event_destroy(void* event) = 0;
+  // The op profiler (cuda::profile_start / profile_stop).
+  virtual void profile_start() = 0;
+  virtual std::vector<OpTime> profile_stop() = 0;  // by GPU time, largest first
 
   // ---- kernels. Tensors are on this device; outputs are preallocated and contiguous unless said.
   // dst[i] = src[i] over dst's shape (dst strided), src read through `src_strides` (0 on broadcast dims),
@@ -197,6 +207,13 @@ class EventTimer {
   void *start_ = nullptr, *stop_ = nullptr;
   bool started_ = false, stopped_ = false;
 };
+// A per-op GPU time profile of everything a device runs between start and stop: each kernel-table call (an
+// elementwise op by name, "gemm bf16", "attention_forward", "adam_step", host copies, ...) is bracketed by CUDA
+// events, so the times are the GPU's own, summed per op. (The events add a few microseconds per call: profile a
+// step, time it without.) profile_table() formats the result with each op's share of the total.
+void profile_start(int device = 0);
+std::vector<OpTime> profile_stop(int device = 0);
+std::string profile_table(const std::vector<OpTime>& profile);
 // TF32 tensor-core GEMMs for f32 (off by default: results then differ from the CPU's by ~1e-3 relative).
 void set_allow_tf32(bool on);
 bool allow_tf32();

@@ -244,6 +244,23 @@ TEST_CASE("cuda: host-to-device copies through pinned staging take their snapsho
   CHECK(std::isfinite(ms));
   CHECK(ms >= 0);
   CHECK(max_rel_err(c, matmul(a.cpu(), a.cpu())) <= 1e-5);
+  // The op profiler counts each kernel-table call by op name, with GPU time from events.
+  cuda::profile_start();
+  Tensor d = exp(matmul(a, c));
+  d = exp(add(d, d));
+  std::vector<OpTime> prof = cuda::profile_stop();
+  auto calls = [&](const std::string& op) {
+    for (const OpTime& o : prof)
+      if (o.op == op) return o.calls;
+    return int64_t(0);
+  };
+  CHECK(calls("gemm f32") == 1);
+  CHECK(calls("exp") == 2);
+  CHECK(calls("add") == 1);
+  for (const OpTime& o : prof) CHECK((std::isfinite(o.ms) && o.ms >= 0));
+  CHECK(cuda::profile_table(prof).find("gemm f32") != std::string::npos);
+  cuda::profile_start();  // a new profile starts empty
+  CHECK(cuda::profile_stop().empty());
 }
 
 TEST_CASE("cuda: unary ops and their derivatives match the CPU" * doctest::skip(!kGpu)) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -83,7 +84,7 @@ class CudaBackend final : public DeviceBackend {
   // buffer is reused only after the event recorded behind its copy has completed. Larger copies (weights,
   // checkpoints) go straight from pageable memory and wait.
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "copy host to device");
     if (bytes > kStagingMax) {
       LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
       LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -105,7 +106,7 @@ class CudaBackend final : public DeviceBackend {
     LD_CUDA_CHECK(cudaEventRecord(st.done, stream_));
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "copy device to host");
     LD_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
@@ -135,129 +136,156 @@ class CudaBackend final : public DeviceBackend {
     cudaEventDestroy(static_cast<cudaEvent_t>(e));
   }
 
-  void copy_strided(const Tensor& dst, const Tensor& src, const Shape& st) override {
+  // The op profiler: while on, every kernel-table call records an event before and after its launches (events
+  // from a pool); profile_stop() waits for the stream and sums the GPU time between each pair per op name.
+  void profile_start() override {
     DeviceGuard g(index_);
+    recycle_spans();
+    profiling_ = true;
+  }
+  std::vector<OpTime> profile_stop() override {
+    DeviceGuard g(index_);
+    profiling_ = false;
+    LD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::map<std::string, OpTime> by_op;
+    for (const Span& sp : spans_) {
+      float ms = 0;
+      LD_CUDA_CHECK(cudaEventElapsedTime(&ms, sp.start, sp.stop));
+      OpTime& t = by_op[sp.op];
+      t.op = sp.op;
+      t.calls += 1;
+      t.ms += double(ms);
+    }
+    recycle_spans();
+    std::vector<OpTime> out;
+    for (auto& kv : by_op) out.push_back(kv.second);
+    std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+    return out;
+  }
+
+  void copy_strided(const Tensor& dst, const Tensor& src, const Shape& st) override {
+    OpScope scope(*this, "copy_strided");
     cuda_impl::copy_strided(dst, src, st);
   }
   void fill(const Tensor& dst, double v) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "fill");
     cuda_impl::fill(dst, v);
   }
   void where(const Tensor& c, const Tensor& a, const Tensor& b, const Tensor& out) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "where");
     check_same_device("where", c, a);
     check_same_device("where", a, b);
     cuda_impl::where(c, a, b, out);
   }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, op.name);
     cuda_impl::unary(op, x, y);
   }
   void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& gr,
                       const Tensor& dx) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, op.name, " backward");
     cuda_impl::unary_backward(op, x, y, gr, dx);
   }
   void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, op);
     check_same_device(op, a, b);
     cuda_impl::binary(op, a, b, out);
   }
   void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& gr,
                        const Tensor& out) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, op, " backward");
     cuda_impl::binary_backward(op, which, a, b, gr, out);
   }
   void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "sum_run");
     cuda_impl::sum_run(x, outer, R, inner, out);
   }
   void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& vals, const Tensor& idx,
                    bool is_max) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "extreme_run");
     cuda_impl::extreme_run(x, outer, R, inner, vals, idx, is_max);
   }
   void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "cumsum_run");
     cuda_impl::cumsum_run(x, outer, R, inner, y, reverse);
   }
   void sum_squares(const std::vector<Tensor>& xs, const Tensor& out) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, "sum_squares");
     cuda_impl::sum_squares(xs, out);
   }
   void gemm_batched(DType dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
                     int64_t sa, const void* B, int64_t ldb, int64_t sb, void* C, int64_t ldc, int64_t sc,
                     int64_t batch) override {
-    DeviceGuard g(index_);
+    OpScope scope(*this, dt == DType::f32 ? (cuda::allow_tf32() ? "gemm tf32" : "gemm f32") : dt == DType::f64 ? "gemm f64" : dt == DType::bf16 ? "gemm bf16" : "gemm f16");
     cuda_impl::gemm_batched(cublas_, dt, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch);
   }
 
   void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "softmax");
     cuda_impl::softmax(x, y, outer, n, inner, log);
   }
   void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& dx, int64_t outer, int64_t n, int64_t inner,
                         bool log) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "softmax_backward");
     cuda_impl::softmax_backward(y, g, dx, outer, n, inner, log);
   }
   void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
                     const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "norm_forward");
     cuda_impl::norm_forward(x, w, b, y, mean, rstd, rows, len, center, eps);
   }
   void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
                      const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t rows, int64_t len,
                      bool center) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "norm_backward");
     cuda_impl::norm_backward(x, w, g, mean, rstd, dx, dw, db, rows, len, center);
   }
   void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
                           const Tensor& rstd, int64_t N, int64_t C, int64_t G, int64_t S, double eps, bool silu) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "group_norm_forward");
     cuda_impl::group_norm_forward(x, w, b, y, mean, rstd, N, C, G, S, eps, silu);
   }
   void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, const Tensor& mean,
                            const Tensor& rstd, const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t N,
                            int64_t C, int64_t G, int64_t S, bool silu) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "group_norm_backward");
     cuda_impl::group_norm_backward(x, w, b, g, mean, rstd, dx, dw, db, N, C, G, S, silu);
   }
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
             const Shape& table_strides, bool half, double sign) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "rope");
     cuda_impl::rope(x, cos, sin, y, lead, table_strides, half, sign);
   }
   bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                          const Tensor& out, const Tensor& lse) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "attention_forward");
     return cuda_impl::attention_forward(a, q, k, v, valid, out, lse);
   }
   bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& valid, const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq,
                           const Tensor& dk, const Tensor& dv) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "attention_backward");
     return cuda_impl::attention_backward(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   }
   void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
                  bool soft, double eps, const Tensor& bad) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "zlpr_rows");
     cuda_impl::zlpr_rows(s, t, loss, grad, rows, C, soft, eps, bad);
   }
   void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "fill_uniform");
     cuda_impl::fill_uniform(out, lo, hi, seed, first);
   }
   void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "fill_normal");
     cuda_impl::fill_normal(out, mean, std, seed, first);
   }
   void adam_step(const std::vector<AdamTensor>& ts) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "adam_step");
     cuda_impl::adam_step(ts);
   }
   void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) override {
-    DeviceGuard guard(index_);
+    OpScope scope(*this, "amos_step");
     cuda_impl::amos_step(ts, a);
   }
 
@@ -265,6 +293,54 @@ class CudaBackend final : public DeviceBackend {
   static void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
     LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
   }
+  // Makes the device current for a kernel-table call and, while the profiler is on, brackets it with events.
+  class OpScope {
+   public:
+    OpScope(CudaBackend& b, const char* op, const char* suffix = "") : b_(b), guard_(b.index_) {
+      if (!b_.profiling_) return;
+      op_ = std::string(op) + suffix;
+      start_ = b_.pooled_event();
+      LD_CUDA_CHECK(cudaEventRecord(start_, b_.stream_));
+    }
+    ~OpScope() {
+      if (!start_) return;
+      cudaEvent_t stop = b_.pooled_event();
+      cudaEventRecord(stop, b_.stream_);
+      b_.spans_.push_back({std::move(op_), start_, stop});
+    }
+    OpScope(const OpScope&) = delete;
+    OpScope& operator=(const OpScope&) = delete;
+   private:
+    CudaBackend& b_;
+    DeviceGuard guard_;
+    std::string op_;
+    cudaEvent_t start_ = nullptr;
+  };
+  struct Span {
+    std::string op;
+    cudaEvent_t start, stop;
+  };
+  cudaEvent_t pooled_event() {
+    if (event_pool_.empty()) {
+      cudaEvent_t e = nullptr;
+      LD_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDefault));
+      return e;
+    }
+    cudaEvent_t e = event_pool_.back();
+    event_pool_.pop_back();
+    return e;
+  }
+  void recycle_spans() {
+    for (const Span& sp : spans_) {
+      event_pool_.push_back(sp.start);
+      event_pool_.push_back(sp.stop);
+    }
+    spans_.clear();
+  }
+  bool profiling_ = false;
+  std::vector<Span> spans_;
+  std::vector<cudaEvent_t> event_pool_;
+
   static constexpr size_t kStagingMax = size_t(64) << 20;
   static constexpr int kStagingBuffers = 4;
   struct Staging {
