@@ -300,10 +300,11 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 // accumulation), the autocast numbers of the composite (scores, probabilities and gradients rounded to H as
 // GEMM operands; softmax, running max/sum and outputs in f32). A block of 4 warps owns 64 rows (queries, or keys
 // in the dK/dV kernel); each warp computes the 16 rows it owns of every product. Elementwise steps (masking,
-// exponentials, rescaling) run on shared-memory tiles, one thread per row, since a fragment's element layout is
-// not specified. Head dims are padded with zeros to the next of 16/32/64/128.
+// exponentials, rescaling) run on shared-memory tiles, since a fragment's element layout is not specified: each
+// warp on its own 16 rows, a row's columns over the lanes (conflict-free), row maxima and sums as warp butterflies. Head dims are padded with zeros to the next of 16/32/64/128.
 namespace tc {
 constexpr int kRows = 64, kWarps = 4, kBlock = kWarps * 32;
+static_assert(kWarps * 16 == kRows, "each warp owns the 16 rows of its WMMA tiles");
 // The half format of the operands: bf16 or f16 (autocast's), rounded to nearest even.
 template <class H> __device__ H to_half(float x);
 template <> __device__ __nv_bfloat16 to_half<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
@@ -391,6 +392,50 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, 
   }
 }
 
+// The online-softmax update of a 64 × 64 score tile S (query rows i0.., key columns j0..): masked and scaled
+// scores, the new row maxima m and sums l, P = exp(s − m) in the half format for the P·V GEMM, and O's rows rescaled.
+// Warp w takes the 16 rows its WMMA tiles hold; a row's 64 columns are split over the 32 lanes (consecutive
+// addresses: no shared-memory bank conflicts), its maximum and sum are warp butterflies.
+template <class H, int kD>
+__device__ void online_softmax(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S, H* P,
+                               float* O, float* m, float* l) {
+  const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int r = 16 * w; r < 16 * w + 16; ++r) {
+    int64_t i = i0 + r;
+    float s[kRows / 32];
+    const float mo = m[r];  // every lane reads m[r] and l[r] before lane 0 rewrites them (after the shuffles)
+    const float lo = l[r];
+    float mx = mo;
+#pragma unroll
+    for (int h = 0; h < kRows / 32; ++h) {
+      int jj = lane + 32 * h;
+      int64_t j = j0 + jj;
+      bool vis = i < a.Tq && j < a.Tk && visible(a, i, j, vrow);
+      s[h] = vis ? S[r * kRows + jj] * float(a.scale) : -INFINITY;
+      mx = s[h] > mx ? s[h] : mx;  // NaN scores skip the maximum and reach P (and the output) below
+    }
+    mx = warp_max(mx);
+    if (mx == -INFINITY) {  // no visible key yet: nothing to add, nothing to rescale
+#pragma unroll
+      for (int h = 0; h < kRows / 32; ++h) P[r * kRows + lane + 32 * h] = to_half<H>(0.0f);
+      continue;
+    }
+    float corr = expf(mo - mx), sum = 0;
+#pragma unroll
+    for (int h = 0; h < kRows / 32; ++h) {
+      float p = expf(s[h] - mx);
+      P[r * kRows + lane + 32 * h] = to_half<H>(p);
+      sum += p;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) {
+      l[r] = lo * corr + sum;
+      m[r] = mx;
+    }
+    for (int d = lane; d < kD; d += 32) O[r * kD + d] *= corr;
+  }
+}
+
 template <class H, int kD>
 __global__ void forward_kernel(const float* q, const float* k, const float* v, const float* valid, float* out,
                                float* lse, AttentionShape a) {
@@ -415,31 +460,7 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
     __syncthreads();
     gemm_abt<H, kD>(S, Qs, Ks);
     __syncthreads();
-    if (threadIdx.x < kRows) {  // the online softmax of row r
-      int r = threadIdx.x;
-      int64_t i = i0 + r;
-      float mo = m[r], mx = mo;
-      for (int jj = 0; jj < kRows; ++jj) {
-        int64_t j = j0 + jj;
-        bool vis = i < a.Tq && j < a.Tk && visible(a, i, j, vrow);
-        float s = vis ? S[r * kRows + jj] * float(a.scale) : -INFINITY;
-        S[r * kRows + jj] = s;
-        mx = s > mx ? s : mx;
-      }
-      if (mx == -INFINITY) {
-        for (int jj = 0; jj < kRows; ++jj) P[r * kRows + jj] = to_half<H>(0.0f);
-      } else {
-        float corr = expf(mo - mx), sum = 0;
-        for (int jj = 0; jj < kRows; ++jj) {
-          float p = expf(S[r * kRows + jj] - mx);
-          P[r * kRows + jj] = to_half<H>(p);
-          sum += p;
-        }
-        l[r] = l[r] * corr + sum;
-        m[r] = mx;
-        for (int d = 0; d < kD; ++d) O[r * kD + d] *= corr;
-      }
-    }
+    online_softmax<H, kD>(a, vrow, i0, j0, S, P, O, m, l);
     __syncthreads();
     {  // O[rows of warp w] += P · V, accumulators loaded from and stored back to O
       int w = threadIdx.x / 32;
@@ -452,29 +473,29 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
     }
   }
   __syncthreads();
-  if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq) {
-    int r = threadIdx.x;
-    int64_t i = i0 + r;
-    float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
-    for (int d = 0; d < a.Dv; ++d) out[(bh * a.Tq + i) * a.Dv + d] = O[r * kD + d] * inv;
-    lse[bh * a.Tq + i] = l[r] > 0 ? m[r] + logf(l[r]) : INFINITY;
+  for (int t = threadIdx.x; t < kRows * a.Dv; t += blockDim.x) {  // coalesced rows of out
+    int r = t / int(a.Dv), d = t % int(a.Dv);
+    if (i0 + r < a.Tq) out[(bh * a.Tq + i0 + r) * a.Dv + d] = l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f;
   }
+  if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq)
+    lse[bh * a.Tq + i0 + threadIdx.x] = l[threadIdx.x] > 0 ? m[threadIdx.x] + logf(l[threadIdx.x]) : INFINITY;
 }
 
-// P = exp(scale·S − lse) (masked: 0) into S (f32) and Pb (H), then dS = P ∘ (dP − Di) into dSb; row r of the
-// 64 × 64 tile is query i0 + r against keys j0.., one thread per row.
+// P = exp(scale·S − lse) (masked: 0) into Pb (H, when given), then dS = P ∘ (dP − Di) into dSb; row r of the
+// 64 × 64 tile is query i0 + r against keys j0... Warp w takes its 16 rows, the lanes a row's columns.
 template <class H>
-__device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S,
+__device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, const float* S,
                                      const float* dP, const float* L, const float* Di, H* Pb, H* dSb) {
-  if (threadIdx.x >= kRows) return;
-  int r = threadIdx.x;
-  int64_t i = i0 + r;
-  for (int jj = 0; jj < kRows; ++jj) {
-    int64_t j = j0 + jj;
-    bool vis = i < a.Tq && j < a.Tk && L[r] != INFINITY && visible(a, i, j, vrow);
-    float p = vis ? expf(S[r * kRows + jj] * float(a.scale) - L[r]) : 0.0f;
-    if (Pb) Pb[r * kRows + jj] = to_half<H>(p);
-    dSb[r * kRows + jj] = to_half<H>(p * (dP[r * kRows + jj] - Di[r]));
+  const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int r = 16 * w; r < 16 * w + 16; ++r) {
+    int64_t i = i0 + r;
+    for (int jj = lane; jj < kRows; jj += 32) {
+      int64_t j = j0 + jj;
+      bool vis = i < a.Tq && j < a.Tk && L[r] != INFINITY && visible(a, i, j, vrow);
+      float p = vis ? expf(S[r * kRows + jj] * float(a.scale) - L[r]) : 0.0f;
+      if (Pb) Pb[r * kRows + jj] = to_half<H>(p);
+      dSb[r * kRows + jj] = to_half<H>(p * (dP[r * kRows + jj] - Di[r]));
+    }
   }
 }
 
