@@ -63,9 +63,9 @@ void adam_pass(T* p, const T* g, T* m, T* v, T* vmax, T* u, int64_t n, const Ada
   });
 }
 
-// The same update in tensor ops (any device), line for line as adam_pass.
-void adam_tensors(ParamState& s, const Tensor& grad, const Tensor& vmax, const AdamStep& a, const Strategy& st,
-                  double lr) {
+// The same update in tensor ops (any device), line for line as adam_pass. With the per-tensor-lr strategy it
+// returns the direction u instead of stepping (the caller steps along it once its norm is known).
+Tensor adam_tensors(ParamState& s, const Tensor& grad, const Tensor& vmax, const AdamStep& a, bool direction) {
   Tensor p = s.param, m = s.slot("exp_avg"), v = s.slot("exp_avg_sq");
   Tensor gi = a.l2 != 0 ? add(grad, mul(p, a.l2)) : grad;
   if (a.decay != 0) p.copy_(mul(p, 1 - a.decay));
@@ -77,12 +77,9 @@ void adam_tensors(ParamState& s, const Tensor& grad, const Tensor& vmax, const A
     vi = vmax;
   }
   Tensor denom = add(div(sqrt(vi), full({}, a.bc2_sqrt, {p.dtype(), p.device()})), a.eps);
-  if (st.per_tensor_lr) {
-    Tensor u = div(mul(m, 1.0 / a.bc1), denom);
-    p.copy_(add(p, mul(u, -(lr * Optimizer::per_tensor_lr_factor(s, st, u)))));
-  } else {
-    p.copy_(add(p, div(mul(m, -(a.lr / a.bc1)), denom)));  // neg_step·m / denom, as adam_pass
-  }
+  if (direction) return div(mul(m, 1.0 / a.bc1), denom);
+  p.copy_(add(p, div(mul(m, -(a.lr / a.bc1)), denom)));  // neg_step·m / denom, as adam_pass
+  return Tensor();
 }
 
 template <class T>
@@ -139,7 +136,10 @@ void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
     device_backend(s.param.device()).adam_step({{s.param, grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, a}});
     return;
   }
-  if (!opt_.fused || !s.param.device().is_cpu()) return adam_tensors(s, grad, vmax, a, st, g.lr);
+  if (!opt_.fused || !s.param.device().is_cpu()) {
+    if (Tensor u = adam_tensors(s, grad, vmax, a, st.per_tensor_lr); u.defined()) step_along(s, u, st, g.lr);
+    return;
+  }
   Tensor u = st.per_tensor_lr ? empty_like(s.param) : Tensor();
   LD_DISPATCH_FLOAT(s.param.dtype(), "Adam", [&] {
     using T = scalar_t;

@@ -31,37 +31,6 @@ void for_each_grad(const NamedParams& params, F&& f) {
   for (auto& [name, g] : grads_of(params)) f(name, g);
 }
 
-// Σx² of each tensor, in double. CPU tensors: a loop each. Device tensors: one multi-tensor reduction per
-// device (a few launches, core/cuda/reduce.cu) and one copy back — a per-tensor sum(...).item() would
-// synchronize the GPU once per parameter, hundreds of times a step.
-std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
-  std::vector<double> out(ts.size(), 0.0);
-  std::map<std::string, std::vector<size_t>> on_device;  // device name -> indices
-  for (size_t i = 0; i < ts.size(); ++i) {
-    const Tensor& t = ts[i];
-    if (!t.device().is_cpu()) {
-      on_device[t.device().str()].push_back(i);
-      continue;
-    }
-    LD_DISPATCH_FLOAT(t.dtype(), "sum of squares", [&] {
-      const scalar_t* x = t.data_ptr<scalar_t>();
-      double ss = 0;
-      for (int64_t k = 0; k < t.numel(); ++k) ss += double(x[k]) * double(x[k]);
-      out[i] = ss;
-    });
-  }
-  for (auto& [dev, idx] : on_device) {
-    std::vector<Tensor> xs;
-    for (size_t i : idx) xs.push_back(ts[i].is_contiguous() ? ts[i] : ts[i].contiguous());
-    Device d = xs[0].device();
-    Tensor sums = empty({int64_t(xs.size())}, {DType::f64, d});
-    device_backend(d).sum_squares(xs, sums);
-    std::vector<double> v = sums.to_vector();
-    for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = v[k];
-  }
-  return out;
-}
-
 std::vector<double> grad_sums_of_squares(const std::vector<std::pair<std::string, Tensor>>& grads) {
   std::vector<Tensor> ts;
   for (auto& kv : grads) ts.push_back(kv.second);

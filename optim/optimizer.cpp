@@ -4,10 +4,39 @@
 #include <set>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/error.h"
 
 namespace liandan::optim {
+
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
+  std::vector<double> out(ts.size(), 0.0);
+  std::map<std::string, std::vector<size_t>> on_device;  // device name -> indices
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const Tensor& t = ts[i];
+    if (!t.device().is_cpu()) {
+      on_device[t.device().str()].push_back(i);
+      continue;
+    }
+    LD_DISPATCH_FLOAT(t.dtype(), "sum of squares", [&] {
+      const scalar_t* x = t.data_ptr<scalar_t>();
+      double ss = 0;
+      for (int64_t k = 0; k < t.numel(); ++k) ss += double(x[k]) * double(x[k]);
+      out[i] = ss;
+    });
+  }
+  for (auto& [dev, idx] : on_device) {
+    std::vector<Tensor> xs;
+    for (size_t i : idx) xs.push_back(ts[i].is_contiguous() ? ts[i] : ts[i].contiguous());
+    Device d = xs[0].device();
+    Tensor sums = empty({int64_t(xs.size())}, {DType::f64, d});
+    device_backend(d).sum_squares(xs, sums);
+    std::vector<double> v = sums.to_vector();
+    for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = v[k];
+  }
+  return out;
+}
 
 NamedParams name_params(const std::vector<Tensor>& params) {
   NamedParams out;
@@ -89,7 +118,30 @@ void Optimizer::step() {
     }
   }
   update_all(due);
+  apply_deferred_steps();
   for (PendingUpdate& u : due) u.state->param.bump_version();
+}
+
+void Optimizer::step_along(ParamState& s, const Tensor& dir, const Strategy& st, double lr, double keep) {
+  if (st.per_tensor_lr && !s.param.device().is_cpu()) {
+    deferred_.push_back({&s, dir, lr, keep});
+    return;
+  }
+  Tensor p = s.param;
+  p.copy_(add(keep != 1 ? mul(p, keep) : p, mul(dir, -(lr * per_tensor_lr_factor(s, st, dir)))));
+}
+
+void Optimizer::apply_deferred_steps() {
+  if (deferred_.empty()) return;
+  std::vector<Tensor> dirs;
+  for (const DeferredStep& d : deferred_) dirs.push_back(d.dir);
+  std::vector<double> ss = sums_of_squares(dirs);
+  for (size_t i = 0; i < deferred_.size(); ++i) {
+    const DeferredStep& d = deferred_[i];
+    Tensor p = d.state->param;
+    p.copy_(add(d.keep != 1 ? mul(p, d.keep) : p, mul(d.dir, -(d.lr * per_tensor_lr_factor(*d.state, ss[i])))));
+  }
+  deferred_.clear();
 }
 
 void Optimizer::update_all(std::vector<PendingUpdate>& due) {
@@ -121,16 +173,10 @@ double Optimizer::decoupled_decay(const ParamGroup& g, const Strategy& st) const
 
 double Optimizer::per_tensor_lr_factor(const ParamState& s, const Strategy& st, const Tensor& direction) {
   if (!st.per_tensor_lr) return 1.0;
-  double ss = 0;
-  if (!direction.device().is_cpu()) {
-    ss = sum(square(direction.to(DType::f64))).item();  // a deterministic device sum, one number back
-  } else if (direction.dtype() == DType::f32) {
-    const float* u = direction.data_ptr<float>();
-    for (int64_t i = 0; i < direction.numel(); ++i) ss += double(u[i]) * u[i];
-  } else {
-    const double* u = direction.data_ptr<double>();
-    for (int64_t i = 0; i < direction.numel(); ++i) ss += u[i] * u[i];
-  }
+  return per_tensor_lr_factor(s, sums_of_squares({direction})[0]);
+}
+
+double Optimizer::per_tensor_lr_factor(const ParamState& s, double ss) {
   if (ss == 0) return 0.0;
   double eps0 = std::sqrt(double(s.param.numel())) * s.scale;  // ‖ε₀‖ ≈ √k·σ
   return eps0 / std::sqrt(ss);

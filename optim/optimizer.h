@@ -106,8 +106,10 @@ class Optimizer {
   void load_state_dict(const NamedTensors& dict, const std::string& source = "state dict");
   // Bytes held in optimizer state tensors (the slots; step counts excluded).
   int64_t state_bytes() const;
-  // The per-tensor lr multiplier ‖ε₀‖/‖u‖ of the per_tensor_lr strategy (1 when off).
+  // The per-tensor lr multiplier ‖ε₀‖/‖u‖ of the per_tensor_lr strategy (1 when off), from the direction u or
+  // from Σu² (0 when u = 0).
   static double per_tensor_lr_factor(const ParamState& s, const Strategy& st, const Tensor& direction);
+  static double per_tensor_lr_factor(const ParamState& s, double direction_sum_squares);
   // All per-parameter states, in group order.
   std::vector<std::vector<ParamState>>& states() { return states_; }
 
@@ -126,12 +128,27 @@ class Optimizer {
 
   // The decoupled decay rate ρ for a group under the strategy (tied) or lr·wd (torch's AdamW).
   double decoupled_decay(const ParamGroup& g, const Strategy& st) const;
+  // θ ← keep·θ − lr·f·dir, with f the per-tensor-lr factor of the strategy (1 when off). On a device with the
+  // strategy on, the step waits until step() has every parameter's direction: their norms are then one batched
+  // reduction and one copy back per step, not a synchronization per parameter.
+  void step_along(ParamState& s, const Tensor& dir, const Strategy& st, double lr, double keep = 1.0);
 
  private:
+  struct DeferredStep {
+    ParamState* state;
+    Tensor dir;
+    double lr, keep;
+  };
+  void apply_deferred_steps();
+  std::vector<DeferredStep> deferred_;
   std::string type_name_;
   std::vector<ParamGroup> groups_;
   std::vector<std::vector<ParamState>> states_;
 };
+
+// Σx² of each tensor in double (torch's _foreach_norm, squared). CPU tensors: a loop each. Device tensors: one
+// multi-tensor reduction per device (a few launches, core/cuda/reduce.cu) and one copy back for all of them.
+std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 
 // Unnamed parameters get names "0", "1", … (state_dict keys).
 NamedParams name_params(const std::vector<Tensor>& params);

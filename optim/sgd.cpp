@@ -50,8 +50,7 @@ void SGD::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
       buf.copy_(s.step == 1 ? d : add(mul(buf, opt_.momentum), mul(d, 1 - opt_.dampening)));
       d = opt_.nesterov ? add(d, mul(buf, opt_.momentum)) : buf;
     }
-    double step = -(g.lr * per_tensor_lr_factor(s, st, d));
-    s.param.copy_(add(mul(s.param, 1 - decay), mul(d, step)));
+    step_along(s, d, st, g.lr, 1 - decay);
     return;
   }
   Tensor dir = empty_like(s.param);

@@ -403,7 +403,7 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
   for (int r = 16 * w; r < 16 * w + 16; ++r) {
     int64_t i = i0 + r;
     float s[kRows / 32];
-    const float mo = m[r];  // every lane reads m[r] and l[r] before lane 0 rewrites them (after the shuffles)
+    const float mo = m[r];  // every lane reads m[r] and l[r]; lane 0 rewrites them below
     const float lo = l[r];
     float mx = mo;
 #pragma unroll
@@ -428,6 +428,7 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
       sum += p;
     }
     sum = warp_sum(sum);
+    __syncwarp();  // every lane has read m[r] and l[r] (a shuffle orders execution, not memory)
     if (lane == 0) {
       l[r] = lo * corr + sum;
       m[r] = mx;

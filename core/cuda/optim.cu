@@ -92,7 +92,7 @@ __global__ void amos_kernel(TensorList<AmosItem<T>> l, AmosStepArgs o) {
   auto clipped = [clip](T x) { return clip > T(0) ? (x < -clip ? -clip : x > clip ? clip : x) : x; };
   T* pr = a.p + r * a.inner;
   const T* gr = a.g + r * a.inner;
-  double v0 = double(a.v[r]), b0 = double(a.b[r]);  // read by every lane before lane 0 writes (after the shuffles)
+  double v0 = double(a.v[r]), b0 = double(a.b[r]);  // read by every lane; lane 0 writes them back below
   double ss = 0;
   for (int64_t i = lane; i < a.inner; i += 32) {
     double gi = double(clipped(gr[i]));
@@ -101,6 +101,7 @@ __global__ void amos_kernel(TensorList<AmosItem<T>> l, AmosStepArgs o) {
   ss = warp_sum(ss);
   optim::AmosRow row = optim::amos_row(v0, b0, ss / double(a.inner), a.xi, a.eta, a.lambda, a.bias_correction,
                                        {o.beta, o.epsilon, o.c_coef, o.d_coef, o.finetune_rate});
+  __syncwarp();  // every lane's reads of v[r] and b[r] are done (a shuffle orders execution, not memory)
   if (lane == 0) {
     a.v[r] = T(row.v);
     a.b[r] = T(row.b);

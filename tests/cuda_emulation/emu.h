@@ -500,6 +500,7 @@ emu_switch:
 #define __syncthreads() ::emu::syncthreads()
 #define __shfl_down_sync(mask, v, o) ::emu::shfl_down((v), (o))
 #define __shfl_xor_sync(mask, v, o) ::emu::shfl_xor((v), (o))
+#define __syncwarp(...) ::emu::warp_sync()
 // Threads interleave only at barriers, so a read-modify-write is atomic as written.
 template <class T>
 T atomicOr(T* p, T v) {
