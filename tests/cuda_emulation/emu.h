@@ -23,6 +23,7 @@
 #include <exception>
 #include <functional>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <type_traits>
@@ -347,6 +348,17 @@ inline void trampoline() {
   switch_to(r.running->ctx, r.scheduler);  // never resumed
 }
 
+// LIANDAN_EMULATED_ORDER=reverse runs a grid's blocks, and a block's threads between barriers, last to first. A
+// kernel whose result depends on that order has a race (two threads of one barrier interval, or two blocks of one
+// launch, touching the same memory with a write), which the forward order alone would hide.
+inline bool reversed() {
+  static const bool rev = [] {
+    const char* e = std::getenv("LIANDAN_EMULATED_ORDER");
+    return e && std::string(e) == "reverse";
+  }();
+  return rev;
+}
+
 // Runs one block's threads as coroutines until all are done, releasing barriers when every live thread of the
 // block (or of a warp) waits at one.
 inline void run_block(const dim3& b) {
@@ -365,12 +377,14 @@ inline void run_block(const dim3& b) {
   }
   for (;;) {
     bool progressed = false;
-    for (auto& th : r.threads)
+    for (size_t k = 0; k < n; ++k) {
+      Thread& th = r.threads[reversed() ? n - 1 - k : k];
       if (th.state == Thread::State::runnable) {
         r.running = &th;
         switch_to(r.scheduler, th.ctx);
         progressed = true;
       }
+    }
     if (progressed) continue;
     size_t live = 0, at_block = 0;
     for (auto& th : r.threads) {
@@ -422,35 +436,36 @@ struct Launch {
     const dim3 g = r.current.grid, bl = r.current.block;
     size_t nthreads = size_t(bl.x) * bl.y * bl.z;
     bool first = true, barrier_free = false;
-    for (unsigned z = 0; z < g.z; ++z)
-      for (unsigned y = 0; y < g.y; ++y)
-        for (unsigned x = 0; x < g.x; ++x) {
-          dim3 b(x, y, z);
-          if (first) {  // the first block as coroutines; barrier-free kernels then run as plain calls
-            run_block(b);
-            first = false;
-            if (r.error) std::rethrow_exception(r.error);
-            barrier_free = r.barriers == 0;
-            continue;
-          }
-          if (!barrier_free) {
-            run_block(b);
-            if (r.error) std::rethrow_exception(r.error);
-            continue;
-          }
-          r.direct = true;
-          r.direct_block = b;
-          for (size_t t = 0; t < nthreads; ++t) {
-            r.direct_thread = dim3(unsigned(t % bl.x), unsigned(t / bl.x % bl.y), unsigned(t / (size_t(bl.x) * bl.y)));
-            try {
-              r.body();
-            } catch (...) {
-              r.direct = false;
-              throw;
-            }
-          }
+    const size_t nblocks = size_t(g.x) * g.y * g.z;
+    for (size_t k = 0; k < nblocks; ++k) {
+      size_t lin = reversed() ? nblocks - 1 - k : k;
+      dim3 b(unsigned(lin % g.x), unsigned(lin / g.x % g.y), unsigned(lin / (size_t(g.x) * g.y)));
+      if (first) {  // the first block as coroutines; barrier-free kernels then run as plain calls
+        run_block(b);
+        first = false;
+        if (r.error) std::rethrow_exception(r.error);
+        barrier_free = r.barriers == 0;
+        continue;
+      }
+      if (!barrier_free) {
+        run_block(b);
+        if (r.error) std::rethrow_exception(r.error);
+        continue;
+      }
+      r.direct = true;
+      r.direct_block = b;
+      for (size_t k2 = 0; k2 < nthreads; ++k2) {
+        size_t t = reversed() ? nthreads - 1 - k2 : k2;
+        r.direct_thread = dim3(unsigned(t % bl.x), unsigned(t / bl.x % bl.y), unsigned(t / (size_t(bl.x) * bl.y)));
+        try {
+          r.body();
+        } catch (...) {
           r.direct = false;
+          throw;
         }
+      }
+      r.direct = false;
+    }
     r.body = nullptr;
   }
 };
