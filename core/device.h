@@ -96,6 +96,9 @@ class DeviceBackend {
   virtual void fill(const Tensor& dst, double value) = 0;  // dst strided
   // out = cond != 0 ? a : b, all three broadcast to out's shape (any strides; cond in a's dtype).
   virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // ys[i] ← a·ys[i] + b·xs[i] for every i (xs empty: ys[i] ← a·ys[i]), all in a few multi-tensor launches; pairs
+  // contiguous, of one dtype. (EMA updates, gradient unscaling and clipping of a whole model.)
+  virtual void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) = 0;
   // y = f(x); x contiguous with y's shape.
   virtual void unary(const Elementwise& op, const Tensor& x, const Tensor& y) = 0;
   // dx = f'(x, y, g) for y = f(x); all contiguous, one shape.

@@ -50,8 +50,11 @@ double clip_grad_norm_(const NamedParams& params, double max_norm) {
   NoGradGuard no_grad;
   double norm = grad_norm(params);
   double coef = max_norm / (norm + 1e-6);
-  if (coef < 1)
-    for_each_grad(params, [&](const std::string&, const Tensor& g) { Tensor(g).mul_(coef); });
+  if (coef < 1) {
+    std::vector<Tensor> grads;
+    for (auto& kv : grads_of(params)) grads.push_back(kv.second);
+    foreach_axpby_(grads, {}, coef, 0.0);  // one multi-tensor pass on a GPU
+  }
   return norm;
 }
 

@@ -4,7 +4,6 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
-#include "core/cpu/loops.h"
 #include "core/error.h"
 
 namespace liandan::optim {
@@ -21,25 +20,13 @@ EMA::EMA(const NamedParams& params, double decay, bool warmup) : params_(params)
 void EMA::update() {
   double d = warmup_ ? std::min(decay_, (1.0 + double(n_)) / (10.0 + double(n_))) : decay_;
   ++n_;
+  // s ← d·s + (1 − d)·p for every parameter: a loop per tensor on the CPU, a few multi-tensor launches on a GPU.
+  std::vector<Tensor> shadows, params;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const Tensor& p = params_[i].second;
-    Tensor& s = shadow_[i].second;
-    if (!p.device().is_cpu()) {  // s ← d·s + (1 − d)·p with device ops
-      NoGradGuard ng;
-      s.copy_(add(mul(s, d), mul(p.detach(), 1 - d)));
-      continue;
-    }
-    LD_DISPATCH_FLOAT(p.dtype(), "EMA", [&] {
-      using T = scalar_t;
-      const T* x = p.data_ptr<T>();
-      T* y = s.data_ptr<T>();
-      const T keep = T(d), w = T(1 - d);
-      cpu::parallel_range(p.numel(), [&](int64_t b, int64_t e) {
-        for (int64_t j = b; j < e; ++j) y[j] = keep * y[j] + w * x[j];
-      });
-    });
-    s.bump_version();
+    shadows.push_back(shadow_[i].second);
+    params.push_back(params_[i].second.detach());
   }
+  foreach_axpby_(shadows, params, d, 1 - d);
 }
 
 void EMA::copy_to(const NamedParams& target) const {

@@ -29,8 +29,10 @@ void GradScaler::unscale_(Optimizer& opt) {
   double inv = 1.0 / scale_;
   for (const ParamGroup& g : opt.param_groups()) {
     if (!found_inf_ && first_nonfinite_grad(g.params)) found_inf_ = true;
+    std::vector<Tensor> grads;
     for (auto& [name, p] : g.params)
-      if (p.grad().defined()) p.grad().mul_(inv);
+      if (p.grad().defined()) grads.push_back(p.grad());
+    foreach_axpby_(grads, {}, inv, 0.0);  // one multi-tensor pass on a GPU
   }
 }
 

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/autograd.h"
+#include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/ops.h"
 #include "core/error.h"
@@ -36,6 +37,43 @@ std::vector<double> sums_of_squares(const std::vector<Tensor>& ts) {
     for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = v[k];
   }
   return out;
+}
+
+void foreach_axpby_(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) {
+  LD_CHECK(xs.empty() || xs.size() == ys.size(), "foreach_axpby_: ", ys.size(), " outputs and ", xs.size(), " inputs");
+  std::map<std::pair<std::string, DType>, std::pair<std::vector<Tensor>, std::vector<Tensor>>> on_device;
+  for (size_t i = 0; i < ys.size(); ++i) {
+    const Tensor& y = ys[i];
+    const Tensor* x = xs.empty() ? nullptr : &xs[i];
+    LD_CHECK(y.is_contiguous() && (!x || (x->shape() == y.shape() && x->dtype() == y.dtype() &&
+                                          x->device() == y.device())),
+             "foreach_axpby_: tensor ", i, " ", shape_str(y.shape()), " must be contiguous, its input of its shape, "
+             "dtype and device");
+    if (!y.device().is_cpu()) {
+      auto& lists = on_device[{y.device().str(), y.dtype()}];
+      lists.first.push_back(y);
+      if (x) lists.second.push_back(x->contiguous());
+      continue;
+    }
+    Tensor xc = x ? x->contiguous() : Tensor();
+    LD_DISPATCH_FLOAT(y.dtype(), "foreach_axpby_", [&] {
+      using T = scalar_t;
+      T* py = y.data_ptr<T>();
+      const T* px = x ? xc.data_ptr<T>() : nullptr;
+      const T ta = T(a), tb = T(b);
+      cpu::parallel_range(y.numel(), [&](int64_t lo, int64_t hi) {
+        if (px)
+          for (int64_t j = lo; j < hi; ++j) py[j] = ta * py[j] + tb * px[j];
+        else
+          for (int64_t j = lo; j < hi; ++j) py[j] = ta * py[j];
+      });
+    });
+    y.bump_version();
+  }
+  for (auto& [key, lists] : on_device) {
+    device_backend(lists.first[0].device()).foreach_axpby(lists.first, lists.second, a, b);
+    for (const Tensor& y : lists.first) y.bump_version();
+  }
 }
 
 NamedParams name_params(const std::vector<Tensor>& params) {

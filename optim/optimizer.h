@@ -150,6 +150,10 @@ class Optimizer {
 // multi-tensor reduction per device (a few launches, core/cuda/reduce.cu) and one copy back for all of them.
 std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 
+// ys[i] ← a·ys[i] + b·xs[i] for every i (xs empty: ys[i] ← a·ys[i]), in place (torch's _foreach_mul_ / lerp_).
+// CPU tensors: a loop each; device tensors: a few multi-tensor launches per device and dtype.
+void foreach_axpby_(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b);
+
 // Unnamed parameters get names "0", "1", … (state_dict keys).
 NamedParams name_params(const std::vector<Tensor>& params);
 

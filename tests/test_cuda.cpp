@@ -28,6 +28,8 @@
 #include "optim/adam.h"
 #include "optim/amos.h"
 #include "optim/clip.h"
+#include "optim/ema.h"
+#include "optim/grad_scaler.h"
 #include "optim/sgd.h"
 
 using namespace liandan;
@@ -591,6 +593,30 @@ TEST_CASE("cuda: grad_norm, clip_grad_norm_ and the non-finite scans reduce all 
   CHECK(std::abs(optim::grad_norm(gpu) - optim::grad_norm(cpu)) <= 1e-6);
   CHECK(!optim::first_nonfinite_grad(gpu));
   CHECK(!optim::first_nonfinite_param(gpu));
+  // EMA of all parameters and GradScaler's unscaling: one multi-tensor pass (y ← a·y + b·x) per dtype and list of 32.
+  {
+    optim::NamedParams cpu32, gpu32;
+    for (size_t i = 0; i < cpu.size(); ++i)
+      if (cpu[i].second.dtype() == DType::f32) cpu32.push_back(cpu[i]), gpu32.push_back(gpu[i]);
+    optim::EMA ec(cpu32, 0.9, true), eg(gpu32, 0.9, true);
+    for (int k = 0; k < 3; ++k) {
+      for (size_t i = 0; i < cpu32.size(); ++i) {
+        Tensor(cpu32[i].second).copy_(add(cpu32[i].second, 0.5));
+        Tensor(gpu32[i].second).copy_(add(gpu32[i].second, 0.5));
+      }
+      ec.update();
+      size_t launches = liandan_emulated_launches ? liandan_emulated_launches() : 0;
+      eg.update();
+      if (liandan_emulated_launches) CHECK(liandan_emulated_launches() - launches == (cpu32.size() - 1 + 31) / 32);  // p7: empty
+    }
+    for (size_t i = 0; i < cpu32.size(); ++i) CHECK(max_rel_err(eg.state_dict()[i].second, ec.state_dict()[i].second) <= 1e-6);
+    optim::SGD oc(cpu32, {.lr = 0.1}), og(gpu32, {.lr = 0.1});
+    optim::GradScaler sc, sg;
+    sc.unscale_(oc);
+    sg.unscale_(og);
+    CHECK(!sg.found_inf());
+    for (size_t i = 0; i < cpu32.size(); ++i) CHECK(max_rel_err(gpu32[i].second.grad(), cpu32[i].second.grad()) == 0);
+  }
   for (int which : {40, 13}) {  // a NaN gradient, an Inf parameter: each named
     std::vector<double> v = gpu[size_t(which)].second.to_vector();
     v[v.size() / 2] = which == 40 ? std::nan("") : INFINITY;

@@ -177,6 +177,10 @@ class CudaBackend final : public DeviceBackend {
     check_same_device("where", a, b);
     cuda_impl::where(c, a, b, out);
   }
+  void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) override {
+    OpScope scope(*this, "foreach_axpby");
+    cuda_impl::foreach_axpby(ys, xs, a, b);
+  }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
     OpScope scope(*this, op.name);
     cuda_impl::unary(op, x, y);

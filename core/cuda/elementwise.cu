@@ -364,4 +364,62 @@ void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& o
   LD_CUDA_LAUNCHED("where");
 }
 
+namespace {
+
+// y ← a·y + b·x over a TensorList (core/cuda/common.cuh): EMA updates, gradient unscaling and clipping of a whole
+// model in a few launches.
+constexpr int64_t kAxpbyChunk = int64_t(kThreads) * 16;
+
+template <class T>
+struct AxpbyItem {
+  T* y;
+  const T* x;  // null: y ← a·y
+  int64_t n;
+};
+
+template <class T>
+__global__ void axpby_kernel(TensorList<AxpbyItem<T>> l, T a, T b) {
+  int k = list_entry(l, blockIdx.x);
+  const AxpbyItem<T>& it = l.item[k];
+  int64_t begin = (blockIdx.x - l.block_start[k]) * kAxpbyChunk;
+  int64_t end = begin + kAxpbyChunk < it.n ? begin + kAxpbyChunk : it.n;
+  if (it.x)
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) it.y[i] = a * it.y[i] + b * it.x[i];
+  else
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) it.y[i] = a * it.y[i];
+}
+
+}  // namespace
+
+void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) {
+  if (ys.empty()) return;
+  LD_CHECK(xs.empty() || xs.size() == ys.size(), "foreach_axpby on CUDA: ", ys.size(), " outputs and ", xs.size(), " inputs");
+  const Tensor& y0 = ys[0];
+  for (size_t i = 0; i < ys.size(); ++i)
+    for (const Tensor* t : {&ys[i], xs.empty() ? &ys[i] : &xs[i]})
+      LD_CHECK(t->device() == y0.device() && t->dtype() == y0.dtype() && t->is_contiguous() &&
+                   t->numel() == ys[i].numel(),
+               "foreach_axpby on CUDA: tensor ", i, " is ", dtype_name(t->dtype()), " ", shape_str(t->shape()), " on ",
+               t->device().str(), ", expected contiguous ", dtype_name(y0.dtype()), " ", shape_str(ys[i].shape()),
+               " on ", y0.device().str());
+  LD_CUDA_FLOAT(y0.dtype(), "foreach_axpby", [&] {
+    using T = scalar_t;
+    struct Src {
+      const Tensor *y, *x;
+    };
+    std::vector<Src> srcs;
+    for (size_t i = 0; i < ys.size(); ++i) srcs.push_back({&ys[i], xs.empty() ? nullptr : &xs[i]});
+    auto make = [](const Src& s, AxpbyItem<T>& it) -> int64_t {
+      it = {static_cast<T*>(s.y->device_data()), s.x ? static_cast<const T*>(s.x->device_data()) : nullptr, s.y->numel()};
+      return (it.n + kAxpbyChunk - 1) / kAxpbyChunk;
+    };
+    cudaStream_t stream = stream_of(y0);
+    auto launch = [&](const TensorList<AxpbyItem<T>>& l, int blocks) {
+      axpby_kernel<T><<<blocks, kThreads, 0, stream>>>(l, T(a), T(b));
+      LD_CUDA_LAUNCHED("foreach_axpby");
+    };
+    for_lists<AxpbyItem<T>>(srcs, make, launch);
+  });
+}
+
 }  // namespace liandan::cuda_impl

@@ -15,6 +15,7 @@ void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b
 void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides);
 void fill(const Tensor& dst, double value);
 void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b);
 
 // reduce.cu
 void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out);
