@@ -148,9 +148,10 @@ class DeviceBackend {
   virtual void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g,
                                    const Tensor& mean, const Tensor& rstd, const Tensor& dx, const Tensor& dw,
                                    const Tensor& db, int64_t N, int64_t C, int64_t G, int64_t S, bool silu) = 0;
-  // RoPE (core/ops/rope.h): y = x ([.., D] contiguous) with its first 2P dims rotated by contiguous cos/sin
-  // tables ([.., P]); x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d];
-  // sign −1 rotates backwards (the gradient).
+  // RoPE (core/ops/rope.h): y = x (y contiguous; x's rows [.., D] anywhere its strides say, the last dim
+  // contiguous, at most 8 leading dims) with its first 2P dims rotated by contiguous cos/sin tables ([.., P]);
+  // x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d]; sign −1 rotates
+  // backwards (the gradient).
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
                     const Shape& table_strides, bool half, double sign) = 0;
   // Fused softmax attention (flash-style: no Tq × Tk matrix stored), with the masking rules of

@@ -701,6 +701,12 @@ TEST_CASE("cuda: fused layer_norm / rms_norm / group_norm (+SiLU) and RoPE kerne
       Tensor per_batch = mul(rand({2, 1, 17, 8}, g, dt), 5.0);
       check_op_on_gpu({q, cos(per_batch), sin(per_batch)}, [pr](auto& t) { return rope(t[0], t[1], t[2], pr); },
                       tol(dt) * 10);
+      // Strided rows read in place: heads split out of a fused [B, T, 3, H, D] projection, as the LM does.
+      Tensor qkv = randn({2, 17, 3, 3, 16}, g, dt);
+      check_op_on_gpu({qkv, cos(ang), sin(ang)}, [pr](auto& t) {
+        Tensor qh = t[0].select(2, 1).permute({0, 2, 1, 3});  // [B, H, T, D], rows 3·3·16 apart
+        return rope(qh, t[1], t[2], pr);
+      }, tol(dt) * 10);
     }
   }
 }

@@ -1,6 +1,7 @@
 // RoPE on CUDA (core/ops/rope.h has the math): one thread per (row, pair) rotates the pair by its table row's
 // cos/sin, and one per passed-through dim copies it; sign = −1 is the inverse rotation (the backward). The
-// table row of x's row r comes from r's index over x's leading dims and the table's broadcast strides.
+// table row of x's row r comes from r's index over x's leading dims and the table's broadcast strides, and x's rows
+// may be strided views (q and k taken out of a fused QKV projection are read in place).
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 
@@ -8,13 +9,13 @@ namespace liandan::cuda_impl {
 namespace {
 
 template <class T>
-__global__ void rope_kernel(const T* x, T* y, const T* c, const T* s, StridedIndex table_row, int64_t R, int64_t D,
-                            int64_t P, bool half, T sign) {
+__global__ void rope_kernel(const T* x, T* y, const T* c, const T* s, StridedIndex x_row, StridedIndex table_row,
+                            int64_t R, int64_t D, int64_t P, bool half, T sign) {
   int64_t per_row = D - P;  // P pairs, then D − 2P copies
   int64_t n = R * per_row;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
     int64_t r = t / per_row, j = t % per_row;
-    const T* xr = x + r * D;
+    const T* xr = x + x_row.offset(r);
     T* yr = y + r * D;
     if (j >= P) {
       yr[P + j] = xr[P + j];  // dim 2P + (j − P)
@@ -35,11 +36,15 @@ void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y
   int64_t D = x.shape().back(), P = cos.shape().back(), R = D ? x.numel() / D : 0;
   if (R == 0 || D == 0) return;
   StridedIndex tr = strided_index(lead.empty() ? Shape{1} : lead, lead.empty() ? Shape{0} : table_strides, "rope");
+  LD_CHECK(x.strides().back() == 1, "rope on CUDA: x's last dim must be contiguous, got strides ",
+           shape_str(x.strides()));
+  Shape xs(x.strides().begin(), x.strides().end() - 1);
+  StridedIndex xr = strided_index(lead.empty() ? Shape{1} : lead, lead.empty() ? Shape{0} : xs, "rope");
   LD_CUDA_FLOAT(x.dtype(), "rope", [&] {
     using T = scalar_t;
     rope_kernel<T><<<blocks_for(R * (D - P)), kThreads, 0, stream_of(y)>>>(
         static_cast<const T*>(x.device_data()), static_cast<T*>(y.device_data()), static_cast<const T*>(cos.device_data()),
-        static_cast<const T*>(sin.device_data()), tr, R, D, P, half, T(sign));
+        static_cast<const T*>(sin.device_data()), xr, tr, R, D, P, half, T(sign));
   });
   LD_CUDA_LAUNCHED("rope");
 }

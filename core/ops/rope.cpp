@@ -71,15 +71,17 @@ std::vector<int64_t> table_rows(const Shape& xlead, const Shape& st) {
 }
 
 Tensor rope_apply(const Tensor& x, const Tensor& c, const Tensor& s, bool half, double sign) {
-  Tensor xc = x.contiguous(), cc = c.contiguous(), sc = s.contiguous();
+  Tensor cc = c.contiguous(), sc = s.contiguous();
   int64_t D = x.shape().back(), P = c.shape().back(), R = D ? x.numel() / D : 0;
   Shape xlead(x.shape().begin(), x.shape().end() - 1);
   Shape st = table_row_strides(xlead, c);
   Tensor y = empty(x.shape(), {x.dtype(), x.device()});
-  if (!x.device().is_cpu()) {
-    device_backend(x.device()).rope(xc, cc, sc, y, xlead, st, half, sign);
+  if (!x.device().is_cpu()) {  // the device kernel reads strided rows (q and k split out of a fused QKV: no copy)
+    bool rows_ok = x.dim() <= 9 && (x.dim() == 0 || x.strides().back() == 1);
+    device_backend(x.device()).rope(rows_ok ? x : x.contiguous(), cc, sc, y, xlead, st, half, sign);
     return y;
   }
+  Tensor xc = x.contiguous();
   std::vector<int64_t> rows = table_rows(xlead, st);
   LD_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
     rope_kernel<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cc.data_ptr<scalar_t>(),
