@@ -45,10 +45,14 @@ void foreach_axpby_(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs
   for (size_t i = 0; i < ys.size(); ++i) {
     const Tensor& y = ys[i];
     const Tensor* x = xs.empty() ? nullptr : &xs[i];
-    LD_CHECK(y.is_contiguous() && (!x || (x->shape() == y.shape() && x->dtype() == y.dtype() &&
-                                          x->device() == y.device())),
-             "foreach_axpby_: tensor ", i, " ", shape_str(y.shape()), " must be contiguous, its input of its shape, "
-             "dtype and device");
+    LD_CHECK(!x || (x->shape() == y.shape() && x->dtype() == y.dtype() && x->device() == y.device()),
+             "foreach_axpby_: input ", i, " must have its output's shape ", shape_str(y.shape()), ", dtype ",
+             dtype_name(y.dtype()), " and device ", y.device().str());
+    if (!y.is_contiguous()) {  // a strided gradient, say: tensor ops write through the view
+      NoGradGuard ng;
+      Tensor(y).copy_(x ? add(mul(y, a), mul(*x, b)) : mul(y, a));
+      continue;
+    }
     if (!y.device().is_cpu()) {
       auto& lists = on_device[{y.device().str(), y.dtype()}];
       lists.first.push_back(y);

@@ -151,7 +151,8 @@ class Optimizer {
 std::vector<double> sums_of_squares(const std::vector<Tensor>& ts);
 
 // ys[i] ← a·ys[i] + b·xs[i] for every i (xs empty: ys[i] ← a·ys[i]), in place (torch's _foreach_mul_ / lerp_).
-// CPU tensors: a loop each; device tensors: a few multi-tensor launches per device and dtype.
+// CPU tensors: a loop each; device tensors: a few multi-tensor launches per device and dtype; a strided y (a
+// gradient of a view, say): tensor ops through the view.
 void foreach_axpby_(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b);
 
 // Unnamed parameters get names "0", "1", … (state_dict keys).

@@ -700,3 +700,21 @@ TEST_CASE("Optimizer errors name the problem") {
   CHECK_THROWS_WITH_AS(AdamW({{.params = {{"w", w}}, .lr = -1.0}}, {}),
                        "AdamW: group 'default': invalid lr -1", Error);
 }
+
+TEST_CASE("foreach_axpby_ and sums_of_squares over contiguous and strided tensors") {
+  Generator g(71);
+  Tensor y = randn({3, 4}, g, DType::f64), x = randn({3, 4}, g, DType::f64);
+  Tensor ys = randn({4, 3}, g, DType::f64).transpose(0, 1);  // a strided view
+  Tensor y0 = y.clone(), ys0 = ys.clone();
+  foreach_axpby_({y, ys}, {x, x}, 0.25, -2.0);
+  CHECK(max(abs(sub(y, add(mul(y0, 0.25), mul(x, -2.0))))).item() == 0);
+  CHECK(max(abs(sub(ys, add(mul(ys0, 0.25), mul(x, -2.0))))).item() <= 1e-15);
+  foreach_axpby_({y, ys}, {}, 0.5, 0.0);  // y ← a·y
+  CHECK(max(abs(sub(y, mul(add(mul(y0, 0.25), mul(x, -2.0)), 0.5)))).item() == 0);
+  std::vector<double> ss = sums_of_squares({y, x, zeros({0})});
+  CHECK(ss[0] == doctest::Approx(sum(square(y)).item()).epsilon(1e-14));
+  CHECK(ss[1] == doctest::Approx(sum(square(x)).item()).epsilon(1e-14));
+  CHECK(ss[2] == 0);
+  CHECK_THROWS_WITH_AS(foreach_axpby_({y}, {x, x}, 1, 1), doctest::Contains("2 inputs"), Error);
+  CHECK_THROWS_WITH_AS(foreach_axpby_({y}, {zeros({2})}, 1, 1), doctest::Contains("input 0 must have its output's shape [3, 4]"), Error);
+}

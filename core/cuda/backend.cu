@@ -297,7 +297,8 @@ class CudaBackend final : public DeviceBackend {
   static void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
     LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
   }
-  // Makes the device current for a kernel-table call and, while the profiler is on, brackets it with events.
+  // Makes the device current for a kernel-table call and, while the profiler is on, brackets it with events
+  // (the profiler records the calls of the thread that runs the step: data loaders only build CPU batches).
   class OpScope {
    public:
     OpScope(CudaBackend& b, const char* op, const char* suffix = "") : b_(b), guard_(b.index_) {
