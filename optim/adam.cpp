@@ -132,10 +132,7 @@ void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {
   const Strategy& st = opt_.strategy;
   AdamStep a = step_args(s, g);
   Tensor vmax = opt_.amsgrad ? s.slot("max_exp_avg_sq") : Tensor();
-  if (on_device_kernel(s)) {
-    device_backend(s.param.device()).adam_step({{s.param, grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, a}});
-    return;
-  }
+  // (update_all batches the parameters the device kernel takes; the rest come here.)
   if (!opt_.fused || !s.param.device().is_cpu()) {
     if (Tensor u = adam_tensors(s, grad, vmax, a, st.per_tensor_lr); u.defined()) step_along(s, u, st, g.lr);
     return;

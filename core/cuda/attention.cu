@@ -265,17 +265,28 @@ struct BackwardArgs {
   static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
 };
 
+// The forward kernels' arguments as pointers.
+template <class T>
+struct ForwardArgs {
+  const T *q, *k, *v, *valid;
+  T *out, *lse;
+  cudaStream_t stream;
+  ForwardArgs(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_, const Tensor& out_,
+              const Tensor& lse_)
+      : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr),
+        out(static_cast<T*>(out_.device_data())), lse(static_cast<T*>(lse_.device_data())), stream(stream_of(out_)) {}
+  static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
+};
+
 template <class T, int kD>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
   int R = tile_rows<T>();
+  ForwardArgs<T> p(q, k, v, valid, out, lse);
   size_t smem = size_t(2 * R * (kD + 1)) * sizeof(T);
   allow_shared(attention_forward_kernel<T, kD>, smem);
   dim3 grid(unsigned((a.Tq + R - 1) / R), unsigned(a.BH));
-  attention_forward_kernel<T, kD><<<grid, R, smem, stream_of(out)>>>(
-      static_cast<const T*>(q.device_data()), static_cast<const T*>(k.device_data()),
-      static_cast<const T*>(v.device_data()), valid.defined() ? static_cast<const T*>(valid.device_data()) : nullptr,
-      static_cast<T*>(out.device_data()), static_cast<T*>(lse.device_data()), a);
+  attention_forward_kernel<T, kD><<<grid, R, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a);
 }
 
 template <class T, int kD>
@@ -595,13 +606,11 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
 template <class H, int kD>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
+  ForwardArgs<float> p(q, k, v, valid, out, lse);
   size_t smem = shared_bytes<kD>(3, 1, 1, 1);
   allow_shared(forward_kernel<H, kD>, smem);
   dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
-  forward_kernel<H, kD><<<grid, kBlock, smem, stream_of(out)>>>(
-      static_cast<const float*>(q.device_data()), static_cast<const float*>(k.device_data()),
-      static_cast<const float*>(v.device_data()), valid.defined() ? static_cast<const float*>(valid.device_data()) : nullptr,
-      static_cast<float*>(out.device_data()), static_cast<float*>(lse.device_data()), a);
+  forward_kernel<H, kD><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a);
 }
 
 template <class H, int kD>

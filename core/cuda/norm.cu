@@ -12,9 +12,11 @@ namespace {
 constexpr int64_t kRowChunk = 128;  // rows per partial column sum in the affine backward
 
 // A row's mean (0 when not `center`: RMS norm) and 1/sqrt(mean squared deviation + eps), by two block sums (the
-// mean, then the squared deviations from it: exact enough in double, and the row stays in L1/L2).
+// mean, then the squared deviations from it: exact enough in double, and the row stays in L1/L2). Thread 0 also
+// saves them for the backward at saved_mean / saved_rstd.
 template <class T>
-__device__ void row_stats(const T* xr, int64_t len, bool center, double eps, T* mean, T* rstd) {
+__device__ void row_stats(const T* xr, int64_t len, bool center, double eps, T* mean, T* rstd, T* saved_mean,
+                          T* saved_rstd) {
   double s = 0;
   if (center)
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += double(xr[i]);
@@ -26,6 +28,10 @@ __device__ void row_stats(const T* xr, int64_t len, bool center, double eps, T* 
   }
   *mean = m;
   *rstd = T(1.0 / sqrt(block_sum(ss) / double(len) + eps));
+  if (threadIdx.x == 0) {
+    *saved_mean = *mean;
+    *saved_rstd = *rstd;
+  }
 }
 
 template <class T>
@@ -35,11 +41,7 @@ __global__ void norm_forward_kernel(const T* x, const T* w, const T* b, T* y, T*
     const T* xr = x + r * len;
     T* yr = y + r * len;
     T m, rs;
-    row_stats(xr, len, center, eps, &m, &rs);
-    if (threadIdx.x == 0) {
-      mean[r] = m;
-      rstd[r] = rs;
-    }
+    row_stats(xr, len, center, eps, &m, &rs, mean + r, rstd + r);
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
       T v = (xr[i] - m) * rs;
       if (w) v = v * w[i];
@@ -103,11 +105,7 @@ __global__ void group_norm_forward_kernel(const T* x, const T* w, const T* b, T*
     const T* xr = x + r * len;
     T* yr = y + r * len;
     T m, rs;
-    row_stats(xr, len, true, eps, &m, &rs);
-    if (threadIdx.x == 0) {
-      mean[r] = m;
-      rstd[r] = rs;
-    }
+    row_stats(xr, len, true, eps, &m, &rs, mean + r, rstd + r);
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
       int64_t c = (r % G) * cpg + i / S;
       T z = (xr[i] - m) * (rs * (w ? w[c] : T(1))) + (b ? b[c] : T(0));
