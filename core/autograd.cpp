@@ -33,22 +33,46 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-void record(const char* name, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn) {
-  if (!needs_grad(inputs)) return;
+namespace {
+std::shared_ptr<Node> make_node(const char* name, const std::vector<Tensor>& inputs) {
   auto node = std::make_shared<Node>();
   node->name = name;
   node->next.reserve(inputs.size());
   for (auto& t : inputs) {
     Edge e;
     if (t.defined() && t.requires_grad()) {
-      if (t.grad_fn()) e.node = t.grad_fn();
-      else e.leaf = t.impl_ptr();
+      if (t.grad_fn()) {
+        e.node = t.grad_fn();
+        e.output_nr = t.impl()->output_nr;
+      } else {
+        e.leaf = t.impl_ptr();
+      }
     }
     node->next.push_back(std::move(e));
   }
+  return node;
+}
+}  // namespace
+
+void record(const char* name, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn) {
+  if (!needs_grad(inputs)) return;
+  auto node = make_node(name, inputs);
   node->backward = std::move(fn);
   out.impl()->requires_grad = true;
   out.impl()->grad_fn = std::move(node);
+  out.impl()->output_nr = 0;
+}
+
+void record_multi(const char* name, std::vector<Tensor>& outs, const std::vector<Tensor>& inputs, MultiBackwardFn fn) {
+  if (!needs_grad(inputs)) return;
+  auto node = make_node(name, inputs);
+  node->backward_multi = std::move(fn);
+  node->n_outputs = int(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    outs[i].impl()->requires_grad = true;
+    outs[i].impl()->grad_fn = node;
+    outs[i].impl()->output_nr = int(i);
+  }
 }
 
 namespace {
@@ -114,24 +138,31 @@ void run_backward(const Tensor& root, const Tensor& grad) {
     accumulate_leaf(root.impl(), g);
     return;
   }
-  std::unordered_map<Node*, Tensor> grads;
-  grads[root.grad_fn().get()] = g;
+  // The gradients arrived so far for each node's outputs (a vector of one for most nodes).
+  std::unordered_map<Node*, std::vector<Tensor>> grads;
+  auto slot = [&](Node* n, int output_nr) -> Tensor& {
+    std::vector<Tensor>& v = grads[n];
+    if (v.empty()) v.resize(size_t(n->n_outputs));
+    return v[size_t(output_nr)];
+  };
+  slot(root.grad_fn().get(), root.impl()->output_nr) = g;
   for (Node* n : topo_order(root.grad_fn().get())) {
     auto it = grads.find(n);
     if (it == grads.end()) continue;
-    Tensor gout = std::move(it->second);
+    std::vector<Tensor> gout = std::move(it->second);
     grads.erase(it);
     LD_CHECK(!n->released, n->name, " backward: trying to backward through the graph a second time "
              "(saved tensors were freed after the first backward)");
-    std::vector<Tensor> gin = n->backward(gout);
+    std::vector<Tensor> gin = n->n_outputs > 1 ? n->backward_multi(gout) : n->backward(gout[0]);
     n->backward = nullptr;  // frees the saved tensors captured by the closure
+    n->backward_multi = nullptr;
     n->released = true;
     LD_CHECK(gin.size() == n->next.size(), n->name, " backward: returned ", gin.size(),
              " gradients for ", n->next.size(), " inputs");
     for (size_t i = 0; i < gin.size(); ++i) {
       const Edge& e = n->next[i];
       if (!gin[i].defined()) continue;
-      if (e.node) accumulate(grads[e.node.get()], gin[i]);
+      if (e.node) accumulate(slot(e.node.get(), e.output_nr), gin[i]);
       else if (e.leaf) accumulate_leaf(e.leaf.get(), gin[i]);
     }
   }

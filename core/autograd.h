@@ -1,7 +1,7 @@
 #pragma once
 // Define-by-run autograd. Every differentiable op that sees an input requiring grad records one
-// Node for its (single) output: the edges to its inputs' nodes (or leaves), and a backward
-// closure written right beside the op's forward. `backward()` walks the graph in reverse
+// Node for its output (or, for split/unbind, one Node for all its outputs): the edges to its inputs'
+// nodes (or leaves), and a backward closure written right beside the op's forward. `backward()` walks the graph in reverse
 // topological order and frees each node's saved tensors as soon as the node has run.
 #include <functional>
 #include <memory>
@@ -40,16 +40,22 @@ class SavedTensor {
 // Gradients w.r.t. each input, given the gradient of the output. An undefined Tensor means "no
 // gradient for this input".
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
+// The same for an op with several outputs: one gradient per output, undefined for an output that
+// received none (its consumers did not need it).
+using MultiBackwardFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& grad_outs)>;
 
 struct Edge {
   std::shared_ptr<Node> node;        // the input's grad_fn, or
   std::shared_ptr<TensorImpl> leaf;  // the input itself when it is a leaf that requires grad
+  int output_nr = 0;                 // which of node's outputs the input is
 };
 
 struct Node {
   const char* name = "";
   std::vector<Edge> next;  // one per input, in the op's argument order
-  BackwardFn backward;
+  BackwardFn backward;     // single-output nodes
+  MultiBackwardFn backward_multi;  // multi-output nodes (n_outputs > 1)
+  int n_outputs = 1;
   bool released = false;   // backward has run and freed the saved tensors
 };
 
@@ -64,6 +70,10 @@ inline bool needs_grad(const std::vector<Tensor>& inputs) {
 // Attaches a node to `out` when an input requires grad. `inputs` are in the order the backward
 // function returns gradients.
 void record(const char* name, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn fn);
+
+// One node for all of `outs` (why: split's pieces then come back in one concatenation, not as one
+// zero-filled full-size gradient per piece summed up).
+void record_multi(const char* name, std::vector<Tensor>& outs, const std::vector<Tensor>& inputs, MultiBackwardFn fn);
 
 // Runs backpropagation from `root` with incoming gradient `grad`.
 void run_backward(const Tensor& root, const Tensor& grad);

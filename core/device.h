@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/allocator.h"
+#include "core/host_device.h"
 #include "core/tensor.h"
 
 namespace liandan {
@@ -49,8 +50,18 @@ struct AmosStepArgs {
   double beta, epsilon, c_coef, d_coef, finetune_rate, momentum, clip_value;
 };
 
+// Where row i of head bh (= b·H + h) of an attention operand starts, in elements from its data pointer: a
+// [B, H, T, D] tensor with any strides on B, H and T and a contiguous last dim — the heads split out of a fused
+// QKV projection, or an output laid out [B, T, H, D] so that the head merge is a view — or a contiguous tensor
+// with its leading dims flattened (heads = BH, sh = T·D).
+struct HeadRows {
+  int64_t sb = 0, sh = 0, st = 0, heads = 1;
+  LD_HOST_DEVICE int64_t at(int64_t bh, int64_t i) const { return (bh / heads) * sb + (bh % heads) * sh + i * st; }
+};
+HeadRows head_rows(const Tensor& t);  // (core/ops/attention.cpp) t in one of the two layouts above
+
 // The geometry of one fused attention call: BH = batch·heads rows of [Tq, D] queries, [Tk, D] keys and
-// [Tk, Dv] values (contiguous); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
+// [Tk, Dv] values (laid out as HeadRows); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
 // autocast: bf16 or f16 when autocast is on — the GEMMs take that format with f32 accumulation (tensor cores).
 struct AttentionShape {
   int64_t BH, Tq, Tk, D, Dv, heads;

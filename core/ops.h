@@ -7,7 +7,7 @@
 //   softmax.cpp      softmax, log_softmax
 //   norm.cpp         layer_norm, rms_norm, group_norm (+ fused SiLU)
 //   index.cpp        embedding, index_select, gather, scatter_add
-//   shape.cpp        cat, stack, split, pad, and the autograd of views
+//   shape.cpp        cat, stack, split, unbind, pad, and the autograd of views
 //   conv.cpp         conv2d, avg_pool2d, upsample_nearest2d
 //   rope.cpp         rotary position embedding, 1-D and 2-D tables (declared in core/ops/rope.h)
 //   attention.cpp    fused softmax attention, linear attention (declared in core/ops/attention.h)
@@ -121,6 +121,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+std::vector<Tensor> unbind(const Tensor& x, int64_t dim);  // the slices along dim (views), dim removed
 // F.pad: `pads` = (left, right) pairs starting from the last dim; constant value.
 Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0.0);
 

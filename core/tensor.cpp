@@ -306,6 +306,7 @@ Tensor Tensor::detach() const {
   impl->requires_grad = false;
   impl->grad = nullptr;
   impl->grad_fn = nullptr;
+  impl->output_nr = 0;
   return Tensor(std::move(impl));
 }
 

@@ -40,6 +40,7 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;
   std::shared_ptr<Node> grad_fn;  // null for leaves
+  int output_nr = 0;              // which output of grad_fn this is (multi-output ops)
 };
 
 struct TensorOptions {

@@ -51,11 +51,12 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
   Tensor w = cat({q_proj->weight, k_proj->weight, v_proj->weight}, 0);
   Tensor qkv = matmul(x, w.t());
   if (config.bias) qkv = add(qkv, cat({q_proj->bias, k_proj->bias, v_proj->bias}, 0));
-  qkv = qkv.view({B, T, 3, n_heads, head_dim});
-  auto heads = [&](int64_t i) { return qkv.select(2, i).permute({0, 2, 1, 3}); };
-  q = heads(0);
-  k = heads(1);
-  v = heads(2);
+  // q, k, v: [B, H, T, Dh] views of qkv (the attention kernels read them in place); unbind gives the three one
+  // autograd node, so their gradients come back as one [B, T, 3, H, Dh] stack.
+  std::vector<Tensor> parts = unbind(qkv.view({B, T, 3, n_heads, head_dim}), 2);
+  q = parts[0].permute({0, 2, 1, 3});
+  k = parts[1].permute({0, 2, 1, 3});
+  v = parts[2].permute({0, 2, 1, 3});
   cos = in.cos;
   sin = in.sin;
   if (!cos.defined()) {

@@ -97,6 +97,39 @@ TEST_CASE("softmax attention: gradcheck with causal + padding masks, non-contigu
   CHECK(r.ok);
 }
 
+TEST_CASE("softmax attention reads heads split out of a fused QKV in place and writes [B, T, H, D] rows") {
+  Generator gen(21);
+  const int64_t B = 2, T = 5, H = 3, D = 4;
+  auto heads = [](const Tensor& qkv) {
+    std::vector<Tensor> p = unbind(qkv, 2);
+    return std::vector<Tensor>{p[0].permute({0, 2, 1, 3}), p[1].permute({0, 2, 1, 3}), p[2].permute({0, 2, 1, 3})};
+  };
+  Tensor qkv = randn({B, T, 3, H, D}, gen, DType::f64);
+  std::vector<Tensor> h = heads(qkv);
+  AttentionOptions opt{.causal = true};
+  Tensor out = scaled_dot_product_attention(h[0], h[1], h[2], opt);
+  Tensor ref = scaled_dot_product_attention(h[0].contiguous(), h[1].contiguous(), h[2].contiguous(), opt);
+  check_close(out, ref, 1e-14);
+  CHECK(out.permute({0, 2, 1, 3}).is_contiguous());  // the head merge [B, T, H·D] is a view
+  // gradients through the views, a KV-cache step (one query row) and keys/values broadcast over the heads
+  auto r = gradcheck([&](const std::vector<Tensor>& in) {
+    std::vector<Tensor> p = heads(in[0]);
+    return scaled_dot_product_attention(p[0], p[1], p[2], opt);
+  }, {qkv.detach().requires_grad_()});
+  INFO(r.message);
+  CHECK(r.ok);
+  Tensor q1 = randn({B, 1, H, D}, gen, DType::f64).permute({0, 2, 1, 3});
+  Tensor k1 = randn({B, 1, T, D}, gen, DType::f64), v1 = randn({B, 1, T, 2}, gen, DType::f64);
+  auto r1 = gradcheck([&](const std::vector<Tensor>& in) {
+    return scaled_dot_product_attention(in[0], in[1].expand({B, H, T, D}), in[2].expand({B, H, T, 2}), opt);
+  }, {q1.requires_grad_(), k1.requires_grad_(), v1.requires_grad_()});
+  INFO(r1.message);
+  CHECK(r1.ok);
+  check_close(scaled_dot_product_attention(q1, k1.expand({B, H, T, D}), v1.expand({B, H, T, 2}), opt),
+              scaled_dot_product_attention(q1.contiguous(), k1.expand({B, H, T, D}).contiguous(),
+                                           v1.expand({B, H, T, 2}).contiguous(), opt), 1e-14);
+}
+
 TEST_CASE("softmax attention: a query that sees no key outputs zeros, not NaN") {
   Tensor q = ones({1, 1, 2, 4}, DType::f64), k = ones({1, 1, 2, 4}, DType::f64), v = ones({1, 1, 2, 2}, DType::f64);
   AttentionOptions opt;

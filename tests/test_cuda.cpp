@@ -657,6 +657,50 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
   }
 }
 
+TEST_CASE("cuda: a RoFormer LM training step's kernel calls: no activation-sized copies around attention" *
+          doctest::skip(!kGpu)) {
+  // Counted on a steady-state step (the second), f32 and bf16 autocast, with the op profiler. The head split of
+  // the fused QKV projection and the head merge of the attention output are views the attention kernels read and
+  // write in place; the copies that remain are counted here so that a new one fails a test, not a benchmark.
+  nn::RoFormerLMConfig cfg{.vocab_size = 32, .d_model = 32, .n_layers = 2, .n_heads = 2, .d_ff = 64};
+  Generator g1(11), data(12);
+  nn::RoFormerLM lm(cfg, g1);
+  lm.to(kCuda);
+  Tensor tokens = randint(0, 32, {4, 17}, data).to(kCuda);
+  optim::AdamW opt(lm.named_parameters(), {.lr = 3e-3});
+  for (DType precision : {DType::f32, DType::bf16}) {
+    CAPTURE(dtype_name(precision));
+    std::vector<OpTime> prof;
+    for (int step = 0; step < 2; ++step) {
+      if (step == 1) cuda::profile_start();
+      opt.zero_grad();
+      {
+        Autocast ac(precision);
+        Tensor l = lm.loss(tokens);
+        l.backward();
+      }
+      opt.step();
+      if (step == 1) prof = cuda::profile_stop();
+    }
+    auto calls = [&](const std::string& op) {
+      for (const OpTime& o : prof)
+        if (o.op == op) return o.calls;
+      return int64_t(0);
+    };
+    INFO(cuda::profile_table(prof));
+    CHECK(calls("attention_forward") == 2);
+    CHECK(calls("attention_backward") == 2);
+    // Before: 49 copies (f32), 112 (bf16), 7 fills, 21 adds — a zero-filled [B, T, 3, H, D] gradient per q/k/v
+    // head summed up, copies of v, of the head merge and of the output gradient in every layer. Now per layer one
+    // stack of the three head gradients (3 copies), the QKV weights' cat (6, parameter-sized) and the weight
+    // gradients' split views cloned into .grad; the rest are the embedding's and the loss's index tensors, and
+    // under autocast the GEMMs' operand casts (f32 → bf16, and back for the gradients).
+    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 43 : 106));
+    CHECK(calls("fill") <= 1);
+    CHECK(calls("add") <= 17);
+  }
+}
+
 TEST_CASE("cuda: where, max/min with indices, cumsum, logsumexp and scatter_add match the CPU" * doctest::skip(!kGpu)) {
   for (DType dt : {DType::f32, DType::f64}) {
     CAPTURE(std::string(dtype_name(dt)));
@@ -715,7 +759,7 @@ namespace {
 // One attention comparison: q, k, v of the case's shapes (dtype dt), causal and/or a key mask (batch 0 keeps a
 // prefix of the keys; the last batch sees none, so its rows give 0), the op run on both sides under `half`
 // autocast (f32: none).
-struct AttentionCase { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask; };
+struct AttentionCase { int64_t B, H, Tq, Tk, D, Dv; bool causal, mask, fused_qkv = false; };
 
 void check_attention_on_gpu(const AttentionCase& c, DType dt, DType half, uint64_t seed, double tolerance,
                             double grad_tolerance = -1) {
@@ -732,6 +776,20 @@ void check_attention_on_gpu(const AttentionCase& c, DType dt, DType half, uint64
     for (int64_t j = 0; j < c.Tk / 2; ++j) m[size_t(j)] = 1.0;
     opt.key_valid = from_vector(m, {c.B, c.Tk});
   }
+  if (c.fused_qkv) {  // q, k, v: strided [B, H, T, D] views of one [B, T, 3, H, D] tensor (a fused projection)
+    REQUIRE((c.Tq == c.Tk && c.D == c.Dv));
+    check_op_on_gpu({randn({c.B, c.Tq, 3, c.H, c.D}, g, dt)}, [&](auto& t) {
+      AttentionOptions o = opt;
+      if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
+      std::vector<Tensor> p = unbind(t[0], 2);
+      Autocast ac(half);
+      Tensor out = scaled_dot_product_attention(p[0].permute({0, 2, 1, 3}), p[1].permute({0, 2, 1, 3}),
+                                                p[2].permute({0, 2, 1, 3}), o);
+      if (!out.device().is_cpu()) CHECK(out.permute({0, 2, 1, 3}).is_contiguous());  // written as [B, T, H, D] rows
+      return out;
+    }, tolerance, grad_tolerance);
+    return;
+  }
   check_op_on_gpu({q, k, v}, [&](auto& t) {
     AttentionOptions o = opt;
     if (o.key_valid.defined()) o.key_valid = o.key_valid.to(t[0].device());
@@ -746,7 +804,8 @@ TEST_CASE("cuda: fused (flash-style) attention matches the CPU kernel: masks, KV
   for (DType dt : {DType::f32, DType::f64})
     for (AttentionCase c : {AttentionCase{2, 3, 33, 33, 16, 16, true, false}, AttentionCase{2, 2, 20, 70, 64, 64, true, false},
                             AttentionCase{2, 2, 70, 70, 100, 40, false, true}, AttentionCase{1, 2, 300, 300, 64, 64, true, true},
-                            AttentionCase{1, 1, 9, 9, 160, 8, true, false}})  // D 160 > 128: the composite
+                            AttentionCase{1, 1, 9, 9, 160, 8, true, false},  // D 160 > 128: the composite
+                            AttentionCase{2, 3, 40, 40, 32, 32, true, true, true}})
       check_attention_on_gpu(c, dt, DType::f32, 46, dt == DType::f64 ? 1e-11 : 2e-5);
 }
 
@@ -757,7 +816,8 @@ TEST_CASE("cuda: under bf16 / f16 autocast, the tensor-core attention kernel fol
   // GPU (bf16): outputs ≤ 2.8e-3, gradients ≤ 6.1e-3 of their scale.
   for (DType half : {DType::bf16, DType::f16})
     for (AttentionCase c : {AttentionCase{2, 3, 33, 33, 16, 16, true, false}, AttentionCase{2, 2, 20, 70, 64, 64, true, false},
-                            AttentionCase{2, 2, 70, 70, 100, 40, false, true}, AttentionCase{1, 2, 150, 150, 64, 64, true, true}})
+                            AttentionCase{2, 2, 70, 70, 100, 40, false, true}, AttentionCase{1, 2, 150, 150, 64, 64, true, true},
+                            AttentionCase{2, 3, 70, 70, 32, 32, true, true, true}})
       check_attention_on_gpu(c, DType::f32, half, 47, 5e-3, 1.5e-2);
 }
 

@@ -322,6 +322,48 @@ TEST_CASE("split gradcheck: sizes and split_size, each piece used differently") 
   CHECK(y.grad().to_vector() == std::vector<double>{0, 0, 0, 0, 0, 0, 1, 1});
 }
 
+TEST_CASE("split and unbind: one autograd node for all pieces; a piece can be the root of backward") {
+  Generator gen(13);
+  Tensor y = rnd({4, 3}, gen);
+  auto p = split(y, 2, 0);
+  CHECK(p[0].grad_fn() == p[1].grad_fn());
+  CHECK(p[0].grad_fn()->n_outputs == 2);
+  // backward from piece 1 itself (not through an op): the gradient lands in rows 2..3 only
+  p[1].backward(full({2, 3}, 2.0, DType::f64));
+  CHECK(y.grad().to_vector() == std::vector<double>{0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2});
+  // pieces of pieces: the inner node's outputs feed the outer node's two outputs
+  Tensor z = rnd({6}, gen);
+  auto outer = split(z, 3, 0);
+  auto inner = split(outer[1], 1, 0);
+  (inner[2] * 5.0 + outer[0].sum() + inner[0] * 2.0).sum().backward();
+  CHECK(z.grad().to_vector() == std::vector<double>{1, 1, 1, 2, 0, 5});
+}
+
+TEST_CASE("unbind: views along dim, gradcheck with pieces unused or used twice") {
+  Generator gen(14);
+  Tensor x = iota({2, 3, 4});
+  auto u = unbind(x, 1);
+  REQUIRE(u.size() == 3);
+  CHECK(u[1].shape() == Shape{2, 4});
+  CHECK(u[1].to_vector() == std::vector<double>{4, 5, 6, 7, 16, 17, 18, 19});
+  for (auto& t : u) CHECK(same_storage(t, x));
+  CHECK(unbind(x, -1).size() == 4);
+  CHECK(unbind(zeros({0, 2}), 0).empty());
+  for (auto& [name, t] : layouts({3, 2, 4}, gen)) {
+    CAPTURE(name);
+    LD_GRADCHECK([](const std::vector<Tensor>& in) {
+      auto q = unbind(in[0], 0);
+      return q[0] * q[2] + q[2];  // q[1] unused: zeros; q[2] used twice: summed
+    }, {t});
+    LD_GRADCHECK([](const std::vector<Tensor>& in) {
+      auto q = unbind(in[0], 2);
+      return stack({exp(q[3]), q[1] * -1.5}, 0);
+    }, {t});
+  }
+  std::string e = error_of([] { unbind(zeros({2}), 1); });
+  CHECK(e.find("unbind") != std::string::npos);
+}
+
 // ------------------------------------------------------------------------------- pad
 
 TEST_CASE("pad: hand-computed values for 1, 2 and 3 padded dims") {

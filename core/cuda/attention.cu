@@ -6,7 +6,9 @@
 //   p = exp(scale·q·k − lse),  dv_j += p·dO_i,  ds = p·(dO_i·v_j − Di),  dk_j += scale·ds·q_i,  dq_i += scale·ds·k_j
 // computed twice without atomics: one kernel owns key rows (dk, dv), the other query rows (dq), so results
 // are deterministic. Masks: causal (key j visible from query i iff j ≤ Tk − Tq + i, the KV-cache offset) and
-// key_valid [B, Tk]. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
+// key_valid [B, Tk]. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
+// of [B, H, T, D] (the heads of a fused QKV projection), O, dQ, dK, dV are written as [B, T, H, D] rows, so no
+// head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
 // composite). The arithmetic is plain f32/f64 FMA, not tensor cores: fast in memory, not yet in FLOPs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,31 +34,36 @@ template <class T> __device__ T dev_log(T x) {
 }
 template <class T> __device__ T pos_inf() { return T(INFINITY); }
 
+// The row layouts of a call's operands (HeadRows): inputs q, k, v, dO; outputs O, dQ, dK, dV.
+struct Rows {
+  HeadRows q, k, v, o, g, dq, dk, dv;
+};
+
 template <class T>
 __device__ bool visible(const AttentionShape& a, int64_t i, int64_t j, const T* valid_row) {
   if (a.causal && j > a.Tk - a.Tq + i) return false;
   return !valid_row || valid_row[j] != T(0);
 }
 
-// Stages `rows` rows of `width` elements (row `first` on, zero past `total` rows or `width`) into a
+// Stages `rows` rows of `width` elements, `ld` apart (row `first` on, zero past `total` rows or `width`) into a
 // [rows][kD + 1] shared tile; the +1 keeps a thread reading its own row free of bank conflicts.
 template <class T, int kD>
-__device__ void load_rows(T* dst, const T* src, int64_t first, int64_t total, int64_t width, int rows) {
+__device__ void load_rows(T* dst, const T* src, int64_t ld, int64_t first, int64_t total, int64_t width, int rows) {
   for (int t = threadIdx.x; t < rows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
     int64_t row = first + r;
-    dst[r * (kD + 1) + c] = (row < total && c < width) ? src[row * width + c] : T(0);
+    dst[r * (kD + 1) + c] = (row < total && c < width) ? src[row * ld + c] : T(0);
   }
 }
 
 // The next tile of two row sets (keys and values, or queries and output gradients), between barriers: the
 // first lets every thread finish with the previous tile, the second publishes this one.
 template <class T, int kD>
-__device__ void load_tile_pair(T* a_dst, const T* a_src, T* b_dst, const T* b_src, int64_t first, int64_t total,
-                               int64_t a_width, int64_t b_width, int rows) {
+__device__ void load_tile_pair(T* a_dst, const T* a_src, int64_t a_ld, T* b_dst, const T* b_src, int64_t b_ld,
+                               int64_t first, int64_t total, int64_t a_width, int64_t b_width, int rows) {
   __syncthreads();
-  load_rows<T, kD>(a_dst, a_src, first, total, a_width, rows);
-  load_rows<T, kD>(b_dst, b_src, first, total, b_width, rows);
+  load_rows<T, kD>(a_dst, a_src, a_ld, first, total, a_width, rows);
+  load_rows<T, kD>(b_dst, b_src, b_ld, first, total, b_width, rows);
   __syncthreads();
 }
 
@@ -68,26 +75,26 @@ __device__ int64_t key_end(const AttentionShape& a, int R) {
 
 template <class T, int kD>
 __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, const T* valid, T* out, T* lse,
-                                         AttentionShape a) {
+                                         AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   const int R = blockDim.x;
   T* ks = reinterpret_cast<T*>(smem);
   T* vs = ks + R * (kD + 1);
   int64_t bh = blockIdx.y;
-  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv;
+  const T *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   int64_t i = int64_t(blockIdx.x) * R + threadIdx.x;
   bool active = i < a.Tq;
   T qr[kD], acc[kD];
 #pragma unroll
   for (int d = 0; d < kD; ++d) {
-    qr[d] = (active && d < a.D) ? qb[i * a.D + d] : T(0);
+    qr[d] = (active && d < a.D) ? qb[i * L.q.st + d] : T(0);
     acc[d] = 0;
   }
   T m = -pos_inf<T>(), l = 0;
   int64_t kend = key_end(a, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
-    load_tile_pair<T, kD>(ks, kb, vs, vb, j0, a.Tk, a.D, a.Dv, R);
+    load_tile_pair<T, kD>(ks, kb, L.k.st, vs, vb, L.v.st, j0, a.Tk, a.D, a.Dv, R);
     if (!active) continue;
     int jn = int(min(int64_t(R), kend - j0));
     for (int jj = 0; jj < jn; ++jj) {
@@ -107,7 +114,7 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
     }
   }
   if (!active) return;
-  T* o = out + (bh * a.Tq + i) * a.Dv;
+  T* o = out + L.o.at(bh, i);
   T inv = l > 0 ? T(1) / l : T(0);
   // Register arrays are indexed with compile-time constants only (unrolled), or they move to local memory.
 #pragma unroll
@@ -116,12 +123,13 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   lse[bh * a.Tq + i] = l > 0 ? m + dev_log(l) : pos_inf<T>();
 }
 
-// Di = Σ_d dO[i, d]·O[i, d], one thread per query row.
+// Di = Σ_d dO[i, d]·O[i, d], one thread per query row (r = bh·Tq + i).
 template <class T>
-__global__ void attention_di_kernel(const T* g, const T* o, T* di, int64_t rows, int64_t Dv) {
+__global__ void attention_di_kernel(const T* g, const T* o, T* di, int64_t rows, int64_t Tq, int64_t Dv, Rows L) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+    const T *gr = g + L.g.at(r / Tq, r % Tq), *orow = o + L.o.at(r / Tq, r % Tq);
     T s = 0;
-    for (int64_t d = 0; d < Dv; ++d) s += g[r * Dv + d] * o[r * Dv + d];
+    for (int64_t d = 0; d < Dv; ++d) s += gr[d] * orow[d];
     di[r] = s;
   }
 }
@@ -129,7 +137,7 @@ __global__ void attention_di_kernel(const T* g, const T* o, T* di, int64_t rows,
 // dk, dv: a block owns R key rows (one thread each, rows staged in shared memory) and walks the query tiles.
 template <class T, int kD>
 __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T* valid, const T* lse, const T* di,
-                                     const T* g, T* dk, T* dv, AttentionShape a) {
+                                     const T* g, T* dk, T* dv, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   const int R = blockDim.x;
   T* kown = reinterpret_cast<T*>(smem);
@@ -139,13 +147,12 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
   T* ls = gs + R * (kD + 1);
   T* ds_ = ls + R;
   int64_t bh = blockIdx.y;
-  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
-          *gb = g + bh * a.Tq * a.Dv;
+  const T *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   int64_t jfirst = int64_t(blockIdx.x) * R, j = jfirst + threadIdx.x;
   bool key_ok = j < a.Tk && (!vrow || vrow[j] != 0);
-  load_rows<T, kD>(kown, kb, jfirst, a.Tk, a.D, R);
-  load_rows<T, kD>(vown, vb, jfirst, a.Tk, a.Dv, R);
+  load_rows<T, kD>(kown, kb, L.k.st, jfirst, a.Tk, a.D, R);
+  load_rows<T, kD>(vown, vb, L.v.st, jfirst, a.Tk, a.Dv, R);
   T dka[kD], dva[kD];
 #pragma unroll
   for (int d = 0; d < kD; ++d) dka[d] = dva[d] = 0;
@@ -155,8 +162,8 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
   int64_t istart = a.causal ? max(int64_t(0), jfirst - (a.Tk - a.Tq)) : 0;
   for (int64_t i0 = istart; i0 < a.Tq; i0 += R) {
     __syncthreads();
-    load_rows<T, kD>(qs, qb, i0, a.Tq, a.D, R);
-    load_rows<T, kD>(gs, gb, i0, a.Tq, a.Dv, R);
+    load_rows<T, kD>(qs, qb, L.q.st, i0, a.Tq, a.D, R);
+    load_rows<T, kD>(gs, gb, L.g.st, i0, a.Tq, a.Dv, R);
     int64_t it = i0 + threadIdx.x;
     ls[threadIdx.x] = it < a.Tq ? lse[bh * a.Tq + it] : pos_inf<T>();
     ds_[threadIdx.x] = it < a.Tq ? di[bh * a.Tq + it] : T(0);
@@ -165,8 +172,8 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
     int in = int(min(int64_t(R), a.Tq - i0));
     for (int ii = 0; ii < in; ++ii) {
       if (a.causal && j > a.Tk - a.Tq + i0 + ii) continue;
-      T L = ls[ii];
-      if (L == pos_inf<T>()) continue;  // a row that sees nothing has p = 0
+      T lse_i = ls[ii];
+      if (lse_i == pos_inf<T>()) continue;  // a row that sees nothing has p = 0
       const T *qr = qs + ii * (kD + 1), *gr = gs + ii * (kD + 1);
       T s = 0, dp = 0;
 #pragma unroll
@@ -174,7 +181,7 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
         s += qr[d] * kr[d];
         dp += gr[d] * vr[d];
       }
-      T p = dev_exp(s * T(a.scale) - L), dsv = p * (dp - ds_[ii]);
+      T p = dev_exp(s * T(a.scale) - lse_i), dsv = p * (dp - ds_[ii]);
 #pragma unroll
       for (int d = 0; d < kD; ++d) {
         dva[d] += p * gr[d];
@@ -185,15 +192,15 @@ __global__ void attention_dkv_kernel(const T* q, const T* k, const T* v, const T
   if (j >= a.Tk) return;
 #pragma unroll
   for (int d = 0; d < kD; ++d) {
-    if (d < a.D) dk[(bh * a.Tk + j) * a.D + d] = dka[d] * T(a.scale);
-    if (d < a.Dv) dv[(bh * a.Tk + j) * a.Dv + d] = dva[d];
+    if (d < a.D) dk[L.dk.at(bh, j) + d] = dka[d] * T(a.scale);
+    if (d < a.Dv) dv[L.dv.at(bh, j) + d] = dva[d];
   }
 }
 
 // dq: a block owns R query rows (staged in shared memory) and walks the key tiles.
 template <class T, int kD>
 __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T* valid, const T* lse, const T* di,
-                                    const T* g, T* dq, AttentionShape a) {
+                                    const T* g, T* dq, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   const int R = blockDim.x;
   T* qown = reinterpret_cast<T*>(smem);
@@ -201,14 +208,13 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
   T* ks = gown + R * (kD + 1);
   T* vs = ks + R * (kD + 1);
   int64_t bh = blockIdx.y;
-  const T *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
-          *gb = g + bh * a.Tq * a.Dv;
+  const T *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const T* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   int64_t ifirst = int64_t(blockIdx.x) * R, i = ifirst + threadIdx.x;
   bool active = i < a.Tq;
-  load_rows<T, kD>(qown, qb, ifirst, a.Tq, a.D, R);
-  load_rows<T, kD>(gown, gb, ifirst, a.Tq, a.Dv, R);
-  T L = active ? lse[bh * a.Tq + i] : pos_inf<T>(), Di = active ? di[bh * a.Tq + i] : T(0);
+  load_rows<T, kD>(qown, qb, L.q.st, ifirst, a.Tq, a.D, R);
+  load_rows<T, kD>(gown, gb, L.g.st, ifirst, a.Tq, a.Dv, R);
+  T Lse = active ? lse[bh * a.Tq + i] : pos_inf<T>(), Di = active ? di[bh * a.Tq + i] : T(0);
   T dqa[kD];
 #pragma unroll
   for (int d = 0; d < kD; ++d) dqa[d] = 0;
@@ -216,8 +222,8 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
   const T* gr = gown + threadIdx.x * (kD + 1);
   int64_t kend = key_end(a, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
-    load_tile_pair<T, kD>(ks, kb, vs, vb, j0, a.Tk, a.D, a.Dv, R);
-    if (!active || L == pos_inf<T>()) continue;
+    load_tile_pair<T, kD>(ks, kb, L.k.st, vs, vb, L.v.st, j0, a.Tk, a.D, a.Dv, R);
+    if (!active || Lse == pos_inf<T>()) continue;
     int jn = int(min(int64_t(R), kend - j0));
     for (int jj = 0; jj < jn; ++jj) {
       if (!visible(a, i, j0 + jj, vrow)) continue;
@@ -228,7 +234,7 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
         s += qr[d] * kr[d];
         dp += gr[d] * vr[d];
       }
-      T dsv = dev_exp(s * T(a.scale) - L) * (dp - Di);
+      T dsv = dev_exp(s * T(a.scale) - Lse) * (dp - Di);
 #pragma unroll
       for (int d = 0; d < kD; ++d) dqa[d] += dsv * kr[d];
     }
@@ -236,7 +242,7 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
   if (!active) return;
 #pragma unroll
   for (int d = 0; d < kD; ++d)
-    if (d < a.D) dq[(bh * a.Tq + i) * a.D + d] = dqa[d] * T(a.scale);
+    if (d < a.D) dq[L.dq.at(bh, i) + d] = dqa[d] * T(a.scale);
 }
 
 // Rows per tile (= threads per block): 64, or 32 for f64 so that the largest tiles fit in shared memory.
@@ -254,13 +260,18 @@ struct BackwardArgs {
   const T *q, *k, *v, *valid, *lse, *g;
   Tensor di_buffer;
   T* di;
+  Rows L;
   cudaStream_t stream;
   BackwardArgs(const AttentionShape& a, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_,
-               const Tensor& out, const Tensor& lse_, const Tensor& g_)
+               const Tensor& out, const Tensor& lse_, const Tensor& g_, const Tensor& dq, const Tensor& dk,
+               const Tensor& dv)
       : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr), lse(ptr(lse_)),
         g(ptr(g_)), di_buffer(empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {q_.dtype(), q_.device()})),
-        di(static_cast<T*>(di_buffer.device_data())), stream(stream_of(g_)) {
-    attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr(out), di, a.BH * a.Tq, a.Dv);
+        di(static_cast<T*>(di_buffer.device_data())),
+        L{head_rows(q_), head_rows(k_), head_rows(v_), head_rows(out), head_rows(g_), head_rows(dq), head_rows(dk),
+          head_rows(dv)},
+        stream(stream_of(g_)) {
+    attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr(out), di, a.BH * a.Tq, a.Tq, a.Dv, L);
   }
   static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
 };
@@ -270,11 +281,13 @@ template <class T>
 struct ForwardArgs {
   const T *q, *k, *v, *valid;
   T *out, *lse;
+  Rows L;
   cudaStream_t stream;
   ForwardArgs(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_, const Tensor& out_,
               const Tensor& lse_)
       : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr),
-        out(static_cast<T*>(out_.device_data())), lse(static_cast<T*>(lse_.device_data())), stream(stream_of(out_)) {}
+        out(static_cast<T*>(out_.device_data())), lse(static_cast<T*>(lse_.device_data())),
+        L{head_rows(q_), head_rows(k_), head_rows(v_), head_rows(out_)}, stream(stream_of(out_)) {}
   static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
 };
 
@@ -286,7 +299,7 @@ void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, c
   size_t smem = size_t(2 * R * (kD + 1)) * sizeof(T);
   allow_shared(attention_forward_kernel<T, kD>, smem);
   dim3 grid(unsigned((a.Tq + R - 1) / R), unsigned(a.BH));
-  attention_forward_kernel<T, kD><<<grid, R, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a);
+  attention_forward_kernel<T, kD><<<grid, R, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
 }
 
 template <class T, int kD>
@@ -294,15 +307,16 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
   int R = tile_rows<T>();
-  BackwardArgs<T> p(a, q, k, v, valid, out, lse, g);
+  BackwardArgs<T> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   size_t smem_kv = size_t(4 * R * (kD + 1) + 2 * R) * sizeof(T);
   allow_shared(attention_dkv_kernel<T, kD>, smem_kv);
   attention_dkv_kernel<T, kD><<<dim3(unsigned((a.Tk + R - 1) / R), unsigned(a.BH)), R, smem_kv, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dk.device_data()), static_cast<T*>(dv.device_data()), a);
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dk.device_data()), static_cast<T*>(dv.device_data()), a,
+      p.L);
   size_t smem_q = size_t(4 * R * (kD + 1)) * sizeof(T);
   allow_shared(attention_dq_kernel<T, kD>, smem_q);
   attention_dq_kernel<T, kD><<<dim3(unsigned((a.Tq + R - 1) / R), unsigned(a.BH)), R, smem_q, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dq.device_data()), a);
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<T*>(dq.device_data()), a, p.L);
 }
 
 
@@ -341,13 +355,13 @@ template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, i
          square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
 }
 
-// rows × kD H tile from f32 rows of `width` (row `first` on; zero past `total` or `width`).
+// rows × kD H tile from f32 rows of `width`, `ld` apart (row `first` on; zero past `total` or `width`).
 template <class H, int kD>
-__device__ void stage(H* dst, const float* src, int64_t first, int64_t total, int64_t width) {
+__device__ void stage(H* dst, const float* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
     int64_t row = first + r;
-    dst[t] = to_half<H>((row < total && c < width) ? src[row * width + c] : 0.0f);
+    dst[t] = to_half<H>((row < total && c < width) ? src[row * ld + c] : 0.0f);
   }
 }
 
@@ -388,10 +402,11 @@ __device__ void gemm_acc(FragC (&acc)[kD / 16], const H* X, const H* Y) {
   }
 }
 
-// Writes a warp's accumulators (rows 16w.., × scale) through the f32 staging tile to global rows of `width`.
+// Writes a warp's accumulators (rows 16w.., × scale) through the f32 staging tile to global rows of `width`,
+// `ld` apart.
 template <int kD>
-__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, int64_t first, int64_t total,
-                           int64_t width, float scale) {
+__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, int64_t ld, int64_t first,
+                           int64_t total, int64_t width, float scale) {
   int w = threadIdx.x / 32;
 #pragma unroll
   for (int n = 0; n < kD / 16; ++n)
@@ -399,7 +414,7 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, 
   __syncthreads();
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
-    if (first + r < total && c < width) dst[(first + r) * width + c] = stage_f32[t] * scale;
+    if (first + r < total && c < width) dst[(first + r) * ld + c] = stage_f32[t] * scale;
   }
 }
 
@@ -450,7 +465,7 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
 
 template <class H, int kD>
 __global__ void forward_kernel(const float* q, const float* k, const float* v, const float* valid, float* out,
-                               float* lse, AttentionShape a) {
+                               float* lse, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD);
@@ -459,16 +474,16 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
   H* P = cv.take<H>(kRows * kRows);
   float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv;
+  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
+  stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) O[t] = 0;
   if (threadIdx.x < kRows) m[threadIdx.x] = -INFINITY, l[threadIdx.x] = 0;
   int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
     __syncthreads();
-    stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
-    stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
+    stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
     __syncthreads();
     gemm_abt<H, kD>(S, Qs, Ks);
     __syncthreads();
@@ -487,7 +502,7 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
   __syncthreads();
   for (int t = threadIdx.x; t < kRows * a.Dv; t += blockDim.x) {  // coalesced rows of out
     int r = t / int(a.Dv), d = t % int(a.Dv);
-    if (i0 + r < a.Tq) out[(bh * a.Tq + i0 + r) * a.Dv + d] = l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f;
+    if (i0 + r < a.Tq) out[L.o.at(bh, i0 + r) + d] = l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f;
   }
   if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq)
     lse[bh * a.Tq + i0 + threadIdx.x] = l[threadIdx.x] > 0 ? m[threadIdx.x] + logf(l[threadIdx.x]) : INFINITY;
@@ -514,7 +529,7 @@ __device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow,
 // dK, dV for the block's 64 keys, walking the query tiles.
 template <class H, int kD>
 __global__ void dkv_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
-                           const float* di, const float* g, float* dk, float* dv, AttentionShape a) {
+                           const float* di, const float* g, float* dk, float* dv, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD), *Qs = cv.take<H>(kRows * kD),
@@ -522,13 +537,12 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
   float* stage_f32 = cv.take<float>(kRows * kD);
   float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
   H *Pb = cv.take<H>(kRows * kRows), *dSb = cv.take<H>(kRows * kRows);
-  float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
+  float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
-              *gb = g + bh * a.Tq * a.Dv;
+  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
-  stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
+  stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+  stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
   FragC dk_acc[kD / 16], dv_acc[kD / 16];
 #pragma unroll
   for (int n = 0; n < kD / 16; ++n) {
@@ -538,32 +552,32 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
   int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
   for (int64_t i0 = istart; i0 < a.Tq; i0 += kRows) {
     __syncthreads();
-    stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
-    stage<H, kD>(Gs, gb, i0, a.Tq, a.Dv);
+    stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+    stage<H, kD>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
     if (threadIdx.x < kRows) {
       int64_t i = i0 + threadIdx.x;
-      L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
+      Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
       Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
     }
     __syncthreads();
     gemm_abt<H, kD>(S, Qs, Ks);   // scores, queries × keys
     gemm_abt<H, kD>(dP, Gs, Vs);  // dO · Vᵀ
     __syncthreads();
-    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, L, Di, Pb, dSb);
+    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, Ls, Di, Pb, dSb);
     __syncthreads();
     gemm_acc<H, kD, true>(dv_acc, Pb, Gs);   // dV += Pᵀ dO (rows: the warp's keys)
     gemm_acc<H, kD, true>(dk_acc, dSb, Qs);  // dK += dSᵀ Q
   }
   __syncthreads();
-  write_rows<kD>(stage_f32, dv_acc, dv + bh * a.Tk * a.Dv, j0, a.Tk, a.Dv, 1.0f);
+  write_rows<kD>(stage_f32, dv_acc, dv + L.dv.at(bh, 0), L.dv.st, j0, a.Tk, a.Dv, 1.0f);
   __syncthreads();
-  write_rows<kD>(stage_f32, dk_acc, dk + bh * a.Tk * a.D, j0, a.Tk, a.D, float(a.scale));
+  write_rows<kD>(stage_f32, dk_acc, dk + L.dk.at(bh, 0), L.dk.st, j0, a.Tk, a.D, float(a.scale));
 }
 
 // dQ for the block's 64 queries, walking the key tiles.
 template <class H, int kD>
 __global__ void dq_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
-                          const float* di, const float* g, float* dq, AttentionShape a) {
+                          const float* di, const float* g, float* dq, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kRows * kD), *Gs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD),
@@ -571,16 +585,15 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
   float* stage_f32 = cv.take<float>(kRows * kD);
   float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
   H* dSb = cv.take<H>(kRows * kRows);
-  float *L = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
+  float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + bh * a.Tq * a.D, *kb = k + bh * a.Tk * a.D, *vb = v + bh * a.Tk * a.Dv,
-              *gb = g + bh * a.Tq * a.Dv;
+  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Qs, qb, i0, a.Tq, a.D);
-  stage<H, kD>(Gs, gb, i0, a.Tq, a.Dv);
+  stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+  stage<H, kD>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
   if (threadIdx.x < kRows) {
     int64_t i = i0 + threadIdx.x;
-    L[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
+    Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
     Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
   }
   FragC dq_acc[kD / 16];
@@ -589,18 +602,18 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
   int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
     __syncthreads();
-    stage<H, kD>(Ks, kb, j0, a.Tk, a.D);
-    stage<H, kD>(Vs, vb, j0, a.Tk, a.Dv);
+    stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
     __syncthreads();
     gemm_abt<H, kD>(S, Qs, Ks);
     gemm_abt<H, kD>(dP, Gs, Vs);
     __syncthreads();
-    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, L, Di, nullptr, dSb);
+    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, Ls, Di, nullptr, dSb);
     __syncthreads();
     gemm_acc<H, kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
   }
   __syncthreads();
-  write_rows<kD>(stage_f32, dq_acc, dq + bh * a.Tq * a.D, i0, a.Tq, a.D, float(a.scale));
+  write_rows<kD>(stage_f32, dq_acc, dq + L.dq.at(bh, 0), L.dq.st, i0, a.Tq, a.D, float(a.scale));
 }
 
 template <class H, int kD>
@@ -610,23 +623,23 @@ void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, c
   size_t smem = shared_bytes<kD>(3, 1, 1, 1);
   allow_shared(forward_kernel<H, kD>, smem);
   dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
-  forward_kernel<H, kD><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a);
+  forward_kernel<H, kD><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
 }
 
 template <class H, int kD>
 void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
-  BackwardArgs<float> p(a, q, k, v, valid, out, lse, g);
+  BackwardArgs<float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
   allow_shared(dkv_kernel<H, kD>, smem_kv);
   dkv_kernel<H, kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dk.device_data()),
-      static_cast<float*>(dv.device_data()), a);
+      static_cast<float*>(dv.device_data()), a, p.L);
   size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
   allow_shared(dq_kernel<H, kD>, smem_q);
   dq_kernel<H, kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dq.device_data()), a);
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dq.device_data()), a, p.L);
 }
 
 }  // namespace tc

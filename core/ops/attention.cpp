@@ -22,10 +22,16 @@ struct AttnGeom {
   bool causal;
 };
 
+// Row layouts of the operands (HeadRows, core/device.h): q, k, v and the output's (and for the backward dO's,
+// dQ's, dK's, dV's) — heads in [B, H, T, D] views are read and written in place, through the GEMMs' leading dims.
+struct AttnRows {
+  HeadRows q, k, v, o, g, dq, dk, dv;
+};
+
 // Scores of one (batch, head) into S [Tq, Tk], masked entries set to -inf.
 template <class T>
-void scores(const AttnGeom& g, const T* q, const T* k, const T* valid, T* S) {
-  cpu::gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, g.D, k, g.D, T(0), S, g.Tk);
+void scores(const AttnGeom& g, const T* q, int64_t ldq, const T* k, int64_t ldk, const T* valid, T* S) {
+  cpu::gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, ldq, k, ldk, T(0), S, g.Tk);
   const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < g.Tq; ++i) {
     T* row = S + i * g.Tk;
@@ -38,12 +44,13 @@ void scores(const AttnGeom& g, const T* q, const T* k, const T* valid, T* S) {
 }
 
 template <class T>
-void attention_forward(const AttnGeom& g, const T* q, const T* k, const T* v, const T* valid, T* out, T* lse) {
+void attention_forward(const AttnGeom& g, const AttnRows& r, const T* q, const T* k, const T* v, const T* valid,
+                       T* out, T* lse) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
     std::vector<T> S(static_cast<size_t>(g.Tq * g.Tk));
     for (int64_t bh = b0; bh < b1; ++bh) {
       const T* vb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
-      scores(g, q + bh * g.Tq * g.D, k + bh * g.Tk * g.D, vb, S.data());
+      scores(g, q + r.q.at(bh, 0), r.q.st, k + r.k.at(bh, 0), r.k.st, vb, S.data());
       for (int64_t i = 0; i < g.Tq; ++i) {
         T* row = S.data() + i * g.Tk;
         T m = cpu::row_max(row, g.Tk);
@@ -61,36 +68,36 @@ void attention_forward(const AttnGeom& g, const T* q, const T* k, const T* v, co
         for (int64_t j = 0; j < g.Tk; ++j) row[j] *= inv;
         lse[bh * g.Tq + i] = m + std::log(sum);
       }
-      cpu::gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + bh * g.Tk * g.Dv, g.Dv, T(0),
-              out + bh * g.Tq * g.Dv, g.Dv);
+      cpu::gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
+                   out + r.o.at(bh, 0), r.o.st);
     }
   }, 1);
 }
 
 template <class T>
-void attention_backward(const AttnGeom& g, const T* q, const T* k, const T* v, const T* valid, const T* out,
-                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+void attention_backward(const AttnGeom& g, const AttnRows& r, const T* q, const T* k, const T* v, const T* valid,
+                        const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
     std::vector<T> P(static_cast<size_t>(g.Tq * g.Tk)), dP(static_cast<size_t>(g.Tq * g.Tk));
     for (int64_t bh = b0; bh < b1; ++bh) {
-      const T *qb = q + bh * g.Tq * g.D, *kb = k + bh * g.Tk * g.D, *vb = v + bh * g.Tk * g.Dv;
-      const T *ob = out + bh * g.Tq * g.Dv, *gb = dout + bh * g.Tq * g.Dv;
+      const T *qb = q + r.q.at(bh, 0), *kb = k + r.k.at(bh, 0), *vb = v + r.v.at(bh, 0);
+      const T *ob = out + r.o.at(bh, 0), *gb = dout + r.g.at(bh, 0);
       const T* mb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
-      scores(g, qb, kb, mb, P.data());
+      scores(g, qb, r.q.st, kb, r.k.st, mb, P.data());
       for (int64_t i = 0; i < g.Tq; ++i) {  // P = exp(S - lse), recomputed
         T l = lse[bh * g.Tq + i];
         T* row = P.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
       }
-      cpu::gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, g.Dv, T(0), dv + bh * g.Tk * g.Dv, g.Dv);
-      cpu::gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, g.Dv, vb, g.Dv, T(0), dP.data(), g.Tk);
+      cpu::gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
+      cpu::gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP.data(), g.Tk);
       for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
-        T di = cpu::row_dot(gb + i * g.Dv, ob + i * g.Dv, g.Dv);
+        T di = cpu::row_dot(gb + i * r.g.st, ob + i * r.o.st, g.Dv);
         T *p = P.data() + i * g.Tk, *d = dP.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
       }
-      cpu::gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, g.D, T(0), dq + bh * g.Tq * g.D, g.D);
-      cpu::gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, g.D, T(0), dk + bh * g.Tk * g.D, g.D);
+      cpu::gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
+      cpu::gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
     }
   }, 1);
 }
@@ -196,6 +203,22 @@ void causal_linear_backward(const LinGeom& g, const T* rq, const T* rk, const T*
   }, 1);
 }
 
+// An operand as the fused kernels read it (HeadRows): a 4-D [B, H, T, D] tensor whose last dim is contiguous
+// as it is — a view needs no copy —, anything else made contiguous.
+Tensor rows_layout(const Tensor& t) {
+  bool in_place = t.dim() == 4 && (t.stride(3) == 1 || t.size(3) <= 1) && (t.stride(2) >= t.size(3) || t.size(2) <= 1);
+  return in_place ? t : t.contiguous();
+}
+
+// A new [.., T, width] result shaped like t: for 4-D [B, H, T, ·] laid out [B, T, H, width] (the layout the
+// head merge reads as a view), otherwise contiguous.
+Tensor empty_heads_like(const Tensor& t, int64_t width, TensorOptions o) {
+  Shape s = t.shape();
+  s.back() = width;
+  if (t.dim() != 4) return empty(s, o);
+  return empty({s[0], s[2], s[1], s[3]}, o).permute({0, 2, 1, 3});
+}
+
 void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
   LD_CHECK(q.defined() && k.defined() && v.defined(), op, ": undefined argument");
   LD_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(), op, ": q ", shape_str(q.shape()), ", k ",
@@ -210,6 +233,14 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op
 }
 
 }  // namespace
+
+HeadRows head_rows(const Tensor& t) {
+  const int64_t T = t.size(-2), D = t.size(-1);
+  if (t.dim() == 4 && (t.stride(3) == 1 || D <= 1) && (t.stride(2) >= D || T <= 1))  // (GEMMs need ld >= D)
+    return {t.stride(0), t.stride(1), T <= 1 ? D : t.stride(2), std::max<int64_t>(t.size(1), 1)};
+  LD_CHECK(t.is_contiguous(), "head_rows: a ", shape_str(t.shape()), " tensor that is neither [B, H, T, D] with a contiguous last dim nor contiguous");
+  return {0, T * D, D, std::max<int64_t>(shape_numel(Shape(t.shape().begin(), t.shape().end() - 2)), 1)};
+}
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
   const char* op = "scaled_dot_product_attention";
@@ -232,38 +263,40 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   // composite's autocast numbers. On the CPU under autocast, the composite (its GEMMs take the half format).
   bool on_device = !q.device().is_cpu();
   if (autocast_enabled() && !on_device) return composite::attention(q, k, v, opt);
-  Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  Shape os = q.shape();
-  os.back() = g.Dv;
+  Tensor qc = rows_layout(q), kc = rows_layout(k), vc = rows_layout(v);
   TensorOptions o{q.dtype(), q.device()};
-  Tensor out = empty(os, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, o);
+  Tensor out = empty_heads_like(q, g.Dv, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, o);
   AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_dtype()};
   if (on_device) {
     if (valid.defined()) valid = valid.to(q.device());
     if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse))
       return composite::attention(q, k, v, opt);
   } else {
+    AttnRows r{head_rows(qc), head_rows(kc), head_rows(vc), head_rows(out)};
     LD_DISPATCH_FLOAT(q.dtype(), op, [&] {
       const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
-      attention_forward<scalar_t>(g, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pv,
+      attention_forward<scalar_t>(g, r, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), pv,
                                   out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
     });
   }
   if (needs_grad({&q, &k, &v})) {
     SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op);
     record(op, out, {q, k, v}, [=](const Tensor& g_in) {
-      Tensor gout = g_in.contiguous();
+      Tensor gout = rows_layout(g_in);
       const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get(), &ov = so.get();
       TensorOptions og{qv.dtype(), qv.device()};
-      Tensor dq = empty(qv.shape(), og), dk = empty(kv.shape(), og), dv = empty(vv.shape(), og);
+      // The gradients in the [B, T, H, D] layout too: the head split's backward then reads rows, not columns.
+      Tensor dq = empty_heads_like(qv, g.D, og), dk = empty_heads_like(kv, g.D, og), dv = empty_heads_like(vv, g.Dv, og);
       if (on_device) {
         LD_CHECK(device_backend(qv.device()).attention_backward(shape, qv, kv, vv, valid, ov, lse, gout, dq, dk, dv),
                  op, ": the device's fused backward refused a shape its forward took");
         return std::vector<Tensor>{dq, dk, dv};
       }
+      AttnRows r{head_rows(qv), head_rows(kv), head_rows(vv), head_rows(ov),
+                 head_rows(gout), head_rows(dq), head_rows(dk), head_rows(dv)};
       LD_DISPATCH_FLOAT(qv.dtype(), op, [&] {
         const scalar_t* pv = valid.defined() ? valid.data_ptr<scalar_t>() : nullptr;
-        attention_backward<scalar_t>(g, qv.data_ptr<scalar_t>(), kv.data_ptr<scalar_t>(), vv.data_ptr<scalar_t>(), pv,
+        attention_backward<scalar_t>(g, r, qv.data_ptr<scalar_t>(), kv.data_ptr<scalar_t>(), vv.data_ptr<scalar_t>(), pv,
                                      ov.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), gout.data_ptr<scalar_t>(),
                                      dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
       });

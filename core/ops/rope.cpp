@@ -14,14 +14,14 @@ namespace liandan {
 
 namespace {
 
-// Rotates every row of x ([R, D] contiguous) into y by the table row that row r broadcasts to.
-// sign = -1 applies the inverse rotation (the backward pass).
+// Rotates every row of x (row r at x + x_row[r], its D elements contiguous) into y ([R, D] contiguous) by
+// the table row that row r broadcasts to. sign = -1 applies the inverse rotation (the backward pass).
 template <class T>
-void rope_kernel(const T* x, T* y, const T* c, const T* s, const std::vector<int64_t>& table_row, int64_t R,
-                 int64_t D, int64_t P, bool half, T sign) {
+void rope_kernel(const T* x, const std::vector<int64_t>& x_row, T* y, const T* c, const T* s,
+                 const std::vector<int64_t>& table_row, int64_t R, int64_t D, int64_t P, bool half, T sign) {
   cpu::parallel_range(R, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T *xr = x + r * D, *cr = c + table_row[size_t(r)] * P, *sr = s + table_row[size_t(r)] * P;
+      const T *xr = x + x_row[size_t(r)], *cr = c + table_row[size_t(r)] * P, *sr = s + table_row[size_t(r)] * P;
       T* yr = y + r * D;
       if (half) {
         for (int64_t i = 0; i < P; ++i) {
@@ -53,7 +53,7 @@ Shape table_row_strides(const Shape& xlead, const Tensor& table) {
   return st;
 }
 
-// The table row each x row uses (host list, for the CPU kernel).
+// The table row each x row uses (host list, for the CPU kernel); with x's own strides, where each x row starts.
 std::vector<int64_t> table_rows(const Shape& xlead, const Shape& st) {
   int64_t R = shape_numel(xlead);
   std::vector<int64_t> rows(static_cast<size_t>(R));
@@ -81,10 +81,12 @@ Tensor rope_apply(const Tensor& x, const Tensor& c, const Tensor& s, bool half, 
     device_backend(x.device()).rope(rows_ok ? x : x.contiguous(), cc, sc, y, xlead, st, half, sign);
     return y;
   }
-  Tensor xc = x.contiguous();
+  // Strided rows are read in place (q and k heads of a fused QKV, attention's [B, T, H, D] gradients).
+  Tensor xc = x.dim() == 0 || x.strides().back() == 1 ? x : x.contiguous();
   std::vector<int64_t> rows = table_rows(xlead, st);
+  std::vector<int64_t> x_rows = table_rows(xlead, Shape(xc.strides().begin(), xc.strides().end() - (xc.dim() ? 1 : 0)));
   LD_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
-    rope_kernel<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cc.data_ptr<scalar_t>(),
+    rope_kernel<scalar_t>(xc.data_ptr<scalar_t>(), x_rows, y.data_ptr<scalar_t>(), cc.data_ptr<scalar_t>(),
                           sc.data_ptr<scalar_t>(), rows, R, D, P, half, scalar_t(sign));
   });
   return y;

@@ -1,5 +1,5 @@
 // Views (they share storage; their backward maps the gradient back to the base's shape) and the
-// copying shape ops: cat, stack, split, pad.
+// copying shape ops: cat, stack, pad; split and unbind (views with one node for all pieces).
 #include <numeric>
 
 #include "core/ops.h"
@@ -251,6 +251,22 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   return cat(u, d);
 }
 
+namespace {
+// The gradients of split/unbind's pieces, a zero tensor for a piece that received none.
+std::vector<Tensor> piece_grads(const std::vector<Tensor>& g, const std::vector<Shape>& shapes, TensorOptions o) {
+  std::vector<Tensor> parts;
+  for (size_t i = 0; i < g.size(); ++i) parts.push_back(g[i].defined() ? g[i] : zeros(shapes[i], o));
+  return parts;
+}
+std::vector<Shape> shapes_of(const std::vector<Tensor>& xs) {
+  std::vector<Shape> s;
+  for (const Tensor& x : xs) s.push_back(x.shape());
+  return s;
+}
+}  // namespace
+
+// The pieces are views of x with one autograd node between them: their gradients come back as one
+// concatenation (one copy), where a node per piece would zero-fill and add a full-size gradient each.
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   int64_t d = wrap_dim(dim, x.dim(), "split");
   int64_t total = 0;
@@ -261,11 +277,33 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   LD_CHECK(total == x.shape()[d], "split: sizes sum to ", total, " but dim ", d, " of shape ",
            shape_str(x.shape()), " has ", x.shape()[d]);
   std::vector<Tensor> out;
-  int64_t at = 0;
-  for (int64_t s : sizes) {
-    out.push_back(x.narrow(d, at, s));
-    at += s;
+  {
+    NoGradGuard ng;
+    int64_t at = 0;
+    for (int64_t s : sizes) {
+      out.push_back(x.narrow(d, at, s));
+      at += s;
+    }
   }
+  TensorOptions o{x.dtype(), x.device()};
+  record_multi("split", out, {x}, [d, o, shapes = shapes_of(out)](const std::vector<Tensor>& g) {
+    return std::vector<Tensor>{cat(piece_grads(g, shapes, o), d)};
+  });
+  return out;
+}
+
+std::vector<Tensor> unbind(const Tensor& x, int64_t dim) {
+  int64_t d = wrap_dim(dim, x.dim(), "unbind");
+  std::vector<Tensor> out;
+  {
+    NoGradGuard ng;
+    for (int64_t i = 0; i < x.shape()[d]; ++i) out.push_back(x.select(d, i));
+  }
+  if (out.empty()) return out;
+  TensorOptions o{x.dtype(), x.device()};
+  record_multi("unbind", out, {x}, [d, o, shapes = shapes_of(out)](const std::vector<Tensor>& g) {
+    return std::vector<Tensor>{stack(piece_grads(g, shapes, o), d)};
+  });
   return out;
 }
 
