@@ -134,10 +134,12 @@ class DeviceBackend {
   // back for the whole model instead of a reduction and a synchronization per parameter.)
   virtual void sum_squares(const std::vector<Tensor>& xs, const Tensor& out) = 0;
   // C[i] = op(A[i]) @ op(B[i]) for i < batch, row-major, as cpu::gemm's arguments (lda etc. in elements).
-  // dt is the operands' dtype; C is f32 when they are bf16/f16 (f32 accumulation).
+  // dt is the operands' dtype; C is f32 when they are bf16/f16 (f32 accumulation), or with half_result the
+  // f32 sums rounded to dt (the GEMM's epilogue rounds: no f32 result written and read back by a cast).
   virtual void gemm_batched(DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                             const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
-                            int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int64_t batch) = 0;
+                            int64_t stride_b, void* C, int64_t ldc, int64_t stride_c, int64_t batch,
+                            bool half_result) = 0;
   // softmax / log_softmax over n of a contiguous [outer, n, inner] (y likewise), max-subtracted; and its
   // backward: dx = y·(g − Σ g·y), or for log_softmax dx = g − exp(y)·Σ g.
   virtual void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) = 0;

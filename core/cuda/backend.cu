@@ -219,9 +219,9 @@ class CudaBackend final : public DeviceBackend {
   }
   void gemm_batched(DType dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
                     int64_t sa, const void* B, int64_t ldb, int64_t sb, void* C, int64_t ldc, int64_t sc,
-                    int64_t batch) override {
+                    int64_t batch, bool half_result) override {
     OpScope scope(*this, dt == DType::f32 ? (cuda::allow_tf32() ? "gemm tf32" : "gemm f32") : dt == DType::f64 ? "gemm f64" : dt == DType::bf16 ? "gemm bf16" : "gemm f16");
-    cuda_impl::gemm_batched(cublas_, dt, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch);
+    cuda_impl::gemm_batched(cublas_, dt, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch, half_result);
   }
 
   void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log) override {

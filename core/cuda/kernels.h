@@ -27,7 +27,7 @@ void sum_squares(const std::vector<Tensor>& xs, const Tensor& out);
 // matmul.cu
 void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                   const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,
-                  int64_t ldc, int64_t stride_c, int64_t batch);
+                  int64_t ldc, int64_t stride_c, int64_t batch, bool half_result);
 
 // softmax.cu
 void softmax(const Tensor& x, const Tensor& y, int64_t outer, int64_t n, int64_t inner, bool log);

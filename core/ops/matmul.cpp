@@ -26,25 +26,32 @@ BlasView blas_view(int64_t rows, int64_t cols, int64_t srow, int64_t scol) {
   return {};
 }
 
-// Half operands give an f32 product (f32 accumulation, no rounding of the result).
-DType result_dtype(DType in) { return is_half(in) ? DType::f32 : in; }
+// Half operands give an f32 product (f32 accumulation, no rounding of the result), or with half_result the
+// product rounded to their format.
+DType result_dtype(DType in, bool half_result = false) { return is_half(in) && !half_result ? DType::f32 : in; }
 
 // C[b] = A[b] @ B[b] for 3-D operands (batch dims already broadcast and flattened).
-Tensor bmm_kernel(Tensor a, Tensor b) {
+Tensor bmm_kernel(Tensor a, Tensor b, bool half_result) {
   int64_t batch = a.shape()[0], M = a.shape()[1], K = a.shape()[2], N = b.shape()[2];
-  // Half operands on the CPU: widened to f32 (exact), then sgemm, which is what a tensor core computes.
-  if (is_half(a.dtype()) && a.device().is_cpu()) { a = a.to(DType::f32); b = b.to(DType::f32); }
+  // Half operands on the CPU: widened to f32 (exact), then sgemm, which is what a tensor core computes; a half
+  // result is that product rounded, as the GPU's epilogue rounds it.
+  if (is_half(a.dtype()) && a.device().is_cpu()) {
+    DType h = a.dtype();
+    Tensor c = bmm_kernel(a.to(DType::f32), b.to(DType::f32), false);
+    return half_result ? c.to(h) : c;
+  }
+  half_result = half_result && is_half(a.dtype());
   BlasView va = blas_view(M, K, a.strides()[1], a.strides()[2]);
   BlasView vb = blas_view(K, N, b.strides()[1], b.strides()[2]);
   if (!va.ok) { a = a.contiguous(); va = blas_view(M, K, K, 1); }
   if (!vb.ok) { b = b.contiguous(); vb = blas_view(K, N, N, 1); }
-  Tensor c = empty({batch, M, N}, {result_dtype(a.dtype()), a.device()});
+  Tensor c = empty({batch, M, N}, {result_dtype(a.dtype(), half_result), a.device()});
   if (c.numel() == 0) return c;
   if (K == 0) return c.zero_();
   if (!a.device().is_cpu()) {
     device_backend(a.device()).gemm_batched(a.dtype(), va.trans, vb.trans, M, N, K, a.device_data(), va.ld,
                                             a.strides()[0], b.device_data(), vb.ld, b.strides()[0],
-                                            c.device_data(), N, M * N, batch);
+                                            c.device_data(), N, M * N, batch, half_result);
     return c;
   }
   LD_DISPATCH_FLOAT(a.dtype(), "matmul", [&] {
@@ -67,7 +74,7 @@ Tensor bmm_kernel(Tensor a, Tensor b) {
   return c;
 }
 
-Tensor matmul_nd(const Tensor& a, const Tensor& b) {
+Tensor matmul_nd(const Tensor& a, const Tensor& b, bool half_result = false) {
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   LD_CHECK(b.size(-2) == K, "matmul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
            " cannot be multiplied (", K, " vs ", b.size(-2), ")");
@@ -78,11 +85,11 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   out_shape.push_back(N);
   // An empty result, or K = 0 (every element an empty sum): no GEMM, and no reshape of an empty
   // tensor (reshape({1, -1, 0}) cannot infer -1).
-  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {result_dtype(a.dtype()), a.device()});
+  if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {result_dtype(a.dtype(), half_result), a.device()});
   // x[..., M, K] @ W[K, N]: fold the batch into M when x's rows are evenly spaced.
   if (b.dim() == 2 && a.dim() > 2) {
     Tensor a2 = a.is_contiguous() ? a : a.contiguous();
-    Tensor c = bmm_kernel(a2.reshape({1, -1, K}), b.unsqueeze(0));
+    Tensor c = bmm_kernel(a2.reshape({1, -1, K}), b.unsqueeze(0), half_result);
     return c.reshape(out_shape);
   }
   int64_t nb = shape_numel(batch);
@@ -111,7 +118,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
     }
     return e.contiguous().reshape({nb, r, c});
   };
-  Tensor c = bmm_kernel(to3(a, ea, M, K), to3(b, eb, K, N));
+  Tensor c = bmm_kernel(to3(a, ea, M, K), to3(b, eb, K, N), half_result);
   return c.reshape(out_shape);
 }
 
@@ -151,15 +158,24 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       // each gradient is returned in its input's dtype.
       Autocast same_as_forward(DType::f32);
       Tensor g = g_out.to(av.dtype());
+      // x @ y as the gradient of shape `want` in dtype dt: a half gradient straight from the GEMM (its epilogue
+      // rounds) unless batch dims must be summed first.
+      auto grad = [](const Tensor& x, const Tensor& y, const Shape& want, DType dt) {
+        Shape batch = broadcast_shapes(Shape(x.shape().begin(), x.shape().end() - 2),
+                                       Shape(y.shape().begin(), y.shape().end() - 2), "matmul backward");
+        batch.push_back(x.size(-2));
+        batch.push_back(y.size(-1));
+        if (batch == want) return matmul_nd(x, y, true).to(dt);
+        return sum_to(matmul_nd(x, y), want).to(dt);
+      };
       Tensor da, db;
-      if (ga) da = sum_to(matmul(g, bv.transpose(-1, -2)), as).to(av.dtype());
+      if (ga) da = grad(g, bv.transpose(-1, -2), as, av.dtype());
       if (gb) {
         if (bs.size() == 2 && as.size() > 2)  // Linear case: one GEMM over all rows
-          db = av.numel() == 0 ? zeros(bs, {av.dtype(), g.device()})  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
-                               : matmul(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}));
+          db = av.numel() == 0 ? zeros(bs, {bv.dtype(), g.device()})  // no rows, or K = 0: reshape({-1, 0}) is ambiguous
+                               : grad(av.reshape({-1, as.back()}).t(), g.reshape({-1, bs.back()}), bs, bv.dtype());
         else
-          db = sum_to(matmul(av.transpose(-1, -2), g), bs);
-        db = db.to(bv.dtype());
+          db = grad(av.transpose(-1, -2), g, bs, bv.dtype());
       }
       return std::vector<Tensor>{da, db};
     });

@@ -201,10 +201,21 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
                                                  int lda, long long sa, const void* B, cudaDataType_t tb, int ldb,
                                                  long long sb, const void* beta, void* C, cudaDataType_t tc, int ldc,
                                                  long long sc, int batch, cublasComputeType_t ct, cublasGemmAlgo_t) {
-  if (tc == CUDA_R_64F)
+  if (tc == CUDA_R_64F) {
     emu::gemm_batched<double>(opa, opb, m, n, k, *static_cast<const double*>(alpha), A, ta, lda, sa, B, tb, ldb, sb,
                               *static_cast<const double*>(beta), C, ldc, sc, batch);
-  else
+  } else if (tc == CUDA_R_16BF || tc == CUDA_R_16F) {  // an f32 result rounded to nearest even (beta = 0 only)
+    std::vector<float> f32(size_t((batch - 1) * sc + int64_t(ldc) * n));
+    emu::gemm_batched<float>(opa, opb, m, n, k, *static_cast<const float*>(alpha), A, ta, lda, sa, B, tb, ldb, sb, 0.0,
+                             f32.data(), ldc, sc, batch);
+    uint16_t* out = static_cast<uint16_t*>(C);
+    for (int64_t q = 0; q < batch; ++q)
+      for (int64_t col = 0; col < n; ++col)
+        for (int64_t row = 0; row < m; ++row) {
+          int64_t e = q * sc + col * ldc + row;
+          out[e] = tc == CUDA_R_16BF ? liandan::float_to_bf16(f32[size_t(e)]) : liandan::float_to_f16(f32[size_t(e)]);
+        }
+  } else
     emu::gemm_batched<float>(opa, opb, m, n, k, *static_cast<const float*>(alpha), A, ta, lda, sa, B, tb, ldb, sb,
                              *static_cast<const float*>(beta), C, ldc, sc, batch);
   return CUBLAS_STATUS_SUCCESS;
