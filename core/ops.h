@@ -58,6 +58,13 @@ Tensor silu(const Tensor& x);
 Tensor elu(const Tensor& x, double alpha = 1.0);
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
 
+// y = act(h + bias) in one pass, computed in f32 (f64 for f64) and stored in h's dtype: h [.., N], bias [N] in
+// h's dtype or f32 when h is bf16/f16. Its backward is one pass too: dh = g·act'(h + bias) in h's dtype and
+// dbias = Σ over rows (deterministic: fixed row chunks summed in order). A Linear layer's bias and activation
+// after its GEMM; nn's blocks use it under autocast on the GEMM's half output (two activation passes fewer).
+enum class BiasActivation { none, gelu, gelu_tanh };
+Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act);
+
 // Comparisons return 0/1 in the inputs' dtype and carry no gradient.
 Tensor eq(const Tensor& a, const Tensor& b);
 Tensor ne(const Tensor& a, const Tensor& b);
@@ -91,6 +98,10 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 // ---------------------------------------------------------------- matmul
 // torch.matmul semantics: 1-D operands are promoted, batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
+// matmul as PyTorch's autocast computes it: under autocast (core/autocast.h) the product comes back in the half
+// format (the GEMM's epilogue rounds it; no f32 result is written), for consumers that take half inputs — nn's
+// feed-forward and attention blocks, whose large activations then move in 2 bytes. Without autocast: matmul.
+Tensor autocast_matmul(const Tensor& a, const Tensor& b);
 
 // ---------------------------------------------------------------- softmax family
 Tensor softmax(const Tensor& x, int64_t dim);

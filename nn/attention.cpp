@@ -49,8 +49,20 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
   const int64_t B = x.size(0), T = x.size(1);
   // q, k, v in one GEMM: x [B*T, C] @ [C, 3C] (the three weights concatenated; the copy is 3 C^2 floats).
   Tensor w = cat({q_proj->weight, k_proj->weight, v_proj->weight}, 0);
-  Tensor qkv = matmul(x, w.t());
-  if (config.bias) qkv = add(qkv, cat({q_proj->bias, k_proj->bias, v_proj->bias}, 0));
+  Tensor b = config.bias ? cat({q_proj->bias, k_proj->bias, v_proj->bias}, 0) : Tensor();
+  // Under autocast, softmax attention takes q, k, v in the half format straight from the GEMM (bias in the same
+  // fused pass), through RoPE and the fused kernel to o_proj: 2-byte activations, as PyTorch's autocast. (Linear
+  // attention, a KV cache and dropout keep f32: their composite ops have no half kernels.)
+  bool half_heads = autocast_enabled() && config.kind == AttentionKind::softmax && !in.cache &&
+                    !(config.dropout > 0 && is_training());
+  Tensor qkv;
+  if (half_heads) {
+    qkv = autocast_matmul(x, w.t());
+    if (b.defined()) qkv = bias_act(qkv, b, BiasActivation::none);
+  } else {
+    qkv = matmul(x, w.t());
+    if (b.defined()) qkv = add(qkv, b);
+  }
   // q, k, v: [B, H, T, Dh] views of qkv (the attention kernels read them in place); unbind gives the three one
   // autograd node, so their gradients come back as one [B, T, 3, H, Dh] stack.
   std::vector<Tensor> parts = unbind(qkv.view({B, T, 3, n_heads, head_dim}), 2);

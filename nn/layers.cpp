@@ -33,6 +33,20 @@ Tensor Linear::forward(const Tensor& x) {
   return bias.defined() ? add(y, bias) : y;
 }
 
+Tensor Linear::forward_act(const Tensor& x, BiasActivation act) {
+  if (!autocast_enabled()) {
+    Tensor y = forward(x);
+    if (act == BiasActivation::none) return y;
+    return gelu(y, act == BiasActivation::gelu_tanh ? GeluApprox::tanh : GeluApprox::none);
+  }
+  LD_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features, "Linear(", in_features, ", ", out_features,
+           "): expected input [..., ", in_features, "], got ", x.defined() ? shape_str(x.shape()) : "undefined");
+  Tensor y = autocast_matmul(x, weight.t());
+  if (bias.defined()) return bias_act(y, bias, act);
+  if (act == BiasActivation::none) return y;
+  return bias_act(y, zeros({out_features}, {is_half(y.dtype()) ? DType::f32 : y.dtype(), y.device()}), act);
+}
+
 // ---------------------------------------------------------------- Embedding
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen)
@@ -122,7 +136,9 @@ FeedForward::FeedForward(int64_t dim, int64_t hidden, bool bias, GeluApprox appr
   fc2 = register_module("fc2", std::make_shared<Linear>(hidden, dim, bias, gen));
 }
 
-Tensor FeedForward::forward(const Tensor& x) { return fc2->forward(gelu(fc1->forward(x), approx)); }
+Tensor FeedForward::forward(const Tensor& x) {
+  return fc2->forward(fc1->forward_act(x, approx == GeluApprox::tanh ? BiasActivation::gelu_tanh : BiasActivation::gelu));
+}
 
 GLUFeedForward::GLUFeedForward(int64_t dim, int64_t hidden, GLUActivation act, bool bias, Generator& gen)
     : Module(act == GLUActivation::swiglu ? "SwiGLU" : act == GLUActivation::geglu ? "GeGLU" : "ReGLU"),

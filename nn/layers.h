@@ -18,6 +18,10 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator& gen = default_generator());
   Tensor forward(const Tensor& x) override;
+  // act(x Wᵀ + b). Under autocast the GEMM returns the half format and the bias and activation follow in one
+  // fused pass (bias_act): a feed-forward block's hidden activation then moves in 2 bytes, as in PyTorch's
+  // autocast. Otherwise forward(x) and the activation op.
+  Tensor forward_act(const Tensor& x, BiasActivation act);
   void reset_parameters(Generator& gen);
   int64_t in_features, out_features;
   Tensor weight;  // [out, in]

@@ -24,6 +24,7 @@ using namespace liandan;
 
 using liandan::testing::error_of;
 using liandan::testing::for_each_index;
+using liandan::testing::max_abs_diff;
 
 namespace {
 
@@ -895,4 +896,53 @@ TEST_CASE("errors: dtype mismatch, non-floating input, bad arguments") {
   CHECK_THROWS_WITH_AS(dropout(f32, 1.0, true, g), doctest::Contains("dropout: p must be in [0, 1)"),
                        liandan::Error);
   CHECK_THROWS_WITH_AS(dropout(f32, -0.1, true, g), doctest::Contains("dropout"), liandan::Error);
+}
+
+// ------------------------------------------------------------------------------- bias_act
+
+TEST_CASE("bias_act: act(h + bias) in one pass; gradients (f64 gradcheck), thread-count independent") {
+  Generator gen(31);
+  Tensor h = randn({3, 70, 9}, gen, DType::f64), b = randn({9}, gen, DType::f64);
+  for (auto [act, ref] : {std::pair{BiasActivation::none, std::function<Tensor(const Tensor&)>([](const Tensor& z) { return z; })},
+                          std::pair{BiasActivation::gelu, std::function<Tensor(const Tensor&)>([](const Tensor& z) { return gelu(z); })},
+                          std::pair{BiasActivation::gelu_tanh, std::function<Tensor(const Tensor&)>([](const Tensor& z) {
+                                      return gelu(z, GeluApprox::tanh);
+                                    })}}) {
+    CAPTURE(int(act));
+    CHECK(max_abs_diff(bias_act(h, b, act), ref(add(h, b))) <= 1e-14);
+    LD_GRADCHECK([act](const std::vector<Tensor>& in) { return bias_act(in[0], in[1], act); },
+                 {h.slice(1, 0, 7).detach().requires_grad_(), b.detach().requires_grad_()});
+    // the bias gradient sums 210 rows in fixed chunks: the same bits on 1 or 2 threads
+    auto grads = [&] {
+      Tensor hl = h.detach().requires_grad_(), bl = b.detach().requires_grad_();
+      sum(mul(bias_act(hl, bl, act), hl)).backward();
+      return std::pair{hl.grad().to_vector(), bl.grad().to_vector()};
+    };
+    set_num_threads(1);
+    auto one = grads();
+    set_num_threads(2);
+    CHECK(grads() == one);
+  }
+}
+
+TEST_CASE("bias_act: bf16 h with an f32 bias is the f32 result rounded once; bad shapes and dtypes are named") {
+  Generator gen(32);
+  Tensor h = randn({40, 12}, gen).to(DType::bf16), b = randn({12}, gen);
+  Tensor y = bias_act(h, b, BiasActivation::gelu);
+  CHECK(y.dtype() == DType::bf16);
+  CHECK(y.to_vector() == gelu(add(h.to(DType::f32), b)).to(DType::bf16).to_vector());
+  Tensor hl = h.detach().requires_grad_(), bl = b.detach().requires_grad_();
+  Tensor up = randn({40, 12}, gen);
+  sum(mul(bias_act(hl, bl, BiasActivation::gelu).to(DType::f32), up)).backward();
+  CHECK(hl.grad().dtype() == DType::bf16);
+  CHECK(bl.grad().dtype() == DType::f32);
+  // dh = bf16(up_rounded · gelu'(h + b)); db = Σ rows of the unrounded products
+  Tensor z = add(h.to(DType::f32), b).detach().requires_grad_();
+  sum(mul(gelu(z), up.to(DType::bf16).to(DType::f32))).backward();
+  CHECK(hl.grad().to_vector() == z.grad().to(DType::bf16).to_vector());
+  CHECK(max_abs_diff(bl.grad(), sum(z.grad(), {0})) <= 1e-5 * max(abs(bl.grad())).item());
+  CHECK(error_of([&] { bias_act(h, randn({5}, gen), BiasActivation::none); }).find("bias_act: h [40, 12]") !=
+        std::string::npos);
+  CHECK(error_of([&] { bias_act(h, b.to(DType::bf16), BiasActivation::none); }) ==
+        "bias_act: bias must be f32 for h in bf16, got bf16");
 }

@@ -233,6 +233,53 @@ TEST_CASE("Autocast: Linear, attention and conv follow their f32 results within 
   CHECK(worst > 0);
 }
 
+TEST_CASE("autocast_matmul gives the half product; half activations flow through RoPE, attention and Linear") {
+  Generator g(41);
+  Tensor a = randn({2, 6, 32}, g), w = randn({32, 16}, g);
+  {
+    Autocast ac(DType::bf16);
+    Tensor h = autocast_matmul(a, w);
+    CHECK(h.dtype() == DType::bf16);
+    CHECK(h.to_vector() == matmul(a, w).to(DType::bf16).to_vector());  // the f32 product rounded once
+    // a half activation times an f32 weight: both go half, the product is f32 as for matmul
+    Tensor c = matmul(h, w.t());
+    CHECK(c.dtype() == DType::f32);
+    CHECK(c.to_vector() == matmul(h.to(DType::f32), w.t()).to_vector());
+  }
+  CHECK(autocast_matmul(a, w).dtype() == DType::f32);  // autocast off: plain matmul
+  CHECK(error_of([&] { matmul(a.to(DType::bf16), w); }) == "matmul: dtype mismatch bf16 [2, 6, 32] vs f32 [32, 16]");
+  // RoPE on bf16 rows with f32 tables: the f32 rotation rounded once
+  Tensor x = randn({2, 3, 5, 8}, g).to(DType::bf16);
+  auto [c, s] = rope_cos_sin(rope_angles_1d(arange(0.0, 5.0, 1.0, DType::f64), 8, 10000.0), DType::f32);
+  CHECK(rope(x, c, s).dtype() == DType::bf16);
+  CHECK(rope(x, c, s).to_vector() == rope(x.to(DType::f32), c, s).to(DType::bf16).to_vector());
+  // attention on bf16 q, k, v (CPU: the autocast composite on their f32 values) returns bf16 and keeps gradients
+  Tensor q = randn({1, 2, 7, 8}, g).to(DType::bf16).requires_grad_(), k = randn({1, 2, 7, 8}, g).to(DType::bf16);
+  Tensor v = randn({1, 2, 7, 8}, g).to(DType::bf16);
+  Tensor o = scaled_dot_product_attention(q, k, v, {.causal = true});
+  CHECK(o.dtype() == DType::bf16);
+  Tensor o32 = scaled_dot_product_attention(q.detach().to(DType::f32), k.to(DType::f32), v.to(DType::f32), {.causal = true});
+  CHECK(rel_err(o, o32) < 2e-2);
+  sum(o.to(DType::f32)).backward();
+  CHECK(q.grad().dtype() == DType::bf16);
+}
+
+TEST_CASE("Under autocast FeedForward and MultiheadAttention keep their large activations in bf16, same results") {
+  Generator g1(42), g2(42), data(43);
+  nn::FeedForward ff(16, 64, true, GeluApprox::none, g1);
+  Tensor x = randn({3, 5, 16}, data);
+  Tensor ref = ff.forward(x);  // f32
+  {
+    Autocast ac(DType::bf16);
+    Tensor y = ff.forward(x);
+    CHECK(y.dtype() == DType::f32);
+    CHECK(rel_err(y, ref) < 2e-2);
+    // exactly: fc2(bf16(gelu(bf16(x Wᵀ) + b))) with fc2's operands rounded
+    Tensor hid = gelu(add(matmul(x, ff.fc1->weight.t()).to(DType::bf16).to(DType::f32), ff.fc1->bias)).to(DType::bf16);
+    CHECK(y.to_vector() == ff.fc2->forward(hid).to_vector());
+  }
+}
+
 TEST_CASE("Module::to refuses half formats: parameters stay f32 under mixed precision") {
   Generator g(8);
   nn::Linear lin(4, 3, true, g);

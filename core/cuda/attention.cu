@@ -123,13 +123,13 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   lse[bh * a.Tq + i] = l > 0 ? m + dev_log(l) : pos_inf<T>();
 }
 
-// Di = Σ_d dO[i, d]·O[i, d], one thread per query row (r = bh·Tq + i).
-template <class T>
-__global__ void attention_di_kernel(const T* g, const T* o, T* di, int64_t rows, int64_t Tq, int64_t Dv, Rows L) {
+// Di = Σ_d dO[i, d]·O[i, d], one thread per query row (r = bh·Tq + i); T: dO's and O's elements, S: Di's.
+template <class T, class S>
+__global__ void attention_di_kernel(const T* g, const T* o, S* di, int64_t rows, int64_t Tq, int64_t Dv, Rows L) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
     const T *gr = g + L.g.at(r / Tq, r % Tq), *orow = o + L.o.at(r / Tq, r % Tq);
-    T s = 0;
-    for (int64_t d = 0; d < Dv; ++d) s += gr[d] * orow[d];
+    S s = 0;
+    for (int64_t d = 0; d < Dv; ++d) s += S(widen(gr[d])) * S(widen(orow[d]));
     di[r] = s;
   }
 }
@@ -255,40 +255,46 @@ void allow_shared(Kernel kernel, size_t bytes) {
 }
 
 // The backward kernels' inputs as pointers, and Di = Σ dO·O per query row (computed here, on the stream).
-template <class T>
+// T: the operands' element type; S: the row statistics' (lse, Di) and the key mask's (float for half operands).
+template <class T, class S = T>
 struct BackwardArgs {
-  const T *q, *k, *v, *valid, *lse, *g;
+  const T *q, *k, *v, *g;
+  const S *valid, *lse;
   Tensor di_buffer;
-  T* di;
+  S* di;
   Rows L;
   cudaStream_t stream;
   BackwardArgs(const AttentionShape& a, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_,
                const Tensor& out, const Tensor& lse_, const Tensor& g_, const Tensor& dq, const Tensor& dk,
                const Tensor& dv)
-      : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr), lse(ptr(lse_)),
-        g(ptr(g_)), di_buffer(empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {q_.dtype(), q_.device()})),
-        di(static_cast<T*>(di_buffer.device_data())),
+      : q(ptr<T>(q_)), k(ptr<T>(k_)), v(ptr<T>(v_)), g(ptr<T>(g_)),
+        valid(valid_.defined() ? ptr<S>(valid_) : nullptr), lse(ptr<S>(lse_)),
+        di_buffer(empty({std::max<int64_t>(a.BH * a.Tq, 1)}, {lse_.dtype(), q_.device()})),
+        di(static_cast<S*>(di_buffer.device_data())),
         L{head_rows(q_), head_rows(k_), head_rows(v_), head_rows(out), head_rows(g_), head_rows(dq), head_rows(dk),
           head_rows(dv)},
         stream(stream_of(g_)) {
-    attention_di_kernel<T><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr(out), di, a.BH * a.Tq, a.Tq, a.Dv, L);
+    attention_di_kernel<T, S><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr<T>(out), di, a.BH * a.Tq, a.Tq,
+                                                                                a.Dv, L);
   }
-  static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
+  template <class E> static const E* ptr(const Tensor& t) { return static_cast<const E*>(t.device_data()); }
 };
 
-// The forward kernels' arguments as pointers.
-template <class T>
+// The forward kernels' arguments as pointers (T, S as for BackwardArgs).
+template <class T, class S = T>
 struct ForwardArgs {
-  const T *q, *k, *v, *valid;
-  T *out, *lse;
+  const T *q, *k, *v;
+  const S* valid;
+  T* out;
+  S* lse;
   Rows L;
   cudaStream_t stream;
   ForwardArgs(const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& valid_, const Tensor& out_,
               const Tensor& lse_)
-      : q(ptr(q_)), k(ptr(k_)), v(ptr(v_)), valid(valid_.defined() ? ptr(valid_) : nullptr),
-        out(static_cast<T*>(out_.device_data())), lse(static_cast<T*>(lse_.device_data())),
+      : q(ptr<T>(q_)), k(ptr<T>(k_)), v(ptr<T>(v_)), valid(valid_.defined() ? ptr<S>(valid_) : nullptr),
+        out(static_cast<T*>(out_.device_data())), lse(static_cast<S*>(lse_.device_data())),
         L{head_rows(q_), head_rows(k_), head_rows(v_), head_rows(out_)}, stream(stream_of(out_)) {}
-  static const T* ptr(const Tensor& t) { return static_cast<const T*>(t.device_data()); }
+  template <class E> static const E* ptr(const Tensor& t) { return static_cast<const E*>(t.device_data()); }
 };
 
 template <class T, int kD>
@@ -355,13 +361,14 @@ template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, i
          square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
 }
 
-// rows × kD H tile from f32 rows of `width`, `ld` apart (row `first` on; zero past `total` or `width`).
-template <class H, int kD>
-__device__ void stage(H* dst, const float* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
+// rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
+// `width`).
+template <class H, int kD, class In>
+__device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
     int64_t row = first + r;
-    dst[t] = to_half<H>((row < total && c < width) ? src[row * ld + c] : 0.0f);
+    dst[t] = to_half<H>((row < total && c < width) ? float(widen(src[row * ld + c])) : 0.0f);
   }
 }
 
@@ -404,8 +411,8 @@ __device__ void gemm_acc(FragC (&acc)[kD / 16], const H* X, const H* Y) {
 
 // Writes a warp's accumulators (rows 16w.., × scale) through the f32 staging tile to global rows of `width`,
 // `ld` apart.
-template <int kD>
-__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, int64_t ld, int64_t first,
+template <int kD, class Out>
+__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], Out* dst, int64_t ld, int64_t first,
                            int64_t total, int64_t width, float scale) {
   int w = threadIdx.x / 32;
 #pragma unroll
@@ -414,7 +421,7 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], float* dst, 
   __syncthreads();
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
-    if (first + r < total && c < width) dst[(first + r) * ld + c] = stage_f32[t] * scale;
+    if (first + r < total && c < width) dst[(first + r) * ld + c] = narrow<Out>(stage_f32[t] * scale);
   }
 }
 
@@ -463,9 +470,10 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
   }
 }
 
-template <class H, int kD>
-__global__ void forward_kernel(const float* q, const float* k, const float* v, const float* valid, float* out,
-                               float* lse, AttentionShape a, Rows L) {
+// In: the operands' element type (f32 under autocast, or H for half activations); H: the GEMMs' format.
+template <class H, int kD, class In>
+__global__ void forward_kernel(const In* q, const In* k, const In* v, const float* valid, In* out, float* lse,
+                               AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD);
@@ -474,7 +482,7 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
   H* P = cv.take<H>(kRows * kRows);
   float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
   for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) O[t] = 0;
@@ -502,7 +510,7 @@ __global__ void forward_kernel(const float* q, const float* k, const float* v, c
   __syncthreads();
   for (int t = threadIdx.x; t < kRows * a.Dv; t += blockDim.x) {  // coalesced rows of out
     int r = t / int(a.Dv), d = t % int(a.Dv);
-    if (i0 + r < a.Tq) out[L.o.at(bh, i0 + r) + d] = l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f;
+    if (i0 + r < a.Tq) out[L.o.at(bh, i0 + r) + d] = narrow<In>(l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f);
   }
   if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq)
     lse[bh * a.Tq + i0 + threadIdx.x] = l[threadIdx.x] > 0 ? m[threadIdx.x] + logf(l[threadIdx.x]) : INFINITY;
@@ -527,9 +535,9 @@ __device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow,
 }
 
 // dK, dV for the block's 64 keys, walking the query tiles.
-template <class H, int kD>
-__global__ void dkv_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
-                           const float* di, const float* g, float* dk, float* dv, AttentionShape a, Rows L) {
+template <class H, int kD, class In>
+__global__ void dkv_kernel(const In* q, const In* k, const In* v, const float* valid, const float* lse,
+                           const float* di, const In* g, In* dk, In* dv, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD), *Qs = cv.take<H>(kRows * kD),
@@ -539,7 +547,7 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
   H *Pb = cv.take<H>(kRows * kRows), *dSb = cv.take<H>(kRows * kRows);
   float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
   stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
@@ -575,9 +583,9 @@ __global__ void dkv_kernel(const float* q, const float* k, const float* v, const
 }
 
 // dQ for the block's 64 queries, walking the key tiles.
-template <class H, int kD>
-__global__ void dq_kernel(const float* q, const float* k, const float* v, const float* valid, const float* lse,
-                          const float* di, const float* g, float* dq, AttentionShape a, Rows L) {
+template <class H, int kD, class In>
+__global__ void dq_kernel(const In* q, const In* k, const In* v, const float* valid, const float* lse,
+                          const float* di, const In* g, In* dq, AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kRows * kD), *Gs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD),
@@ -587,7 +595,7 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
   H* dSb = cv.take<H>(kRows * kRows);
   float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const float *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
   stage<H, kD>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
@@ -616,30 +624,30 @@ __global__ void dq_kernel(const float* q, const float* k, const float* v, const 
   write_rows<kD>(stage_f32, dq_acc, dq + L.dq.at(bh, 0), L.dq.st, i0, a.Tq, a.D, float(a.scale));
 }
 
-template <class H, int kD>
+template <class H, int kD, class In>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
-  ForwardArgs<float> p(q, k, v, valid, out, lse);
+  ForwardArgs<In, float> p(q, k, v, valid, out, lse);
   size_t smem = shared_bytes<kD>(3, 1, 1, 1);
-  allow_shared(forward_kernel<H, kD>, smem);
+  allow_shared(forward_kernel<H, kD, In>, smem);
   dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
-  forward_kernel<H, kD><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
+  forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
 }
 
-template <class H, int kD>
+template <class H, int kD, class In>
 void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
-  BackwardArgs<float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  BackwardArgs<In, float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
-  allow_shared(dkv_kernel<H, kD>, smem_kv);
-  dkv_kernel<H, kD><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dk.device_data()),
-      static_cast<float*>(dv.device_data()), a, p.L);
+  allow_shared(dkv_kernel<H, kD, In>, smem_kv);
+  dkv_kernel<H, kD, In><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dk.device_data()), static_cast<In*>(dv.device_data()),
+      a, p.L);
   size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
-  allow_shared(dq_kernel<H, kD>, smem_q);
-  dq_kernel<H, kD><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<float*>(dq.device_data()), a, p.L);
+  allow_shared(dq_kernel<H, kD, In>, smem_q);
+  dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);
 }
 
 }  // namespace tc
@@ -647,8 +655,8 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 // The kernel for a call: f(tag, kD) with kD the padded head dim (16/32/64/128) holding max(D, Dv), and tag
 // Fma<float|double> (the FMA kernels) or Tc<bf16|f16> (tensor cores, under autocast, f32 activations). False
 // for a shape none handles (head dims above 128, f64 under autocast): the op then runs its composite.
-template <class T> struct Fma { using type = T; static constexpr bool tensor_cores = false; };
-template <class H> struct Tc { using type = H; static constexpr bool tensor_cores = true; };
+template <class T> struct Fma { using type = T; using input = T; static constexpr bool tensor_cores = false; };
+template <class H, class In> struct Tc { using type = H; using input = In; static constexpr bool tensor_cores = true; };
 
 template <class F>
 bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
@@ -660,8 +668,10 @@ bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
     else if (width <= 64) f(tag, std::integral_constant<int, 64>{});
     else f(tag, std::integral_constant<int, 128>{});
   };
-  if (a.autocast == DType::bf16 && dt == DType::f32) dims(Tc<__nv_bfloat16>{});
-  else if (a.autocast == DType::f16 && dt == DType::f32) dims(Tc<__half>{});
+  if (dt == DType::bf16) dims(Tc<__nv_bfloat16, __nv_bfloat16>{});  // half activations: read and written as they are
+  else if (dt == DType::f16) dims(Tc<__half, __half>{});
+  else if (a.autocast == DType::bf16 && dt == DType::f32) dims(Tc<__nv_bfloat16, float>{});
+  else if (a.autocast == DType::f16 && dt == DType::f32) dims(Tc<__half, float>{});
   else if (a.autocast == DType::f32 && dt == DType::f32) dims(Fma<float>{});
   else if (a.autocast == DType::f32 && dt == DType::f64) dims(Fma<double>{});
   else return false;
@@ -678,7 +688,8 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
   bool ok = with_kernel(a, q.dtype(), [&](auto tag, auto kd) {
     using T = typename decltype(tag)::type;
     constexpr int kD = decltype(kd)::value;
-    if constexpr (decltype(tag)::tensor_cores) tc::forward_launch<T, kD>(a, q, k, v, valid, out, lse);
+    if constexpr (decltype(tag)::tensor_cores)
+      tc::forward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse);
     else forward_launch<T, kD>(a, q, k, v, valid, out, lse);
   });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");
@@ -691,7 +702,8 @@ bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& 
   bool ok = with_kernel(a, q.dtype(), [&](auto tag, auto kd) {
     using T = typename decltype(tag)::type;
     constexpr int kD = decltype(kd)::value;
-    if constexpr (decltype(tag)::tensor_cores) tc::backward_launch<T, kD>(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+    if constexpr (decltype(tag)::tensor_cores)
+      tc::backward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse, g, dq, dk, dv);
     else backward_launch<T, kD>(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention backward");

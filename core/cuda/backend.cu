@@ -181,6 +181,15 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "foreach_axpby");
     cuda_impl::foreach_axpby(ys, xs, a, b);
   }
+  void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y) override {
+    OpScope scope(*this, "bias_act");
+    cuda_impl::bias_act(h, bias, act, y);
+  }
+  void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
+                         const Tensor& dbias) override {
+    OpScope scope(*this, "bias_act backward");
+    cuda_impl::bias_act_backward(h, bias, g, act, dh, dbias);
+  }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
     OpScope scope(*this, op.name);
     cuda_impl::unary(op, x, y);

@@ -1,8 +1,11 @@
 #pragma once
 // Shared by the CUDA kernel files: error checks, the current stream, and strided indexing.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/device.h"
@@ -17,6 +20,27 @@
 // After a kernel launch: a bad launch configuration shows up here, not at the next synchronize.
 #define LD_CUDA_LAUNCHED(name) LD_CHECK(cudaPeekAtLastError() == cudaSuccess, "CUDA kernel ", name, ": ", \
                                         cudaGetErrorString(cudaGetLastError()))
+
+// Element conversions (copies between dtypes; half-format operands computed in float). Half formats widen to
+// float (exact) and narrow with round-to-nearest-even, from f64 directly (no double rounding), as core/half.h.
+namespace liandan::cuda_impl {
+template <class S> __device__ S widen(S v) { return v; }
+__device__ inline float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float widen(__half v) { return __half2float(v); }
+
+template <class D, class W> __device__ D narrow(W w) {
+  if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+    if constexpr (std::is_same_v<W, float>) return __float2bfloat16_rn(w);
+    else return __double2bfloat16(double(w));
+  } else if constexpr (std::is_same_v<D, __half>) {
+    if constexpr (std::is_same_v<W, float>) return __float2half_rn(w);
+    else return __double2half(double(w));
+  } else {
+    return D(w);
+  }
+}
+
+}  // namespace liandan::cuda_impl
 
 // Runs BODY with scalar_t = float or double; other dtypes are an error naming the op.
 #define LD_CUDA_FLOAT(DT, OPNAME, ...)                                                              \

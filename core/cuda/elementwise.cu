@@ -200,25 +200,74 @@ __global__ void binary_backward_kernel(B op, int which, const T* a, StridedIndex
     out[i] = binary_d(op, which, a[ia.offset(i)], b[ib.offset(i)], g[ig.offset(i)]);
 }
 
-// ---------------------------------------------------------------- copies and fills
+// ---------------------------------------------------------------- bias + activation (bias_act in core/ops.h)
+// T: h's element type, B: the bias's, W: the arithmetic's (float; double for f64). act: U::gelu, U::gelu_tanh,
+// or U::neg standing for "none" (the identity; neg itself is never a bias activation).
+template <class W> __device__ W act_value(U act, W z) { return act == U::neg ? z : unary_f(act, z, W(0), W(0)); }
+template <class W> __device__ W act_slope(U act, W z) {
+  return act == U::neg ? W(1) : unary_d(act, z, W(0), W(1), W(0), W(0));
+}
 
-// Element conversions for copies between dtypes. Half formats widen to float (exact) and narrow with
-// round-to-nearest-even, from f64 directly (no double rounding), matching core/half.h bit for bit.
-template <class S> __device__ S widen(S v) { return v; }
-__device__ inline float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float widen(__half v) { return __half2float(v); }
+template <class T, class B, class W>
+__global__ void bias_act_kernel(U act, const T* h, const B* bias, T* y, int64_t n, int64_t N) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = narrow<T>(act_value<W>(act, W(widen(h[i])) + W(widen(bias[i % N]))));
+}
 
-template <class D, class W> __device__ D narrow(W w) {
-  if constexpr (std::is_same_v<D, __nv_bfloat16>) {
-    if constexpr (std::is_same_v<W, float>) return __float2bfloat16_rn(w);
-    else return __double2bfloat16(double(w));
-  } else if constexpr (std::is_same_v<D, __half>) {
-    if constexpr (std::is_same_v<W, float>) return __float2half_rn(w);
-    else return __double2half(double(w));
-  } else {
-    return D(w);
+// dh = g·act'(h + bias), and the bias gradient's partial sums: block (x, y) takes 32 columns and a chunk of
+// kBiasRows rows; its 32 × 8 threads walk the chunk's rows (a warp reads 32 consecutive columns of a row) and
+// sum their column in a fixed order, then the 8 partials of a column are added in order into partial[y][col].
+constexpr int kBiasRows = 256;
+template <class T, class B, class W>
+__global__ void bias_act_backward_kernel(U act, const T* h, const B* bias, const T* g, T* dh, W* partial, int64_t rows,
+                                         int64_t N) {
+  __shared__ W sums[8][33];
+  int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  int64_t r0 = int64_t(blockIdx.y) * kBiasRows, r1 = min(rows, r0 + kBiasRows);
+  W acc = 0;
+  if (col < N) {
+    W b = W(widen(bias[col]));
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      int64_t i = r * N + col;
+      W dz = W(widen(g[i])) * act_slope<W>(act, W(widen(h[i])) + b);
+      dh[i] = narrow<T>(dz);
+      acc += dz;
+    }
+  }
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < N) {
+    W s = 0;
+    for (int k = 0; k < 8; ++k) s += sums[k][threadIdx.x];
+    partial[int64_t(blockIdx.y) * N + col] = s;
   }
 }
+
+// dbias[col] = Σ over the row chunks of partial[chunk][col], in chunk order.
+template <class B, class W>
+__global__ void bias_sum_kernel(const W* partial, B* dbias, int64_t chunks, int64_t N) {
+  for (int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; col < N; col += int64_t(gridDim.x) * blockDim.x) {
+    W s = 0;
+    for (int64_t k = 0; k < chunks; ++k) s += partial[k * N + col];
+    dbias[col] = narrow<B>(s);
+  }
+}
+
+U bias_act_code(const char* act, Device d) { return std::strcmp(act, "none") == 0 ? U::neg : unary_code(act, d); }
+
+// f(T, B, W) for h's dtype: f64 / f64 / double, f32 / f32 / float, bf16 | f16 / f32 / float.
+template <class F>
+void with_bias_act_types(DType h, F&& f) {
+  switch (h) {
+    case DType::f64: return f(double(), double(), double());
+    case DType::f32: return f(float(), float(), float());
+    case DType::bf16: return f(__nv_bfloat16(), float(), float());
+    case DType::f16: return f(__half(), float(), float());
+    default: LD_FAIL("bias_act on CUDA: expected a floating dtype, got ", dtype_name(h));
+  }
+}
+
+// ---------------------------------------------------------------- copies and fills
 
 template <class D, class S>
 __global__ void copy_kernel(D* dst, StridedIndex id, const S* src, StridedIndex is, int64_t n) {
@@ -271,6 +320,44 @@ StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) 
 }
 
 }  // namespace
+
+void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y) {
+  U op = bias_act_code(act, h.device());
+  int64_t n = h.numel(), N = h.size(-1);
+  if (n == 0) return;
+  with_bias_act_types(h.dtype(), [&](auto t, auto b, auto w) {
+    using T = decltype(t);
+    using B = decltype(b);
+    using W = decltype(w);
+    bias_act_kernel<T, B, W><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
+        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
+        static_cast<T*>(y.device_data()), n, N);
+  });
+  LD_CUDA_LAUNCHED("bias_act");
+}
+
+void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
+                       const Tensor& dbias) {
+  U op = bias_act_code(act, h.device());
+  int64_t N = h.size(-1), rows = N ? h.numel() / N : 0;
+  if (N == 0) return;
+  int64_t chunks = std::max<int64_t>(1, (rows + kBiasRows - 1) / kBiasRows);
+  LD_CHECK(chunks <= 65535, "bias_act on CUDA: ", rows, " rows exceed the grid (", 65535 * int64_t(kBiasRows), ")");
+  with_bias_act_types(h.dtype(), [&](auto t, auto b, auto w) {
+    using T = decltype(t);
+    using B = decltype(b);
+    using W = decltype(w);
+    Tensor partial = empty({chunks, N}, {bias.dtype() == DType::f64 ? DType::f64 : DType::f32, h.device()});
+    dim3 grid(unsigned((N + 31) / 32), unsigned(chunks)), block(32, 8);
+    bias_act_backward_kernel<T, B, W><<<grid, block, 0, stream_of(dh)>>>(
+        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
+        static_cast<const T*>(g.device_data()), static_cast<T*>(dh.device_data()), static_cast<W*>(partial.device_data()),
+        rows, N);
+    bias_sum_kernel<B, W><<<blocks_for(N), kThreads, 0, stream_of(dh)>>>(
+        static_cast<const W*>(partial.device_data()), static_cast<B*>(dbias.device_data()), chunks, N);
+  });
+  LD_CUDA_LAUNCHED("bias_act backward");
+}
 
 void unary(const Elementwise& e, const Tensor& x, const Tensor& y) {
   U op = unary_code(e.name, x.device());

@@ -24,6 +24,11 @@ void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const
 void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse);
 void sum_squares(const std::vector<Tensor>& xs, const Tensor& out);
 
+// elementwise.cu (bias + activation)
+void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y);
+void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
+                       const Tensor& dbias);
+
 // matmul.cu
 void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                   const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb, int64_t stride_b, void* C,

@@ -8,9 +8,10 @@
 namespace liandan::cuda_impl {
 namespace {
 
-template <class T>
-__global__ void rope_kernel(const T* x, T* y, const T* c, const T* s, StridedIndex x_row, StridedIndex table_row,
-                            int64_t R, int64_t D, int64_t P, bool half, T sign) {
+// T: x's and y's element type, C: the tables' (T, or f32 for bf16/f16 x, computed in f32).
+template <class T, class C>
+__global__ void rope_kernel(const T* x, T* y, const C* c, const C* s, StridedIndex x_row, StridedIndex table_row,
+                            int64_t R, int64_t D, int64_t P, bool half, C sign) {
   int64_t per_row = D - P;  // P pairs, then D − 2P copies
   int64_t n = R * per_row;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
@@ -23,9 +24,9 @@ __global__ void rope_kernel(const T* x, T* y, const T* c, const T* s, StridedInd
     }
     int64_t tr = table_row.offset(r) * P;
     int64_t ia = half ? j : 2 * j, ib = half ? j + P : 2 * j + 1;
-    T a = xr[ia], b = xr[ib], ci = c[tr + j], si = sign * s[tr + j];
-    yr[ia] = a * ci - b * si;
-    yr[ib] = a * si + b * ci;
+    C a = widen(xr[ia]), b = widen(xr[ib]), ci = c[tr + j], si = sign * s[tr + j];
+    yr[ia] = narrow<T>(a * ci - b * si);
+    yr[ib] = narrow<T>(a * si + b * ci);
   }
 }
 
@@ -40,12 +41,16 @@ void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y
            shape_str(x.strides()));
   Shape xs(x.strides().begin(), x.strides().end() - 1);
   StridedIndex xr = strided_index(lead.empty() ? Shape{1} : lead, lead.empty() ? Shape{0} : xs, "rope");
-  LD_CUDA_FLOAT(x.dtype(), "rope", [&] {
-    using T = scalar_t;
-    rope_kernel<T><<<blocks_for(R * (D - P)), kThreads, 0, stream_of(y)>>>(
-        static_cast<const T*>(x.device_data()), static_cast<T*>(y.device_data()), static_cast<const T*>(cos.device_data()),
-        static_cast<const T*>(sin.device_data()), xr, tr, R, D, P, half, T(sign));
-  });
+  auto launch = [&](auto t, auto c) {
+    using T = decltype(t);
+    using C = decltype(c);
+    rope_kernel<T, C><<<blocks_for(R * (D - P)), kThreads, 0, stream_of(y)>>>(
+        static_cast<const T*>(x.device_data()), static_cast<T*>(y.device_data()), static_cast<const C*>(cos.device_data()),
+        static_cast<const C*>(sin.device_data()), xr, tr, R, D, P, half, C(sign));
+  };
+  if (x.dtype() == DType::bf16) launch(__nv_bfloat16(), float());
+  else if (x.dtype() == DType::f16) launch(__half(), float());
+  else LD_CUDA_FLOAT(x.dtype(), "rope", [&] { launch(scalar_t(), scalar_t()); });
   LD_CUDA_LAUNCHED("rope");
 }
 

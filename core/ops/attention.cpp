@@ -203,6 +203,9 @@ void causal_linear_backward(const LinGeom& g, const T* rq, const T* rk, const T*
   }, 1);
 }
 
+// The dtype of the row statistics (lse) and of the key mask: f32 for half-format q, k, v.
+DType stats_dtype(DType qdt) { return is_half(qdt) ? DType::f32 : qdt; }
+
 // An operand as the fused kernels read it (HeadRows): a 4-D [B, H, T, D] tensor whose last dim is contiguous
 // as it is — a view needs no copy —, anything else made contiguous.
 Tensor rows_layout(const Tensor& t) {
@@ -256,21 +259,28 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                  opt.key_valid.size(1) == g.Tk,
              op, ": key_valid must be [B, Tk] = [", q.dim() >= 3 ? q.size(0) : 0, ", ", g.Tk, "], got ",
              shape_str(opt.key_valid.shape()));
-    valid = opt.key_valid.to(q.dtype()).contiguous();
+    valid = opt.key_valid.to(stats_dtype(q.dtype())).contiguous();
     g.B = q.size(0);
   }
   // On a device the fused kernel when it handles the shape — under autocast its tensor-core form, with the
   // composite's autocast numbers. On the CPU under autocast, the composite (its GEMMs take the half format).
   bool on_device = !q.device().is_cpu();
+  // Half q, k, v (autocast's half activations): the tensor-core kernel on a device; elsewhere the autocast
+  // composite on their (exact) f32 widening, its output rounded back to the half format.
+  auto half_composite = [&] {
+    Autocast ac(q.dtype());
+    return composite::attention(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32), opt).to(q.dtype());
+  };
+  if (is_half(q.dtype()) && !on_device) return half_composite();
   if (autocast_enabled() && !on_device) return composite::attention(q, k, v, opt);
   Tensor qc = rows_layout(q), kc = rows_layout(k), vc = rows_layout(v);
   TensorOptions o{q.dtype(), q.device()};
-  Tensor out = empty_heads_like(q, g.Dv, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, o);
+  Tensor out = empty_heads_like(q, g.Dv, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, {stats_dtype(q.dtype()), q.device()});
   AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_dtype()};
   if (on_device) {
     if (valid.defined()) valid = valid.to(q.device());
     if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse))
-      return composite::attention(q, k, v, opt);
+      return is_half(q.dtype()) ? half_composite() : composite::attention(q, k, v, opt);
   } else {
     AttnRows r{head_rows(qc), head_rows(kc), head_rows(vc), head_rows(out)};
     LD_DISPATCH_FLOAT(q.dtype(), op, [&] {

@@ -357,6 +357,126 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   return where(mask, full({}, value, {x.dtype(), x.device()}), x);
 }
 
+// ---- bias + activation, fused
+
+namespace {
+const char* bias_act_name(BiasActivation a) {
+  return a == BiasActivation::gelu ? "gelu" : a == BiasActivation::gelu_tanh ? "gelu_tanh" : "none";
+}
+
+// act(z) and act'(z), the formulas of gelu() above.
+template <class W>
+W act_value(BiasActivation a, W z) {
+  if (a == BiasActivation::gelu) return W(0.5) * z * (1 + cpu::verf(z * W(0.7071067811865476)));
+  if (a == BiasActivation::gelu_tanh) {
+    W u = W(0.7978845608028654) * (z + W(0.044715) * z * z * z);
+    return W(0.5) * z * (1 + cpu::vtanh(u));
+  }
+  return z;
+}
+template <class W>
+W act_slope(BiasActivation a, W z) {
+  if (a == BiasActivation::gelu)
+    return W(0.5) * (1 + cpu::verf(z * W(0.7071067811865476))) + z * W(0.3989422804014327) * cpu::vexp(W(-0.5) * z * z);
+  if (a == BiasActivation::gelu_tanh) {
+    W u = W(0.7978845608028654) * (z + W(0.044715) * z * z * z), th = cpu::vtanh(u);
+    W du = W(0.7978845608028654) * (1 + W(3 * 0.044715) * z * z);
+    return W(0.5) * (1 + th) + W(0.5) * z * (1 - th * th) * du;
+  }
+  return W(1);
+}
+
+constexpr int64_t kBiasChunk = 64;  // rows per partial bias-gradient sum (fixed: results independent of threads)
+
+// T: h's element type, B: the bias's, W: the arithmetic's (float, or double for f64).
+template <class T, class B, class W>
+void bias_act_cpu(BiasActivation a, const T* h, const B* bias, T* y, int64_t rows, int64_t N) {
+  cpu::parallel_range(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < N; ++c) y[r * N + c] = T(act_value<W>(a, W(h[r * N + c]) + W(bias[c])));
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N)));
+}
+
+template <class T, class B, class W>
+void bias_act_backward_cpu(BiasActivation a, const T* h, const B* bias, const T* g, T* dh, B* dbias, int64_t rows,
+                           int64_t N) {
+  int64_t chunks = (rows + kBiasChunk - 1) / kBiasChunk;
+  std::vector<W> partial(size_t(chunks * N), W(0));
+  cpu::parallel_range(chunks, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      W* part = partial.data() + k * N;
+      for (int64_t r = k * kBiasChunk; r < std::min(rows, (k + 1) * kBiasChunk); ++r)
+        for (int64_t c = 0; c < N; ++c) {
+          W dz = W(g[r * N + c]) * act_slope<W>(a, W(h[r * N + c]) + W(bias[c]));
+          dh[r * N + c] = T(dz);
+          part[c] += dz;
+        }
+    }
+  }, 1);
+  for (int64_t c = 0; c < N; ++c) {
+    W s = 0;
+    for (int64_t k = 0; k < chunks; ++k) s += partial[size_t(k * N + c)];
+    dbias[c] = B(s);
+  }
+}
+
+// The (T, B, W) types of a call: f64/f64/double, f32/f32/float, bf16|f16 / f32 / float.
+template <class F>
+void with_bias_act_types(DType h, DType b, F&& f) {
+  if (h == DType::f64) return f(double(), double(), double());
+  if (h == DType::f32) return f(float(), float(), float());
+  if (h == DType::bf16) return f(bfloat16(), float(), float());
+  return f(float16(), float(), float());
+}
+}  // namespace
+
+Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act) {
+  const char* op = "bias_act";
+  LD_CHECK(h.defined() && bias.defined(), op, ": undefined argument");
+  LD_CHECK(is_floating(h.dtype()) && h.dim() >= 1 && bias.dim() == 1 && bias.size(0) == h.size(-1), op, ": h ",
+           shape_str(h.shape()), " ", dtype_name(h.dtype()), " and bias ", shape_str(bias.shape()),
+           " do not match (expected h [.., N] and bias [N])");
+  DType want_b = is_half(h.dtype()) ? DType::f32 : h.dtype();
+  LD_CHECK(bias.dtype() == want_b, op, ": bias must be ", dtype_name(want_b), " for h in ", dtype_name(h.dtype()),
+           ", got ", dtype_name(bias.dtype()));
+  LD_CHECK(h.device() == bias.device(), op, ": h is on ", h.device().str(), ", bias on ", bias.device().str());
+  const int64_t N = h.size(-1), rows = N ? h.numel() / N : 0;
+  Tensor hc = h.contiguous(), bc = bias.contiguous();
+  Tensor y = empty(h.shape(), {h.dtype(), h.device()});
+  if (!h.device().is_cpu()) {
+    device_backend(h.device()).bias_act(hc, bc, bias_act_name(act), y);
+  } else {
+    with_bias_act_types(h.dtype(), bias.dtype(), [&](auto t, auto b, auto w) {
+      using T = decltype(t);
+      using B = decltype(b);
+      bias_act_cpu<T, B, decltype(w)>(act, static_cast<const T*>(hc.device_data()),
+                                      static_cast<const B*>(bc.device_data()), static_cast<T*>(y.device_data()), rows, N);
+    });
+  }
+  if (needs_grad({&h, &bias})) {
+    SavedTensor sh(hc, op), sb(bc, op);
+    record(op, y, {h, bias}, [=](const Tensor& g_in) {
+      Tensor g = g_in.contiguous();
+      const Tensor &hv = sh.get(), &bv = sb.get();
+      Tensor dh = empty(hv.shape(), {hv.dtype(), hv.device()}), db = empty(bv.shape(), {bv.dtype(), bv.device()});
+      if (!hv.device().is_cpu()) {
+        device_backend(hv.device()).bias_act_backward(hv, bv, g, bias_act_name(act), dh, db);
+      } else {
+        with_bias_act_types(hv.dtype(), bv.dtype(), [&](auto t, auto b, auto w) {
+          using T = decltype(t);
+          using B = decltype(b);
+          bias_act_backward_cpu<T, B, decltype(w)>(act, static_cast<const T*>(hv.device_data()),
+                                                   static_cast<const B*>(bv.device_data()),
+                                                   static_cast<const T*>(g.device_data()), static_cast<T*>(dh.device_data()),
+                                                   static_cast<B*>(db.device_data()), rows, N);
+        });
+      }
+      return std::vector<Tensor>{dh, db};
+    });
+  }
+  return y;
+}
+
 Tensor dropout(const Tensor& x, double p, bool train, Generator& gen) {
   LD_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
   if (!train || p == 0) return x;

@@ -124,10 +124,17 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b, bool half_result = false) {
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+namespace {
+
+// matmul and autocast_matmul; half_out: under autocast, the product in the half format (rounded by the GEMM).
+Tensor matmul_op(const Tensor& a, const Tensor& b, bool half_out) {
   LD_CHECK(a.defined() && b.defined(), "matmul: undefined tensor argument");
-  LD_CHECK(a.dtype() == b.dtype(), "matmul: dtype mismatch ", dtype_name(a.dtype()), " ", shape_str(a.shape()),
-           " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
+  // Under autocast an f32 operand meets a half one (a half activation times an f32 weight): both go half.
+  DType h = autocast_dtype();
+  bool autocast_pair = h != DType::f32 && (a.dtype() == DType::f32 || a.dtype() == h) &&
+                       (b.dtype() == DType::f32 || b.dtype() == h);
+  LD_CHECK(a.dtype() == b.dtype() || autocast_pair, "matmul: dtype mismatch ", dtype_name(a.dtype()), " ",
+           shape_str(a.shape()), " vs ", dtype_name(b.dtype()), " ", shape_str(b.shape()));
   LD_CHECK(a.device() == b.device(), "matmul: device mismatch: ", a.device().str(), " ", shape_str(a.shape()),
            " vs ", b.device().str(), " ", shape_str(b.shape()));
   LD_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dim, got ", shape_str(a.shape()),
@@ -138,14 +145,15 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
            " cannot be multiplied (", ka, " vs ", kb, ")");
   // torch.matmul's 1-D rules: a vector is a row (left) or a column (right), removed from the result.
   // vector @ vector: [1, K] @ [K] is [1] already (the column was removed), so dim 0 goes.
-  if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(b.dim() == 1 ? 0 : -2);
-  if (b.dim() == 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
+  if (a.dim() == 1) return matmul_op(a.unsqueeze(0), b, half_out).squeeze(b.dim() == 1 ? 0 : -2);
+  if (b.dim() == 1) return matmul_op(a, b.unsqueeze(-1), half_out).squeeze(-1);
   // Autocast: the operands are cast (differentiably: their gradients come back through the casts).
-  if (DType h = autocast_dtype(); h != DType::f32 && a.dtype() == DType::f32) return matmul(a.to(h), b.to(h));
+  if (autocast_pair && (a.dtype() == DType::f32 || b.dtype() == DType::f32))
+    return matmul_op(a.to(h), b.to(h), half_out);
   Tensor c;
   {
     NoGradGuard ng;
-    c = matmul_nd(a.detach(), b.detach());
+    c = matmul_nd(a.detach(), b.detach(), half_out);
   }
   if (needs_grad({&a, &b})) {
     SavedTensor sa(a, "matmul"), sb(b, "matmul");
@@ -182,5 +190,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   }
   return c;
 }
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) { return matmul_op(a, b, false); }
+Tensor autocast_matmul(const Tensor& a, const Tensor& b) { return matmul_op(a, b, true); }
 
 }  // namespace liandan

@@ -16,24 +16,26 @@ namespace {
 
 // Rotates every row of x (row r at x + x_row[r], its D elements contiguous) into y ([R, D] contiguous) by
 // the table row that row r broadcasts to. sign = -1 applies the inverse rotation (the backward pass).
-template <class T>
-void rope_kernel(const T* x, const std::vector<int64_t>& x_row, T* y, const T* c, const T* s,
-                 const std::vector<int64_t>& table_row, int64_t R, int64_t D, int64_t P, bool half, T sign) {
+// T: x's and y's element type, C: the tables' (T, or float for bf16/f16 x: computed in float).
+template <class T, class C>
+void rope_kernel(const T* x, const std::vector<int64_t>& x_row, T* y, const C* c, const C* s,
+                 const std::vector<int64_t>& table_row, int64_t R, int64_t D, int64_t P, bool half, C sign) {
   cpu::parallel_range(R, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T *xr = x + x_row[size_t(r)], *cr = c + table_row[size_t(r)] * P, *sr = s + table_row[size_t(r)] * P;
+      const T* xr = x + x_row[size_t(r)];
+      const C *cr = c + table_row[size_t(r)] * P, *sr = s + table_row[size_t(r)] * P;
       T* yr = y + r * D;
       if (half) {
         for (int64_t i = 0; i < P; ++i) {
-          T a = xr[i], b = xr[i + P], si = sign * sr[i];
-          yr[i] = a * cr[i] - b * si;
-          yr[i + P] = a * si + b * cr[i];
+          C a = C(xr[i]), b = C(xr[i + P]), si = sign * sr[i];
+          yr[i] = T(a * cr[i] - b * si);
+          yr[i + P] = T(a * si + b * cr[i]);
         }
       } else {
         for (int64_t i = 0; i < P; ++i) {
-          T a = xr[2 * i], b = xr[2 * i + 1], si = sign * sr[i];
-          yr[2 * i] = a * cr[i] - b * si;
-          yr[2 * i + 1] = a * si + b * cr[i];
+          C a = C(xr[2 * i]), b = C(xr[2 * i + 1]), si = sign * sr[i];
+          yr[2 * i] = T(a * cr[i] - b * si);
+          yr[2 * i + 1] = T(a * si + b * cr[i]);
         }
       }
       for (int64_t i = 2 * P; i < D; ++i) yr[i] = xr[i];
@@ -85,10 +87,16 @@ Tensor rope_apply(const Tensor& x, const Tensor& c, const Tensor& s, bool half, 
   Tensor xc = x.dim() == 0 || x.strides().back() == 1 ? x : x.contiguous();
   std::vector<int64_t> rows = table_rows(xlead, st);
   std::vector<int64_t> x_rows = table_rows(xlead, Shape(xc.strides().begin(), xc.strides().end() - (xc.dim() ? 1 : 0)));
-  LD_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
-    rope_kernel<scalar_t>(xc.data_ptr<scalar_t>(), x_rows, y.data_ptr<scalar_t>(), cc.data_ptr<scalar_t>(),
-                          sc.data_ptr<scalar_t>(), rows, R, D, P, half, scalar_t(sign));
-  });
+  auto run = [&](auto t, auto c) {
+    using T = decltype(t);
+    using C = decltype(c);
+    rope_kernel<T, C>(static_cast<const T*>(xc.device_data()), x_rows, static_cast<T*>(y.device_data()),
+                      static_cast<const C*>(cc.device_data()), static_cast<const C*>(sc.device_data()), rows, R, D, P,
+                      half, C(sign));
+  };
+  if (x.dtype() == DType::bf16) run(bfloat16(), float());
+  else if (x.dtype() == DType::f16) run(float16(), float());
+  else LD_DISPATCH_FLOAT(x.dtype(), "rope", [&] { run(scalar_t(), scalar_t()); });
   return y;
 }
 
@@ -117,8 +125,11 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, RopePairing p
            " and cos ", shape_str(cos.shape()));
   LD_CHECK(cos.shape() == sin.shape(), "rope: cos ", shape_str(cos.shape()), " and sin ", shape_str(sin.shape()),
            " differ");
-  LD_CHECK(x.dtype() == cos.dtype() && x.dtype() == sin.dtype(), "rope: dtype mismatch: x ", dtype_name(x.dtype()),
-           ", cos ", dtype_name(cos.dtype()), ", sin ", dtype_name(sin.dtype()));
+  // bf16/f16 x (a half-format activation under autocast) takes f32 tables and is rotated in f32.
+  DType table_dt = is_half(x.dtype()) ? DType::f32 : x.dtype();
+  LD_CHECK(cos.dtype() == table_dt && sin.dtype() == table_dt, "rope: dtype mismatch: x ", dtype_name(x.dtype()),
+           ", cos ", dtype_name(cos.dtype()), ", sin ", dtype_name(sin.dtype()), " (tables in ", dtype_name(table_dt),
+           " expected)");
   int64_t D = x.shape().back(), P = cos.shape().back();
   LD_CHECK(2 * P <= D, "rope: tables of shape ", shape_str(cos.shape()), " rotate ", 2 * P, " dims, but x ",
            shape_str(x.shape()), " has only ", D);
@@ -136,7 +147,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, RopePairing p
     record("rope", y, {x, cos, sin}, [=](const Tensor& g) {
       Tensor dx = gx ? rope_apply(g, sc.get(), ss.get(), half, -1.0) : Tensor();
       Tensor dc, ds;
-      if (gt) std::tie(dc, ds) = rope_table_grads(sx.get(), g, tshape, P, half);
+      if (gt) std::tie(dc, ds) = rope_table_grads(sx.get().to(table_dt), g.to(table_dt), tshape, P, half);
       return std::vector<Tensor>{dx, dc, ds};
     });
   }
