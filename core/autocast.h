@@ -5,7 +5,10 @@
 // exact in f32). The ops built on matmul follow: nn::Linear, and attention and conv2d, which take their
 // composite (matmul-based) form under autocast so that CPU and GPU compute the same thing. Parameters
 // stay f32 ("master weights"); gradients come back through the casts, rounded to the half format on the
-// way, as in PyTorch. Everything else (norms, softmax, losses, optimizer) stays in f32.
+// way, as in PyTorch. Where a block's consumers have half kernels its large activations stay half, as in
+// PyTorch: autocast_matmul (the product rounded to bf16 by the GEMM) and bias_act (bias + GELU in one pass)
+// keep a FeedForward's hidden layer and softmax attention's q, k, v, output and their gradients in bf16
+// (nn::Linear::forward_act). Norms, softmax, losses, the residual stream and the optimizer stay in f32.
 //
 //   { ld::Autocast ac(DType::bf16);  loss = model.forward(x); }   // forward in mixed precision
 //   loss.backward(); opt.step();                                 // backward follows the forward's dtypes

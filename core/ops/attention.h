@@ -8,6 +8,10 @@
 //   causal:    query i (at absolute position Tk - Tq + i, so a KV cache works) sees keys j <= that
 //   key_valid: optional [B, Tk] tensor, non-zero = the key may be attended (padding mask)
 // A query row with no visible key outputs 0 (and passes no gradient), instead of NaN.
+// Layouts: 4-D q, k, v with a contiguous last dim are read in place (e.g. strided heads of a fused QKV
+// projection); the output of 4-D inputs is laid out [B, T, H, Dv] (returned as its [B, H, T, Dv] permutation),
+// so merging the heads back is a view. Half (bf16/f16) q, k, v: the tensor-core kernel on a device, the autocast
+// composite on the CPU; the output is in their format.
 //
 // linear_attention (RoFormer 3.3, eq. 19): phi(x) = elu(x) + 1 on q and k;
 //   out_i = sum_j [R_i phi(q_i)]^T [R_j phi(k_j)] v_j / sum_j phi(q_i)^T phi(k_j)
