@@ -165,9 +165,11 @@ class DeviceBackend {
   // contiguous, at most 8 leading dims) with its first 2P dims rotated by contiguous cos/sin tables ([.., P]);
   // x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d]; sign −1 rotates
   // backwards (the gradient).
-  // y = act(h + bias) over contiguous rows of N (bias_act, core/ops.h; act "none", "gelu" or "gelu_tanh"), and
-  // its backward: dh, and dbias as deterministic sums over the rows.
-  virtual void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y) = 0;
+  // y = [residual +] act(h + bias) over contiguous rows of N (bias_act, core/ops.h; act "none", "gelu" or
+  // "gelu_tanh"; residual may be undefined), and its backward: dh, and dbias as deterministic sums over the rows
+  // (g in y's dtype).
+  virtual void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual,
+                        const Tensor& y) = 0;
   virtual void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act,
                                  const Tensor& dh, const Tensor& dbias) = 0;
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,

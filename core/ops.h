@@ -59,11 +59,13 @@ Tensor elu(const Tensor& x, double alpha = 1.0);
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
 
 // y = act(h + bias) in one pass, computed in f32 (f64 for f64) and stored in h's dtype: h [.., N], bias [N] in
-// h's dtype or f32 when h is bf16/f16. Its backward is one pass too: dh = g·act'(h + bias) in h's dtype and
-// dbias = Σ over rows (deterministic: fixed row chunks summed in order). A Linear layer's bias and activation
-// after its GEMM; nn's blocks use it under autocast on the GEMM's half output (two activation passes fewer).
+// h's dtype or f32 when h is bf16/f16 (undefined: none). With a residual (h's shape, the bias's dtype), y =
+// residual + act(h + bias) in the residual's dtype: a residual block's add in the same pass. The backward is
+// one pass too: dh = g·act'(h + bias) in h's dtype, dbias = Σ over rows (deterministic: fixed row chunks summed
+// in order), dresidual = g. A Linear layer's bias, activation and residual add after its GEMM; nn's blocks use
+// it under autocast on the GEMM's half output (Linear::forward_act).
 enum class BiasActivation { none, gelu, gelu_tanh };
-Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act);
+Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const Tensor& residual = {});
 
 // Comparisons return 0/1 in the inputs' dtype and carry no gradient.
 Tensor eq(const Tensor& a, const Tensor& b);

@@ -144,7 +144,7 @@ Tensor MultiheadAttention::forward(const Tensor& x, const AttentionInputs& in) {
   }
   out = out.permute({0, 2, 1, 3}).reshape({B, T, d_model});
   if (config.dropout > 0) out = dropout(out, config.dropout, is_training(), *gen_);
-  return o_proj->forward(out);
+  return in.residual.defined() ? o_proj->forward_act(out, BiasActivation::none, in.residual) : o_proj->forward(out);
 }
 
 Tensor MultiheadAttention::attention_logits(const Tensor& x, const AttentionInputs& in) {

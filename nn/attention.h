@@ -60,6 +60,7 @@ struct AttentionInputs {
   Tensor pos_x, pos_y; // rope2d: [T] coordinates of the tokens
   Tensor cos, sin;     // ready RoPE tables [T, Dh/2] (override positions; models compute them once)
   KVCache* cache = nullptr;
+  Tensor residual;     // [B, T, d]: forward returns residual + attention (the add fused into o_proj's pass)
 };
 
 // [T, d] sinusoidal table (Vaswani et al.): pe[t, 2i] = sin(t w_i), pe[t, 2i+1] = cos(t w_i),

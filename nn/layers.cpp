@@ -33,18 +33,17 @@ Tensor Linear::forward(const Tensor& x) {
   return bias.defined() ? add(y, bias) : y;
 }
 
-Tensor Linear::forward_act(const Tensor& x, BiasActivation act) {
+Tensor Linear::forward_act(const Tensor& x, BiasActivation act, const Tensor& residual) {
   if (!autocast_enabled()) {
     Tensor y = forward(x);
-    if (act == BiasActivation::none) return y;
-    return gelu(y, act == BiasActivation::gelu_tanh ? GeluApprox::tanh : GeluApprox::none);
+    if (act != BiasActivation::none) y = gelu(y, act == BiasActivation::gelu_tanh ? GeluApprox::tanh : GeluApprox::none);
+    return residual.defined() ? add(residual, y) : y;
   }
   LD_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features, "Linear(", in_features, ", ", out_features,
            "): expected input [..., ", in_features, "], got ", x.defined() ? shape_str(x.shape()) : "undefined");
   Tensor y = autocast_matmul(x, weight.t());
-  if (bias.defined()) return bias_act(y, bias, act);
-  if (act == BiasActivation::none) return y;
-  return bias_act(y, zeros({out_features}, {is_half(y.dtype()) ? DType::f32 : y.dtype(), y.device()}), act);
+  if (!bias.defined() && act == BiasActivation::none && !residual.defined()) return y;
+  return bias_act(y, bias, act, residual);
 }
 
 // ---------------------------------------------------------------- Embedding
@@ -136,8 +135,11 @@ FeedForward::FeedForward(int64_t dim, int64_t hidden, bool bias, GeluApprox appr
   fc2 = register_module("fc2", std::make_shared<Linear>(hidden, dim, bias, gen));
 }
 
-Tensor FeedForward::forward(const Tensor& x) {
-  return fc2->forward(fc1->forward_act(x, approx == GeluApprox::tanh ? BiasActivation::gelu_tanh : BiasActivation::gelu));
+Tensor FeedForward::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor FeedForward::forward(const Tensor& x, const Tensor& residual) {
+  Tensor h = fc1->forward_act(x, approx == GeluApprox::tanh ? BiasActivation::gelu_tanh : BiasActivation::gelu);
+  return residual.defined() ? fc2->forward_act(h, BiasActivation::none, residual) : fc2->forward(h);  // f32 out
 }
 
 GLUFeedForward::GLUFeedForward(int64_t dim, int64_t hidden, GLUActivation act, bool bias, Generator& gen)

@@ -18,10 +18,10 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator& gen = default_generator());
   Tensor forward(const Tensor& x) override;
-  // act(x Wᵀ + b). Under autocast the GEMM returns the half format and the bias and activation follow in one
-  // fused pass (bias_act): a feed-forward block's hidden activation then moves in 2 bytes, as in PyTorch's
-  // autocast. Otherwise forward(x) and the activation op.
-  Tensor forward_act(const Tensor& x, BiasActivation act);
+  // [residual +] act(x Wᵀ + b). Under autocast the GEMM returns the half format and the bias, activation and
+  // residual add follow in one fused pass (bias_act): a feed-forward block's hidden activation then moves in 2
+  // bytes, as in PyTorch's autocast. Otherwise forward(x), the activation op and add.
+  Tensor forward_act(const Tensor& x, BiasActivation act, const Tensor& residual = {});
   void reset_parameters(Generator& gen);
   int64_t in_features, out_features;
   Tensor weight;  // [out, in]
@@ -160,6 +160,7 @@ class FeedForward : public Module {
   FeedForward(int64_t dim, int64_t hidden, bool bias = true, GeluApprox approx = GeluApprox::none,
               Generator& gen = default_generator());
   Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x, const Tensor& residual);  // residual + forward(x), the add fused under autocast
   GeluApprox approx;
   std::shared_ptr<Linear> fc1, fc2;
 };

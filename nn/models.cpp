@@ -23,10 +23,15 @@ TransformerBlock::TransformerBlock(int64_t d_model, int64_t n_heads, int64_t d_f
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, const AttentionInputs& in) {
-  Tensor h = attn->forward(ln1->forward(x), in);
-  Tensor y = x + (drop->p > 0 ? drop->forward(h) : h);
-  h = ffn->forward(ln2->forward(y));
-  return y + (drop->p > 0 ? drop->forward(h) : h);
+  if (drop->p > 0) {  // dropout on the residual branches
+    Tensor y = x + drop->forward(attn->forward(ln1->forward(x), in));
+    return y + drop->forward(ffn->forward(ln2->forward(y)));
+  }
+  // The residual adds ride on the output projections' bias pass (fused under autocast).
+  AttentionInputs with_residual = in;
+  with_residual.residual = x;
+  Tensor y = attn->forward(ln1->forward(x), with_residual);
+  return ffn->forward(ln2->forward(y), y);
 }
 
 namespace {

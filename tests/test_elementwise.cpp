@@ -925,7 +925,7 @@ TEST_CASE("bias_act: act(h + bias) in one pass; gradients (f64 gradcheck), threa
   }
 }
 
-TEST_CASE("bias_act: bf16 h with an f32 bias is the f32 result rounded once; bad shapes and dtypes are named") {
+TEST_CASE("bias_act: bf16 h with an f32 bias is the f32 result rounded once; a residual add; errors are named") {
   Generator gen(32);
   Tensor h = randn({40, 12}, gen).to(DType::bf16), b = randn({12}, gen);
   Tensor y = bias_act(h, b, BiasActivation::gelu);
@@ -941,6 +941,20 @@ TEST_CASE("bias_act: bf16 h with an f32 bias is the f32 result rounded once; bad
   sum(mul(gelu(z), up.to(DType::bf16).to(DType::f32))).backward();
   CHECK(hl.grad().to_vector() == z.grad().to(DType::bf16).to_vector());
   CHECK(max_abs_diff(bl.grad(), sum(z.grad(), {0})) <= 1e-5 * max(abs(bl.grad())).item());
+  // with a residual (the residual stream's f32): y = r + act(h + b) in f32, dr = g, no bias: b = 0
+  Tensor r = randn({40, 12}, gen);
+  Tensor yr = bias_act(h, b, BiasActivation::gelu, r);
+  CHECK(yr.dtype() == DType::f32);
+  CHECK(max_abs_diff(yr, add(r, gelu(add(h.to(DType::f32), b)))) <= 1e-6);
+  CHECK(bias_act(h, Tensor(), BiasActivation::none, r).to_vector() == add(r, h.to(DType::f32)).to_vector());
+  Generator g64(33);
+  LD_GRADCHECK([](const std::vector<Tensor>& in) { return bias_act(in[0], in[1], BiasActivation::gelu_tanh, in[2]); },
+               {randn({6, 5}, g64, DType::f64).requires_grad_(), randn({5}, g64, DType::f64).requires_grad_(),
+                randn({6, 5}, g64, DType::f64).requires_grad_()});
+  LD_GRADCHECK([](const std::vector<Tensor>& in) { return bias_act(in[0], Tensor(), BiasActivation::gelu, in[1]); },
+               {randn({6, 5}, g64, DType::f64).requires_grad_(), randn({6, 5}, g64, DType::f64).requires_grad_()});
+  CHECK(error_of([&] { bias_act(h, b, BiasActivation::none, randn({40, 12}, gen).to(DType::bf16)); }) ==
+        "bias_act: residual [40, 12] bf16 must be [40, 12] f32");
   CHECK(error_of([&] { bias_act(h, randn({5}, gen), BiasActivation::none); }).find("bias_act: h [40, 12]") !=
         std::string::npos);
   CHECK(error_of([&] { bias_act(h, b.to(DType::bf16), BiasActivation::none); }) ==

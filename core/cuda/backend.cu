@@ -181,9 +181,10 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "foreach_axpby");
     cuda_impl::foreach_axpby(ys, xs, a, b);
   }
-  void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y) override {
+  void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual,
+                const Tensor& y) override {
     OpScope scope(*this, "bias_act");
-    cuda_impl::bias_act(h, bias, act, y);
+    cuda_impl::bias_act(h, bias, act, residual, y);
   }
   void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
                          const Tensor& dbias) override {

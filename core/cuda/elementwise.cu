@@ -208,18 +208,21 @@ template <class W> __device__ W act_slope(U act, W z) {
   return act == U::neg ? W(1) : unary_d(act, z, W(0), W(1), W(0), W(0));
 }
 
-template <class T, class B, class W>
-__global__ void bias_act_kernel(U act, const T* h, const B* bias, T* y, int64_t n, int64_t N) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = narrow<T>(act_value<W>(act, W(widen(h[i])) + W(widen(bias[i % N]))));
+// Y: the output's (and its gradient's) element type: T, or B with a residual res (y = res + act(h + bias)).
+template <class T, class B, class W, class Y>
+__global__ void bias_act_kernel(U act, const T* h, const B* bias, const B* res, Y* y, int64_t n, int64_t N) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    W v = act_value<W>(act, W(widen(h[i])) + W(widen(bias[i % N])));
+    y[i] = narrow<Y>(res ? W(res[i]) + v : v);
+  }
 }
 
 // dh = g·act'(h + bias), and the bias gradient's partial sums: block (x, y) takes 32 columns and a chunk of
 // kBiasRows rows; its 32 × 8 threads walk the chunk's rows (a warp reads 32 consecutive columns of a row) and
 // sum their column in a fixed order, then the 8 partials of a column are added in order into partial[y][col].
 constexpr int kBiasRows = 256;
-template <class T, class B, class W>
-__global__ void bias_act_backward_kernel(U act, const T* h, const B* bias, const T* g, T* dh, W* partial, int64_t rows,
+template <class T, class B, class W, class Y>
+__global__ void bias_act_backward_kernel(U act, const T* h, const B* bias, const Y* g, T* dh, W* partial, int64_t rows,
                                          int64_t N) {
   __shared__ W sums[8][33];
   int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
@@ -255,14 +258,19 @@ __global__ void bias_sum_kernel(const W* partial, B* dbias, int64_t chunks, int6
 
 U bias_act_code(const char* act, Device d) { return std::strcmp(act, "none") == 0 ? U::neg : unary_code(act, d); }
 
-// f(T, B, W) for h's dtype: f64 / f64 / double, f32 / f32 / float, bf16 | f16 / f32 / float.
+// f(T, B, W, Y) for h's dtype: f64 / f64 / double, f32 / f32 / float, bf16 | f16 / f32 / float; Y = B when
+// wide_out (a residual), else T.
 template <class F>
-void with_bias_act_types(DType h, F&& f) {
+void with_bias_act_types(DType h, bool wide_out, F&& f) {
+  auto go = [&](auto t, auto b) {
+    if (wide_out) f(t, b, b, b);
+    else f(t, b, b, t);
+  };
   switch (h) {
-    case DType::f64: return f(double(), double(), double());
-    case DType::f32: return f(float(), float(), float());
-    case DType::bf16: return f(__nv_bfloat16(), float(), float());
-    case DType::f16: return f(__half(), float(), float());
+    case DType::f64: return go(double(), double());
+    case DType::f32: return go(float(), float());
+    case DType::bf16: return go(__nv_bfloat16(), float());
+    case DType::f16: return go(__half(), float());
     default: LD_FAIL("bias_act on CUDA: expected a floating dtype, got ", dtype_name(h));
   }
 }
@@ -321,17 +329,19 @@ StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) 
 
 }  // namespace
 
-void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y) {
+void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual, const Tensor& y) {
   U op = bias_act_code(act, h.device());
   int64_t n = h.numel(), N = h.size(-1);
   if (n == 0) return;
-  with_bias_act_types(h.dtype(), [&](auto t, auto b, auto w) {
+  with_bias_act_types(h.dtype(), residual.defined(), [&](auto t, auto b, auto w, auto yt) {
     using T = decltype(t);
     using B = decltype(b);
     using W = decltype(w);
-    bias_act_kernel<T, B, W><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
-        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
-        static_cast<T*>(y.device_data()), n, N);
+    using Y = decltype(yt);
+    const B* res = residual.defined() ? static_cast<const B*>(residual.device_data()) : nullptr;
+    bias_act_kernel<T, B, W, Y><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
+        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()), res,
+        static_cast<Y*>(y.device_data()), n, N);
   });
   LD_CUDA_LAUNCHED("bias_act");
 }
@@ -343,15 +353,16 @@ void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, con
   if (N == 0) return;
   int64_t chunks = std::max<int64_t>(1, (rows + kBiasRows - 1) / kBiasRows);
   LD_CHECK(chunks <= 65535, "bias_act on CUDA: ", rows, " rows exceed the grid (", 65535 * int64_t(kBiasRows), ")");
-  with_bias_act_types(h.dtype(), [&](auto t, auto b, auto w) {
+  with_bias_act_types(h.dtype(), g.dtype() != h.dtype(), [&](auto t, auto b, auto w, auto yt) {
     using T = decltype(t);
     using B = decltype(b);
     using W = decltype(w);
+    using Y = decltype(yt);
     Tensor partial = empty({chunks, N}, {bias.dtype() == DType::f64 ? DType::f64 : DType::f32, h.device()});
     dim3 grid(unsigned((N + 31) / 32), unsigned(chunks)), block(32, 8);
-    bias_act_backward_kernel<T, B, W><<<grid, block, 0, stream_of(dh)>>>(
+    bias_act_backward_kernel<T, B, W, Y><<<grid, block, 0, stream_of(dh)>>>(
         op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
-        static_cast<const T*>(g.device_data()), static_cast<T*>(dh.device_data()), static_cast<W*>(partial.device_data()),
+        static_cast<const Y*>(g.device_data()), static_cast<T*>(dh.device_data()), static_cast<W*>(partial.device_data()),
         rows, N);
     bias_sum_kernel<B, W><<<blocks_for(N), kThreads, 0, stream_of(dh)>>>(
         static_cast<const W*>(partial.device_data()), static_cast<B*>(dbias.device_data()), chunks, N);

@@ -25,7 +25,7 @@ void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const 
 void sum_squares(const std::vector<Tensor>& xs, const Tensor& out);
 
 // elementwise.cu (bias + activation)
-void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& y);
+void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual, const Tensor& y);
 void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
                        const Tensor& dbias);
 

@@ -388,17 +388,22 @@ W act_slope(BiasActivation a, W z) {
 
 constexpr int64_t kBiasChunk = 64;  // rows per partial bias-gradient sum (fixed: results independent of threads)
 
-// T: h's element type, B: the bias's, W: the arithmetic's (float, or double for f64).
-template <class T, class B, class W>
-void bias_act_cpu(BiasActivation a, const T* h, const B* bias, T* y, int64_t rows, int64_t N) {
+// T: h's element type, B: the bias's (and a residual's), W: the arithmetic's (float, or double for f64), Y: the
+// output's (and its gradient's): T, or B with a residual (the residual stream's format).
+template <class T, class B, class W, class Y>
+void bias_act_cpu(BiasActivation a, const T* h, const B* bias, const B* res, Y* y, int64_t rows, int64_t N) {
   cpu::parallel_range(rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < N; ++c) y[r * N + c] = T(act_value<W>(a, W(h[r * N + c]) + W(bias[c])));
+      for (int64_t c = 0; c < N; ++c) {
+        int64_t i = r * N + c;
+        W v = act_value<W>(a, W(h[i]) + W(bias[c]));
+        y[i] = Y(res ? W(res[i]) + v : v);
+      }
   }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N)));
 }
 
-template <class T, class B, class W>
-void bias_act_backward_cpu(BiasActivation a, const T* h, const B* bias, const T* g, T* dh, B* dbias, int64_t rows,
+template <class T, class B, class W, class Y>
+void bias_act_backward_cpu(BiasActivation a, const T* h, const B* bias, const Y* g, T* dh, B* dbias, int64_t rows,
                            int64_t N) {
   int64_t chunks = (rows + kBiasChunk - 1) / kBiasChunk;
   std::vector<W> partial(size_t(chunks * N), W(0));
@@ -420,58 +425,76 @@ void bias_act_backward_cpu(BiasActivation a, const T* h, const B* bias, const T*
   }
 }
 
-// The (T, B, W) types of a call: f64/f64/double, f32/f32/float, bf16|f16 / f32 / float.
+// f(T, B, W, Y) for h's dtype (see bias_act_cpu); wide_out: Y = B (a residual), else Y = T.
 template <class F>
-void with_bias_act_types(DType h, DType b, F&& f) {
-  if (h == DType::f64) return f(double(), double(), double());
-  if (h == DType::f32) return f(float(), float(), float());
-  if (h == DType::bf16) return f(bfloat16(), float(), float());
-  return f(float16(), float(), float());
+void with_bias_act_types(DType h, bool wide_out, F&& f) {
+  auto go = [&](auto t, auto b) {
+    using T = decltype(t);
+    using B = decltype(b);
+    if (wide_out) f(t, b, b, b);
+    else f(t, b, b, T());
+  };
+  if (h == DType::f64) return go(double(), double());
+  if (h == DType::f32) return go(float(), float());
+  if (h == DType::bf16) return go(bfloat16(), float());
+  return go(float16(), float());
 }
 }  // namespace
 
-Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act) {
+Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const Tensor& residual) {
   const char* op = "bias_act";
-  LD_CHECK(h.defined() && bias.defined(), op, ": undefined argument");
-  LD_CHECK(is_floating(h.dtype()) && h.dim() >= 1 && bias.dim() == 1 && bias.size(0) == h.size(-1), op, ": h ",
-           shape_str(h.shape()), " ", dtype_name(h.dtype()), " and bias ", shape_str(bias.shape()),
-           " do not match (expected h [.., N] and bias [N])");
-  DType want_b = is_half(h.dtype()) ? DType::f32 : h.dtype();
-  LD_CHECK(bias.dtype() == want_b, op, ": bias must be ", dtype_name(want_b), " for h in ", dtype_name(h.dtype()),
-           ", got ", dtype_name(bias.dtype()));
-  LD_CHECK(h.device() == bias.device(), op, ": h is on ", h.device().str(), ", bias on ", bias.device().str());
+  LD_CHECK(h.defined() && is_floating(h.dtype()) && h.dim() >= 1, op, ": h must be a floating tensor [.., N]");
   const int64_t N = h.size(-1), rows = N ? h.numel() / N : 0;
-  Tensor hc = h.contiguous(), bc = bias.contiguous();
-  Tensor y = empty(h.shape(), {h.dtype(), h.device()});
+  DType wide = is_half(h.dtype()) ? DType::f32 : h.dtype();
+  TensorOptions ow{wide, h.device()};
+  LD_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == N), op, ": h ", shape_str(h.shape()), " ",
+           dtype_name(h.dtype()), " and bias ", shape_str(bias.shape()), " do not match (expected h [.., N] and bias [N])");
+  LD_CHECK(!bias.defined() || bias.dtype() == wide, op, ": bias must be ", dtype_name(wide), " for h in ",
+           dtype_name(h.dtype()), ", got ", dtype_name(bias.dtype()));
+  LD_CHECK(!residual.defined() || (residual.shape() == h.shape() && residual.dtype() == wide), op, ": residual ",
+           shape_str(residual.shape()), " ", dtype_name(residual.dtype()), " must be ", shape_str(h.shape()), " ",
+           dtype_name(wide));
+  for (const Tensor* t : {&bias, &residual})
+    LD_CHECK(!t->defined() || t->device() == h.device(), op, ": h is on ", h.device().str(), ", an argument on ",
+             t->device().str());
+  Tensor hc = h.contiguous(), bc = bias.defined() ? bias.contiguous() : zeros({N}, ow);
+  Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
+  Tensor y = empty(h.shape(), {residual.defined() ? wide : h.dtype(), h.device()});
   if (!h.device().is_cpu()) {
-    device_backend(h.device()).bias_act(hc, bc, bias_act_name(act), y);
+    device_backend(h.device()).bias_act(hc, bc, bias_act_name(act), rc, y);
   } else {
-    with_bias_act_types(h.dtype(), bias.dtype(), [&](auto t, auto b, auto w) {
+    with_bias_act_types(h.dtype(), rc.defined(), [&](auto t, auto b, auto w, auto yt) {
       using T = decltype(t);
       using B = decltype(b);
-      bias_act_cpu<T, B, decltype(w)>(act, static_cast<const T*>(hc.device_data()),
-                                      static_cast<const B*>(bc.device_data()), static_cast<T*>(y.device_data()), rows, N);
+      using Y = decltype(yt);
+      bias_act_cpu<T, B, decltype(w), Y>(act, static_cast<const T*>(hc.device_data()),
+                                         static_cast<const B*>(bc.device_data()),
+                                         rc.defined() ? static_cast<const B*>(rc.device_data()) : nullptr,
+                                         static_cast<Y*>(y.device_data()), rows, N);
     });
   }
-  if (needs_grad({&h, &bias})) {
+  if (needs_grad({&h, &bias, &residual})) {
     SavedTensor sh(hc, op), sb(bc, op);
-    record(op, y, {h, bias}, [=](const Tensor& g_in) {
+    bool has_bias = bias.defined(), has_res = residual.defined();
+    record(op, y, {h, bias, residual}, [=](const Tensor& g_in) {
       Tensor g = g_in.contiguous();
       const Tensor &hv = sh.get(), &bv = sb.get();
       Tensor dh = empty(hv.shape(), {hv.dtype(), hv.device()}), db = empty(bv.shape(), {bv.dtype(), bv.device()});
       if (!hv.device().is_cpu()) {
         device_backend(hv.device()).bias_act_backward(hv, bv, g, bias_act_name(act), dh, db);
       } else {
-        with_bias_act_types(hv.dtype(), bv.dtype(), [&](auto t, auto b, auto w) {
+        with_bias_act_types(hv.dtype(), has_res, [&](auto t, auto b, auto w, auto yt) {
           using T = decltype(t);
           using B = decltype(b);
-          bias_act_backward_cpu<T, B, decltype(w)>(act, static_cast<const T*>(hv.device_data()),
-                                                   static_cast<const B*>(bv.device_data()),
-                                                   static_cast<const T*>(g.device_data()), static_cast<T*>(dh.device_data()),
-                                                   static_cast<B*>(db.device_data()), rows, N);
+          using Y = decltype(yt);
+          bias_act_backward_cpu<T, B, decltype(w), Y>(act, static_cast<const T*>(hv.device_data()),
+                                                      static_cast<const B*>(bv.device_data()),
+                                                      static_cast<const Y*>(g.device_data()),
+                                                      static_cast<T*>(dh.device_data()),
+                                                      static_cast<B*>(db.device_data()), rows, N);
         });
       }
-      return std::vector<Tensor>{dh, db};
+      return std::vector<Tensor>{dh, has_bias ? db : Tensor(), has_res ? g_in : Tensor()};
     });
   }
   return y;
