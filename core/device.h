@@ -165,6 +165,16 @@ class DeviceBackend {
   // contiguous, at most 8 leading dims) with its first 2P dims rotated by contiguous cos/sin tables ([.., P]);
   // x's row with index i over its leading dims `lead` uses table row Σ i_d·table_strides[d]; sign −1 rotates
   // backwards (the gradient).
+  // Indexing (core/ops/index.cpp), deterministic. gather (or scatter_add, dst += ...) along dim: idx with shape s,
+  // src and dst strided, every coordinate but dim shared (i64 idx on this device).
+  virtual void gather_scatter(bool gather, const Tensor& idx, const Tensor& src, const Tensor& dst, int64_t dim) = 0;
+  // out [outer, K, inner] = x [outer, n, inner] rows idx[k] (contiguous); and its backward, an index_add over
+  // segments the host sorted: dx[o, rows[u], j] = Σ_{p in [starts[u], starts[u+1])} g[o, order[p], j] (the other
+  // rows of dx are left as they are: zeroed by the caller).
+  virtual void index_select(const Tensor& x, const Tensor& idx, int64_t outer, int64_t n, int64_t inner,
+                            const Tensor& out) = 0;
+  virtual void index_add_rows(const Tensor& g, const Tensor& order, const Tensor& starts, const Tensor& rows,
+                              int64_t outer, int64_t n, int64_t inner, const Tensor& dx) = 0;
   // y = [residual +] act(h + bias) over contiguous rows of N (bias_act, core/ops.h; act "none", "gelu" or
   // "gelu_tanh"; residual may be undefined), and its backward: dh, and dbias as deterministic sums over the rows
   // (g in y's dtype).

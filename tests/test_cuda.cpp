@@ -699,8 +699,14 @@ TEST_CASE("cuda: a RoFormer LM training step's kernel calls: no activation-sized
     // embedding's and the loss's index tensors, and under autocast the GEMMs' casts of f32 operands (f32 → bf16)
     // and of their gradients (bf16 → f32) — the QKV and FFN-hidden activations are bf16 already (autocast_matmul,
     // bias_act), as are the attention's inputs, output and gradients; the biases and residual adds ride on bias_act.
-    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 43 : 72));
-    CHECK(calls("fill") <= 1);
+    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 41 : 70));
+    CHECK(calls("fill") <= 3);  // the backward's seed (ones), the zeroed gradients of the embedding and of the gather
+    // the embedding and the loss's target pick are indexing kernels, not one-hot GEMMs
+    CHECK(calls("index_select") == 1);
+    CHECK(calls("index_select backward") == 1);
+    CHECK(calls("gather") == 1);
+    CHECK(calls(precision == DType::f32 ? "gemm f32" : "gemm bf16") == 27);  // 9 GEMMs, 3 each (forward, dA, dB)
+    CHECK(calls("gemm f32") == (precision == DType::f32 ? 27 : 0));
     CHECK(calls("add") <= (precision == DType::f32 ? 17 : 5));
     if (precision == DType::bf16) {
       // per layer on the GEMMs' bf16 outputs: the QKV bias; o_proj's bias + the residual add; fc1's bias + GELU;
@@ -731,6 +737,35 @@ TEST_CASE("cuda: where, max/min with indices, cumsum, logsumexp and scatter_add 
     Tensor idx = randint(0, 7, {5, 4, 9}, g), src = randn({5, 4, 9}, g, dt);
     check_op_on_gpu({x, src}, [&](auto& t) { return scatter_add(t[0], 1, idx, t[1]); }, tol(dt) * 10);
   }
+}
+
+TEST_CASE("cuda: embedding, index_select, gather and scatter_add are indexing kernels with the CPU's exact results" *
+          doctest::skip(!kGpu)) {
+  // Each sum adds the same terms in the same order as the CPU (no atomics, no one-hot GEMM): bit-identical values
+  // and gradients, duplicates included; strided and transposed inputs.
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    Generator g(51);
+    Tensor w = randn({300, 24}, g, dt), tok = randint(0, 40, {6, 33}, g);  // 198 tokens over 40 rows: repeats
+    check_op_on_gpu({w}, [&](auto& t) { return embedding(t[0], tok); }, 0, 0);
+    Tensor x = randn({6, 9, 11}, g, dt);
+    Tensor sel = from_vector(std::vector<int64_t>{3, 0, 3, 5, 3}, {5});  // < 6: every dim of the [11, 9, 6] view
+    for (int64_t d : {0, 1, 2}) {
+      CAPTURE(d);
+      check_op_on_gpu({x}, [&](auto& t) { return index_select(t[0].transpose(0, 2), d, sel); }, 0, 0);
+    }
+    Tensor gi = randint(0, 9, {6, 4, 11}, g);  // gather along dim 1 with a smaller index
+    check_op_on_gpu({x}, [&](auto& t) { return gather(t[0], 1, gi); }, 0, 0);
+    Tensor tgt = randint(0, 11, {6, 9, 1}, g);  // a loss's target pick along the last dim
+    check_op_on_gpu({x}, [&](auto& t) { return gather(t[0], -1, tgt); }, 0, 0);
+    Tensor src = randn({6, 4, 11}, g, dt);
+    check_op_on_gpu({x, src}, [&](auto& t) { return scatter_add(t[0].transpose(1, 2).transpose(1, 2), 1, gi, t[1]); },
+                    0, 0);
+  }
+  Generator g(52);
+  Tensor w = randn({10, 4}, g).to(kCuda);
+  CHECK(error_of([&] { embedding(w, from_vector(std::vector<int64_t>{0, 10}, {2})); }) ==
+        "embedding: index 10 out of range [0, 10)");
 }
 
 TEST_CASE("cuda: fused layer_norm / rms_norm / group_norm (+SiLU) and RoPE kernels match the CPU, forward and backward" * doctest::skip(!kGpu)) {

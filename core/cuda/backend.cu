@@ -181,6 +181,20 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "foreach_axpby");
     cuda_impl::foreach_axpby(ys, xs, a, b);
   }
+  void gather_scatter(bool gather, const Tensor& idx, const Tensor& src, const Tensor& dst, int64_t dim) override {
+    OpScope scope(*this, gather ? "gather" : "scatter_add");
+    cuda_impl::gather_scatter(gather, idx, src, dst, dim);
+  }
+  void index_select(const Tensor& x, const Tensor& idx, int64_t outer, int64_t n, int64_t inner,
+                    const Tensor& out) override {
+    OpScope scope(*this, "index_select");
+    cuda_impl::index_select(x, idx, outer, n, inner, out);
+  }
+  void index_add_rows(const Tensor& g, const Tensor& order, const Tensor& starts, const Tensor& rows, int64_t outer,
+                      int64_t n, int64_t inner, const Tensor& dx) override {
+    OpScope scope(*this, "index_select backward");
+    cuda_impl::index_add_rows(g, order, starts, rows, outer, n, inner, dx);
+  }
   void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual,
                 const Tensor& y) override {
     OpScope scope(*this, "bias_act");

@@ -24,6 +24,12 @@ void extreme_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const
 void cumsum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& y, bool reverse);
 void sum_squares(const std::vector<Tensor>& xs, const Tensor& out);
 
+// index.cu
+void gather_scatter(bool gather, const Tensor& idx, const Tensor& src, const Tensor& dst, int64_t dim);
+void index_select(const Tensor& x, const Tensor& idx, int64_t outer, int64_t n, int64_t inner, const Tensor& out);
+void index_add_rows(const Tensor& g, const Tensor& order, const Tensor& starts, const Tensor& rows, int64_t outer,
+                    int64_t n, int64_t inner, const Tensor& dx);
+
 // elementwise.cu (bias + activation)
 void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual, const Tensor& y);
 void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,

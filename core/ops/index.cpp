@@ -1,10 +1,9 @@
 // Indexing ops with i64 indices. Every index is range-checked (an error names the op, the value
 // and the valid range). Scatters are parallel over positions that cannot collide and sequential
-// along the scattered dim, so they are deterministic.
+// along the scattered dim, so they are deterministic — on the CPU and on a device (core/cuda/index.cu).
 #include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/ops.h"
-#include "core/ops/composite.h"
 
 namespace liandan {
 
@@ -81,6 +80,37 @@ void check_gather_shapes(const Tensor& x, int64_t d, const Tensor& index, const 
   }
 }
 
+// index_select on a device: the rows gathered by a kernel; the backward adds each selected row's gradient rows
+// in index order over segments sorted here on the host (a stable counting sort of the K indices).
+Tensor index_select_device(const Tensor& x, const Tensor& xc, const Tensor& ic, int64_t outer, int64_t n,
+                           int64_t inner, Tensor out) {
+  DeviceBackend& dev = device_backend(x.device());
+  Tensor icpu = ic.device().is_cpu() ? ic : ic.to(Device::cpu());
+  dev.index_select(xc, icpu.to(x.device()), outer, n, inner, out);
+  if (!needs_grad({&x})) return out;
+  Shape xs = x.shape();
+  record("index_select", out, {x}, [=](const Tensor& g) {
+    const int64_t K = icpu.numel();
+    const int64_t* pi = icpu.data_ptr<int64_t>();
+    std::vector<int64_t> count(size_t(n) + 1, 0), order(static_cast<size_t>(K)), starts, rows;
+    for (int64_t k = 0; k < K; ++k) ++count[size_t(pi[k]) + 1];
+    for (int64_t r = 0; r < n; ++r) count[size_t(r) + 1] += count[size_t(r)];
+    for (int64_t r = 0; r < n; ++r)
+      if (count[size_t(r) + 1] > count[size_t(r)]) {
+        rows.push_back(r);
+        starts.push_back(count[size_t(r)]);
+      }
+    starts.push_back(K);
+    std::vector<int64_t> next(count.begin(), count.end() - 1);
+    for (int64_t k = 0; k < K; ++k) order[size_t(next[size_t(pi[k])]++)] = k;  // stable: k ascending per row
+    Tensor dx = zeros(xs, {g.dtype(), g.device()});
+    auto up = [&](const std::vector<int64_t>& v) { return from_vector(v, {int64_t(v.size())}).to(g.device()); };
+    device_backend(g.device()).index_add_rows(g.contiguous(), up(order), up(starts), up(rows), outer, n, inner, dx);
+    return std::vector<Tensor>{dx};
+  });
+  return out;
+}
+
 }  // namespace
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
@@ -89,13 +119,15 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   check_gather_shapes(x, d, index, nullptr, "gather");
   Tensor ic = index.contiguous();
   check_range(ic, x.dim() ? x.shape()[d] : 1, "gather");
-  if (!x.device().is_cpu()) return composite::gather(x, d, ic);
-  Tensor out = empty(index.shape(), x.dtype());
-  LD_DISPATCH_FLOAT(x.dtype(), "gather", [&] { scatter_gather_kernel<scalar_t, true>(ic, x, out, d); });
+  Tensor out = empty(index.shape(), {x.dtype(), x.device()});
+  if (!x.device().is_cpu())
+    device_backend(x.device()).gather_scatter(true, ic.to(x.device()), x, out, d);
+  else
+    LD_DISPATCH_FLOAT(x.dtype(), "gather", [&] { scatter_gather_kernel<scalar_t, true>(ic, x, out, d); });
   if (needs_grad({&x})) {
     Shape xs = x.shape();
     record("gather", out, {x}, [ic, d, xs](const Tensor& g) {
-      return std::vector<Tensor>{scatter_add(zeros(xs, g.dtype()), d, ic, g)};
+      return std::vector<Tensor>{scatter_add(zeros(xs, {g.dtype(), g.device()}), d, ic, g)};
     });
   }
   return out;
@@ -111,13 +143,16 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   check_gather_shapes(x, d, index, &src, "scatter_add");
   Tensor ic = index.contiguous();
   check_range(ic, x.dim() ? x.shape()[d] : 1, "scatter_add");
-  if (!x.device().is_cpu()) return composite::scatter_add(x, d, ic, src);
+  LD_CHECK(src.device() == x.device(), "scatter_add: src is on ", src.device().str(), ", input on ", x.device().str());
   Tensor out;
   {
     NoGradGuard ng;
     out = x.clone();
   }
-  LD_DISPATCH_FLOAT(x.dtype(), "scatter_add", [&] { scatter_gather_kernel<scalar_t, false>(ic, src, out, d); });
+  if (!x.device().is_cpu())
+    device_backend(x.device()).gather_scatter(false, ic.to(x.device()), src, out, d);
+  else
+    LD_DISPATCH_FLOAT(x.dtype(), "scatter_add", [&] { scatter_gather_kernel<scalar_t, false>(ic, src, out, d); });
   if (needs_grad({&x, &src})) {
     bool gx = x.requires_grad(), gs = src.requires_grad();
     Shape ss = src.shape(), is = index.shape();
@@ -144,14 +179,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Tensor ic = index.reshape({-1}).contiguous();
   int64_t n = x.dim() ? x.shape()[d] : 1;
   check_range(ic, n, "index_select");
-  if (!x.device().is_cpu()) return composite::index_select(x, d, ic);
   Tensor xc = x.contiguous();
   Shape os = x.shape();
   if (x.dim()) os[d] = ic.numel();
-  Tensor out = empty(os, x.dtype());
+  Tensor out = empty(os, {x.dtype(), x.device()});
   int64_t outer = 1, inner = 1;
   for (int64_t k = 0; k < x.dim(); ++k) (k < d ? outer : k > d ? inner : outer) *= k == d ? 1 : x.shape()[k];
   int64_t K = ic.numel();
+  if (!x.device().is_cpu()) return index_select_device(x, xc, ic, outer, n, inner, out);
   const int64_t* pi = ic.data_ptr<int64_t>();
   LD_DISPATCH_FLOAT(x.dtype(), "index_select", [&] {
     const scalar_t* px = xc.data_ptr<scalar_t>();
