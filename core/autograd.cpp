@@ -153,7 +153,7 @@ void run_backward(const Tensor& root, const Tensor& grad) {
     grads.erase(it);
     LD_CHECK(!n->released, n->name, " backward: trying to backward through the graph a second time "
              "(saved tensors were freed after the first backward)");
-    std::vector<Tensor> gin = n->n_outputs > 1 ? n->backward_multi(gout) : n->backward(gout[0]);
+    std::vector<Tensor> gin = n->backward_multi ? n->backward_multi(gout) : n->backward(gout[0]);
     n->backward = nullptr;  // frees the saved tensors captured by the closure
     n->backward_multi = nullptr;
     n->released = true;

@@ -54,7 +54,7 @@ struct Node {
   const char* name = "";
   std::vector<Edge> next;  // one per input, in the op's argument order
   BackwardFn backward;     // single-output nodes
-  MultiBackwardFn backward_multi;  // multi-output nodes (n_outputs > 1)
+  MultiBackwardFn backward_multi;  // nodes recorded by record_multi (any number of outputs)
   int n_outputs = 1;
   bool released = false;   // backward has run and freed the saved tensors
 };

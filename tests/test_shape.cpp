@@ -331,6 +331,10 @@ TEST_CASE("split and unbind: one autograd node for all pieces; a piece can be th
   // backward from piece 1 itself (not through an op): the gradient lands in rows 2..3 only
   p[1].backward(full({2, 3}, 2.0, DType::f64));
   CHECK(y.grad().to_vector() == std::vector<double>{0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2});
+  // a single piece is a one-output node of the same kind
+  Tensor w = rnd({3}, gen);
+  split(w, 5, 0)[0].sum().backward();
+  CHECK(w.grad().to_vector() == std::vector<double>{1, 1, 1});
   // pieces of pieces: the inner node's outputs feed the outer node's two outputs
   Tensor z = rnd({6}, gen);
   auto outer = split(z, 3, 0);

@@ -105,12 +105,27 @@ Tensor causal_linear_attention(const Tensor& rq, const Tensor& rk, const Tensor&
 }
 
 namespace {
-// The k·k windows of a padded [N, C, H, W] input as strided views, each [N, C, Ho, Wo].
+// The k·k windows of a padded [N, C, H, W] input as strided views, each [N, C, Ho, Wo], with one autograd node
+// for all of them: the backward adds each window's gradient into one zeroed input gradient (a view per window),
+// where a node per view would zero-fill and add a full-size gradient for each of the k·k windows.
 std::vector<Tensor> windows(const Tensor& xp, int64_t kh, int64_t kw, int64_t stride, int64_t Ho, int64_t Wo) {
+  auto view = [=](const Tensor& t, int64_t i, int64_t j) {
+    return t.slice(2, i, i + (Ho - 1) * stride + 1, stride).slice(3, j, j + (Wo - 1) * stride + 1, stride);
+  };
   std::vector<Tensor> w;
-  for (int64_t i = 0; i < kh; ++i)
-    for (int64_t j = 0; j < kw; ++j)
-      w.push_back(xp.slice(2, i, i + (Ho - 1) * stride + 1, stride).slice(3, j, j + (Wo - 1) * stride + 1, stride));
+  {
+    NoGradGuard ng;
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j) w.push_back(view(xp, i, j));
+  }
+  TensorOptions o{xp.dtype(), xp.device()};
+  record_multi("windows", w, {xp}, [=, shape = xp.shape()](const std::vector<Tensor>& g) {
+    Tensor dx = zeros(shape, o);
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        if (const Tensor& gk = g[size_t(i * kw + j)]; gk.defined()) view(dx, i, j).add_(gk);
+    return std::vector<Tensor>{dx};
+  });
   return w;
 }
 }  // namespace
