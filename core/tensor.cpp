@@ -368,10 +368,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace(*this, "add_");
   LD_CHECK(other.dtype() == dtype(), "add_: dtype mismatch ", dtype_name(dtype()), " vs ", dtype_name(other.dtype()));
-  if (!device().is_cpu()) {  // composed from device ops: x + alpha * other, written back in place
+  if (!device().is_cpu()) {  // x + alpha * other by the device's binary kernel, written in place (x may be strided)
     NoGradGuard ng;
-    Tensor r = alpha == 1.0 ? liandan::add(*this, other) : liandan::add(*this, liandan::mul(other, alpha));
-    copy_into(*this, r, "add_");
+    Tensor o = alpha == 1.0 ? other : liandan::mul(other, alpha);
+    broadcast_strides(o, shape(), "add_");  // o must broadcast to x's shape
+    device_backend(device()).binary("add", *this, o, *this);
     bump_version();
     return *this;
   }

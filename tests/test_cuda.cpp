@@ -224,6 +224,13 @@ TEST_CASE("cuda: copies to and from the device are exact; views, dtype casts and
   Tensor back = zeros({3, 4, 5}, DType::f64);
   back.copy_(d);
   CHECK(back.to_vector() == x.to_vector());
+  // add_ into a strided view, in place on the device (a broadcast operand, and alpha), as on the CPU
+  Tensor hc = x.clone(), hd = x.to(kCuda), o = randn({4, 1}, gen, DType::f64);
+  hc.slice(2, 1, 5, 2).add_(o);
+  hd.slice(2, 1, 5, 2).add_(o.to(kCuda));
+  hc.select(0, 1).add_(x.select(0, 2), -0.5);
+  hd.select(0, 1).add_(d.select(0, 2), -0.5);
+  CHECK(hd.cpu().to_vector() == hc.to_vector());
 }
 
 TEST_CASE("cuda: host-to-device copies through pinned staging take their snapshot at once; events time GPU work" *

@@ -188,9 +188,10 @@ __device__ T binary_d(B op, int which, T u, T v, T g) {
 }
 
 template <class T>
-__global__ void binary_kernel(B op, const T* a, StridedIndex ia, const T* b, StridedIndex ib, T* out, int64_t n) {
+__global__ void binary_kernel(B op, const T* a, StridedIndex ia, const T* b, StridedIndex ib, T* out, StridedIndex io,
+                              int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = binary_f(op, a[ia.offset(i)], b[ib.offset(i)]);
+    out[io.offset(i)] = binary_f(op, a[ia.offset(i)], b[ib.offset(i)]);
 }
 
 template <class T>
@@ -399,11 +400,14 @@ void binary(const char* name, const Tensor& a, const Tensor& b, const Tensor& ou
   B op = binary_code(name, a.device());
   int64_t n = out.numel();
   if (n == 0) return;
-  StridedIndex ia = operand_index(a, out.shape(), name), ib = operand_index(b, out.shape(), name);
+  // out may be a strided view (Tensor::add_ into a slice), even a itself: each element is read, then written,
+  // by the same thread.
+  StridedIndex ia = operand_index(a, out.shape(), name), ib = operand_index(b, out.shape(), name),
+               io = operand_index(out, out.shape(), name);
   LD_CUDA_FLOAT(a.dtype(), name, [&] {
     binary_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(out)>>>(
         op, static_cast<const scalar_t*>(a.device_data()), ia, static_cast<const scalar_t*>(b.device_data()), ib,
-        static_cast<scalar_t*>(out.device_data()), n);
+        static_cast<scalar_t*>(out.device_data()), io, n);
   });
   LD_CUDA_LAUNCHED(name);
 }
