@@ -209,7 +209,8 @@ DType stats_dtype(DType qdt) { return is_half(qdt) ? DType::f32 : qdt; }
 // An operand as the fused kernels read it (HeadRows): a 4-D [B, H, T, D] tensor whose last dim is contiguous
 // as it is — a view needs no copy —, anything else made contiguous.
 Tensor rows_layout(const Tensor& t) {
-  bool in_place = t.dim() == 4 && (t.stride(3) == 1 || t.size(3) <= 1) && (t.stride(2) >= t.size(3) || t.size(2) <= 1);
+  bool in_place = t.dim() == 4 && (t.stride(3) == 1 || t.size(3) <= 1) &&
+                  (t.stride(2) >= t.size(3) || t.size(2) <= 1);  // (GEMMs need ld >= D)
   return in_place ? t : t.contiguous();
 }
 
@@ -241,7 +242,8 @@ HeadRows head_rows(const Tensor& t) {
   const int64_t T = t.size(-2), D = t.size(-1);
   if (t.dim() == 4 && (t.stride(3) == 1 || D <= 1) && (t.stride(2) >= D || T <= 1))  // (GEMMs need ld >= D)
     return {t.stride(0), t.stride(1), T <= 1 ? D : t.stride(2), std::max<int64_t>(t.size(1), 1)};
-  LD_CHECK(t.is_contiguous(), "head_rows: a ", shape_str(t.shape()), " tensor that is neither [B, H, T, D] with a contiguous last dim nor contiguous");
+  LD_CHECK(t.is_contiguous(), "head_rows: a ", shape_str(t.shape()),
+           " tensor that is neither [B, H, T, D] with a contiguous last dim nor contiguous");
   return {0, T * D, D, std::max<int64_t>(shape_numel(Shape(t.shape().begin(), t.shape().end() - 2)), 1)};
 }
 
@@ -275,7 +277,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (autocast_enabled() && !on_device) return composite::attention(q, k, v, opt);
   Tensor qc = rows_layout(q), kc = rows_layout(k), vc = rows_layout(v);
   TensorOptions o{q.dtype(), q.device()};
-  Tensor out = empty_heads_like(q, g.Dv, o), lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, {stats_dtype(q.dtype()), q.device()});
+  Tensor out = empty_heads_like(q, g.Dv, o);
+  Tensor lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, {stats_dtype(q.dtype()), q.device()});
   AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_dtype()};
   if (on_device) {
     if (valid.defined()) valid = valid.to(q.device());
