@@ -259,31 +259,32 @@ Tensor relu(const Tensor& x) {
   return unary("relu", x, [](auto v) { return v > 0 || v != v ? v : decltype(v)(0); },  // NaN stays NaN
                [](auto v, auto, auto g) { return v > 0 ? g : decltype(g)(0); });
 }
+namespace {
+// GELU and its slope (shared by gelu and bias_act). Exact: x Phi(x), d/dx = Phi(x) + x phi(x). Tanh form:
+// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+template <class T> T gelu_value(T v) { return T(0.5) * v * (1 + cpu::verf(v * T(0.7071067811865476))); }
+template <class T> T gelu_slope(T v) {
+  T cdf = T(0.5) * (1 + cpu::verf(v * T(0.7071067811865476)));
+  T pdf = T(0.3989422804014327) * cpu::vexp(T(-0.5) * v * v);
+  return cdf + v * pdf;
+}
+template <class T> T gelu_tanh_value(T v) {
+  T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
+  return T(0.5) * v * (1 + cpu::vtanh(u));
+}
+template <class T> T gelu_tanh_slope(T v) {
+  T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
+  T th = cpu::vtanh(u);
+  T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * v * v);
+  return T(0.5) * (1 + th) + T(0.5) * v * (1 - th * th) * du;
+}
+}  // namespace
+
 Tensor gelu(const Tensor& x, GeluApprox approx) {
-  if (approx == GeluApprox::tanh) {
-    // 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-    return unary("gelu_tanh", x, [](auto v) {
-      using T = decltype(v);
-      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
-      return T(0.5) * v * (1 + cpu::vtanh(u));
-    }, [](auto v, auto, auto g) {
-      using T = decltype(v);
-      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
-      T th = cpu::vtanh(u);
-      T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * v * v);
-      return g * (T(0.5) * (1 + th) + T(0.5) * v * (1 - th * th) * du);
-    });
-  }
-  // x Phi(x); d/dx = Phi(x) + x phi(x)
-  return unary("gelu", x, [](auto v) {
-    using T = decltype(v);
-    return T(0.5) * v * (1 + cpu::verf(v * T(0.7071067811865476)));
-  }, [](auto v, auto, auto g) {
-    using T = decltype(v);
-    T cdf = T(0.5) * (1 + cpu::verf(v * T(0.7071067811865476)));
-    T pdf = T(0.3989422804014327) * cpu::vexp(T(-0.5) * v * v);
-    return g * (cdf + v * pdf);
-  });
+  if (approx == GeluApprox::tanh)
+    return unary("gelu_tanh", x, [](auto v) { return gelu_tanh_value(v); },
+                 [](auto v, auto, auto g) { return g * gelu_tanh_slope(v); });
+  return unary("gelu", x, [](auto v) { return gelu_value(v); }, [](auto v, auto, auto g) { return g * gelu_slope(v); });
 }
 Tensor silu(const Tensor& x) {
   return unary("silu", x, [](auto v) { return v * cpu::vsigmoid(v); }, [](auto v, auto, auto g) {
@@ -364,26 +365,14 @@ const char* bias_act_name(BiasActivation a) {
   return a == BiasActivation::gelu ? "gelu" : a == BiasActivation::gelu_tanh ? "gelu_tanh" : "none";
 }
 
-// act(z) and act'(z), the formulas of gelu() above.
+// act(z) and act'(z): gelu()'s formulas.
 template <class W>
 W act_value(BiasActivation a, W z) {
-  if (a == BiasActivation::gelu) return W(0.5) * z * (1 + cpu::verf(z * W(0.7071067811865476)));
-  if (a == BiasActivation::gelu_tanh) {
-    W u = W(0.7978845608028654) * (z + W(0.044715) * z * z * z);
-    return W(0.5) * z * (1 + cpu::vtanh(u));
-  }
-  return z;
+  return a == BiasActivation::gelu ? gelu_value(z) : a == BiasActivation::gelu_tanh ? gelu_tanh_value(z) : z;
 }
 template <class W>
 W act_slope(BiasActivation a, W z) {
-  if (a == BiasActivation::gelu)
-    return W(0.5) * (1 + cpu::verf(z * W(0.7071067811865476))) + z * W(0.3989422804014327) * cpu::vexp(W(-0.5) * z * z);
-  if (a == BiasActivation::gelu_tanh) {
-    W u = W(0.7978845608028654) * (z + W(0.044715) * z * z * z), th = cpu::vtanh(u);
-    W du = W(0.7978845608028654) * (1 + W(3 * 0.044715) * z * z);
-    return W(0.5) * (1 + th) + W(0.5) * z * (1 - th * th) * du;
-  }
-  return W(1);
+  return a == BiasActivation::gelu ? gelu_slope(z) : a == BiasActivation::gelu_tanh ? gelu_tanh_slope(z) : W(1);
 }
 
 constexpr int64_t kBiasChunk = 64;  // rows per partial bias-gradient sum (fixed: results independent of threads)

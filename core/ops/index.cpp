@@ -14,13 +14,14 @@ void check_index_tensor(const Tensor& idx, const char* op) {
            idx.defined() ? dtype_name(idx.dtype()) : "undefined");
 }
 
-// Indices on a device are checked from a host copy: an out-of-range index must be an error, never a
-// silent zero from the device's one-hot composite.
-void check_range(const Tensor& idx_c, int64_t n, const char* op) {
+// Indices on a device are checked from a host copy, which is returned: an out-of-range index must be an
+// error, never a read outside a device buffer.
+Tensor check_range(const Tensor& idx_c, int64_t n, const char* op) {
   Tensor h = idx_c.device().is_cpu() ? idx_c : idx_c.to(Device::cpu());
   const int64_t* p = h.data_ptr<int64_t>();
   for (int64_t i = 0; i < h.numel(); ++i)
     LD_CHECK(p[i] >= 0 && p[i] < n, op, ": index ", p[i], " out of range [0, ", n, ")");
+  return h;
 }
 
 // For the positions of `shape` around `dim`: offset (in a tensor with `strides`) of the
@@ -82,11 +83,10 @@ void check_gather_shapes(const Tensor& x, int64_t d, const Tensor& index, const 
 
 // index_select on a device: the rows gathered by a kernel; the backward adds each selected row's gradient rows
 // in index order over segments sorted here on the host (a stable counting sort of the K indices).
-Tensor index_select_device(const Tensor& x, const Tensor& xc, const Tensor& ic, int64_t outer, int64_t n,
-                           int64_t inner, Tensor out) {
-  DeviceBackend& dev = device_backend(x.device());
-  Tensor icpu = ic.device().is_cpu() ? ic : ic.to(Device::cpu());
-  dev.index_select(xc, icpu.to(x.device()), outer, n, inner, out);
+// (icpu: the indices on the host)
+Tensor index_select_device(const Tensor& x, const Tensor& xc, const Tensor& ic, const Tensor& icpu, int64_t outer,
+                           int64_t n, int64_t inner, Tensor out) {
+  device_backend(x.device()).index_select(xc, ic.to(x.device()), outer, n, inner, out);
   if (!needs_grad({&x})) return out;
   Shape xs = x.shape();
   record("index_select", out, {x}, [=](const Tensor& g) {
@@ -178,7 +178,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   int64_t d = wrap_dim(dim, x.dim(), "index_select");
   Tensor ic = index.reshape({-1}).contiguous();
   int64_t n = x.dim() ? x.shape()[d] : 1;
-  check_range(ic, n, "index_select");
+  Tensor icpu = check_range(ic, n, "index_select");
   Tensor xc = x.contiguous();
   Shape os = x.shape();
   if (x.dim()) os[d] = ic.numel();
@@ -186,7 +186,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   int64_t outer = 1, inner = 1;
   for (int64_t k = 0; k < x.dim(); ++k) (k < d ? outer : k > d ? inner : outer) *= k == d ? 1 : x.shape()[k];
   int64_t K = ic.numel();
-  if (!x.device().is_cpu()) return index_select_device(x, xc, ic, outer, n, inner, out);
+  if (!x.device().is_cpu()) return index_select_device(x, xc, ic, icpu, outer, n, inner, out);
   const int64_t* pi = ic.data_ptr<int64_t>();
   LD_DISPATCH_FLOAT(x.dtype(), "index_select", [&] {
     const scalar_t* px = xc.data_ptr<scalar_t>();

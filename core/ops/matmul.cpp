@@ -74,15 +74,21 @@ Tensor bmm_kernel(Tensor a, Tensor b, bool half_result) {
   return c;
 }
 
+// The shape of a @ b for operands of 2+ dims: the broadcast batch dims, then [M, N].
+Shape matmul_shape(const Tensor& a, const Tensor& b) {
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape out = broadcast_shapes(ba, bb, "matmul (batch dims)");
+  out.push_back(a.size(-2));
+  out.push_back(b.size(-1));
+  return out;
+}
+
 Tensor matmul_nd(const Tensor& a, const Tensor& b, bool half_result = false) {
   int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   LD_CHECK(b.size(-2) == K, "matmul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()),
            " cannot be multiplied (", K, " vs ", b.size(-2), ")");
-  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
-  Shape batch = broadcast_shapes(ba, bb, "matmul (batch dims)");
-  Shape out_shape = batch;
-  out_shape.push_back(M);
-  out_shape.push_back(N);
+  Shape out_shape = matmul_shape(a, b);
+  Shape batch(out_shape.begin(), out_shape.end() - 2);
   // An empty result, or K = 0 (every element an empty sum): no GEMM, and no reshape of an empty
   // tensor (reshape({1, -1, 0}) cannot infer -1).
   if (shape_numel(out_shape) == 0 || K == 0) return zeros(out_shape, {result_dtype(a.dtype(), half_result), a.device()});
@@ -121,10 +127,6 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b, bool half_result = false) {
   Tensor c = bmm_kernel(to3(a, ea, M, K), to3(b, eb, K, N), half_result);
   return c.reshape(out_shape);
 }
-
-}  // namespace
-
-namespace {
 
 // matmul and autocast_matmul; half_out: under autocast, the product in the half format (rounded by the GEMM).
 Tensor matmul_op(const Tensor& a, const Tensor& b, bool half_out) {
@@ -169,11 +171,7 @@ Tensor matmul_op(const Tensor& a, const Tensor& b, bool half_out) {
       // x @ y as the gradient of shape `want` in dtype dt: a half gradient straight from the GEMM (its epilogue
       // rounds) unless batch dims must be summed first.
       auto grad = [](const Tensor& x, const Tensor& y, const Shape& want, DType dt) {
-        Shape batch = broadcast_shapes(Shape(x.shape().begin(), x.shape().end() - 2),
-                                       Shape(y.shape().begin(), y.shape().end() - 2), "matmul backward");
-        batch.push_back(x.size(-2));
-        batch.push_back(y.size(-1));
-        if (batch == want) return matmul_nd(x, y, true).to(dt);
+        if (matmul_shape(x, y) == want) return matmul_nd(x, y, true).to(dt);
         return sum_to(matmul_nd(x, y), want).to(dt);
       };
       Tensor da, db;
