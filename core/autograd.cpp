@@ -157,6 +157,9 @@ void run_backward(const Tensor& root, const Tensor& grad) {
     n->backward = nullptr;  // frees the saved tensors captured by the closure
     n->backward_multi = nullptr;
     n->released = true;
+    // Drop the output gradients now: an input gradient that is a view of one (a reshape's) then owns its
+    // storage alone, and accumulate_leaf takes it as the leaf's .grad instead of cloning it.
+    gout.clear();
     LD_CHECK(gin.size() == n->next.size(), n->name, " backward: returned ", gin.size(),
              " gradients for ", n->next.size(), " inputs");
     for (size_t i = 0; i < gin.size(); ++i) {

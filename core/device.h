@@ -70,6 +70,12 @@ struct AttentionShape {
   DType autocast = DType::f32;
 };
 
+// The geometry of an im2col (unfold) and its adjoint: x [N, C, H, W] with zero padding `pad` on every side, a
+// kh × kw window moved by `stride`, giving columns [N, C·kh·kw, Ho·Wo] (row (c·kh + i)·kw + j, column oy·Wo + ox).
+struct ConvShape {
+  int64_t N, C, H, W, kh, kw, stride, pad, Ho, Wo;
+};
+
 // One line of a GPU op profile (cuda::profile_stop): a kernel-table op, how often it ran, its GPU time.
 struct OpTime {
   std::string op;
@@ -182,6 +188,12 @@ class DeviceBackend {
                         const Tensor& y) = 0;
   virtual void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act,
                                  const Tensor& dh, const Tensor& dbias) = 0;
+  // im2col (unfold and conv2d, core/ops/conv.cpp): col [N, C·kh·kw, Ho·Wo] (any strides for its first two dims,
+  // contiguous along the last; its own dtype: a half col from an f32 x is rounded once) from x [N, C, H, W]
+  // (strided); and its adjoint, dx = Σ over the windows that cover each pixel, in window order (i, j) with f32/f64
+  // accumulation (dx contiguous, x's dtype; col may be half).
+  virtual void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) = 0;
+  virtual void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s) = 0;
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,
                     const Shape& table_strides, bool half, double sign) = 0;
   // Fused softmax attention (flash-style: no Tq × Tk matrix stored), with the masking rules of

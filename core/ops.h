@@ -8,7 +8,7 @@
 //   norm.cpp         layer_norm, rms_norm, group_norm (+ fused SiLU)
 //   index.cpp        embedding, index_select, gather, scatter_add
 //   shape.cpp        cat, stack, split, unbind, pad, and the autograd of views
-//   conv.cpp         conv2d, avg_pool2d, upsample_nearest2d
+//   conv.cpp         conv2d, unfold, avg_pool2d, upsample_nearest2d
 //   rope.cpp         rotary position embedding, 1-D and 2-D tables (declared in core/ops/rope.h)
 //   attention.cpp    fused softmax attention, linear attention (declared in core/ops/attention.h)
 #include <optional>
@@ -142,6 +142,11 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0.0
 // x: [N, C, H, W]; weight: [O, C/groups, kh, kw]; bias: [O] or undefined.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1,
               int64_t padding = 0, int64_t groups = 1);
+// im2col, as torch.nn.functional.unfold: x [N, C, H, W] -> columns [N, C·kh·kw, Ho·Wo] whose row (c·kh + i)·kw + j,
+// column oy·Wo + ox holds x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside the image). `dtype`:
+// the columns' format (default x's); a half one rounds once, in the same pass (conv2d under autocast).
+Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride = 1, int64_t padding = 0);
+Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t padding, DType dtype);
 Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0);
 Tensor upsample_nearest2d(const Tensor& x, int64_t scale);
 

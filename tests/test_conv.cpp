@@ -1,4 +1,4 @@
-// conv2d, avg_pool2d, upsample_nearest2d: naive direct-loop references, hand-computed values,
+// conv2d, unfold, avg_pool2d, upsample_nearest2d: naive direct-loop references, hand-computed values,
 // gradchecks on non-contiguous inputs, thread-count determinism and error messages.
 #include <doctest/doctest.h>
 
@@ -336,6 +336,55 @@ TEST_CASE("upsample_nearest2d gradcheck on all layouts") {
 
 // ------------------------------------------------------------------------------- errors
 
+// ------------------------------------------------------------------------------- unfold (im2col)
+
+TEST_CASE("unfold equals its definition (f64, every layout); half columns are the f32 columns rounded") {
+  Generator gen(31);
+  for (auto [kh, kw, s, p] : {std::tuple{3, 3, 1, 1}, {3, 2, 2, 0}, {1, 1, 1, 0}, {2, 2, 2, 1}, {5, 5, 1, 2}}) {
+    INFO("kernel ", kh, "x", kw, " stride ", s, " padding ", p);
+    Tensor x = rnd({2, 3, 6, 5}, gen);
+    int64_t Ho = (6 + 2 * p - kh) / s + 1, Wo = (5 + 2 * p - kw) / s + 1;
+    Tensor col = unfold(x, kh, kw, s, p);
+    REQUIRE(col.shape() == Shape{2, 3 * kh * kw, Ho * Wo});
+    std::vector<double> xv = x.to_vector(), cv = col.to_vector();
+    bool all = true;
+    for (int64_t n = 0; n < 2; ++n)
+      for (int64_t c = 0; c < 3; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            for (int64_t oy = 0; oy < Ho; ++oy)
+              for (int64_t ox = 0; ox < Wo; ++ox) {
+                int64_t iy = oy * s - p + i, ix = ox * s - p + j;
+                double want = iy < 0 || iy >= 6 || ix < 0 || ix >= 5 ? 0.0 : xv[size_t(((n * 3 + c) * 6 + iy) * 5 + ix)];
+                all &= cv[size_t(((n * 3 * kh * kw + (c * kh + i) * kw + j) * Ho + oy) * Wo + ox)] == want;
+              }
+    CHECK(all);
+    // the conv2d it makes: the weight times the columns
+    Tensor w = rnd({4, 3, kh, kw}, gen);
+    CHECK(max_abs_diff(matmul(w.reshape({4, -1}), col).reshape({2, 4, Ho, Wo}), conv2d_ref(x, w, Tensor(), s, p, 1)) <
+          1e-12);
+    Tensor x32 = x.to(DType::f32);
+    for (DType h : {DType::bf16, DType::f16})
+      CHECK(unfold(x32, kh, kw, s, p, h).to_vector() == unfold(x32, kh, kw, s, p).to(h).to_vector());
+  }
+}
+
+TEST_CASE("unfold gradcheck (its backward is col2im): stride, padding, non-square kernels, a non-contiguous input") {
+  Generator gen(32);
+  for (auto [kh, kw, s, p] : {std::tuple{3, 3, 1, 1}, {3, 2, 2, 0}, {2, 2, 2, 1}, {1, 1, 1, 0}}) {
+    INFO("kernel ", kh, "x", kw, " stride ", s, " padding ", p);
+    LD_GRADCHECK([=](const std::vector<Tensor>& in) { return unfold(in[0], kh, kw, s, p); }, {rnd({2, 2, 5, 4}, gen)});
+    LD_GRADCHECK([=](const std::vector<Tensor>& in) { return unfold(in[0].transpose(1, 3), kh, kw, s, p); },
+                 {rnd({2, 4, 5, 2}, gen)});
+  }
+  // half columns: the gradient comes back through the rounding as the f32 gradient of the same values
+  Tensor x = rnd({1, 2, 4, 4}, gen).detach().to(DType::f32).requires_grad_(), g = rnd({1, 18, 16}, gen).detach().to(DType::f32);
+  sum(mul(unfold(x, 3, 3, 1, 1, DType::bf16).to(DType::f32), g)).backward();
+  Tensor x2 = x.detach().requires_grad_();
+  unfold(x2, 3, 3, 1, 1).backward(g.to(DType::bf16).to(DType::f32));
+  CHECK(x.grad().to_vector() == x2.grad().to_vector());
+}
+
 TEST_CASE("conv / pool errors name the op and the shapes") {
   Tensor x = zeros({1, 3, 5, 5}, DType::f64);
   Tensor w = zeros({4, 2, 3, 3}, DType::f64);
@@ -363,4 +412,12 @@ TEST_CASE("conv / pool errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(avg_pool2d(x, 8), doctest::Contains("avg_pool2d"), liandan::Error);
   CHECK_THROWS_WITH_AS(upsample_nearest2d(x, 0), doctest::Contains("upsample_nearest2d"), liandan::Error);
   CHECK_THROWS_WITH_AS(upsample_nearest2d(zeros({2, 2}, DType::f64), 2), doctest::Contains("[2, 2]"), liandan::Error);
+
+  CHECK_THROWS_WITH_AS(unfold(zeros({3, 4, 4}, DType::f64), 2, 2), doctest::Contains("unfold: expected input [N, C, H, W], got [3, 4, 4]"),
+                       liandan::Error);
+  CHECK_THROWS_WITH_AS(unfold(x, 7, 3), doctest::Contains("unfold: kernel 7x3 larger than padded input [1, 3, 5, 5]"),
+                       liandan::Error);
+  CHECK_THROWS_WITH_AS(unfold(x, 3, 3, 0), doctest::Contains("unfold: bad kernel 3x3, stride 0"), liandan::Error);
+  CHECK_THROWS_WITH_AS(unfold(zeros({1, 1, 2, 2}, DType::i64), 1, 1), doctest::Contains("unfold: expected floating"),
+                       liandan::Error);
 }

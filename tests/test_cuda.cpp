@@ -1135,3 +1135,95 @@ TEST_CASE("cuda: errors — CPU access to device memory, a device mismatch, out 
   CHECK(oom.find("MiB free of") != std::string::npos);
   CHECK(ones({2}, kCuda).sum().item() == 2.0);  // the device still works after the failed allocation
 }
+
+TEST_CASE("cuda: conv2d (im2col + cuBLAS) and unfold match the CPU: strides, padding, groups, 1x1, views, autocast" *
+          doctest::skip(!kGpu)) {
+  struct Cfg {
+    int64_t N, C, H, W, O, kh, kw, stride, pad, groups;
+  };
+  // (the last two: 8 and 12 images of 16x16 pixels, so the weight gradient runs as 2 and 3 image chunks)
+  const std::vector<Cfg> cfgs = {{2, 3, 9, 7, 5, 3, 3, 1, 1, 1}, {3, 4, 8, 8, 6, 3, 3, 2, 1, 1},
+                                 {2, 6, 5, 6, 4, 1, 1, 1, 0, 1}, {2, 4, 7, 7, 4, 3, 2, 2, 0, 2},
+                                 {1, 2, 4, 4, 3, 5, 5, 1, 2, 1}, {5, 3, 6, 6, 2, 1, 1, 2, 0, 1},
+                                 {8, 3, 16, 16, 4, 3, 3, 1, 1, 1}, {12, 2, 16, 16, 3, 3, 3, 1, 1, 1}};
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dt));
+    Generator g(51);
+    for (const Cfg& c : cfgs) {
+      INFO("N ", c.N, " C ", c.C, " kernel ", c.kh, "x", c.kw, " stride ", c.stride, " pad ", c.pad, " groups ", c.groups);
+      Tensor x = randn({c.N, c.C, c.H, c.W}, g, dt), w = randn({c.O, c.C / c.groups, c.kh, c.kw}, g, dt),
+             b = randn({c.O}, g, dt);
+      check_op_on_gpu({x, w, b}, [&](auto& t) { return conv2d(t[0], t[1], t[2], c.stride, c.pad, c.groups); }, tol(dt));
+      check_op_on_gpu({x, w}, [&](auto& t) { return conv2d(t[0], t[1], Tensor(), c.stride, c.pad, c.groups); }, tol(dt));
+      // unfold is a copy and its backward sums in the CPU's order: bit-identical
+      check_op_on_gpu({x}, [&](auto& t) { return unfold(t[0], c.kh, c.kw, c.stride, c.pad); }, 0, 0);
+    }
+    // a strided input (a transposed view), read in place by im2col
+    Tensor x = randn({2, 5, 6, 3}, g, dt), w = randn({4, 3, 3, 3}, g, dt), b = randn({4}, g, dt);
+    check_op_on_gpu({x, w, b}, [](auto& t) { return conv2d(t[0].transpose(1, 3), t[1], t[2], 1, 1); }, tol(dt));
+    check_op_on_gpu({x}, [](auto& t) { return unfold(t[0].transpose(1, 3), 2, 3, 1, 1); }, 0, 0);
+  }
+  Generator g(52);
+  Tensor x = randn({4, 6, 8, 8}, g), w = randn({5, 6, 3, 3}, g), b = randn({5}, g);
+  for (DType h : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(h));
+    // half columns: the same roundings on both sides, the backward's half column gradient summed in f32 in order
+    check_op_on_gpu({x}, [h](auto& t) { return unfold(t[0], 3, 3, 2, 1, h); }, 0, 0);
+    // under autocast: the same rounded operands, f32 accumulation in another order; the GPU keeps the weight
+    // gradient in f32, where the CPU's composite rounds it to the half format (as PyTorch's) — within 1e-2
+    check_op_on_gpu({x, w, b}, [h](auto& t) {
+      Autocast ac(h);
+      return conv2d(t[0], t[1], t[2], 1, 1);
+    }, 1e-5, 1e-2);
+  }
+  CHECK(error_of([] { unfold(zeros({2, 3, 4}), 3, 3); }).find("unfold: expected input [N, C, H, W], got [2, 3, 4]") !=
+        std::string::npos);
+}
+
+TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEMMs and one col2im" *
+          doctest::skip(!kGpu)) {
+  // Counted on a steady-state AdamW step (the second) with the op profiler, f32 and bf16 autocast, so that a new
+  // activation-sized pass fails a test, not a benchmark. 2 levels, 1 ResBlock each (+ 2 on the up path), attention
+  // at 4x4: 25 convolutions (21 3x3, 4 1x1 skips), 21 group norms, 4 attention blocks.
+  diffusion::UNetConfig c;
+  c.in_channels = 3, c.image_size = 8, c.base_channels = 16, c.channel_mult = {1, 2};
+  c.num_res_blocks = 1, c.groups = 4, c.attention_resolutions = {4};
+  Generator g(3);
+  diffusion::UNet net(c, g);
+  net.to(kCuda);
+  optim::AdamW opt(net.named_parameters(), {.lr = 1e-4});
+  Tensor x = randn({2, 3, 8, 8}, g).to(kCuda), t = from_vector(std::vector<double>{3, 7}, {2}, DType::f32).to(kCuda);
+  for (DType precision : {DType::f32, DType::bf16}) {
+    CAPTURE(dtype_name(precision));
+    std::vector<OpTime> prof;
+    for (int step = 0; step < 2; ++step) {
+      if (step == 1) cuda::profile_start();
+      opt.zero_grad();
+      {
+        Autocast ac(precision);
+        Tensor l = losses::mse_loss(net.forward(x, t), x);
+        l.backward();
+      }
+      opt.step();
+      if (step == 1) prof = cuda::profile_stop();
+    }
+    auto calls = [&](const std::string& op) {
+      for (const OpTime& o : prof)
+        if (o.op == op) return o.calls;
+      return int64_t(0);
+    };
+    INFO(cuda::profile_table(prof));
+    // Before unfold and the device conv: 394 copies (f32) / 612 (bf16), 262 adds, 45 fills, 104 sums — per 3x3
+    // convolution a padded copy, 9 window copies and a stack, and back a zero-filled gradient, 9 window adds and
+    // per-image weight-gradient partials summed over the batch. Now a conv is one im2col (its columns in the
+    // GEMM's format), one batched GEMM, and back one transposing copy of dy (the GEMM operand's cast under
+    // autocast), two GEMMs and one col2im; the 4 1x1 skips of the composite-free path take an im2col too.
+    CHECK(calls("im2col") == 25);
+    CHECK(calls("col2im") == 24);  // conv_in's input needs no gradient
+    CHECK(calls("fill") <= 1);     // the backward's seed
+    CHECK(calls(precision == DType::f32 ? "gemm f32" : "gemm bf16") <= 127);
+    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 142 : 240));
+    CHECK(calls("add") <= (precision == DType::f32 ? 86 : 82));
+    CHECK(calls("sum_run") <= (precision == DType::f32 ? 54 : 75));
+  }
+}

@@ -205,6 +205,14 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "bias_act backward");
     cuda_impl::bias_act_backward(h, bias, g, act, dh, dbias);
   }
+  void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) override {
+    OpScope scope(*this, "im2col");
+    cuda_impl::im2col(x, col, s);
+  }
+  void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s) override {
+    OpScope scope(*this, "col2im");
+    cuda_impl::col2im(col, dx, s);
+  }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
     OpScope scope(*this, op.name);
     cuda_impl::unary(op, x, y);

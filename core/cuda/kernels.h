@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
 #include "core/device.h"
@@ -55,6 +55,10 @@ void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const
 void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, const Tensor& mean,
                          const Tensor& rstd, const Tensor& dx, const Tensor& dw, const Tensor& db, int64_t N, int64_t C,
                          int64_t G, int64_t S, bool silu);
+
+// conv.cu
+void im2col(const Tensor& x, const Tensor& col, const ConvShape& s);
+void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s);
 
 // rope.cu
 void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,

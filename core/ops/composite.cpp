@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/autocast.h"
 #include "core/ops.h"
 
 namespace liandan::composite {
@@ -132,10 +133,14 @@ std::vector<Tensor> windows(const Tensor& xp, int64_t kh, int64_t kw, int64_t st
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, int64_t groups) {
   int64_t N = x.size(0), C = x.size(1), O = weight.size(0), kh = weight.size(2), kw = weight.size(3);
-  Tensor xp = padding ? pad(x, {padding, padding, padding, padding}) : x;
-  int64_t Ho = (xp.size(2) - kh) / stride + 1, Wo = (xp.size(3) - kw) / stride + 1;
-  // columns [N, C, kh·kw, Ho·Wo] -> [N, G, (C/G)·kh·kw, L], in the weight's (c, i, j) order
-  Tensor col = stack(windows(xp, kh, kw, stride, Ho, Wo), 2).reshape({N, groups, C / groups * kh * kw, Ho * Wo});
+  int64_t Ho = (x.size(2) + 2 * padding - kh) / stride + 1, Wo = (x.size(3) + 2 * padding - kw) / stride + 1;
+  // The columns [N, C·kh·kw, L] -> [N, G, (C/G)·kh·kw, L], in the weight's (c, i, j) order; under autocast
+  // written in the GEMM's format (the operand's cast done by unfold's pass). A 1x1 stride-1 convolution's
+  // columns are the input itself.
+  DType cd = x.dtype() == DType::f32 ? autocast_dtype() : x.dtype();
+  bool pointwise = kh == 1 && kw == 1 && stride == 1 && padding == 0 && cd == x.dtype();
+  Tensor col = pointwise ? x.reshape({N, C, Ho * Wo}) : unfold(x, kh, kw, stride, padding, cd);
+  col = col.reshape({N, groups, C / groups * kh * kw, Ho * Wo});
   Tensor wm = weight.reshape({groups, O / groups, C / groups * kh * kw});
   Tensor y = matmul(wm, col).reshape({N, O, Ho, Wo});  // [G, O/G, K] @ [N, G, K, L]
   return bias.defined() ? add(y, bias.reshape({O, 1, 1})) : y;

@@ -21,8 +21,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 // Causal linear attention on prepared features: Σ_{j≤i} (rq_i·rk_j) v_j / Σ_{j≤i} fq_i·fk_j, through the masked
 // T × T matrices (quadratic, unlike the fused kernel's running sums).
 Tensor causal_linear_attention(const Tensor& rq, const Tensor& rk, const Tensor& fq, const Tensor& fk, const Tensor& v);
-// conv2d by im2col: kh·kw strided views of the padded input stacked into columns, one batched GEMM per
-// group; avg_pool2d (count_include_pad) as a sum of k² strided views; nearest upsampling by expand.
+// conv2d by im2col: unfold's columns (in the GEMM's format under autocast), one batched GEMM per group;
+// avg_pool2d (count_include_pad) as a sum of k² strided views; nearest upsampling by expand.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, int64_t groups);
 Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding);
 Tensor upsample_nearest2d(const Tensor& x, int64_t scale);

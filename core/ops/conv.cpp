@@ -21,6 +21,7 @@
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "core/ops/composite.h"
 
@@ -668,6 +669,70 @@ void direct_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* 
 
 }  // namespace
 
+// ---------------------------------------------------------------- conv2d on a device (groups = 1)
+// im2col + cuBLAS, with the columns laid out [K, N·L] (K = C·kh·kw rows, the N images' L = Ho·Wo pixels side by
+// side) in the GEMM's format (bf16/f16 under autocast, rounded by the im2col pass):
+//   forward   y[n] = W @ col[:, n]            one strided-batched GEMM (col read with leading dim N·L), NCHW out
+//   backward  dy' = dy as [O, N·L]            one transposing copy, in the GEMM's format (its operand cast)
+//             dW = Σ_chunks dy'[:, c] @ col[:, c]ᵀ, db = row sums of dy, dcol = Wᵀ @ dy', dx = col2im(dcol)
+// The weight gradient is a reduction over all N·L pixels. Per image (batched, then summed over images) it would
+// write N partial [O, K] products — at 8×8 pixels and 256 channels 40× the activation's size; one GEMM with K =
+// N·L has too few output tiles to fill a GPU. So it runs as a few image chunks (a GEMM each, batched) whose
+// partials are summed in chunk order: deterministic, and the partials stay smaller than the activation.
+int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
+  int64_t cap = std::clamp<int64_t>(N * L / std::max<int64_t>(K, 1024), 1, 32);
+  int64_t c = cap;
+  while (N % c != 0) --c;  // chunks of whole images
+  return c;
+}
+
+Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g) {
+  const DType gd = x.dtype() == DType::f32 ? autocast_dtype() : x.dtype();  // the GEMMs' operand format
+  const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
+  const ConvShape cs{g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo};
+  DeviceBackend& dev = device_backend(x.device());
+  TensorOptions og{gd, x.device()};
+  Tensor col = empty({K, g.N, L}, og), wm = weight.detach().to(gd).contiguous();
+  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {x.dtype(), x.device()});
+  dev.im2col(x, col.permute({1, 0, 2}), cs);
+  // y[n] [O, L] = wm [O, K] @ col[:, n] [K, L]
+  dev.gemm_batched(gd, false, false, g.O, L, K, wm.device_data(), K, 0, col.device_data(), NL, L, y.device_data(), L,
+                   g.O * L, g.N, false);
+  if (bias.defined()) {
+    NoGradGuard ng;
+    y.add_(bias.detach().view({g.O, 1, 1}));
+  }
+  if (!needs_grad({&x, &weight, &bias})) return y;
+  SavedTensor scol(col, "conv2d"), sw(wm, "conv2d");
+  bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  Shape xs = x.shape(), ws = weight.shape();
+  DType xd = x.dtype(), wd = weight.dtype();
+  record("conv2d", y, {x, weight, bias}, [=, &dev](const Tensor& dy) {
+    const Tensor &colv = scol.get(), &wv = sw.get();
+    Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy' = dy as [O, N·L]
+    dyt.copy_(dy.reshape({g.N, g.O, L}).permute({1, 0, 2}));
+    Tensor dx, dw, db;
+    // db: row sums of dy' when it holds dy's own values (one reduction over contiguous rows), else of dy (f32)
+    if (gb) db = (gd == dy.dtype() ? sum(dyt, {1, 2}) : sum(dy, {0, 2, 3})).to(wd);
+    if (gw) {
+      int64_t chunks = weight_grad_chunks(g.N, L, K), len = NL / chunks;
+      Tensor part = empty({chunks, g.O, K}, {wd, dy.device()});  // f32 (f64) sums, half operands or not
+      dev.gemm_batched(gd, false, true, g.O, K, len, dyt.device_data(), NL, len, colv.device_data(), NL, len,
+                       part.device_data(), K, g.O * K, chunks, false);
+      dw = (chunks == 1 ? part.reshape({g.O, K}) : sum(part, {0})).reshape(ws);
+    }
+    if (gx) {
+      Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});  // dcol = wmᵀ [K, O] @ dy' [O, N·L]
+      dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), K, 0, dyt.device_data(), NL, 0,
+                       dcol.device_data(), NL, 0, 1, true);
+      dx = empty(xs, {xd, dy.device()});
+      dev.col2im(dcol.permute({1, 0, 2}), dx, cs);
+    }
+    return std::vector<Tensor>{dx, dw, db};
+  });
+  return y;
+}
+
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, int64_t groups) {
   LD_CHECK(x.defined() && x.dim() == 4, "conv2d: expected input [N, C, H, W], got ",
            x.defined() ? shape_str(x.shape()) : "undefined");
@@ -689,6 +754,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   g.Wo = (g.W + 2 * padding - g.kw) / stride + 1;
   LD_CHECK(g.H + 2 * padding >= g.kh && g.W + 2 * padding >= g.kw, "conv2d: kernel ", g.kh, "x", g.kw,
            " larger than padded input ", g.H + 2 * padding, "x", g.W + 2 * padding);
+  if (!x.device().is_cpu() && groups == 1) return conv2d_device(x, weight, bias, g);
   if (!x.device().is_cpu() || autocast_enabled()) return composite::conv2d(x, weight, bias, stride, padding, groups);
   Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = bias.defined() ? bias.contiguous() : bias;
   Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, x.dtype());
@@ -720,6 +786,70 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
     });
   }
   return y;
+}
+
+// ---------------------------------------------------------------- unfold (im2col)
+// The column matrix as an op of its own: conv2d on a GPU and under autocast is unfold + one batched GEMM
+// (composite::conv2d), and unfold's backward is col2im — one pass each way, where the strided-view form (pad,
+// k·k window copies and a stack; a zero-filled gradient and k·k adds back) made 2k² + 2 passes.
+Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t padding, DType dtype) {
+  LD_CHECK(x.defined() && x.dim() == 4, "unfold: expected input [N, C, H, W], got ",
+           x.defined() ? shape_str(x.shape()) : "undefined");
+  LD_CHECK(is_floating(x.dtype()) && is_floating(dtype), "unfold: expected floating dtypes, got input ",
+           dtype_name(x.dtype()), " and columns ", dtype_name(dtype));
+  LD_CHECK(kh >= 1 && kw >= 1 && stride >= 1 && padding >= 0, "unfold: bad kernel ", kh, "x", kw, ", stride ", stride,
+           " or padding ", padding);
+  ConvGeom g{x.size(0), x.size(1), x.size(2), x.size(3), 0, kh, kw, stride, padding, 1, 0, 0};
+  LD_CHECK(g.H + 2 * padding >= kh && g.W + 2 * padding >= kw, "unfold: kernel ", kh, "x", kw,
+           " larger than padded input ", shape_str(x.shape()), " with padding ", padding);
+  g.Ho = (g.H + 2 * padding - kh) / stride + 1;
+  g.Wo = (g.W + 2 * padding - kw) / stride + 1;
+  const ConvShape cs{g.N, g.C, g.H, g.W, kh, kw, stride, padding, g.Ho, g.Wo};
+  const int64_t K = g.C * kh * kw, L = g.Ho * g.Wo;
+  Tensor col = empty({g.N, K, L}, {dtype, x.device()});
+  // The CPU computes in x's dtype (a half x widened: exact) and rounds the columns after: the same numbers.
+  const DType work = is_half(x.dtype()) ? DType::f32 : x.dtype();
+  if (!x.device().is_cpu()) {
+    device_backend(x.device()).im2col(x, col, cs);
+  } else {
+    NoGradGuard ng;
+    Tensor xc = x.to(work).contiguous(), cw = dtype == work ? col : empty(col.shape(), work);
+    LD_DISPATCH_FLOAT(work, "unfold", [&] {
+      const scalar_t* px = xc.data_ptr<scalar_t>();
+      scalar_t* pc = cw.data_ptr<scalar_t>();
+      cpu::parallel_range(g.N, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) im2col(g, px + n * g.C * g.H * g.W, pc + n * K * L, L);
+      }, work_grain(K * L));
+    });
+    if (dtype != work) col.copy_(cw);
+  }
+  Shape xs = x.shape();
+  DType xd = x.dtype();
+  record("unfold", col, {x}, [=](const Tensor& g_in) {
+    Tensor dcol = g_in.contiguous(), dx;
+    if (!dcol.device().is_cpu()) {
+      dx = empty(xs, {xd, dcol.device()});
+      device_backend(dcol.device()).col2im(dcol, dx, cs);
+    } else {  // col2im in the working dtype over a zeroed dx, image by image; a half dx rounded after
+      Tensor dc = dcol.to(work).contiguous();
+      dx = zeros(xs, work);
+      LD_DISPATCH_FLOAT(work, "unfold backward", [&] {
+        const scalar_t* pc = dc.data_ptr<scalar_t>();
+        scalar_t* pd = dx.data_ptr<scalar_t>();
+        cpu::parallel_range(g.N, [&](int64_t b, int64_t e) {
+          for (int64_t n = b; n < e; ++n) col2im(g, pc + n * K * L, pd + n * g.C * g.H * g.W, L);
+        }, work_grain(K * L));
+      });
+      dx = dx.to(xd);
+    }
+    return std::vector<Tensor>{dx};
+  });
+  return col;
+}
+
+Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t padding) {
+  LD_CHECK(x.defined(), "unfold: undefined input");
+  return unfold(x, kh, kw, stride, padding, x.dtype());
 }
 
 // avg_pool2d (count_include_pad = true, as torch's default) as a depthwise conv with a constant
