@@ -1,8 +1,9 @@
-// im2col and its adjoint on CUDA (core/ops/conv.cpp's unfold; conv2d on a GPU is unfold + a cuBLAS GEMM).
+// im2col and its adjoint on CUDA (core/ops/conv.cpp: unfold, and conv2d on a GPU = im2col + cuBLAS GEMMs).
 // The columns are [N, K, L] with any (n, k) strides: unfold's [N, K, L], or conv2d's [K, N·L] (one GEMM over
-// all images for the weight gradient). im2col: a block row per column-matrix row (n, c, i, j), its threads over the
-// L = Ho·Wo columns, so the writes are coalesced and the index arithmetic per element is one division by Wo; the input may be a strided
-// view and the columns may be a half format (the GEMM operand's cast done in the same pass).
+// all images for the weight gradient).
+// im2col: a block row per column-matrix row (n, c, i, j), its threads over the L = Ho·Wo columns, so the writes
+// are coalesced and the index arithmetic per element is one division by Wo; the input may be a strided view and
+// the columns a half format (the GEMM operand's cast done in the same pass).
 // col2im: a thread per input pixel sums the column entries of the windows that cover it, in window order (i, j)
 // — the CPU's col2im order, so the two agree bit for bit — with no atomics and no zero-fill of dx.
 #include "core/cuda/common.cuh"
