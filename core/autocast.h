@@ -22,6 +22,10 @@ namespace liandan {
 // The half format matmul uses in this thread, or f32 when autocast is off.
 DType autocast_dtype();
 inline bool autocast_enabled() { return autocast_dtype() != DType::f32; }
+// The format a GEMM takes an operand of dtype t in: the autocast format for f32 (t itself when autocast is off),
+// t for everything else (f64 stays f64). Producers that feed a GEMM write this directly (conv2d's columns, a norm
+// before a projection), instead of writing f32 for the GEMM's cast to read again.
+inline DType autocast_operand_dtype(DType t) { return t == DType::f32 ? autocast_dtype() : t; }
 
 // Sets the thread's autocast format for a scope (bf16 or f16; f32 turns autocast off) and restores the
 // previous one at its end. Scopes nest.

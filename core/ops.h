@@ -115,6 +115,12 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   const Tensor& bias, double eps = 1e-5);
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                 double eps = 1e-6);
+// The same with y in `out`: x's dtype, or bf16/f16 from an f32 x — under autocast, the half operand of the GEMM
+// that follows (autocast_operand_dtype), rounded once by the norm's own pass instead of an f32 y and a cast; its
+// gradient then arrives in that format and is read as it is.
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps, DType out);
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, double eps, DType out);
 // x: [N, C, *]; weight, bias: [C] or undefined.
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias,
                   double eps = 1e-5);

@@ -42,6 +42,11 @@ MultiheadAttention::MultiheadAttention(int64_t d_model, int64_t n_heads, Attenti
   o_proj = register_module("o_proj", std::make_shared<Linear>(d_model, d_model, cfg.bias, gen));
 }
 
+bool MultiheadAttention::half_heads(const AttentionInputs& in) const {
+  return autocast_enabled() && config.kind == AttentionKind::softmax && !in.cache &&
+         !(config.dropout > 0 && is_training());
+}
+
 void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int64_t offset, Tensor& q, Tensor& k,
                                  Tensor& v, Tensor& cos, Tensor& sin) {
   LD_CHECK(x.dim() == 3 && x.size(2) == d_model, "MultiheadAttention: expected x [B, T, ", d_model, "], got ",
@@ -53,10 +58,8 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
   // Under autocast, softmax attention takes q, k, v in the half format straight from the GEMM (bias in the same
   // fused pass), through RoPE and the fused kernel to o_proj: 2-byte activations, as PyTorch's autocast. (Linear
   // attention, a KV cache and dropout keep f32: their composite ops have no half kernels.)
-  bool half_heads = autocast_enabled() && config.kind == AttentionKind::softmax && !in.cache &&
-                    !(config.dropout > 0 && is_training());
   Tensor qkv;
-  if (half_heads) {
+  if (half_heads(in)) {
     qkv = autocast_matmul(x, w.t());
     if (b.defined()) qkv = bias_act(qkv, b, BiasActivation::none);
   } else {
@@ -71,14 +74,15 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
   v = parts[2].permute({0, 2, 1, 3});
   cos = in.cos;
   sin = in.sin;
+  const DType table_dtype = is_half(x.dtype()) ? DType::f32 : x.dtype();  // RoPE rotates half rows by f32 tables
   if (!cos.defined()) {
     if (config.position == PositionEncoding::rope1d) {
       Tensor pos = in.positions.defined() ? in.positions : arange(double(offset), double(offset + T), 1.0, DType::f64);
-      std::tie(cos, sin) = rope_tables_1d(pos, head_dim, config.rope_base, {x.dtype(), x.device()});
+      std::tie(cos, sin) = rope_tables_1d(pos, head_dim, config.rope_base, {table_dtype, x.device()});
     } else if (config.position == PositionEncoding::rope2d) {
       LD_CHECK(in.pos_x.defined() && in.pos_y.defined(),
                "MultiheadAttention: rope2d needs pos_x and pos_y (or cos/sin tables)");
-      std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, {x.dtype(), x.device()});
+      std::tie(cos, sin) = rope_tables_2d(in.pos_x, in.pos_y, head_dim, config.rope_base, {table_dtype, x.device()});
     }
   }
   if (cos.defined() && cos.device() != x.device()) {  // a caller's tables on another device (ours are built on x's)

@@ -83,6 +83,9 @@ class MultiheadAttention : public Module {
   // Pre-softmax attention logits scale * (R q)(R k)^T, [B, H, T, T] (no mask, no cache; softmax kind's
   // positions as in forward). For tests and inspection.
   Tensor attention_logits(const Tensor& x, const AttentionInputs& in = {});
+  // Whether forward keeps q, k, v in the autocast half format (softmax attention without a KV cache or attention
+  // dropout, under autocast); then it also takes x in that format (a norm before it may write it directly).
+  bool half_heads(const AttentionInputs& in) const;
 
   int64_t d_model, n_heads, head_dim;
   AttentionConfig config;

@@ -69,6 +69,9 @@ LayerNorm::LayerNorm(Shape shape, double eps, bool affine, bool with_bias)
 }
 
 Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, normalized_shape, weight, bias, eps); }
+Tensor LayerNorm::forward(const Tensor& x, DType out) {
+  return layer_norm(x, normalized_shape, weight, bias, eps, out);
+}
 
 RMSNorm::RMSNorm(Shape shape, double eps, bool affine)
     : Module("RMSNorm"), normalized_shape(std::move(shape)), eps(eps) {
@@ -77,6 +80,7 @@ RMSNorm::RMSNorm(Shape shape, double eps, bool affine)
 }
 
 Tensor RMSNorm::forward(const Tensor& x) { return rms_norm(x, normalized_shape, weight, eps); }
+Tensor RMSNorm::forward(const Tensor& x, DType out) { return rms_norm(x, normalized_shape, weight, eps, out); }
 
 GroupNorm::GroupNorm(int64_t groups, int64_t channels, double eps, bool affine)
     : Module("GroupNorm"), num_groups(groups), num_channels(channels), eps(eps) {

@@ -44,6 +44,8 @@ class LayerNorm : public Module {
   explicit LayerNorm(int64_t dim, double eps = 1e-5, bool elementwise_affine = true, bool bias = true)
       : LayerNorm(Shape{dim}, eps, elementwise_affine, bias) {}
   Tensor forward(const Tensor& x) override;
+  // y in `out` (layer_norm's overload): autocast_operand_dtype(x.dtype()) before a projection under autocast.
+  Tensor forward(const Tensor& x, DType out);
   Shape normalized_shape;
   double eps;
   Tensor weight, bias;  // undefined when not affine / no bias
@@ -56,6 +58,7 @@ class RMSNorm : public Module {
   explicit RMSNorm(int64_t dim, double eps = 1e-6, bool elementwise_affine = true)
       : RMSNorm(Shape{dim}, eps, elementwise_affine) {}
   Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x, DType out);  // as LayerNorm's
   Shape normalized_shape;
   double eps;
   Tensor weight;

@@ -27,11 +27,13 @@ Tensor TransformerBlock::forward(const Tensor& x, const AttentionInputs& in) {
     Tensor y = x + drop->forward(attn->forward(ln1->forward(x), in));
     return y + drop->forward(ffn->forward(ln2->forward(y)));
   }
-  // The residual adds ride on the output projections' bias pass (fused under autocast).
+  // The residual adds ride on the output projections' bias pass (fused under autocast), and under autocast the
+  // norms write the half operand of the projection after them (no f32 output and cast, nor their gradients).
   AttentionInputs with_residual = in;
   with_residual.residual = x;
-  Tensor y = attn->forward(ln1->forward(x), with_residual);
-  return ffn->forward(ln2->forward(y), y);
+  const DType gemm_in = autocast_operand_dtype(x.dtype());
+  Tensor y = attn->forward(ln1->forward(x, attn->half_heads(in) ? gemm_in : x.dtype()), with_residual);
+  return ffn->forward(ln2->forward(y, gemm_in), y);
 }
 
 namespace {
@@ -114,7 +116,7 @@ Tensor RoFormerLM::forward(const Tensor& tokens, std::vector<KVCache>* caches) {
     x = static_cast<TransformerBlock&>(*m).forward(x, in);
     ++i;
   }
-  return lm_head->forward(ln_f->forward(x));
+  return lm_head->forward(ln_f->forward(x, autocast_operand_dtype(x.dtype())));
 }
 
 Tensor RoFormerLM::loss(const Tensor& tokens) {

@@ -280,6 +280,44 @@ TEST_CASE("Under autocast FeedForward and MultiheadAttention keep their large ac
   }
 }
 
+TEST_CASE("layer_norm / rms_norm with a half output: the f32 result rounded once; the half gradient read as is") {
+  Generator g(44);
+  Tensor x = add(mul(randn({4, 6, 24}, g), 3.0), 0.5), w = randn({24}, g), b = randn({24}, g);
+  for (DType h : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(h));
+    Tensor xl = x.detach().requires_grad_(), wl = w.detach().requires_grad_(), bl = b.detach().requires_grad_();
+    Tensor y = layer_norm(xl, {24}, wl, bl, 1e-5, h);
+    CHECK(y.dtype() == h);
+    CHECK(y.to_vector() == layer_norm(x, {24}, w, b).to(h).to_vector());
+    CHECK(rms_norm(x, {24}, w, 1e-6, h).to_vector() == rms_norm(x, {24}, w).to(h).to_vector());
+    // backward: a half gradient gives the f32 input's gradients of the same (widened) values
+    Tensor gy = randn({4, 6, 24}, g).to(h);
+    y.backward(gy);
+    Tensor x2 = x.detach().requires_grad_(), w2 = w.detach().requires_grad_(), b2 = b.detach().requires_grad_();
+    layer_norm(x2, {24}, w2, b2).backward(gy.to(DType::f32));
+    CHECK(xl.grad().dtype() == DType::f32);
+    CHECK(xl.grad().to_vector() == x2.grad().to_vector());
+    CHECK(wl.grad().to_vector() == w2.grad().to_vector());
+    CHECK(bl.grad().to_vector() == b2.grad().to_vector());
+  }
+  CHECK(error_of([&] { layer_norm(x.to(DType::f64), {24}, Tensor(), Tensor(), 1e-5, DType::bf16); }) ==
+        "layer_norm: output dtype bf16 for a f64 input (expected the input's, or bf16/f16 from f32)");
+  // Under autocast a TransformerBlock's norms write the projections' bf16 operands: the same numbers as f32 + cast
+  Generator g1(45), g2(45);
+  nn::TransformerBlock blk(24, 2, 48, {}, g1);
+  Tensor xt = randn({2, 5, 24}, g2);
+  Tensor y1, y2;
+  {
+    Autocast ac(DType::bf16);
+    y1 = blk.forward(xt, {});
+    nn::AttentionInputs res;
+    res.residual = xt;
+    Tensor a = blk.attn->forward(blk.ln1->forward(xt), res);
+    y2 = blk.ffn->forward(blk.ln2->forward(a), a);
+  }
+  CHECK(y1.to_vector() == y2.to_vector());
+}
+
 TEST_CASE("Module::to refuses half formats: parameters stay f32 under mixed precision") {
   Generator g(8);
   nn::Linear lin(4, 3, true, g);

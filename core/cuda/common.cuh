@@ -42,6 +42,20 @@ template <class D, class W> __device__ D narrow(W w) {
 
 }  // namespace liandan::cuda_impl
 
+namespace liandan::cuda_impl {
+// Calls f(T()) with T the element type of dt: float, double, __nv_bfloat16 or __half; others are an error.
+template <class F>
+void with_float_type(DType dt, const char* op, F f) {
+  switch (dt) {
+    case DType::f32: return f(float());
+    case DType::f64: return f(double());
+    case DType::bf16: return f(__nv_bfloat16());
+    case DType::f16: return f(__half());
+    default: LD_FAIL(op, " on CUDA: expected a floating dtype, got ", dtype_name(dt));
+  }
+}
+}  // namespace liandan::cuda_impl
+
 // Runs BODY with scalar_t = float or double; other dtypes are an error naming the op.
 #define LD_CUDA_FLOAT(DT, OPNAME, ...)                                                              \
   [&] {                                                                                             \

@@ -76,18 +76,6 @@ __global__ void col2im_kernel(const D* col, ColStrides cs, X* dx, ConvShape s, i
   }
 }
 
-// Calls f(T()) with T the element type of dt (f32, f64, bf16, f16).
-template <class F>
-void with_type(DType dt, const char* op, F f) {
-  switch (dt) {
-    case DType::f32: return f(float());
-    case DType::f64: return f(double());
-    case DType::bf16: return f(__nv_bfloat16());
-    case DType::f16: return f(__half());
-    default: LD_FAIL(op, " on CUDA: expected a floating dtype, got ", dtype_name(dt));
-  }
-}
-
 ColStrides col_strides(const Tensor& col, const char* op) {
   LD_CHECK(col.dim() == 3 && col.strides()[2] == 1, op, " on CUDA: the columns [N, K, L] must be contiguous along L, ",
            "got strides ", shape_str(col.strides()));
@@ -102,8 +90,8 @@ void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) {
   LD_CHECK(s.Ho * s.Wo < (int64_t(1) << 31) && s.H * s.W < (int64_t(1) << 31), "im2col on CUDA: image too large");
   Strides4 xs{x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};
   dim3 block = row_block(s.Ho * s.Wo);
-  with_type(x.dtype(), "im2col", [&](auto xt) {
-    with_type(col.dtype(), "im2col", [&](auto dt) {
+  with_float_type(x.dtype(), "im2col", [&](auto xt) {
+    with_float_type(col.dtype(), "im2col", [&](auto dt) {
       using X = decltype(xt);
       using D = decltype(dt);
       im2col_kernel<X, D><<<row_grid(rows, block), block, 0, stream_of(col)>>>(
@@ -117,8 +105,8 @@ void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s) {
   int64_t planes = s.N * s.C;
   if (planes == 0 || s.H * s.W == 0) return;
   dim3 block = row_block(s.H * s.W);
-  with_type(col.dtype(), "col2im", [&](auto ct) {
-    with_type(dx.dtype(), "col2im", [&](auto xt) {
+  with_float_type(col.dtype(), "col2im", [&](auto ct) {
+    with_float_type(dx.dtype(), "col2im", [&](auto xt) {
       using D = decltype(ct);
       using X = decltype(xt);
       using A = std::conditional_t<std::is_same_v<X, double>, double, float>;

@@ -34,34 +34,38 @@ __device__ void row_stats(const T* xr, int64_t len, bool center, double eps, T* 
   }
 }
 
-template <class T>
-__global__ void norm_forward_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t rows,
+// Y: y's element type, T's or (under autocast) a half format: the next GEMM's operand, rounded once here.
+template <class T, class Y>
+__global__ void norm_forward_kernel(const T* x, const T* w, const T* b, Y* y, T* mean, T* rstd, int64_t rows,
                                     int64_t len, bool center, double eps) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * len;
-    T* yr = y + r * len;
+    Y* yr = y + r * len;
     T m, rs;
     row_stats(xr, len, center, eps, &m, &rs, mean + r, rstd + r);
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
       T v = (xr[i] - m) * rs;
       if (w) v = v * w[i];
       if (b) v = v + b[i];
-      yr[i] = v;
+      yr[i] = narrow<Y>(v);
     }
   }
 }
 
 // dx = rstd·(g·w − a − (x − m)·rstd·c), a = mean(g·w) (layer norm) or 0, c = rstd·mean(g·w·(x − m)).
-template <class T>
-__global__ void norm_backward_input_kernel(const T* x, const T* w, const T* g, const T* mean, const T* rstd, T* dx,
+// G: g's element type (a half y's gradient is half; widened exactly).
+template <class T, class G>
+__global__ void norm_backward_input_kernel(const T* x, const T* w, const G* g, const T* mean, const T* rstd, T* dx,
                                            int64_t rows, int64_t len, bool center) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T *xr = x + r * len, *gr = g + r * len;
+    const T* xr = x + r * len;
+    const G* gr = g + r * len;
     T* dr = dx + r * len;
     T m = mean[r], rs = rstd[r];
     double sd = 0, sgx = 0;
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-      double gw = double(w ? gr[i] * w[i] : gr[i]);
+      T gi = T(widen(gr[i]));
+      double gw = double(w ? gi * w[i] : gi);
       sd += gw;
       sgx += gw * double(xr[i] - m);
     }
@@ -69,7 +73,7 @@ __global__ void norm_backward_input_kernel(const T* x, const T* w, const T* g, c
     sgx = block_sum(sgx);
     T a = center ? T(sd / double(len)) : T(0), c = T(double(rs) * sgx / double(len));
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-      T gw = w ? gr[i] * w[i] : gr[i];
+      T gi = T(widen(gr[i])), gw = w ? gi * w[i] : gi;
       dr[i] = rs * (gw - a - (xr[i] - m) * rs * c);
     }
   }
@@ -77,15 +81,15 @@ __global__ void norm_backward_input_kernel(const T* x, const T* w, const T* g, c
 
 // Stage 1 of dw = Σ_r g·(x − m)·rstd and db = Σ_r g: partial sums over chunks of kRowChunk rows, one thread
 // per (chunk, column), written to [chunks, len] (double).
-template <class T>
-__global__ void norm_affine_partial_kernel(const T* x, const T* g, const T* mean, const T* rstd, double* pw,
+template <class T, class G>
+__global__ void norm_affine_partial_kernel(const T* x, const G* g, const T* mean, const T* rstd, double* pw,
                                            double* pb, int64_t rows, int64_t len, int64_t chunks) {
   int64_t n = chunks * len;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
     int64_t k = t / len, j = t % len, r1 = min(rows, (k + 1) * kRowChunk);
     double aw = 0, ab = 0;
     for (int64_t r = k * kRowChunk; r < r1; ++r) {
-      T gv = g[r * len + j];
+      T gv = T(widen(g[r * len + j]));
       aw += double(gv * (x[r * len + j] - mean[r]) * rstd[r]);
       ab += double(gv);
     }
@@ -182,15 +186,19 @@ int row_blocks(int64_t rows) { return int(rows < 65535 * 16 ? (rows > 0 ? rows :
 
 void norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y, const Tensor& mean,
                   const Tensor& rstd, int64_t rows, int64_t len, bool center, double eps) {
+  const char* name = center ? "layer_norm" : "rms_norm";
   if (rows == 0) return;
-  LD_CUDA_FLOAT(x.dtype(), center ? "layer_norm" : "rms_norm", [&] {
+  LD_CUDA_FLOAT(x.dtype(), name, [&] {
     using T = scalar_t;
-    norm_forward_kernel<T><<<row_blocks(rows), kThreads, 0, stream_of(y)>>>(
-        static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
-        b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<T*>(y.device_data()),
-        static_cast<T*>(mean.device_data()), static_cast<T*>(rstd.device_data()), rows, len, center, eps);
+    with_float_type(y.dtype(), name, [&](auto yt) {
+      using Y = decltype(yt);
+      norm_forward_kernel<T, Y><<<row_blocks(rows), kThreads, 0, stream_of(y)>>>(
+          static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
+          b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<Y*>(y.device_data()),
+          static_cast<T*>(mean.device_data()), static_cast<T*>(rstd.device_data()), rows, len, center, eps);
+    });
   });
-  LD_CUDA_LAUNCHED(center ? "layer_norm" : "rms_norm");
+  LD_CUDA_LAUNCHED(name);
 }
 
 void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean, const Tensor& rstd,
@@ -199,26 +207,31 @@ void norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tens
   if (rows == 0 || len == 0) return;
   LD_CUDA_FLOAT(x.dtype(), name, [&] {
     using T = scalar_t;
-    const T *px = static_cast<const T*>(x.device_data()), *pg = static_cast<const T*>(g.device_data()),
-            *pm = static_cast<const T*>(mean.device_data()), *pr = static_cast<const T*>(rstd.device_data());
-    if (dx.defined())
-      norm_backward_input_kernel<T><<<row_blocks(rows), kThreads, 0, stream_of(dx)>>>(
-          px, w.defined() ? static_cast<const T*>(w.device_data()) : nullptr, pg, pm, pr,
-          static_cast<T*>(dx.device_data()), rows, len, center);
-    if (!dw.defined() && !db.defined()) return;
-    int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
-    TensorOptions f64{DType::f64, x.device()};
-    Tensor pw = dw.defined() ? empty({chunks, len}, f64) : Tensor(), pb = db.defined() ? empty({chunks, len}, f64) : Tensor();
-    norm_affine_partial_kernel<T><<<blocks_for(chunks * len), kThreads, 0, stream_of(x)>>>(
-        px, pg, pm, pr, pw.defined() ? static_cast<double*>(pw.device_data()) : nullptr,
-        pb.defined() ? static_cast<double*>(pb.device_data()) : nullptr, rows, len, chunks);
-    // Stage 2: the chunks summed in order (the deterministic column sum), then rounded to T.
-    for (auto [part, out] : {std::pair{pw, dw}, std::pair{pb, db}}) {
-      if (!out.defined()) continue;
-      Tensor total = empty({len}, f64);
-      sum_run(part, 1, chunks, len, total);
-      copy_strided(out, total.reshape(out.shape()), contiguous_strides(out.shape()));
-    }
+    with_float_type(g.dtype(), name, [&](auto gt) {
+      using G = decltype(gt);
+      const T *px = static_cast<const T*>(x.device_data()), *pm = static_cast<const T*>(mean.device_data()),
+              *pr = static_cast<const T*>(rstd.device_data());
+      const G* pg = static_cast<const G*>(g.device_data());
+      if (dx.defined())
+        norm_backward_input_kernel<T, G><<<row_blocks(rows), kThreads, 0, stream_of(dx)>>>(
+            px, w.defined() ? static_cast<const T*>(w.device_data()) : nullptr, pg, pm, pr,
+            static_cast<T*>(dx.device_data()), rows, len, center);
+      if (!dw.defined() && !db.defined()) return;
+      int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
+      TensorOptions f64{DType::f64, x.device()};
+      Tensor pw = dw.defined() ? empty({chunks, len}, f64) : Tensor(),
+             pb = db.defined() ? empty({chunks, len}, f64) : Tensor();
+      norm_affine_partial_kernel<T, G><<<blocks_for(chunks * len), kThreads, 0, stream_of(x)>>>(
+          px, pg, pm, pr, pw.defined() ? static_cast<double*>(pw.device_data()) : nullptr,
+          pb.defined() ? static_cast<double*>(pb.device_data()) : nullptr, rows, len, chunks);
+      // Stage 2: the chunks summed in order (the deterministic column sum), then rounded to T.
+      for (auto [part, out] : {std::pair{pw, dw}, std::pair{pb, db}}) {
+        if (!out.defined()) continue;
+        Tensor total = empty({len}, f64);
+        sum_run(part, 1, chunks, len, total);
+        copy_strided(out, total.reshape(out.shape()), contiguous_strides(out.shape()));
+      }
+    });
   });
   LD_CUDA_LAUNCHED(name);
 }

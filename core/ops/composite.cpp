@@ -137,7 +137,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   // The columns [N, C·kh·kw, L] -> [N, G, (C/G)·kh·kw, L], in the weight's (c, i, j) order; under autocast
   // written in the GEMM's format (the operand's cast done by unfold's pass). A 1x1 stride-1 convolution's
   // columns are the input itself.
-  DType cd = x.dtype() == DType::f32 ? autocast_dtype() : x.dtype();
+  DType cd = autocast_operand_dtype(x.dtype());
   bool pointwise = kh == 1 && kw == 1 && stride == 1 && padding == 0 && cd == x.dtype();
   Tensor col = pointwise ? x.reshape({N, C, Ho * Wo}) : unfold(x, kh, kw, stride, padding, cd);
   col = col.reshape({N, groups, C / groups * kh * kw, Ho * Wo});

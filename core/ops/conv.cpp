@@ -687,7 +687,7 @@ int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
 }
 
 Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g) {
-  const DType gd = x.dtype() == DType::f32 ? autocast_dtype() : x.dtype();  // the GEMMs' operand format
+  const DType gd = autocast_operand_dtype(x.dtype());  // the GEMMs' operand format
   const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
   const ConvShape cs{g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo};
   DeviceBackend& dev = device_backend(x.device());

@@ -101,31 +101,39 @@ void check_affine(const Tensor& t, const Shape& want, const Tensor& x, const cha
 template <class T>
 const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
+// y in `out`: x's dtype, or from f32 a half format (the GEMM operand that follows, rounded once: on a device by
+// the kernel, on the CPU by a cast after it — the same numbers); then its gradient arrives in that format too.
 Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affine_shape, const Tensor& weight,
-                 const Tensor& bias, double eps) {
+                 const Tensor& bias, double eps, DType out) {
+  LD_CHECK(out == x.dtype() || (x.dtype() == DType::f32 && is_half(out)), name, ": output dtype ", dtype_name(out),
+           " for a ", dtype_name(x.dtype()), " input (expected the input's, or bf16/f16 from f32)");
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
   TensorOptions o{x.dtype(), x.device()};
-  Tensor y = empty(x.shape(), o), mean = empty({p.rows}, o), rstd = empty({p.rows}, o);
+  Tensor y, mean = empty({p.rows}, o), rstd = empty({p.rows}, o);
   bool on_device = !x.device().is_cpu();
   if (on_device) {
+    y = empty(x.shape(), {out, x.device()});
     device_backend(x.device()).norm_forward(xc, wc, bc, y, mean, rstd, p.rows, p.len, p.center, eps);
   } else {
+    y = empty(x.shape(), o);
     LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
       norm_forward<scalar_t>(p, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
                              y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps);
     });
+    if (out != x.dtype()) y = y.to(out);
   }
   if (needs_grad({&x, &weight, &bias})) {
     SavedTensor sx(xc, name), sw(wc, name);
     bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad(),
          gb = bias.defined() && bias.requires_grad();
     record(name, y, {x, weight, bias}, [=](const Tensor& g_in) {
-      Tensor g = g_in.contiguous();
       const Tensor &xv = sx.get(), &wv = sw.get();
+      // (a half g is read by the device kernels as it is; the CPU widens it first)
+      Tensor g = on_device ? g_in.contiguous() : g_in.to(xv.dtype()).contiguous();
       Tensor dx, dw, db;
       if (on_device) {
-        TensorOptions og{g.dtype(), g.device()};
+        TensorOptions og{xv.dtype(), g.device()};
         if (gx) dx = empty(xv.shape(), og);
         if (gw) dw = empty(affine_shape, og);
         if (gb) db = empty(affine_shape, og);
@@ -315,7 +323,8 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
 
 }  // namespace
 
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps,
+                  DType out) {
   LD_CHECK(x.defined(), "layer_norm: undefined input");
   int64_t k = int64_t(normalized_shape.size());
   LD_CHECK(k >= 1 && k <= x.dim() && Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
@@ -325,10 +334,20 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_affine(bias, normalized_shape, x, "layer_norm", "bias");
   int64_t len = shape_numel(normalized_shape);
   RowNorm p{len ? x.numel() / len : 0, len, true};
-  return norm_impl("layer_norm", x, p, normalized_shape, weight, bias, eps);
+  return norm_impl("layer_norm", x, p, normalized_shape, weight, bias, eps, out);
+}
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+  LD_CHECK(x.defined(), "layer_norm: undefined input");
+  return layer_norm(x, normalized_shape, weight, bias, eps, x.dtype());
 }
 
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, double eps) {
+  LD_CHECK(x.defined(), "rms_norm: undefined input");
+  return rms_norm(x, normalized_shape, weight, eps, x.dtype());
+}
+
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, double eps, DType out) {
   LD_CHECK(x.defined(), "rms_norm: undefined input");
   int64_t k = int64_t(normalized_shape.size());
   LD_CHECK(k >= 1 && k <= x.dim() && Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
@@ -337,7 +356,7 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   check_affine(weight, normalized_shape, x, "rms_norm", "weight");
   int64_t len = shape_numel(normalized_shape);
   RowNorm p{len ? x.numel() / len : 0, len, false};
-  return norm_impl("rms_norm", x, p, normalized_shape, weight, Tensor(), eps);
+  return norm_impl("rms_norm", x, p, normalized_shape, weight, Tensor(), eps, out);
 }
 
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
