@@ -32,8 +32,13 @@ Tensor norm_silu(const nn::GroupNorm& gn, const Tensor& x) {
 
 Tensor ResBlock::forward(const Tensor& x, const Tensor& temb_act) {
   int64_t B = x.size(0);
-  Tensor h = conv1->forward(norm_silu(*norm1, x));
-  h = h + temb_proj->forward(temb_act).view({B, out_ch, 1, 1});
+  // conv1's bias joins the time embedding's projection first ([B, out] + [out]: tiny), so the activation takes one
+  // broadcast add instead of two, and its gradient one reduction.
+  Tensor shift = temb_proj->forward(temb_act);
+  if (conv1->bias.defined()) shift = shift + conv1->bias;
+  const nn::Conv2dOptions& o1 = conv1->options;
+  Tensor h = conv2d(norm_silu(*norm1, x), conv1->weight, Tensor(), o1.stride, o1.padding, o1.groups) +
+             shift.view({B, out_ch, 1, 1});
   h = norm_silu(*norm2, h);
   if (drop->p > 0) h = drop->forward(h);
   h = conv2->forward(h);
@@ -53,8 +58,10 @@ AttnBlock::AttnBlock(int64_t channels, int64_t heads, int64_t groups, Generator&
 Tensor AttnBlock::forward(const Tensor& x) {
   int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   // [B, HW, C]: one token per position. Contiguous, so that the projections are one GEMM over all B*HW
-  // tokens rather than a batched product per image.
-  Tensor h = norm->forward(x).view({B, C, H * W}).transpose(1, 2).contiguous();
+  // tokens rather than a batched product per image — under autocast the projection's cast to the half format
+  // already writes them so (one pass, not a copy and then a cast).
+  Tensor h = norm->forward(x).view({B, C, H * W}).transpose(1, 2);
+  if (!attn->half_heads({})) h = h.contiguous();
   h = attn->forward(h).transpose(1, 2).reshape({B, C, H, W});
   return x + h;
 }

@@ -1229,8 +1229,10 @@ TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEM
     CHECK(calls("col2im") == 24);  // conv_in's input needs no gradient
     CHECK(calls("fill") <= 1);     // the backward's seed
     CHECK(calls(precision == DType::f32 ? "gemm f32" : "gemm bf16") <= 127);
-    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 142 : 240));
+    // (a ResBlock adds conv1's bias and the time embedding in one pass; under autocast an attention block's
+    // tokens are transposed by the projection's cast)
+    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 142 : 236));
     CHECK(calls("add") <= (precision == DType::f32 ? 86 : 82));
-    CHECK(calls("sum_run") <= (precision == DType::f32 ? 54 : 75));
+    CHECK(calls("sum_run") <= (precision == DType::f32 ? 54 : 67));
   }
 }
