@@ -359,7 +359,7 @@ struct Carve {
 template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, int square_f32, int square_half) {
   auto up = [](size_t b) { return (b + 31) / 32 * 32; };
   return half_tiles * up(size_t(kRows) * kD * 2) + f32_tiles * up(size_t(kRows) * kD * 4) +
-         square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 2 * up(kRows * 4);
+         square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 3 * up(kRows * 4);
 }
 
 // rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
@@ -457,12 +457,13 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], Out* dst, in
 }
 
 // The online-softmax update of a 64 × 64 score tile S (query rows i0.., key columns j0..): masked and scaled
-// scores, the new row maxima m and sums l, P = exp(s − m) in the half format for the P·V GEMM, and O's rows rescaled.
+// scores, the new row maxima m and sums l, P = exp(s − m) in the half format for the P·V GEMM, and each row's
+// rescale factor exp(m_old − m_new) of O into corr (1 for a row that has seen no key yet).
 // Warp w takes the 16 rows its WMMA tiles hold; a row's 64 columns are split over the 32 lanes (consecutive
 // addresses: no shared-memory bank conflicts), its maximum and sum are warp butterflies.
 template <class H, int kD>
 __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S, H* P,
-                               float* O, float* m, float* l) {
+                               float* corr_out, float* m, float* l) {
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (int r = 16 * w; r < 16 * w + 16; ++r) {
     int64_t i = i0 + r;
@@ -482,6 +483,7 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
     if (mx == -INFINITY) {  // no visible key yet: nothing to add, nothing to rescale
 #pragma unroll
       for (int h = 0; h < kRows / 32; ++h) P[r * kRows + lane + 32 * h] = to_half<H>(0.0f);
+      if (lane == 0) corr_out[r] = 1.0f;
       continue;
     }
     float corr = expf(mo - mx), sum = 0;
@@ -496,48 +498,64 @@ __device__ void online_softmax(const AttentionShape& a, const float* vrow, int64
     if (lane == 0) {
       l[r] = lo * corr + sum;
       m[r] = mx;
+      corr_out[r] = corr;
     }
-    for (int d = lane; d < kD; d += 32) O[r * kD + d] *= corr;
   }
 }
 
+// The row (0..15) of each element a lane holds in an accumulator fragment. WMMA leaves that layout unspecified, so
+// it is read off once per warp: a 16 × 16 tile whose elements are their row indices, loaded as an accumulator.
+// With it, rows of an accumulator can be scaled in registers (the online softmax's rescale of O).
+__device__ void accumulator_rows(float* scratch, int (&row_of)[FragC::num_elements]) {
+  for (int t = threadIdx.x & 31; t < 256; t += 32) scratch[(t / 16) * kRows + t % 16] = float(t / 16);
+  __syncwarp();
+  FragC f;
+  wmma::load_matrix_sync(f, scratch, kRows, wmma::mem_row_major);
+  for (int e = 0; e < FragC::num_elements; ++e) row_of[e] = int(f.x[e]);
+  __syncwarp();
+}
+
 // In: the operands' element type (f32 under autocast, or H for half activations); H: the GEMMs' format.
+// Each warp owns 16 query rows end to end — their S rows, softmax, P rows and O accumulators (in registers across
+// the key tiles) — so only the K/V staging needs the whole block to meet.
 template <class H, int kD, class In>
 __global__ void forward_kernel(const In* q, const In* k, const In* v, const float* valid, In* out, float* lse,
                                AttentionShape a, Rows L) {
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD);
-  float* O = cv.take<float>(kRows * kD);
+  float* O = cv.take<float>(kRows * kD);  // the final rows, staged for coalesced writes
   float* S = cv.take<float>(kRows * kRows);
   H* P = cv.take<H>(kRows * kRows);
-  float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows);
+  float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows), *corr = cv.take<float>(kRows);
+  const int w = threadIdx.x / 32;
   int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
-  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) O[t] = 0;
   if (threadIdx.x < kRows) m[threadIdx.x] = -INFINITY, l[threadIdx.x] = 0;
+  int row_of[FragC::num_elements];
+  accumulator_rows(S + 16 * w * kRows, row_of);
+  FragC acc[kD / 16];  // O's rows of warp w
+#pragma unroll
+  for (int n = 0; n < kD / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
   int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
-    __syncthreads();
+    __syncthreads();  // every warp is done with the previous K/V tile
     stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
     stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
     __syncthreads();
-    gemm_abt<H, kD>(S, Qs, Ks);
-    __syncthreads();
-    online_softmax<H, kD>(a, vrow, i0, j0, S, P, O, m, l);
-    __syncthreads();
-    {  // O[rows of warp w] += P · V, accumulators loaded from and stored back to O
-      int w = threadIdx.x / 32;
-      FragC acc[kD / 16];
+    gemm_abt<H, kD>(S, Qs, Ks);  // S rows of warp w
+    __syncwarp();
+    online_softmax<H, kD>(a, vrow, i0, j0, S, P, corr, m, l);
+    __syncwarp();
 #pragma unroll
-      for (int n = 0; n < kD / 16; ++n) wmma::load_matrix_sync(acc[n], O + 16 * w * kD + 16 * n, kD, wmma::mem_row_major);
-      gemm_acc<H, kD, false>(acc, P, Vs);
-#pragma unroll
-      for (int n = 0; n < kD / 16; ++n) wmma::store_matrix_sync(O + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
-    }
+    for (int n = 0; n < kD / 16; ++n)  // O ← corr ∘ O + P · V
+      for (int e = 0; e < FragC::num_elements; ++e) acc[n].x[e] *= corr[16 * w + row_of[e]];
+    gemm_acc<H, kD, false>(acc, P, Vs);
   }
+#pragma unroll
+  for (int n = 0; n < kD / 16; ++n) wmma::store_matrix_sync(O + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
   __syncthreads();
   for (int t = threadIdx.x; t < kRows * a.Dv; t += blockDim.x) {  // coalesced rows of out
     int r = t / int(a.Dv), d = t % int(a.Dv);
