@@ -662,11 +662,12 @@ __global__ void dq_kernel(const In* q, const In* k, const In* v, const float* va
     stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
     stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
     __syncthreads();
+    // (a warp owns its 16 query rows of S, dP and dS: it meets only itself until the next K/V tile)
     gemm_abt<H, kD>(S, Qs, Ks);
     gemm_abt<H, kD>(dP, Gs, Vs);
-    __syncthreads();
+    __syncwarp();
     probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, Ls, Di, nullptr, dSb);
-    __syncthreads();
+    __syncwarp();
     gemm_acc<H, kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
   }
   __syncthreads();
