@@ -127,6 +127,9 @@ Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, con
 // silu(group_norm(x, ...)) fused: one pass each way, z = group_norm(x) is recomputed, never stored.
 Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias,
                        double eps = 1e-5);
+// The same with y in `out` (bf16/f16 from an f32 x: the GEMM operand of a convolution after it, as layer_norm's).
+Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps,
+                       DType out);
 
 // ---------------------------------------------------------------- indexing (indices are i64)
 Tensor embedding(const Tensor& weight, const Tensor& indices);  // out: indices.shape + [D]

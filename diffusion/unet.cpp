@@ -22,11 +22,14 @@ ResBlock::ResBlock(int64_t in, int64_t out, int64_t temb_dim, int64_t groups, do
 }
 
 namespace {
-// SiLU(GroupNorm(x)) as one fused op (core group_norm_silu); the module keeps the parameters.
-Tensor norm_silu(const nn::GroupNorm& gn, const Tensor& x) {
+// SiLU(GroupNorm(x)) as one fused op (core group_norm_silu); the module keeps the parameters. Its output feeds a
+// convolution: under autocast it is written in the GEMM's half format (half the bytes for the norm to write, for
+// im2col to read, and back for col2im and the norm's backward) unless dropout comes in between (f32 only).
+Tensor norm_silu(const nn::GroupNorm& gn, const Tensor& x, bool to_conv = true) {
   LD_CHECK(x.dim() == 4 && x.size(1) == gn.num_channels, "UNet: GroupNorm(", gn.num_groups, ", ", gn.num_channels,
            ") got input ", shape_str(x.shape()));
-  return group_norm_silu(x, gn.num_groups, gn.weight, gn.bias, gn.eps);
+  return group_norm_silu(x, gn.num_groups, gn.weight, gn.bias, gn.eps,
+                         to_conv ? autocast_operand_dtype(x.dtype()) : x.dtype());
 }
 }  // namespace
 
@@ -39,8 +42,9 @@ Tensor ResBlock::forward(const Tensor& x, const Tensor& temb_act) {
   const nn::Conv2dOptions& o1 = conv1->options;
   Tensor h = conv2d(norm_silu(*norm1, x), conv1->weight, Tensor(), o1.stride, o1.padding, o1.groups) +
              shift.view({B, out_ch, 1, 1});
-  h = norm_silu(*norm2, h);
-  if (drop->p > 0) h = drop->forward(h);
+  bool dropout = drop->p > 0 && drop->is_training();
+  h = norm_silu(*norm2, h, !dropout);
+  if (dropout) h = drop->forward(h);
   h = conv2->forward(h);
   return (skip ? skip->forward(x) : x) + h;
 }

@@ -791,6 +791,9 @@ TEST_CASE("cuda: fused layer_norm / rms_norm / group_norm (+SiLU) and RoPE kerne
       for (DType h : {DType::bf16, DType::f16}) {
         check_op_on_gpu({x, w, b}, [h](auto& t) { return layer_norm(t[0], {48}, t[1], t[2], 1e-5, h); }, 4e-3, 1e-4);
         check_op_on_gpu({x, w}, [h](auto& t) { return rms_norm(t[0], {48}, t[1], 1e-6, h); }, 4e-3, 1e-4);
+        Tensor im = randn({3, 16, 9, 7}, g, dt), iw = randn({16}, g, dt), ib = randn({16}, g, dt);
+        check_op_on_gpu({im, iw, ib}, [h](auto& t) { return group_norm_silu(t[0], 4, t[1], t[2], 1e-5, h); }, 4e-3,
+                        1e-4);
       }
     // group_norm (+ SiLU): [N, C, H, W] in 4 groups, with and without affine parameters.
     Tensor img = add(mul(randn({3, 16, 9, 7}, g, dt), 1.5), 0.3), gw = randn({16}, g, dt), gb = randn({16}, g, dt);

@@ -280,7 +280,7 @@ TEST_CASE("Under autocast FeedForward and MultiheadAttention keep their large ac
   }
 }
 
-TEST_CASE("layer_norm / rms_norm with a half output: the f32 result rounded once; the half gradient read as is") {
+TEST_CASE("layer_norm / rms_norm / group_norm_silu with a half output: the f32 result rounded once; its half gradient read as is") {
   Generator g(44);
   Tensor x = add(mul(randn({4, 6, 24}, g), 3.0), 0.5), w = randn({24}, g), b = randn({24}, g);
   for (DType h : {DType::bf16, DType::f16}) {
@@ -300,6 +300,30 @@ TEST_CASE("layer_norm / rms_norm with a half output: the f32 result rounded once
     CHECK(wl.grad().to_vector() == w2.grad().to_vector());
     CHECK(bl.grad().to_vector() == b2.grad().to_vector());
   }
+  // group_norm + SiLU the same way, and a convolution taking its half output under autocast (the U-Net's chain):
+  // the same numbers as from the f32 output rounded by the convolution's own cast
+  Tensor img = add(mul(randn({2, 8, 5, 5}, g), 2.0), 0.3), gw = randn({8}, g), gb = randn({8}, g);
+  Tensor cw = randn({4, 8, 3, 3}, g), cb = randn({4}, g);
+  for (DType h : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(h));
+    Tensor il = img.detach().requires_grad_(), i2 = img.detach().requires_grad_();
+    Tensor z = group_norm_silu(il, 4, gw, gb, 1e-5, h);
+    CHECK(z.dtype() == h);
+    CHECK(z.to_vector() == group_norm_silu(img, 4, gw, gb).to(h).to_vector());
+    Tensor y1, y2;
+    {
+      Autocast ac(h);
+      y1 = conv2d(z, cw, cb, 1, 1);
+      y2 = conv2d(group_norm_silu(i2, 4, gw, gb).to(h).to(DType::f32), cw, cb, 1, 1);
+    }
+    CHECK(y1.dtype() == DType::f32);
+    CHECK(y1.to_vector() == y2.to_vector());
+    Tensor gy = randn(y1.shape(), g);
+    y1.backward(gy);
+    y2.backward(gy);
+    CHECK(liandan::testing::max_abs_diff(il.grad(), i2.grad()) <= 1e-6 * max(abs(i2.grad())).item());
+  }
+  CHECK(error_of([&] { conv2d(img.to(DType::bf16), cw, cb); }) == "conv2d: dtype mismatch input bf16 vs weight f32");
   CHECK(error_of([&] { layer_norm(x.to(DType::f64), {24}, Tensor(), Tensor(), 1e-5, DType::bf16); }) ==
         "layer_norm: output dtype bf16 for a f64 input (expected the input's, or bf16/f16 from f32)");
   // Under autocast a TransformerBlock's norms write the projections' bf16 operands: the same numbers as f32 + cast

@@ -101,19 +101,19 @@ __global__ void norm_affine_partial_kernel(const T* x, const G* g, const T* mean
 // ---- group norm: a row is one (sample n, group g) of cpg channels × S positions; channel c = g·cpg + i / S.
 template <class T> __device__ T sigmoid_of(T z) { return T(1) / (T(1) + exp(-z)); }
 
-template <class T>
-__global__ void group_norm_forward_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t rows,
+template <class T, class Y>
+__global__ void group_norm_forward_kernel(const T* x, const T* w, const T* b, Y* y, T* mean, T* rstd, int64_t rows,
                                           int64_t G, int64_t cpg, int64_t S, double eps, bool silu) {
   const int64_t len = cpg * S;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * len;
-    T* yr = y + r * len;
+    Y* yr = y + r * len;
     T m, rs;
     row_stats(xr, len, true, eps, &m, &rs, mean + r, rstd + r);
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
       int64_t c = (r % G) * cpg + i / S;
       T z = (xr[i] - m) * (rs * (w ? w[c] : T(1))) + (b ? b[c] : T(0));
-      yr[i] = silu ? z * sigmoid_of(z) : z;
+      yr[i] = narrow<Y>(silu ? z * sigmoid_of(z) : z);
     }
   }
 }
@@ -121,13 +121,14 @@ __global__ void group_norm_forward_kernel(const T* x, const T* w, const T* b, T*
 // Per row: dz = gy (or gy·silu'(z), z recomputed), the per-channel sums sg[n, c] = Σ_s dz and
 // sgx[n, c] = Σ_s dz·(x − m) (double, for the affine gradients), then dx = rs·w·dz − rs²·cc·(x − m) − rs·a with
 // a = Σ_c w·sg / len and cc = rs·Σ_c w·sgx / len, as gn_backward on the CPU. dz is parked in dx between passes.
-template <class T>
-__global__ void group_norm_backward_kernel(const T* x, const T* w, const T* b, const T* gy, const T* mean,
+template <class T, class G_>
+__global__ void group_norm_backward_kernel(const T* x, const T* w, const T* b, const G_* gy, const T* mean,
                                            const T* rstd, T* dx, double* sg, double* sgx, int64_t rows, int64_t G,
                                            int64_t cpg, int64_t S, bool silu) {
   const int64_t len = cpg * S, C = G * cpg;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T *xr = x + r * len, *gr = gy + r * len;
+    const T* xr = x + r * len;
+    const G_* gr = gy + r * len;
     const T m = mean[r], rs = rstd[r];
     const int64_t c0 = (r % G) * cpg, n = r / G;
     double sd = 0, sdx = 0;
@@ -136,7 +137,7 @@ __global__ void group_norm_backward_kernel(const T* x, const T* w, const T* b, c
       double a = 0, bb = 0;
       for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
         int64_t i = k * S + s;
-        T dz = gr[i];
+        T dz = T(widen(gr[i]));
         if (silu) {
           T z = (xr[i] - m) * (rs * wc) + bc, sg_ = sigmoid_of(z);
           dz = dz * sg_ * (T(1) + z * (T(1) - sg_));
@@ -242,10 +243,13 @@ void group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, const
   if (rows == 0 || C == 0 || S == 0) return;
   LD_CUDA_FLOAT(x.dtype(), "group_norm", [&] {
     using T = scalar_t;
-    group_norm_forward_kernel<T><<<row_blocks(rows), kThreads, 0, stream_of(y)>>>(
-        static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
-        b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<T*>(y.device_data()),
-        static_cast<T*>(mean.device_data()), static_cast<T*>(rstd.device_data()), rows, G, C / G, S, eps, silu);
+    with_float_type(y.dtype(), "group_norm", [&](auto yt) {
+      using Y = decltype(yt);
+      group_norm_forward_kernel<T, Y><<<row_blocks(rows), kThreads, 0, stream_of(y)>>>(
+          static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
+          b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<Y*>(y.device_data()),
+          static_cast<T*>(mean.device_data()), static_cast<T*>(rstd.device_data()), rows, G, C / G, S, eps, silu);
+    });
   });
   LD_CUDA_LAUNCHED("group_norm");
 }
@@ -264,11 +268,14 @@ void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, cons
   LD_CUDA_FLOAT(x.dtype(), "group_norm backward", [&] {
     using T = scalar_t;
     const T* pr = static_cast<const T*>(rstd.device_data());
-    group_norm_backward_kernel<T><<<row_blocks(rows), kThreads, 0, stream_of(x)>>>(
-        static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
-        b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<const T*>(g.device_data()),
-        static_cast<const T*>(mean.device_data()), pr, dx.defined() ? static_cast<T*>(dx.device_data()) : nullptr,
-        static_cast<double*>(sg.device_data()), static_cast<double*>(sgx.device_data()), rows, G, C / G, S, silu);
+    with_float_type(g.dtype(), "group_norm backward", [&](auto gt) {
+      using G_ = decltype(gt);
+      group_norm_backward_kernel<T, G_><<<row_blocks(rows), kThreads, 0, stream_of(x)>>>(
+          static_cast<const T*>(x.device_data()), w.defined() ? static_cast<const T*>(w.device_data()) : nullptr,
+          b.defined() ? static_cast<const T*>(b.device_data()) : nullptr, static_cast<const G_*>(g.device_data()),
+          static_cast<const T*>(mean.device_data()), pr, dx.defined() ? static_cast<T*>(dx.device_data()) : nullptr,
+          static_cast<double*>(sg.device_data()), static_cast<double*>(sgx.device_data()), rows, G, C / G, S, silu);
+    });
     if (dw.defined() || db.defined())
       group_norm_affine_kernel<T><<<blocks_for(C), kThreads, 0, stream_of(x)>>>(
           static_cast<const double*>(sg.device_data()), static_cast<const double*>(sgx.device_data()), pr,

@@ -693,7 +693,7 @@ Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   DeviceBackend& dev = device_backend(x.device());
   TensorOptions og{gd, x.device()};
   Tensor col = empty({K, g.N, L}, og), wm = weight.detach().to(gd).contiguous();
-  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {x.dtype(), x.device()});
+  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {weight.dtype(), x.device()});  // f32 also for a half x
   dev.im2col(x, col.permute({1, 0, 2}), cs);
   // y[n] [O, L] = wm [O, K] @ col[:, n] [K, L]
   dev.gemm_batched(gd, false, false, g.O, L, K, wm.device_data(), K, 0, col.device_data(), NL, L, y.device_data(), L,
@@ -738,8 +738,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
            x.defined() ? shape_str(x.shape()) : "undefined");
   LD_CHECK(weight.defined() && weight.dim() == 4, "conv2d: expected weight [O, C/groups, kh, kw], got ",
            weight.defined() ? shape_str(weight.shape()) : "undefined");
-  LD_CHECK(x.dtype() == weight.dtype(), "conv2d: dtype mismatch input ", dtype_name(x.dtype()), " vs weight ",
-           dtype_name(weight.dtype()));
+  // (under autocast the input may come in the autocast format: a norm's half output, the GEMM's operand already)
+  LD_CHECK(x.dtype() == weight.dtype() ||
+               (is_half(x.dtype()) && x.dtype() == autocast_dtype() && weight.dtype() == DType::f32),
+           "conv2d: dtype mismatch input ", dtype_name(x.dtype()), " vs weight ", dtype_name(weight.dtype()));
   LD_CHECK(stride >= 1 && padding >= 0 && groups >= 1, "conv2d: bad stride ", stride, ", padding ", padding,
            " or groups ", groups);
   ConvGeom g{x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3], weight.shape()[0], weight.shape()[2],
@@ -748,8 +750,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
            shape_str(x.shape()), " and weight ", shape_str(weight.shape()), " do not match with groups=", groups,
            " (weight dim 1 must be C/groups = ", g.C / groups, ")");
   if (bias.defined())
-    LD_CHECK(bias.shape() == Shape{g.O} && bias.dtype() == x.dtype(), "conv2d: bias must be [", g.O, "] ",
-             dtype_name(x.dtype()), ", got ", shape_str(bias.shape()));
+    LD_CHECK(bias.shape() == Shape{g.O} && bias.dtype() == weight.dtype(), "conv2d: bias must be [", g.O, "] ",
+             dtype_name(weight.dtype()), ", got ", shape_str(bias.shape()));
   g.Ho = (g.H + 2 * padding - g.kh) / stride + 1;
   g.Wo = (g.W + 2 * padding - g.kw) / stride + 1;
   LD_CHECK(g.H + 2 * padding >= g.kh && g.W + 2 * padding >= g.kw, "conv2d: kernel ", g.kh, "x", g.kw,

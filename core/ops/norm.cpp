@@ -272,10 +272,13 @@ void gn_backward(const GroupGeom& q, const T* x, const T* w, const T* b, const T
     }
 }
 
+// y in `out` as norm_impl's.
 Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tensor& weight, const Tensor& bias,
-                       double eps, bool silu) {
+                       double eps, bool silu, DType out) {
   LD_CHECK(x.defined() && x.dim() >= 2, name, ": expected input [N, C, *], got ",
            x.defined() ? shape_str(x.shape()) : "undefined");
+  LD_CHECK(out == x.dtype() || (x.dtype() == DType::f32 && is_half(out)), name, ": output dtype ", dtype_name(out),
+           " for a ", dtype_name(x.dtype()), " input (expected the input's, or bf16/f16 from f32)");
   int64_t N = x.shape()[0], C = x.shape()[1];
   LD_CHECK(G > 0 && C % G == 0, name, ": ", C, " channels are not divisible into ", G, " groups");
   check_affine(weight, {C}, x, name, "weight");
@@ -284,7 +287,7 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
   TensorOptions o{x.dtype(), x.device()};
-  Tensor y = empty(x.shape(), o), mean = empty({N * G}, o), rstd = empty({N * G}, o);
+  Tensor y = empty(x.shape(), {x.device().is_cpu() ? x.dtype() : out, x.device()}), mean = empty({N * G}, o), rstd = empty({N * G}, o);
   bool on_device = !x.device().is_cpu();
   if (on_device) {
     device_backend(x.device()).group_norm_forward(xc, wc, bc, y, mean, rstd, N, C, G, q.S, eps, silu);
@@ -293,16 +296,18 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
       gn_forward<scalar_t>(q, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
                            y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps, silu);
     });
+    if (out != x.dtype()) y = y.to(out);
   }
   if (needs_grad({&x, &weight, &bias})) {
     SavedTensor sx(xc, name), sw(wc, name), sb(silu ? bc : Tensor(), name);
     bool gx = x.requires_grad(), gw = weight.defined() && weight.requires_grad(),
          gb = bias.defined() && bias.requires_grad();
     record(name, y, {x, weight, bias}, [=](const Tensor& g_in) {
-      Tensor g = g_in.contiguous();
       const Tensor &xv = sx.get(), &wv = sw.get();
+      // (a half g is read by the device kernels as it is; the CPU widens it first)
+      Tensor g = on_device ? g_in.contiguous() : g_in.to(xv.dtype()).contiguous();
       Tensor bv = sb.defined() ? sb.get() : Tensor();
-      TensorOptions og{g.dtype(), g.device()};
+      TensorOptions og{xv.dtype(), g.device()};
       Tensor dx = gx ? empty(xv.shape(), og) : Tensor(), dw = gw ? empty({q.C}, og) : Tensor(),
              db = gb ? empty({q.C}, og) : Tensor();
       if (on_device) {
@@ -360,11 +365,18 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
 }
 
 Tensor group_norm(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
-  return group_norm_impl("group_norm", x, num_groups, weight, bias, eps, false);
+  LD_CHECK(x.defined(), "group_norm: undefined input");
+  return group_norm_impl("group_norm", x, num_groups, weight, bias, eps, false, x.dtype());
 }
 
 Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
-  return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true);
+  LD_CHECK(x.defined(), "group_norm_silu: undefined input");
+  return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true, x.dtype());
+}
+
+Tensor group_norm_silu(const Tensor& x, int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps,
+                       DType out) {
+  return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true, out);
 }
 
 }  // namespace liandan
