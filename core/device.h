@@ -72,8 +72,11 @@ struct AttentionShape {
 
 // The geometry of an im2col (unfold) and its adjoint: x [N, C, H, W] with zero padding `pad` on every side, a
 // kh × kw window moved by `stride`, giving columns [N, C·kh·kw, Ho·Wo] (row (c·kh + i)·kw + j, column oy·Wo + ox).
+// extra_rows > 0: im2col writes that many more rows after them, the first all ones (a convolution's bias row), the
+// rest zeros (col2im reads only the C·kh·kw rows).
 struct ConvShape {
   int64_t N, C, H, W, kh, kw, stride, pad, Ho, Wo;
+  int64_t extra_rows = 0;
 };
 
 // One line of a GPU op profile (cuda::profile_stop): a kernel-table op, how often it ran, its GPU time.

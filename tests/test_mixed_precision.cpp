@@ -284,7 +284,7 @@ TEST_CASE("layer_norm / rms_norm / group_norm_silu with a half output: the f32 r
   Generator g(44);
   Tensor x = add(mul(randn({4, 6, 24}, g), 3.0), 0.5), w = randn({24}, g), b = randn({24}, g);
   for (DType h : {DType::bf16, DType::f16}) {
-    CAPTURE(dtype_name(h));
+    CAPTURE(std::string(dtype_name(h)));
     Tensor xl = x.detach().requires_grad_(), wl = w.detach().requires_grad_(), bl = b.detach().requires_grad_();
     Tensor y = layer_norm(xl, {24}, wl, bl, 1e-5, h);
     CHECK(y.dtype() == h);
@@ -305,7 +305,7 @@ TEST_CASE("layer_norm / rms_norm / group_norm_silu with a half output: the f32 r
   Tensor img = add(mul(randn({2, 8, 5, 5}, g), 2.0), 0.3), gw = randn({8}, g), gb = randn({8}, g);
   Tensor cw = randn({4, 8, 3, 3}, g), cb = randn({4}, g);
   for (DType h : {DType::bf16, DType::f16}) {
-    CAPTURE(dtype_name(h));
+    CAPTURE(std::string(dtype_name(h)));
     Tensor il = img.detach().requires_grad_(), i2 = img.detach().requires_grad_();
     Tensor z = group_norm_silu(il, 4, gw, gb, 1e-5, h);
     CHECK(z.dtype() == h);

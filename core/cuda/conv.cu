@@ -37,11 +37,15 @@ template <class X, class D>
 __global__ void im2col_kernel(const X* x, Strides4 xs, D* col, ColStrides cs, ConvShape s, int64_t rows) {
   int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
   if (r >= rows) return;
-  int64_t K = s.C * s.kh * s.kw, k = r % K, n = r / K;
-  int64_t c = k / (s.kh * s.kw), i = (k / s.kw) % s.kh, j = k % s.kw;
-  const X* xc = x + n * xs.n + c * xs.c;
+  int64_t K = s.C * s.kh * s.kw, Kt = K + s.extra_rows, k = r % Kt, n = r / Kt;
   int L = int(s.Ho * s.Wo), Wo = int(s.Wo);
   D* out = col + n * cs.n + k * cs.k;
+  if (k >= K) {  // the bias's row of ones, then zeros
+    for (int l = threadIdx.x; l < L; l += blockDim.x) out[l] = narrow<D>(k == K ? 1.0f : 0.0f);
+    return;
+  }
+  int64_t c = k / (s.kh * s.kw), i = (k / s.kw) % s.kh, j = k % s.kw;
+  const X* xc = x + n * xs.n + c * xs.c;
   for (int l = threadIdx.x; l < L; l += blockDim.x) {
     int oy = l / Wo, ox = l - oy * Wo;
     int64_t iy = oy * s.stride - s.pad + i, ix = ox * s.stride - s.pad + j;
@@ -85,7 +89,7 @@ ColStrides col_strides(const Tensor& col, const char* op) {
 }  // namespace
 
 void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) {
-  int64_t rows = s.N * s.C * s.kh * s.kw;
+  int64_t rows = s.N * (s.C * s.kh * s.kw + s.extra_rows);
   if (rows == 0 || s.Ho * s.Wo == 0) return;
   LD_CHECK(s.Ho * s.Wo < (int64_t(1) << 31) && s.H * s.W < (int64_t(1) << 31), "im2col on CUDA: image too large");
   Strides4 xs{x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};

@@ -674,7 +674,11 @@ void direct_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* 
 // side) in the GEMM's format (bf16/f16 under autocast, rounded by the im2col pass):
 //   forward   y[n] = W @ col[:, n]            one strided-batched GEMM (col read with leading dim N·L), NCHW out
 //   backward  dy' = dy as [O, N·L]            one transposing copy, in the GEMM's format (its operand cast)
-//             dW = Σ_chunks dy'[:, c] @ col[:, c]ᵀ, db = row sums of dy, dcol = Wᵀ @ dy', dx = col2im(dcol)
+//             dW = Σ_chunks dy'[:, c] @ col[:, c]ᵀ, dcol = Wᵀ @ dy', dx = col2im(dcol)
+// The bias rides in the GEMMs: the columns get a row of ones (and zero rows up to a multiple of 8, so that the
+// weight's rows stay 16-byte aligned for the tensor cores), the weight matrix the bias as that column — so y needs
+// no bias pass, and db is that column of dW (no reduction over dy). Under autocast the bias is then rounded to the
+// half format, as in PyTorch's autocast convolution.
 // The weight gradient is a reduction over all N·L pixels. Per image (batched, then summed over images) it would
 // write N partial [O, K] products — at 8×8 pixels and 256 channels 40× the activation's size; one GEMM with K =
 // N·L has too few output tiles to fill a GPU. So it runs as a few image chunks (a GEMM each, batched) whose
@@ -689,19 +693,26 @@ int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
 Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g) {
   const DType gd = autocast_operand_dtype(x.dtype());  // the GEMMs' operand format
   const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
-  const ConvShape cs{g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo};
+  const int64_t Kt = bias.defined() ? (K + 1 + 7) / 8 * 8 : K;  // the GEMMs' K: + the bias's row, padded
+  const ConvShape cs{g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo, Kt - K};
   DeviceBackend& dev = device_backend(x.device());
   TensorOptions og{gd, x.device()};
-  Tensor col = empty({K, g.N, L}, og), wm = weight.detach().to(gd).contiguous();
+  Tensor col = empty({Kt, g.N, L}, og), wm;  // wm: [O, Kt] = [W | b | 0]
+  {
+    NoGradGuard ng;
+    if (bias.defined()) {
+      wm = zeros({g.O, Kt}, og);
+      wm.narrow(1, 0, K).copy_(weight.detach().reshape({g.O, K}));
+      wm.select(1, K).copy_(bias.detach());
+    } else {
+      wm = weight.detach().to(gd).contiguous();
+    }
+  }
   Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {weight.dtype(), x.device()});  // f32 also for a half x
   dev.im2col(x, col.permute({1, 0, 2}), cs);
-  // y[n] [O, L] = wm [O, K] @ col[:, n] [K, L]
-  dev.gemm_batched(gd, false, false, g.O, L, K, wm.device_data(), K, 0, col.device_data(), NL, L, y.device_data(), L,
-                   g.O * L, g.N, false);
-  if (bias.defined()) {
-    NoGradGuard ng;
-    y.add_(bias.detach().view({g.O, 1, 1}));
-  }
+  // y[n] [O, L] = wm [O, Kt] @ col[:, n] [Kt, L]
+  dev.gemm_batched(gd, false, false, g.O, L, Kt, wm.device_data(), Kt, 0, col.device_data(), NL, L, y.device_data(),
+                   L, g.O * L, g.N, false);
   if (!needs_grad({&x, &weight, &bias})) return y;
   SavedTensor scol(col, "conv2d"), sw(wm, "conv2d");
   bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
@@ -712,18 +723,18 @@ Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, 
     Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy' = dy as [O, N·L]
     dyt.copy_(dy.reshape({g.N, g.O, L}).permute({1, 0, 2}));
     Tensor dx, dw, db;
-    // db: row sums of dy' when it holds dy's own values (one reduction over contiguous rows), else of dy (f32)
-    if (gb) db = (gd == dy.dtype() ? sum(dyt, {1, 2}) : sum(dy, {0, 2, 3})).to(wd);
-    if (gw) {
-      int64_t chunks = weight_grad_chunks(g.N, L, K), len = NL / chunks;
-      Tensor part = empty({chunks, g.O, K}, {wd, dy.device()});  // f32 (f64) sums, half operands or not
-      dev.gemm_batched(gd, false, true, g.O, K, len, dyt.device_data(), NL, len, colv.device_data(), NL, len,
-                       part.device_data(), K, g.O * K, chunks, false);
-      dw = (chunks == 1 ? part.reshape({g.O, K}) : sum(part, {0})).reshape(ws);
+    if (gw || gb) {  // [dW | db | ·] in one GEMM (f32 sums, half operands or not)
+      int64_t chunks = weight_grad_chunks(g.N, L, Kt), len = NL / chunks;
+      Tensor part = empty({chunks, g.O, Kt}, {wd, dy.device()});
+      dev.gemm_batched(gd, false, true, g.O, Kt, len, dyt.device_data(), NL, len, colv.device_data(), NL, len,
+                       part.device_data(), Kt, g.O * Kt, chunks, false);
+      Tensor full = chunks == 1 ? part.reshape({g.O, Kt}) : sum(part, {0});
+      if (gw) dw = (Kt == K ? full : full.narrow(1, 0, K).contiguous()).reshape(ws);
+      if (gb) db = full.select(1, K).contiguous();
     }
     if (gx) {
-      Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});  // dcol = wmᵀ [K, O] @ dy' [O, N·L]
-      dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), K, 0, dyt.device_data(), NL, 0,
+      Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});  // dcol = W[:, :K]ᵀ [K, O] @ dy' [O, N·L]
+      dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), Kt, 0, dyt.device_data(), NL, 0,
                        dcol.device_data(), NL, 0, 1, true);
       dx = empty(xs, {xd, dy.device()});
       dev.col2im(dcol.permute({1, 0, 2}), dx, cs);
@@ -806,7 +817,7 @@ Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t p
            " larger than padded input ", shape_str(x.shape()), " with padding ", padding);
   g.Ho = (g.H + 2 * padding - kh) / stride + 1;
   g.Wo = (g.W + 2 * padding - kw) / stride + 1;
-  const ConvShape cs{g.N, g.C, g.H, g.W, kh, kw, stride, padding, g.Ho, g.Wo};
+  const ConvShape cs{g.N, g.C, g.H, g.W, kh, kw, stride, padding, g.Ho, g.Wo, 0};
   const int64_t K = g.C * kh * kw, L = g.Ho * g.Wo;
   Tensor col = empty({g.N, K, L}, {dtype, x.device()});
   // The CPU computes in x's dtype (a half x widened: exact) and rounds the columns after: the same numbers.
