@@ -666,6 +666,32 @@ TEST_CASE("cuda: the RoFormer LM (softmax and linear attention) has the CPU's lo
   }
 }
 
+namespace {
+// The op profile of a steady-state training step (the second of two) under `precision`: loss() in autocast,
+// backward, the optimizer's step. calls(op) is how often a kernel-table op ran in it.
+struct StepProfile {
+  std::vector<OpTime> prof;
+  StepProfile(optim::Optimizer& opt, DType precision, const std::function<Tensor()>& loss) {
+    for (int step = 0; step < 2; ++step) {
+      if (step == 1) cuda::profile_start();
+      opt.zero_grad();
+      {
+        Autocast ac(precision);
+        loss().backward();
+      }
+      opt.step();
+      if (step == 1) prof = cuda::profile_stop();
+    }
+  }
+  int64_t operator()(const std::string& op) const {
+    for (const OpTime& o : prof)
+      if (o.op == op) return o.calls;
+    return 0;
+  }
+  std::string table() const { return cuda::profile_table(prof); }
+};
+}  // namespace
+
 TEST_CASE("cuda: a RoFormer LM training step's kernel calls: no activation-sized copies around attention" *
           doctest::skip(!kGpu)) {
   // Counted on a steady-state step (the second), f32 and bf16 autocast, with the op profiler. The head split of
@@ -679,24 +705,8 @@ TEST_CASE("cuda: a RoFormer LM training step's kernel calls: no activation-sized
   optim::AdamW opt(lm.named_parameters(), {.lr = 3e-3});
   for (DType precision : {DType::f32, DType::bf16}) {
     CAPTURE(std::string(dtype_name(precision)));
-    std::vector<OpTime> prof;
-    for (int step = 0; step < 2; ++step) {
-      if (step == 1) cuda::profile_start();
-      opt.zero_grad();
-      {
-        Autocast ac(precision);
-        Tensor l = lm.loss(tokens);
-        l.backward();
-      }
-      opt.step();
-      if (step == 1) prof = cuda::profile_stop();
-    }
-    auto calls = [&](const std::string& op) {
-      for (const OpTime& o : prof)
-        if (o.op == op) return o.calls;
-      return int64_t(0);
-    };
-    INFO(cuda::profile_table(prof));
+    StepProfile calls(opt, precision, [&] { return lm.loss(tokens); });
+    INFO(calls.table());
     CHECK(calls("attention_forward") == 2);
     CHECK(calls("attention_backward") == 2);
     // Before: 49 copies (f32), 112 (bf16), 7 fills, 21 adds — a zero-filled [B, T, 3, H, D] gradient per q/k/v
@@ -1211,24 +1221,8 @@ TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEM
   Tensor x = randn({2, 3, 8, 8}, g).to(kCuda), t = from_vector(std::vector<double>{3, 7}, {2}, DType::f32).to(kCuda);
   for (DType precision : {DType::f32, DType::bf16}) {
     CAPTURE(std::string(dtype_name(precision)));
-    std::vector<OpTime> prof;
-    for (int step = 0; step < 2; ++step) {
-      if (step == 1) cuda::profile_start();
-      opt.zero_grad();
-      {
-        Autocast ac(precision);
-        Tensor l = losses::mse_loss(net.forward(x, t), x);
-        l.backward();
-      }
-      opt.step();
-      if (step == 1) prof = cuda::profile_stop();
-    }
-    auto calls = [&](const std::string& op) {
-      for (const OpTime& o : prof)
-        if (o.op == op) return o.calls;
-      return int64_t(0);
-    };
-    INFO(cuda::profile_table(prof));
+    StepProfile calls(opt, precision, [&] { return losses::mse_loss(net.forward(x, t), x); });
+    INFO(calls.table());
     // Before unfold and the device conv: 394 copies (f32) / 612 (bf16), 262 adds, 45 fills, 104 sums — per 3x3
     // convolution a padded copy, 9 window copies and a stack, and back a zero-filled gradient, 9 window adds and
     // per-image weight-gradient partials summed over the batch. Now a conv is one im2col (its columns in the
