@@ -1202,6 +1202,9 @@ TEST_CASE("cuda: conv2d (im2col + cuBLAS) and unfold match the CPU: strides, pad
       return conv2d(t[0], t[1], t[2], 1, 1);
     }, 4e-3, 1e-2);
   }
+  // an empty batch: an empty output (the composite: no zero-size GEMM reaches cuBLAS)
+  Tensor e = conv2d(zeros({0, 6, 8, 8}, {DType::f32, kCuda}), w.to(kCuda), b.to(kCuda), 1, 1);
+  CHECK(e.shape() == Shape{0, 5, 8, 8});
   CHECK(error_of([] { unfold(zeros({2, 3, 4}), 3, 3); }).find("unfold: expected input [N, C, H, W], got [2, 3, 4]") !=
         std::string::npos);
 }

@@ -767,7 +767,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   g.Wo = (g.W + 2 * padding - g.kw) / stride + 1;
   LD_CHECK(g.H + 2 * padding >= g.kh && g.W + 2 * padding >= g.kw, "conv2d: kernel ", g.kh, "x", g.kw,
            " larger than padded input ", g.H + 2 * padding, "x", g.W + 2 * padding);
-  if (!x.device().is_cpu() && groups == 1) return conv2d_device(x, weight, bias, g);
+  // (empty shapes take the composite: no GEMM of zero size goes to cuBLAS)
+  if (!x.device().is_cpu() && groups == 1 && g.N * g.C * g.O * g.Ho * g.Wo > 0) return conv2d_device(x, weight, bias, g);
   if (!x.device().is_cpu() || autocast_enabled()) return composite::conv2d(x, weight, bias, stride, padding, groups);
   Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = bias.defined() ? bias.contiguous() : bias;
   Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, x.dtype());
