@@ -6,6 +6,8 @@
 // the columns a half format (the GEMM operand's cast done in the same pass).
 // col2im: a thread per input pixel sums the column entries of the windows that cover it, in window order (i, j)
 // — the CPU's col2im order, so the two agree bit for bit — with no atomics and no zero-fill of dx.
+#include <cstring>
+
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 
@@ -33,24 +35,35 @@ struct ColStrides {
   int64_t n, k;
 };
 
-template <class X, class D>
+// V consecutive columns per thread (V·sizeof(D) = 16 bytes: one vector store instead of V scalar ones — im2col
+// writes k² times what it reads) when the rows allow it: Wo and the row starts multiples of V; else V = 1.
+template <class X, class D, int V>
 __global__ void im2col_kernel(const X* x, Strides4 xs, D* col, ColStrides cs, ConvShape s, int64_t rows) {
   int64_t r = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
   if (r >= rows) return;
   int64_t K = s.C * s.kh * s.kw, Kt = K + s.extra_rows, k = r % Kt, n = r / Kt;
   int L = int(s.Ho * s.Wo), Wo = int(s.Wo);
   D* out = col + n * cs.n + k * cs.k;
-  if (k >= K) {  // the bias's row of ones, then zeros
-    for (int l = threadIdx.x; l < L; l += blockDim.x) out[l] = narrow<D>(k == K ? 1.0f : 0.0f);
-    return;
-  }
   int64_t c = k / (s.kh * s.kw), i = (k / s.kw) % s.kh, j = k % s.kw;
-  const X* xc = x + n * xs.n + c * xs.c;
-  for (int l = threadIdx.x; l < L; l += blockDim.x) {
-    int oy = l / Wo, ox = l - oy * Wo;
-    int64_t iy = oy * s.stride - s.pad + i, ix = ox * s.stride - s.pad + j;
-    bool in = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
-    out[l] = in ? narrow<D>(widen(xc[iy * xs.y + ix * xs.x])) : narrow<D>(0.0f);
+  const X* xc = k < K ? x + n * xs.n + c * xs.c : x;
+  for (int l0 = threadIdx.x * V; l0 < L; l0 += blockDim.x * V) {
+    int oy = l0 / Wo, ox0 = l0 - oy * Wo;  // V columns in one output row (Wo % V == 0)
+    int64_t iy = oy * s.stride - s.pad + i;
+    D v[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      int64_t ix = (ox0 + e) * s.stride - s.pad + j;
+      if (k >= K) v[e] = narrow<D>(k == K ? 1.0f : 0.0f);  // the bias's row of ones, then zeros
+      else v[e] = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? narrow<D>(widen(xc[iy * xs.y + ix * xs.x]))
+                                                             : narrow<D>(0.0f);
+    }
+    if constexpr (V == 1) {
+      out[l0] = v[0];
+    } else {
+      uint4 packed;
+      memcpy(&packed, v, sizeof(packed));
+      *reinterpret_cast<uint4*>(out + l0) = packed;
+    }
   }
 }
 
@@ -93,13 +106,22 @@ void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) {
   if (rows == 0 || s.Ho * s.Wo == 0) return;
   LD_CHECK(s.Ho * s.Wo < (int64_t(1) << 31) && s.H * s.W < (int64_t(1) << 31), "im2col on CUDA: image too large");
   Strides4 xs{x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};
-  dim3 block = row_block(s.Ho * s.Wo);
+  ColStrides cs = col_strides(col, "im2col");
   with_float_type(x.dtype(), "im2col", [&](auto xt) {
     with_float_type(col.dtype(), "im2col", [&](auto dt) {
       using X = decltype(xt);
       using D = decltype(dt);
-      im2col_kernel<X, D><<<row_grid(rows, block), block, 0, stream_of(col)>>>(
-          static_cast<const X*>(x.device_data()), xs, static_cast<D*>(col.device_data()), col_strides(col, "im2col"), s, rows);
+      constexpr int kV = 16 / int(sizeof(D));
+      D* out = static_cast<D*>(col.device_data());
+      bool vec = s.Wo % kV == 0 && cs.n % kV == 0 && cs.k % kV == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+      const X* px = static_cast<const X*>(x.device_data());
+      if (vec) {
+        dim3 block = row_block(s.Ho * s.Wo / kV);
+        im2col_kernel<X, D, kV><<<row_grid(rows, block), block, 0, stream_of(col)>>>(px, xs, out, cs, s, rows);
+      } else {
+        dim3 block = row_block(s.Ho * s.Wo);
+        im2col_kernel<X, D, 1><<<row_grid(rows, block), block, 0, stream_of(col)>>>(px, xs, out, cs, s, rows);
+      }
     });
   });
   LD_CUDA_LAUNCHED("im2col");
