@@ -158,8 +158,9 @@ void for_lists(const std::vector<Src>& ts, Make make, Launch launch) {
 }
 
 // Maps a linear index over `shape` (row-major) to an element offset through `stride`. Every element of every
-// copy, cast and broadcast op pays for this, so: one dim needs no division, and indices below 2^31 divide in 32
-// bits (a 64-bit division is a long instruction sequence on a GPU, several times a 32-bit one).
+// copy, cast and broadcast op pays for this, so strided_index coalesces the dims first (a contiguous operand is one
+// run), one dim needs no division, and indices below 2^31 divide in 32 bits (a 64-bit division is a long
+// instruction sequence on a GPU, several times a 32-bit one).
 struct StridedIndex {
   int nd = 0;
   bool small = true;  // every size below 2^31
@@ -186,7 +187,27 @@ struct StridedIndex {
   }
 };
 
-inline StridedIndex strided_index(const Shape& shape, const Shape& strides, const char* op) {
+// Drops size-1 dims and merges neighbours that are one run (stride[d] = stride[d+1]·size[d+1]): the same offset for
+// every linear index (the merged dims' index is the same row-major number), with fewer divisions per element.
+inline void coalesce_dims(Shape& shape, Shape& strides) {
+  Shape sh, st;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (!sh.empty() && st.back() == strides[d] * shape[d]) {
+      sh.back() *= shape[d];
+      st.back() = strides[d];
+    } else {
+      sh.push_back(shape[d]);
+      st.push_back(strides[d]);
+    }
+  }
+  if (sh.empty()) sh = {1}, st = {0};  // a single element
+  shape = sh;
+  strides = st;
+}
+
+inline StridedIndex strided_index(Shape shape, Shape strides, const char* op) {
+  coalesce_dims(shape, strides);
   LD_CHECK(shape.size() <= size_t(kMaxDims), op, ": CUDA kernels take at most ", kMaxDims, " dims, got shape ",
            shape_str(shape));
   StridedIndex s;
@@ -197,31 +218,6 @@ inline StridedIndex strided_index(const Shape& shape, const Shape& strides, cons
     s.small = s.small && shape[d] < (int64_t(1) << 31);
   }
   return s;
-}
-
-// Drops size-1 dims and merges neighbours that are one run in every operand (stride[d] = stride[d+1]·size[d+1]
-// for each strides list): the same elements in the same order, with fewer divisions per element.
-inline void coalesce_dims(Shape& shape, std::vector<Shape>& strides) {
-  Shape sh;
-  std::vector<Shape> st(strides.size());
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    bool merge = !sh.empty();
-    for (size_t k = 0; k < strides.size() && merge; ++k) merge = st[k].back() == strides[k][d] * shape[d];
-    if (merge) {
-      sh.back() *= shape[d];
-      for (size_t k = 0; k < strides.size(); ++k) st[k].back() = strides[k][d];
-    } else {
-      sh.push_back(shape[d]);
-      for (size_t k = 0; k < strides.size(); ++k) st[k].push_back(strides[k][d]);
-    }
-  }
-  if (sh.empty()) {  // a single element
-    sh.push_back(1);
-    for (auto& v : st) v.push_back(0);
-  }
-  shape = sh;
-  strides = st;
 }
 
 // Strides reading `t` broadcast to `shape` (0 on broadcast dims).

@@ -430,11 +430,8 @@ void binary_backward(const char* name, int which, const Tensor& a, const Tensor&
 void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) {
   int64_t n = dst.numel();
   if (n == 0) return;
-  Shape shape = dst.shape();
-  std::vector<Shape> st = {dst.strides(), src_strides};
-  coalesce_dims(shape, st);
-  StridedIndex id = strided_index(shape, st[0], "copy");
-  StridedIndex is = strided_index(shape, st[1], "copy");
+  StridedIndex id = strided_index(dst.shape(), dst.strides(), "copy");
+  StridedIndex is = strided_index(dst.shape(), src_strides, "copy");
   LD_CUDA_ANY(dst.dtype(), "copy", [&] {
     using D = scalar_t;
     LD_CUDA_ANY(src.dtype(), "copy", [&] {
