@@ -667,8 +667,6 @@ void direct_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* 
     }
 }
 
-}  // namespace
-
 // ---------------------------------------------------------------- conv2d on a device (groups = 1)
 // im2col + cuBLAS, with the columns laid out [K, N·L] (K = C·kh·kw rows, the N images' L = Ho·Wo pixels side by
 // side) in the GEMM's format (bf16/f16 under autocast, rounded by the im2col pass):
@@ -683,6 +681,11 @@ void direct_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* 
 // write N partial [O, K] products — at 8×8 pixels and 256 channels 40× the activation's size; one GEMM with K =
 // N·L has too few output tiles to fill a GPU. So it runs as a few image chunks (a GEMM each, batched) whose
 // partials are summed in chunk order: deterministic, and the partials stay smaller than the activation.
+// The kernel table's geometry of g's im2col (with extra_rows after the C·kh·kw rows: see ConvShape).
+ConvShape conv_shape(const ConvGeom& g, int64_t extra_rows = 0) {
+  return {g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo, extra_rows};
+}
+
 int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
   int64_t cap = std::clamp<int64_t>(N * L / std::max<int64_t>(K, 1024), 1, 32);
   int64_t c = cap;
@@ -694,7 +697,7 @@ Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   const DType gd = autocast_operand_dtype(x.dtype());  // the GEMMs' operand format
   const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
   const int64_t Kt = bias.defined() ? (K + 1 + 7) / 8 * 8 : K;  // the GEMMs' K: + the bias's row, padded
-  const ConvShape cs{g.N, g.C, g.H, g.W, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo, Kt - K};
+  const ConvShape cs = conv_shape(g, Kt - K);
   DeviceBackend& dev = device_backend(x.device());
   TensorOptions og{gd, x.device()};
   Tensor col = empty({Kt, g.N, L}, og), wm;  // wm: [O, Kt] = [W | b | 0]
@@ -743,6 +746,8 @@ Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   });
   return y;
 }
+
+}  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, int64_t groups) {
   LD_CHECK(x.defined() && x.dim() == 4, "conv2d: expected input [N, C, H, W], got ",
@@ -818,7 +823,7 @@ Tensor unfold(const Tensor& x, int64_t kh, int64_t kw, int64_t stride, int64_t p
            " larger than padded input ", shape_str(x.shape()), " with padding ", padding);
   g.Ho = (g.H + 2 * padding - kh) / stride + 1;
   g.Wo = (g.W + 2 * padding - kw) / stride + 1;
-  const ConvShape cs{g.N, g.C, g.H, g.W, kh, kw, stride, padding, g.Ho, g.Wo, 0};
+  const ConvShape cs = conv_shape(g);
   const int64_t K = g.C * kh * kw, L = g.Ho * g.Wo;
   Tensor col = empty({g.N, K, L}, {dtype, x.device()});
   // The CPU computes in x's dtype (a half x widened: exact) and rounds the columns after: the same numbers.

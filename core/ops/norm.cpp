@@ -101,22 +101,30 @@ void check_affine(const Tensor& t, const Shape& want, const Tensor& x, const cha
 template <class T>
 const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// y in `out`: x's dtype, or from f32 a half format (the GEMM operand that follows, rounded once: on a device by
-// the kernel, on the CPU by a cast after it — the same numbers); then its gradient arrives in that format too.
-Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affine_shape, const Tensor& weight,
-                 const Tensor& bias, double eps, DType out) {
+// A norm's y in `out`: x's dtype, or from f32 a half format (the GEMM operand that follows, rounded once: on a
+// device by the kernel, on the CPU by a cast after it — the same numbers); then its gradient arrives in that format.
+void check_out_dtype(const char* name, const Tensor& x, DType out) {
   LD_CHECK(out == x.dtype() || (x.dtype() == DType::f32 && is_half(out)), name, ": output dtype ", dtype_name(out),
            " for a ", dtype_name(x.dtype()), " input (expected the input's, or bf16/f16 from f32)");
+}
+// The output gradient as the backward kernels take it: a device kernel reads a half g as it is, the CPU's in x's
+// dtype (widened: exact).
+Tensor output_grad(const Tensor& g, const Tensor& x, bool on_device) {
+  return on_device ? g.contiguous() : g.to(x.dtype()).contiguous();
+}
+
+Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affine_shape, const Tensor& weight,
+                 const Tensor& bias, double eps, DType out) {
+  check_out_dtype(name, x, out);
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
   TensorOptions o{x.dtype(), x.device()};
-  Tensor y, mean = empty({p.rows}, o), rstd = empty({p.rows}, o);
   bool on_device = !x.device().is_cpu();
+  Tensor y = empty(x.shape(), {on_device ? out : x.dtype(), x.device()}), mean = empty({p.rows}, o),
+         rstd = empty({p.rows}, o);
   if (on_device) {
-    y = empty(x.shape(), {out, x.device()});
     device_backend(x.device()).norm_forward(xc, wc, bc, y, mean, rstd, p.rows, p.len, p.center, eps);
   } else {
-    y = empty(x.shape(), o);
     LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
       norm_forward<scalar_t>(p, xc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(wc), ptr_or_null<scalar_t>(bc),
                              y.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), eps);
@@ -129,8 +137,7 @@ Tensor norm_impl(const char* name, const Tensor& x, RowNorm p, const Shape& affi
          gb = bias.defined() && bias.requires_grad();
     record(name, y, {x, weight, bias}, [=](const Tensor& g_in) {
       const Tensor &xv = sx.get(), &wv = sw.get();
-      // (a half g is read by the device kernels as it is; the CPU widens it first)
-      Tensor g = on_device ? g_in.contiguous() : g_in.to(xv.dtype()).contiguous();
+      Tensor g = output_grad(g_in, xv, on_device);
       Tensor dx, dw, db;
       if (on_device) {
         TensorOptions og{xv.dtype(), g.device()};
@@ -272,13 +279,12 @@ void gn_backward(const GroupGeom& q, const T* x, const T* w, const T* b, const T
     }
 }
 
-// y in `out` as norm_impl's.
+// y in `out` as norm_impl's (check_out_dtype).
 Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tensor& weight, const Tensor& bias,
                        double eps, bool silu, DType out) {
   LD_CHECK(x.defined() && x.dim() >= 2, name, ": expected input [N, C, *], got ",
            x.defined() ? shape_str(x.shape()) : "undefined");
-  LD_CHECK(out == x.dtype() || (x.dtype() == DType::f32 && is_half(out)), name, ": output dtype ", dtype_name(out),
-           " for a ", dtype_name(x.dtype()), " input (expected the input's, or bf16/f16 from f32)");
+  check_out_dtype(name, x, out);
   int64_t N = x.shape()[0], C = x.shape()[1];
   LD_CHECK(G > 0 && C % G == 0, name, ": ", C, " channels are not divisible into ", G, " groups");
   check_affine(weight, {C}, x, name, "weight");
@@ -287,8 +293,9 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
   Tensor xc = x.contiguous(), wc = weight.defined() ? weight.contiguous() : weight,
          bc = bias.defined() ? bias.contiguous() : bias;
   TensorOptions o{x.dtype(), x.device()};
-  Tensor y = empty(x.shape(), {x.device().is_cpu() ? x.dtype() : out, x.device()}), mean = empty({N * G}, o), rstd = empty({N * G}, o);
   bool on_device = !x.device().is_cpu();
+  Tensor y = empty(x.shape(), {on_device ? out : x.dtype(), x.device()}), mean = empty({N * G}, o),
+         rstd = empty({N * G}, o);
   if (on_device) {
     device_backend(x.device()).group_norm_forward(xc, wc, bc, y, mean, rstd, N, C, G, q.S, eps, silu);
   } else {
@@ -304,8 +311,7 @@ Tensor group_norm_impl(const char* name, const Tensor& x, int64_t G, const Tenso
          gb = bias.defined() && bias.requires_grad();
     record(name, y, {x, weight, bias}, [=](const Tensor& g_in) {
       const Tensor &xv = sx.get(), &wv = sw.get();
-      // (a half g is read by the device kernels as it is; the CPU widens it first)
-      Tensor g = on_device ? g_in.contiguous() : g_in.to(xv.dtype()).contiguous();
+      Tensor g = output_grad(g_in, xv, on_device);
       Tensor bv = sb.defined() ? sb.get() : Tensor();
       TensorOptions og{xv.dtype(), g.device()};
       Tensor dx = gx ? empty(xv.shape(), og) : Tensor(), dw = gw ? empty({q.C}, og) : Tensor(),
