@@ -19,6 +19,7 @@
 
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
+#include "core/cuda/mma.cuh"
 
 namespace liandan::cuda_impl {
 namespace {
@@ -367,12 +368,12 @@ template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, i
 // Rows of full width (width = kD) whose elements start 16-byte aligned and stay so row to row go 8 elements at a
 // time: one 16-byte load of half rows (two of f32 rows) and one 16-byte shared store per thread and step, instead of
 // 8 scalar ones — the staging of the K/V tiles otherwise issues as many load/store instructions as the MMAs need.
-template <class H, int kD, class In>
+template <class H, int kD, int kTileRows, int kLd, class In>
 __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
   constexpr int kV = 8, kPerRow = kD / kV;
   if (kD % kV != 0 || width != kD || ld % kV != 0 || reinterpret_cast<uintptr_t>(src) % (kV * sizeof(In)) != 0)
     return false;
-  for (int t = threadIdx.x; t < kRows * kPerRow; t += blockDim.x) {
+  for (int t = threadIdx.x; t < kTileRows * kPerRow; t += blockDim.x) {
     int r = t / kPerRow, c = (t % kPerRow) * kV;
     int64_t row = first + r;
     uint4 packed = {0u, 0u, 0u, 0u};  // zeros past the last row (both half formats' 0 is all-zero bits)
@@ -387,19 +388,21 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
         memcpy(&packed, h, sizeof(packed));
       }
     }
-    *reinterpret_cast<uint4*>(dst + r * kD + c) = packed;
+    *reinterpret_cast<uint4*>(dst + r * kLd + c) = packed;
   }
   return true;
 }
 
-template <class H, int kD, class In>
+// kTileRows rows of kD elements into a shared tile whose rows are kLd elements apart (kLd = kD for the WMMA tiles;
+// ldmatrix's tiles are padded, see the mma namespace below).
+template <class H, int kD, int kTileRows = kRows, int kLd = kD, class In>
 __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
   if constexpr (std::is_same_v<In, H> || std::is_same_v<In, float>)
-    if (stage_vectorized<H, kD, In>(dst, src, ld, first, total, width)) return;
-  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
+    if (stage_vectorized<H, kD, kTileRows, kLd, In>(dst, src, ld, first, total, width)) return;
+  for (int t = threadIdx.x; t < kTileRows * kD; t += blockDim.x) {
     int r = t / kD, c = t % kD;
     int64_t row = first + r;
-    dst[t] = to_half<H>((row < total && c < width) ? float(widen(src[row * ld + c])) : 0.0f);
+    dst[r * kLd + c] = to_half<H>((row < total && c < width) ? float(widen(src[row * ld + c])) : 0.0f);
   }
 }
 
@@ -454,115 +457,6 @@ __device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], Out* dst, in
     int r = t / kD, c = t % kD;
     if (first + r < total && c < width) dst[(first + r) * ld + c] = narrow<Out>(stage_f32[t] * scale);
   }
-}
-
-// The online-softmax update of a 64 × 64 score tile S (query rows i0.., key columns j0..): masked and scaled
-// scores, the new row maxima m and sums l, P = exp(s − m) in the half format for the P·V GEMM, and each row's
-// rescale factor exp(m_old − m_new) of O into corr (1 for a row that has seen no key yet).
-// Warp w takes the 16 rows its WMMA tiles hold; a row's 64 columns are split over the 32 lanes (consecutive
-// addresses: no shared-memory bank conflicts), its maximum and sum are warp butterflies.
-template <class H, int kD>
-__device__ void online_softmax(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, float* S, H* P,
-                               float* corr_out, float* m, float* l) {
-  const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
-  for (int r = 16 * w; r < 16 * w + 16; ++r) {
-    int64_t i = i0 + r;
-    float s[kRows / 32];
-    const float mo = m[r];  // every lane reads m[r] and l[r]; lane 0 rewrites them below
-    const float lo = l[r];
-    float mx = mo;
-#pragma unroll
-    for (int h = 0; h < kRows / 32; ++h) {
-      int jj = lane + 32 * h;
-      int64_t j = j0 + jj;
-      bool vis = i < a.Tq && j < a.Tk && visible(a, i, j, vrow);
-      s[h] = vis ? S[r * kRows + jj] * float(a.scale) : -INFINITY;
-      mx = s[h] > mx ? s[h] : mx;  // NaN scores skip the maximum and reach P (and the output) below
-    }
-    mx = warp_max(mx);
-    if (mx == -INFINITY) {  // no visible key yet: nothing to add, nothing to rescale
-#pragma unroll
-      for (int h = 0; h < kRows / 32; ++h) P[r * kRows + lane + 32 * h] = to_half<H>(0.0f);
-      if (lane == 0) corr_out[r] = 1.0f;
-      continue;
-    }
-    float corr = expf(mo - mx), sum = 0;
-#pragma unroll
-    for (int h = 0; h < kRows / 32; ++h) {
-      float p = expf(s[h] - mx);
-      P[r * kRows + lane + 32 * h] = to_half<H>(p);
-      sum += p;
-    }
-    sum = warp_sum(sum);
-    __syncwarp();  // every lane has read m[r] and l[r] (a shuffle orders execution, not memory)
-    if (lane == 0) {
-      l[r] = lo * corr + sum;
-      m[r] = mx;
-      corr_out[r] = corr;
-    }
-  }
-}
-
-// The row (0..15) of each element a lane holds in an accumulator fragment. WMMA leaves that layout unspecified, so
-// it is read off once per warp: a 16 × 16 tile whose elements are their row indices, loaded as an accumulator.
-// With it, rows of an accumulator can be scaled in registers (the online softmax's rescale of O).
-__device__ void accumulator_rows(float* scratch, int (&row_of)[FragC::num_elements]) {
-  for (int t = threadIdx.x & 31; t < 256; t += 32) scratch[(t / 16) * kRows + t % 16] = float(t / 16);
-  __syncwarp();
-  FragC f;
-  wmma::load_matrix_sync(f, scratch, kRows, wmma::mem_row_major);
-  for (int e = 0; e < FragC::num_elements; ++e) row_of[e] = int(f.x[e]);
-  __syncwarp();
-}
-
-// In: the operands' element type (f32 under autocast, or H for half activations); H: the GEMMs' format.
-// Each warp owns 16 query rows end to end — their S rows, softmax, P rows and O accumulators (in registers across
-// the key tiles) — so only the K/V staging needs the whole block to meet.
-template <class H, int kD, class In>
-__global__ void forward_kernel(const In* q, const In* k, const In* v, const float* valid, In* out, float* lse,
-                               AttentionShape a, Rows L) {
-  extern __shared__ unsigned char smem[];
-  Carve cv{smem};
-  H *Qs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD);
-  float* O = cv.take<float>(kRows * kD);  // the final rows, staged for coalesced writes
-  float* S = cv.take<float>(kRows * kRows);
-  H* P = cv.take<H>(kRows * kRows);
-  float *m = cv.take<float>(kRows), *l = cv.take<float>(kRows), *corr = cv.take<float>(kRows);
-  const int w = threadIdx.x / 32;
-  int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
-  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
-  if (threadIdx.x < kRows) m[threadIdx.x] = -INFINITY, l[threadIdx.x] = 0;
-  int row_of[FragC::num_elements];
-  accumulator_rows(S + 16 * w * kRows, row_of);
-  FragC acc[kD / 16];  // O's rows of warp w
-#pragma unroll
-  for (int n = 0; n < kD / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
-  int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
-  for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
-    __syncthreads();  // every warp is done with the previous K/V tile
-    stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-    stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
-    __syncthreads();
-    gemm_abt<H, kD>(S, Qs, Ks);  // S rows of warp w
-    __syncwarp();
-    online_softmax<H, kD>(a, vrow, i0, j0, S, P, corr, m, l);
-    __syncwarp();
-#pragma unroll
-    for (int n = 0; n < kD / 16; ++n)  // O ← corr ∘ O + P · V
-      for (int e = 0; e < FragC::num_elements; ++e) acc[n].x[e] *= corr[16 * w + row_of[e]];
-    gemm_acc<H, kD, false>(acc, P, Vs);
-  }
-#pragma unroll
-  for (int n = 0; n < kD / 16; ++n) wmma::store_matrix_sync(O + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
-  __syncthreads();
-  for (int t = threadIdx.x; t < kRows * a.Dv; t += blockDim.x) {  // coalesced rows of out
-    int r = t / int(a.Dv), d = t % int(a.Dv);
-    if (i0 + r < a.Tq) out[L.o.at(bh, i0 + r) + d] = narrow<In>(l[r] > 0 ? O[r * kD + d] / l[r] : 0.0f);
-  }
-  if (threadIdx.x < kRows && i0 + threadIdx.x < a.Tq)
-    lse[bh * a.Tq + i0 + threadIdx.x] = l[threadIdx.x] > 0 ? m[threadIdx.x] + logf(l[threadIdx.x]) : INFINITY;
 }
 
 // P = exp(scale·S − lse) (masked: 0) into Pb (H, when given), then dS = P ∘ (dP − Di) into dSb; row r of the
@@ -675,16 +569,6 @@ __global__ void dq_kernel(const In* q, const In* k, const In* v, const float* va
 }
 
 template <class H, int kD, class In>
-void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
-                    const Tensor& out, const Tensor& lse) {
-  ForwardArgs<In, float> p(q, k, v, valid, out, lse);
-  size_t smem = shared_bytes<kD>(3, 1, 1, 1);
-  allow_shared(forward_kernel<H, kD, In>, smem);
-  dim3 grid(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH));
-  forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
-}
-
-template <class H, int kD, class In>
 void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
@@ -699,6 +583,189 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
   dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);
 }
+
+
+// ---------------------------------------------------------------- forward on mma.sync (FlashAttention-2 style)
+// The forward keeps everything a query row needs in registers (core/cuda/mma.cuh gives the fragment layouts): a
+// warp owns 16·kM query rows; per key tile of kN keys it computes S = Q·Kᵀ into C fragments, applies the mask, the
+// scale and the online softmax to them in place (a row's elements live in the 4 lanes of one group: max and sum
+// are two xor-shuffles), rescales its O accumulators, and multiplies P — the same registers, rounded to H and
+// repacked as A fragments — by V. Only K and V pass through shared memory (and Q once); the block meets twice per
+// key tile, to stage them. Q, K, V tiles are padded to kD + 8 halves a row, so each 8-row phase of an ldmatrix
+// reads 8 distinct 16-byte bank groups.
+// Exponentials are base 2 with the scale folded in (exp(x) = 2^(x·log2 e)), as FlashAttention's.
+namespace fa {
+constexpr int kN = 64;                                            // keys per tile
+template <int kD> __host__ __device__ constexpr int warp_m_tiles() { return kD <= 64 ? 2 : 1; }  // registers: O is 16·kM × kD per warp
+template <int kD> __host__ __device__ constexpr int block_rows() { return kWarps * 16 * warp_m_tiles<kD>(); }
+template <int kD> __host__ __device__ constexpr int padded() { return kD + 8; }
+template <int kD> __host__ __device__ constexpr size_t shared_bytes() {
+  return size_t(block_rows<kD>() + 2 * kN) * padded<kD>() * 2 + 64;  // + Carve's alignment
+}
+
+template <class H, int kD, class In>
+__global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* k, const In* v, const float* valid,
+                                                          In* out, float* lse, AttentionShape a, Rows L) {
+  constexpr int kM = warp_m_tiles<kD>(), kLd = padded<kD>(), kBlockRows = block_rows<kD>();
+  constexpr float kLog2e = 1.4426950408889634f;
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  H *Qs = cv.take<H>(kBlockRows * kLd), *Ks = cv.take<H>(kN * kLd), *Vs = cv.take<H>(kN * kLd);
+  const int w = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBlockRows;
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  const float scale2 = float(a.scale) * kLog2e;
+  stage<H, kD, kBlockRows, kLd>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+
+  // Warp w's rows: m-tile mt holds rows 16·(kM·w + mt) + {g, g+8} of the block; per row its running maximum (of
+  // scale·s·log2 e) and this lane's part of the running sum (the 4 lanes' parts add up at the end).
+  float o[kM][kD / 8][4], m[kM][2], l[kM][2];
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+  auto row_of = [&](int mt, int half) { return i0 + 16 * (kM * w + mt) + g + 8 * half; };
+  const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBlockRows - 1) + 1) : a.Tk;
+  for (int64_t j0 = 0; j0 < kend; j0 += kN) {
+    __syncthreads();  // every warp is done with the previous K/V tile (and, the first time, Q is staged)
+    stage<H, kD, kN, kLd>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN, kLd>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
+    __syncthreads();
+
+    // S = Q·Kᵀ: per 16 columns of the head dim, the warp's Q fragments, then two key n-tiles per ldmatrix.
+    float s[kM][kN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kD; kk += 16) {
+      uint32_t qa[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt)
+        ptx::ldmatrix_x4<false>(qa[mt], ptx::ldmatrix_row<true>(Qs, kLd, 16 * (kM * w + mt), kk, lane));
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; nt += 2) {
+        uint32_t kf[4];
+        ptx::ldmatrix_x4<false>(kf, ptx::ldmatrix_row<false>(Ks, kLd, 8 * nt, kk, lane));
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          ptx::mma_16816<H>(s[mt][nt], qa[mt], kf[0], kf[1]);
+          ptx::mma_16816<H>(s[mt][nt + 1], qa[mt], kf[2], kf[3]);
+        }
+      }
+    }
+
+    // Mask (only where the tile reaches past Tk, crosses the causal diagonal, or a key mask is given), scale, and
+    // the online softmax, in place: s becomes P = 2^(x − m) (x = scale·s·log2 e).
+    const bool edge = vrow || j0 + kN > a.Tk || (a.causal && j0 + kN - 1 > a.Tk - a.Tq + i0);
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t i = row_of(mt, half);
+        float mx = m[mt][half];
+#pragma unroll
+        for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[mt][nt][2 * half + e];
+            x *= scale2;
+            if (edge) {
+              int64_t j = j0 + 8 * nt + 2 * t + e;
+              if (!(i < a.Tq && j < a.Tk && visible(a, i, j, vrow))) x = -INFINITY;
+            }
+            mx = fmaxf(mx, x);  // NaN scores skip the maximum and reach P (and the output) below
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row with no visible key yet keeps m = −inf: subtracting 0 instead gives p = 0 and corr = 0 (its O
+        // and l are still 0), where −inf − (−inf) would give NaN.
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        const float corr = exp2f(m[mt][half] - base);
+        m[mt][half] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = s[mt][nt][2 * half + e];
+            x = exp2f(x - base);
+            sum += x;
+          }
+        l[mt][half] = l[mt][half] * corr + sum;
+#pragma unroll
+        for (int dt = 0; dt < kD / 8; ++dt) {
+          o[mt][dt][2 * half] *= corr;
+          o[mt][dt][2 * half + 1] *= corr;
+        }
+      }
+
+    // O += P·V: the C fragments of key n-tiles 2c and 2c+1 are, rounded to H, the A fragment of keys 16c..16c+15.
+#pragma unroll
+    for (int c = 0; c < kN / 16; ++c) {
+      uint32_t pa[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        pa[mt][0] = ptx::pack_half2<H>(s[mt][2 * c][0], s[mt][2 * c][1]);
+        pa[mt][1] = ptx::pack_half2<H>(s[mt][2 * c][2], s[mt][2 * c][3]);
+        pa[mt][2] = ptx::pack_half2<H>(s[mt][2 * c + 1][0], s[mt][2 * c + 1][1]);
+        pa[mt][3] = ptx::pack_half2<H>(s[mt][2 * c + 1][2], s[mt][2 * c + 1][3]);
+      }
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; dt += 2) {
+        uint32_t vf[4];  // V rows (keys) 16c.., columns 8·dt..: transposed, the B fragments of d-tiles dt, dt+1
+        ptx::ldmatrix_x4<true>(vf, ptx::ldmatrix_row<true>(Vs, kLd, 16 * c, 8 * dt, lane));
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          ptx::mma_16816<H>(o[mt][dt], pa[mt], vf[0], vf[1]);
+          ptx::mma_16816<H>(o[mt][dt + 1], pa[mt], vf[2], vf[3]);
+        }
+      }
+    }
+  }
+
+  // Each row's sum over its 4 lanes; O / l and lse = m + log l (natural units), or 0 and +inf for a row that saw no key.
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float sum = l[mt][half];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int64_t i = row_of(mt, half);
+      if (i >= a.Tq) continue;
+      const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+      In* orow = out + L.o.at(bh, i);
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          int d = 8 * dt + 2 * t + e;
+          if (d < a.Dv) orow[d] = narrow<In>(o[mt][dt][2 * half + e] * inv);
+        }
+      if (t == 0) lse[bh * a.Tq + i] = sum > 0 ? m[mt][half] / kLog2e + logf(sum) : INFINITY;
+    }
+}
+
+template <class H, int kD, class In>
+void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                    const Tensor& out, const Tensor& lse) {
+  ForwardArgs<In, float> p(q, k, v, valid, out, lse);
+  size_t smem = shared_bytes<kD>();
+  allow_shared(forward_kernel<H, kD, In>, smem);
+  dim3 grid(unsigned((a.Tq + block_rows<kD>() - 1) / block_rows<kD>()), unsigned(a.BH));
+  forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
+}
+}  // namespace fa
 
 }  // namespace tc
 
@@ -739,7 +806,7 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
     using T = typename decltype(tag)::type;
     constexpr int kD = decltype(kd)::value;
     if constexpr (decltype(tag)::tensor_cores)
-      tc::forward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse);
+      tc::fa::forward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse);
     else forward_launch<T, kD>(a, q, k, v, valid, out, lse);
   });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");

@@ -16,6 +16,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <chrono>
 #include <cstdint>
@@ -33,6 +34,9 @@
 #include "core/cpu/blas.h"
 #include "core/half.h"
 
+// Kernel files take the emulator's stand-ins for inline PTX (core/cuda/mma.cuh) where this is defined.
+#define LIANDAN_CUDA_EMULATOR 1
+
 // ---------------------------------------------------------------- CUDA C++ keywords
 #define __global__
 #define __device__
@@ -40,6 +44,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__
+#define __launch_bounds__(...)
 
 // CUDA's 16-byte vector types (vectorized loads and stores)
 struct alignas(16) uint4 { unsigned x, y, z, w; };
@@ -244,6 +249,8 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16_raw{lia
 inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16_raw{liandan::bfloat16(d).bits}; }
 inline __half __float2half_rn(float f) { return __half_raw{liandan::float_to_f16(f)}; }
 inline __half __double2half(double d) { return __half_raw{liandan::float16(d).bits}; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
 
 // ---------------------------------------------------------------- device math CUDA has and C++ lacks
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
@@ -302,6 +309,7 @@ struct Runtime {
   std::vector<Thread> threads;
   std::vector<unsigned char> dynamic_shared;
   std::vector<double> shfl_slots;  // one per thread of the block (the lane's value, for __shfl_down_sync)
+  std::vector<unsigned char> gather_slots;  // 64 bytes per thread of the block (warp_gather)
   Context scheduler;
   Thread* running = nullptr;
   bool direct = false;        // threads run as plain calls (no barrier seen in the first thread)
@@ -350,6 +358,74 @@ T shfl(T v, Src src) {
   return out;
 }
 template <class T> T shfl_down(T v, unsigned o) { return shfl(v, [o](size_t lane) { return lane + o; }); }
+
+// Every lane of the running warp publishes `mine` and receives all 32 lanes' values (the warp-collective PTX
+// instructions below exchange operands this way). Whole warps only.
+template <class T>
+std::array<T, 32> warp_gather(const T& mine) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 64, "warp_gather: up to 64 bytes a lane");
+  Runtime& r = rt();
+  if (r.direct) throw std::logic_error("emulated CUDA: a warp-collective instruction outside a coroutine block");
+  size_t tid = size_t(r.running - r.threads.data()), first = tid & ~size_t(31);
+  if (first + 32 > r.threads.size()) throw std::logic_error("emulated CUDA: a warp-collective instruction in a partial warp");
+  if (r.gather_slots.size() < r.threads.size() * 64) r.gather_slots.resize(r.threads.size() * 64);
+  std::memcpy(&r.gather_slots[tid * 64], &mine, sizeof(T));
+  wait_at(Thread::State::at_warp_barrier);
+  std::array<T, 32> all;
+  for (size_t l = 0; l < 32; ++l) std::memcpy(&all[l], &r.gather_slots[(first + l) * 64], sizeof(T));
+  wait_at(Thread::State::at_warp_barrier);
+  return all;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A·B for a warp's 16 × 16 A and 16 × 8 B, in the PTX ISA's
+// fragment layouts (lane = 4·group + t): A's registers hold (row g, cols 2t, 2t+1), (row g+8, same), (row g,
+// cols 2t+8, 2t+9), (row g+8, same), the lower column in the low 16 bits; B's two hold (rows 2t, 2t+1; col g) and
+// (rows 2t+8, 2t+9; col g); d holds (row g; cols 2t, 2t+1) and (row g+8; same). Sums in f32, k in order.
+inline float half_bits_to_float(uint16_t b, bool bf16) { return bf16 ? liandan::bf16_to_float(b) : liandan::f16_to_float(b); }
+inline void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct Operands { uint32_t a[4], b[2]; };
+  auto all = warp_gather(Operands{{a[0], a[1], a[2], a[3]}, {b0, b1}});
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    int g = lane >> 2, t = lane & 3;
+    const Operands& o = all[size_t(lane)];
+    for (int h = 0; h < 2; ++h) {  // h: the low (0) or high (1) element of a register
+      auto el = [&](uint32_t reg) { return half_bits_to_float(uint16_t(reg >> (16 * h)), bf16); };
+      A[g][2 * t + h] = el(o.a[0]);
+      A[g + 8][2 * t + h] = el(o.a[1]);
+      A[g][2 * t + 8 + h] = el(o.a[2]);
+      A[g + 8][2 * t + 8 + h] = el(o.a[3]);
+      B[2 * t + h][g] = el(o.b[0]);
+      B[2 * t + 8 + h][g] = el(o.b[1]);
+    }
+  }
+  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float acc = d[e];
+    for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+    d[e] = acc;
+  }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i..8i+7 give the row addresses (8 16-bit elements each)
+// of matrix i; register i of lane (4·g + t) receives matrix i's (row g; cols 2t, 2t+1), or with .trans its
+// (rows 2t, 2t+1; col g) — the low 16 bits the first.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  auto rows = warp_gather(static_cast<const uint16_t*>(row));
+  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo, hi;
+    if (trans) {
+      lo = rows[size_t(8 * i + 2 * t)][g];
+      hi = rows[size_t(8 * i + 2 * t + 1)][g];
+    } else {
+      lo = rows[size_t(8 * i + g)][2 * t];
+      hi = rows[size_t(8 * i + g)][2 * t + 1];
+    }
+    r[i] = uint32_t(lo) | uint32_t(hi) << 16;
+  }
+}
 template <class T> T shfl_xor(T v, unsigned o) { return shfl(v, [o](size_t lane) { return lane ^ o; }); }
 
 inline void trampoline() {

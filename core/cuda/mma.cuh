@@ -1,0 +1,96 @@
+#pragma once
+// Warp-level tensor-core instructions as PTX (sm_80+): mma.sync m16n8k16 with bf16/f16 operands and f32
+// accumulators, and ldmatrix (x4, optionally transposed) to load their operands from shared memory. Unlike WMMA,
+// the fragment layouts are specified (PTX ISA, "Matrix Fragments for mma.m16n8k16"), so a kernel can keep an
+// accumulator in registers and apply row-wise math to it, and reuse a C fragment as the next product's A operand
+// (FlashAttention-2's P·V). With lane = 4·g + t (g = lane / 4, t = lane % 4):
+//   A (16 × 16, row-major, 4 registers of two halves, the lower column in the low bits):
+//     a[0] = (row g, cols 2t, 2t+1)  a[1] = (row g+8, cols 2t, 2t+1)  a[2] = (row g, cols 2t+8, 2t+9)  a[3] = (row g+8, …)
+//   B (16 × 8, 2 registers): b0 = (rows 2t, 2t+1; col g)  b1 = (rows 2t+8, 2t+9; col g)
+//   C, D (16 × 8, 4 floats): (row g; cols 2t, 2t+1), (row g+8; cols 2t, 2t+1)
+// ldmatrix.x4: lanes 8i..8i+7 give the addresses of the 8 rows (8 halves, 16 bytes, 16-byte aligned) of matrix i;
+// register i receives matrix i's (row g; cols 2t, 2t+1), or transposed its (rows 2t, 2t+1; col g).
+// On the emulated GPU (tests/cuda_emulation/emu.h) the same functions run the emulator's implementation of these
+// layouts, so the kernels built on them are tested everywhere; the PTX itself runs only on a GPU.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace liandan::cuda_impl::ptx {
+
+// d += A·B (H: __nv_bfloat16 or __half).
+template <class H>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  ::emu::mma_m16n8k16(std::is_same_v<H, __nv_bfloat16>, d, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<H, __nv_bfloat16>)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // built only for sm_80 and later; an older device never launches these kernels
+#endif
+}
+
+// The four 8 × 8 matrices whose row `row` this lane addresses (see above), as fragments.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  ::emu::ldmatrix_x4(r, row, kTrans);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Two floats rounded to H (nearest even) and packed as one A/B register, lo in the low 16 bits.
+template <class H>
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  if constexpr (std::is_same_v<H, __nv_bfloat16>)
+    return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
+  else
+    return uint32_t(__half_as_ushort(__float2half_rn(lo))) | uint32_t(__half_as_ushort(__float2half_rn(hi))) << 16;
+#else
+  uint32_t out;
+  if constexpr (std::is_same_v<H, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo: the low half
+    memcpy(&out, &v, sizeof(out));
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    memcpy(&out, &v, sizeof(out));
+  }
+  return out;
+#endif
+}
+
+// The lane's row address for ldmatrix_x4 over a 16 × 16 block of a row-major shared tile (ld elements a row) at
+// (row0, col0). kRowsFirst: matrices 0-3 = (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15),
+// (rows 8-15, cols 8-15) — an A operand, or a transposed B operand along rows; otherwise (rows 0-7, cols 0-7),
+// (rows 0-7, cols 8-15), (rows 8-15, cols 0-7), (rows 8-15, cols 8-15) — two B operands (n 0-7, n 8-15) of a
+// tile stored n-major (Kᵀ's rows).
+template <bool kRowsFirst, class H>
+__device__ __forceinline__ const H* ldmatrix_row(const H* tile, int ld, int row0, int col0, int lane) {
+  int hi_row = kRowsFirst ? (lane >> 3) & 1 : lane >> 4, hi_col = kRowsFirst ? lane >> 4 : (lane >> 3) & 1;
+  return tile + (row0 + (lane & 7) + 8 * hi_row) * ld + col0 + 8 * hi_col;
+}
+
+}  // namespace liandan::cuda_impl::ptx
