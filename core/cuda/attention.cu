@@ -9,10 +9,10 @@
 // key_valid [B, Tk]. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
 // of [B, H, T, D] (the heads of a fused QKV projection), O, dQ, dK, dV are written as [B, T, H, D] rows, so no
 // head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
-// composite). The arithmetic is plain f32/f64 FMA, not tensor cores: fast in memory, not yet in FLOPs.
+// composite). In f32/f64 the arithmetic is plain FMA (the kernels below); under bf16/f16 autocast, or for half
+// q, k, v, the tensor-core kernels of namespace tc (mma.sync, FlashAttention-2's register-resident form).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <cstring>
 #include <type_traits>
@@ -23,8 +23,6 @@
 
 namespace liandan::cuda_impl {
 namespace {
-
-namespace wmma = nvcuda::wmma;
 
 template <class T> __device__ T dev_exp(T x) {
   if constexpr (sizeof(T) == 4) return expf(x);
@@ -329,26 +327,29 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 
 
 // ---------------------------------------------------------------- tensor cores (bf16 / f16 autocast)
-// The same algorithm with the four GEMMs of a tile on tensor cores (WMMA 16×16×16, bf16 or f16 operands H, f32
-// accumulation), the autocast numbers of the composite (scores, probabilities and gradients rounded to H as
-// GEMM operands; softmax, running max/sum and outputs in f32). A block of 4 warps owns 64 rows (queries, or keys
-// in the dK/dV kernel); each warp computes the 16 rows it owns of every product. Elementwise steps (masking,
-// exponentials, rescaling) run on shared-memory tiles, since a fragment's element layout is not specified: each
-// warp on its own 16 rows, a row's columns over the lanes (conflict-free), row maxima and sums as warp butterflies. Head dims are padded with zeros to the next of 16/32/64/128.
+// The same algorithm with the GEMMs of a tile on tensor cores (mma.sync m16n8k16, bf16 or f16 operands H, f32
+// accumulation: core/cuda/mma.cuh), FlashAttention-2 style: every product's result stays in the registers of the
+// warp that computed it. A warp owns 16·kM rows (queries; keys in the dK/dV kernel); a tile's scores come out as C
+// fragments, the mask, softmax or dS step runs on them in place (a row's elements live in the 4 lanes of one lane
+// group, so a row's max or sum is two xor-shuffles), and they go into the next product as A fragments — rounded
+// to H and repacked, since a C fragment of two 8-column tiles has an A fragment's layout. Only the operands pass
+// through shared memory (staged once per tile; the block meets twice per tile). The numbers are the autocast
+// composite's: scores, probabilities and gradients rounded to H as GEMM operands; softmax, running max/sum, and
+// outputs in f32. Head dims are padded with zeros to the next of 16/32/64/128. Exponentials are base 2 with the
+// scale folded in (e^x = 2^(x·log2 e)), as FlashAttention's.
 namespace tc {
-constexpr int kRows = 64, kWarps = 4, kBlock = kWarps * 32;
-static_assert(kWarps * 16 == kRows, "each warp owns the 16 rows of its WMMA tiles");
+constexpr int kWarps = 4, kBlock = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
 // The half format of the operands: bf16 or f16 (autocast's), rounded to nearest even.
 template <class H> __device__ H to_half(float x);
 template <> __device__ __nv_bfloat16 to_half<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __half to_half<__half>(float x) { return __float2half_rn(x); }
-template <class H> using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major>;
-template <class H> using FragAt = wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::col_major>;  // a transposed operand
-template <class H> using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major>;
-template <class H> using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// Carves the block's dynamic shared memory into 32-byte-aligned arrays (WMMA's pointer alignment).
+// Shared tiles hold kD + 8 halves a row: the 8 rows an ldmatrix phase reads then start in 8 distinct 16-byte bank
+// groups (kD halves a row would put them all in the same ones for kD = 64 and 128).
+template <int kD> __host__ __device__ constexpr int padded() { return kD + 8; }
+
+// Carves the block's dynamic shared memory into 32-byte-aligned arrays (ldmatrix and 16-byte stores need 16).
 struct Carve {
   unsigned char* p;
   template <class T> __device__ T* take(int64_t n) {
@@ -357,14 +358,13 @@ struct Carve {
     return out;
   }
 };
-template <int kD> constexpr size_t shared_bytes(int half_tiles, int f32_tiles, int square_f32, int square_half) {
-  auto up = [](size_t b) { return (b + 31) / 32 * 32; };
-  return half_tiles * up(size_t(kRows) * kD * 2) + f32_tiles * up(size_t(kRows) * kD * 4) +
-         square_f32 * up(size_t(kRows) * kRows * 4) + square_half * up(size_t(kRows) * kRows * 2) + 3 * up(kRows * 4);
+// Bytes for half tiles of `rows` padded rows in all, plus `floats` row statistics (each array rounded to 32).
+template <int kD> constexpr size_t shared_bytes(int rows, int floats) {
+  return size_t(rows) * padded<kD>() * 2 + 32 * 4 + size_t(floats) * 4 + 32 * 2;
 }
 
 // rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
-// `width`).
+// `width`), into shared rows kLd apart.
 // Rows of full width (width = kD) whose elements start 16-byte aligned and stay so row to row go 8 elements at a
 // time: one 16-byte load of half rows (two of f32 rows) and one 16-byte shared store per thread and step, instead of
 // 8 scalar ones — the staging of the K/V tiles otherwise issues as many load/store instructions as the MMAs need.
@@ -393,10 +393,9 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
   return true;
 }
 
-// kTileRows rows of kD elements into a shared tile whose rows are kLd elements apart (kLd = kD for the WMMA tiles;
-// ldmatrix's tiles are padded, see the mma namespace below).
-template <class H, int kD, int kTileRows = kRows, int kLd = kD, class In>
+template <class H, int kD, int kTileRows, class In>
 __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
+  constexpr int kLd = padded<kD>();
   if constexpr (std::is_same_v<In, H> || std::is_same_v<In, float>)
     if (stage_vectorized<H, kD, kTileRows, kLd, In>(dst, src, ld, first, total, width)) return;
   for (int t = threadIdx.x; t < kTileRows * kD; t += blockDim.x) {
@@ -406,208 +405,97 @@ __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t 
   }
 }
 
-// out[64 × 64] (f32, ld 64) = A[64 × kD] · B[64 × kD]ᵀ, warp w computing rows 16w..16w+15.
-template <class H, int kD>
-__device__ void gemm_abt(float* out, const H* A, const H* B) {
-  int w = threadIdx.x / 32;
-  for (int n = 0; n < kRows / 16; ++n) {
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int kk = 0; kk < kD; kk += 16) {
-      FragA<H> a;
-      FragBt<H> b;
-      wmma::load_matrix_sync(a, A + 16 * w * kD + kk, kD);
-      wmma::load_matrix_sync(b, B + 16 * n * kD + kk, kD);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    wmma::store_matrix_sync(out + 16 * w * kRows + 16 * n, acc, kRows, wmma::mem_row_major);
-  }
-}
-
-// acc[n] (rows 16w.. of a 64 × kD product) += X · Y, X = 64 × 64 H (or its transpose, XT), Y = 64 × kD H.
-template <class H, int kD, bool XT>
-__device__ void gemm_acc(FragC (&acc)[kD / 16], const H* X, const H* Y) {
-  int w = threadIdx.x / 32;
-  for (int kk = 0; kk < kRows; kk += 16) {
-    FragA<H> a;
-    FragAt<H> at;
-    if (XT) wmma::load_matrix_sync(at, X + kk * kRows + 16 * w, kRows);  // element (r, c) = X[c][r]
-    else wmma::load_matrix_sync(a, X + 16 * w * kRows + kk, kRows);
+// s = A·Bᵀ for the warp's rows: A's rows a_row0 + 16·mt.. and B's kN rows (both shared tiles of kD columns):
+// scores Q·Kᵀ, their transpose K·Qᵀ, dO·Vᵀ, V·dOᵀ. Per 16 columns of the head dim the warp loads its A fragments,
+// then two 8-row n-tiles of B per ldmatrix.
+template <class H, int kD, int kM, int kN>
+__device__ void gemm_nt(float (&s)[kM][kN / 8][4], const H* A, int a_row0, const H* B, int lane) {
+  constexpr int kLd = padded<kD>();
 #pragma unroll
-    for (int n = 0; n < kD / 16; ++n) {
-      FragB<H> b;
-      wmma::load_matrix_sync(b, Y + kk * kD + 16 * n, kD);
-      if (XT) wmma::mma_sync(acc[n], at, b, acc[n]);
-      else wmma::mma_sync(acc[n], a, b, acc[n]);
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < kD; kk += 16) {
+    uint32_t af[kM][4];
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt)
+      ptx::ldmatrix_x4<false>(af[mt], ptx::ldmatrix_row<true>(A, kLd, a_row0 + 16 * mt, kk, lane));
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; nt += 2) {
+      uint32_t bf[4];
+      ptx::ldmatrix_x4<false>(bf, ptx::ldmatrix_row<false>(B, kLd, 8 * nt, kk, lane));
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        ptx::mma_16816<H>(s[mt][nt], af[mt], bf[0], bf[1]);
+        ptx::mma_16816<H>(s[mt][nt + 1], af[mt], bf[2], bf[3]);
+      }
     }
   }
 }
 
-// Writes a warp's accumulators (rows 16w.., × scale) through the f32 staging tile to global rows of `width`,
-// `ld` apart.
+// acc += P·B: P the warp's rows × kN (C fragments, rounded to H here), B a kN × kD shared tile — P·V, Pᵀ·dO,
+// dSᵀ·Q, dS·K. The C fragments of n-tiles 2c and 2c+1 are the A fragment of columns 16c..16c+15; B is read
+// transposed, two 8-column d-tiles per ldmatrix.
+template <class H, int kD, int kM, int kN>
+__device__ void gemm_pb(float (&acc)[kM][kD / 8][4], const float (&p)[kM][kN / 8][4], const H* B, int lane) {
+  constexpr int kLd = padded<kD>();
+#pragma unroll
+  for (int c = 0; c < kN / 16; ++c) {
+    uint32_t pa[kM][4];
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt) {
+      pa[mt][0] = ptx::pack_half2<H>(p[mt][2 * c][0], p[mt][2 * c][1]);
+      pa[mt][1] = ptx::pack_half2<H>(p[mt][2 * c][2], p[mt][2 * c][3]);
+      pa[mt][2] = ptx::pack_half2<H>(p[mt][2 * c + 1][0], p[mt][2 * c + 1][1]);
+      pa[mt][3] = ptx::pack_half2<H>(p[mt][2 * c + 1][2], p[mt][2 * c + 1][3]);
+    }
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; dt += 2) {
+      uint32_t bf[4];
+      ptx::ldmatrix_x4<true>(bf, ptx::ldmatrix_row<true>(B, kLd, 16 * c, 8 * dt, lane));
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        ptx::mma_16816<H>(acc[mt][dt], pa[mt], bf[0], bf[1]);
+        ptx::mma_16816<H>(acc[mt][dt + 1], pa[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+template <int kM, int kCols>
+__device__ void zero(float (&acc)[kM][kCols][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][c][e] = 0.0f;
+}
+
+// Row `half` (g or g+8) of an accumulator m-tile × f into global row `row` (its first `width` columns).
 template <int kD, class Out>
-__device__ void write_rows(float* stage_f32, FragC (&acc)[kD / 16], Out* dst, int64_t ld, int64_t first,
-                           int64_t total, int64_t width, float scale) {
-  int w = threadIdx.x / 32;
+__device__ void store_row(Out* row, const float (&acc)[kD / 8][4], int half, int64_t width, float f, int t) {
 #pragma unroll
-  for (int n = 0; n < kD / 16; ++n)
-    wmma::store_matrix_sync(stage_f32 + 16 * w * kD + 16 * n, acc[n], kD, wmma::mem_row_major);
-  __syncthreads();
-  for (int t = threadIdx.x; t < kRows * kD; t += blockDim.x) {
-    int r = t / kD, c = t % kD;
-    if (first + r < total && c < width) dst[(first + r) * ld + c] = narrow<Out>(stage_f32[t] * scale);
-  }
-}
-
-// P = exp(scale·S − lse) (masked: 0) into Pb (H, when given), then dS = P ∘ (dP − Di) into dSb; row r of the
-// 64 × 64 tile is query i0 + r against keys j0... Warp w takes its 16 rows, the lanes a row's columns.
-template <class H>
-__device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, int64_t i0, int64_t j0, const float* S,
-                                     const float* dP, const float* L, const float* Di, H* Pb, H* dSb) {
-  const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
-  for (int r = 16 * w; r < 16 * w + 16; ++r) {
-    int64_t i = i0 + r;
-    for (int jj = lane; jj < kRows; jj += 32) {
-      int64_t j = j0 + jj;
-      bool vis = i < a.Tq && j < a.Tk && L[r] != INFINITY && visible(a, i, j, vrow);
-      float p = vis ? expf(S[r * kRows + jj] * float(a.scale) - L[r]) : 0.0f;
-      if (Pb) Pb[r * kRows + jj] = to_half<H>(p);
-      dSb[r * kRows + jj] = to_half<H>(p * (dP[r * kRows + jj] - Di[r]));
+  for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      int d = 8 * dt + 2 * t + e;
+      if (d < width) row[d] = narrow<Out>(acc[dt][2 * half + e] * f);
     }
-  }
 }
 
-// dK, dV for the block's 64 keys, walking the query tiles.
-template <class H, int kD, class In>
-__global__ void dkv_kernel(const In* q, const In* k, const In* v, const float* valid, const float* lse,
-                           const float* di, const In* g, In* dk, In* dv, AttentionShape a, Rows L) {
-  extern __shared__ unsigned char smem[];
-  Carve cv{smem};
-  H *Ks = cv.take<H>(kRows * kD), *Vs = cv.take<H>(kRows * kD), *Qs = cv.take<H>(kRows * kD),
-       *Gs = cv.take<H>(kRows * kD);
-  float* stage_f32 = cv.take<float>(kRows * kD);
-  float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
-  H *Pb = cv.take<H>(kRows * kRows), *dSb = cv.take<H>(kRows * kRows);
-  float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
-  int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kRows;
-  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
-  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-  stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
-  FragC dk_acc[kD / 16], dv_acc[kD / 16];
-#pragma unroll
-  for (int n = 0; n < kD / 16; ++n) {
-    wmma::fill_fragment(dk_acc[n], 0.0f);
-    wmma::fill_fragment(dv_acc[n], 0.0f);
-  }
-  int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
-  for (int64_t i0 = istart; i0 < a.Tq; i0 += kRows) {
-    __syncthreads();
-    stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
-    stage<H, kD>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
-    if (threadIdx.x < kRows) {
-      int64_t i = i0 + threadIdx.x;
-      Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
-      Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
-    }
-    __syncthreads();
-    gemm_abt<H, kD>(S, Qs, Ks);   // scores, queries × keys
-    gemm_abt<H, kD>(dP, Gs, Vs);  // dO · Vᵀ
-    __syncthreads();
-    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, Ls, Di, Pb, dSb);
-    __syncthreads();
-    gemm_acc<H, kD, true>(dv_acc, Pb, Gs);   // dV += Pᵀ dO (rows: the warp's keys)
-    gemm_acc<H, kD, true>(dk_acc, dSb, Qs);  // dK += dSᵀ Q
-  }
-  __syncthreads();
-  write_rows<kD>(stage_f32, dv_acc, dv + L.dv.at(bh, 0), L.dv.st, j0, a.Tk, a.Dv, 1.0f);
-  __syncthreads();
-  write_rows<kD>(stage_f32, dk_acc, dk + L.dk.at(bh, 0), L.dk.st, j0, a.Tk, a.D, float(a.scale));
-}
-
-// dQ for the block's 64 queries, walking the key tiles.
-template <class H, int kD, class In>
-__global__ void dq_kernel(const In* q, const In* k, const In* v, const float* valid, const float* lse,
-                          const float* di, const In* g, In* dq, AttentionShape a, Rows L) {
-  extern __shared__ unsigned char smem[];
-  Carve cv{smem};
-  H *Qs = cv.take<H>(kRows * kD), *Gs = cv.take<H>(kRows * kD), *Ks = cv.take<H>(kRows * kD),
-       *Vs = cv.take<H>(kRows * kD);
-  float* stage_f32 = cv.take<float>(kRows * kD);
-  float *S = cv.take<float>(kRows * kRows), *dP = cv.take<float>(kRows * kRows);
-  H* dSb = cv.take<H>(kRows * kRows);
-  float *Ls = cv.take<float>(kRows), *Di = cv.take<float>(kRows);
-  int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kRows;
-  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
-  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
-  stage<H, kD>(Qs, qb, L.q.st, i0, a.Tq, a.D);
-  stage<H, kD>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
-  if (threadIdx.x < kRows) {
-    int64_t i = i0 + threadIdx.x;
-    Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] : INFINITY;
-    Di[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
-  }
-  FragC dq_acc[kD / 16];
-#pragma unroll
-  for (int n = 0; n < kD / 16; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
-  int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kRows - 1) + 1) : a.Tk;
-  for (int64_t j0 = 0; j0 < kend; j0 += kRows) {
-    __syncthreads();
-    stage<H, kD>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-    stage<H, kD>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
-    __syncthreads();
-    // (a warp owns its 16 query rows of S, dP and dS: it meets only itself until the next K/V tile)
-    gemm_abt<H, kD>(S, Qs, Ks);
-    gemm_abt<H, kD>(dP, Gs, Vs);
-    __syncwarp();
-    probabilities_and_ds<H>(a, vrow, i0, j0, S, dP, Ls, Di, nullptr, dSb);
-    __syncwarp();
-    gemm_acc<H, kD, false>(dq_acc, dSb, Ks);  // dQ += dS K
-  }
-  __syncthreads();
-  write_rows<kD>(stage_f32, dq_acc, dq + L.dq.at(bh, 0), L.dq.st, i0, a.Tq, a.D, float(a.scale));
-}
-
-template <class H, int kD, class In>
-void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
-                     const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
-                     const Tensor& dv) {
-  BackwardArgs<In, float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
-  size_t smem_kv = shared_bytes<kD>(4, 1, 2, 2);
-  allow_shared(dkv_kernel<H, kD, In>, smem_kv);
-  dkv_kernel<H, kD, In><<<dim3(unsigned((a.Tk + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dk.device_data()), static_cast<In*>(dv.device_data()),
-      a, p.L);
-  size_t smem_q = shared_bytes<kD>(4, 1, 2, 1);
-  allow_shared(dq_kernel<H, kD, In>, smem_q);
-  dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kRows - 1) / kRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
-      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);
-}
-
-
-// ---------------------------------------------------------------- forward on mma.sync (FlashAttention-2 style)
-// The forward keeps everything a query row needs in registers (core/cuda/mma.cuh gives the fragment layouts): a
-// warp owns 16·kM query rows; per key tile of kN keys it computes S = Q·Kᵀ into C fragments, applies the mask, the
-// scale and the online softmax to them in place (a row's elements live in the 4 lanes of one group: max and sum
-// are two xor-shuffles), rescales its O accumulators, and multiplies P — the same registers, rounded to H and
-// repacked as A fragments — by V. Only K and V pass through shared memory (and Q once); the block meets twice per
-// key tile, to stage them. Q, K, V tiles are padded to kD + 8 halves a row, so each 8-row phase of an ldmatrix
-// reads 8 distinct 16-byte bank groups.
-// Exponentials are base 2 with the scale folded in (exp(x) = 2^(x·log2 e)), as FlashAttention's.
-namespace fa {
-constexpr int kN = 64;                                            // keys per tile
-template <int kD> __host__ __device__ constexpr int warp_m_tiles() { return kD <= 64 ? 2 : 1; }  // registers: O is 16·kM × kD per warp
-template <int kD> __host__ __device__ constexpr int block_rows() { return kWarps * 16 * warp_m_tiles<kD>(); }
-template <int kD> __host__ __device__ constexpr int padded() { return kD + 8; }
-template <int kD> __host__ __device__ constexpr size_t shared_bytes() {
-  return size_t(block_rows<kD>() + 2 * kN) * padded<kD>() * 2 + 64;  // + Carve's alignment
-}
+// ---- forward: a warp's 16·kM query rows walk the key tiles of kN keys (online softmax).
+template <int kD> __host__ __device__ constexpr int fwd_m_tiles() { return kD <= 64 ? 2 : 1; }  // O: 16·kM × kD a warp
+template <int kD> __host__ __device__ constexpr int fwd_rows() { return kWarps * 16 * fwd_m_tiles<kD>(); }
+constexpr int kFwdKeys = 64;
 
 template <class H, int kD, class In>
 __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* k, const In* v, const float* valid,
                                                           In* out, float* lse, AttentionShape a, Rows L) {
-  constexpr int kM = warp_m_tiles<kD>(), kLd = padded<kD>(), kBlockRows = block_rows<kD>();
-  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int kM = fwd_m_tiles<kD>(), kN = kFwdKeys, kBlockRows = fwd_rows<kD>(), kLd = padded<kD>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kBlockRows * kLd), *Ks = cv.take<H>(kN * kLd), *Vs = cv.take<H>(kN * kLd);
@@ -616,53 +504,23 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
-  stage<H, kD, kBlockRows, kLd>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+  stage<H, kD, kBlockRows>(Qs, qb, L.q.st, i0, a.Tq, a.D);
 
-  // Warp w's rows: m-tile mt holds rows 16·(kM·w + mt) + {g, g+8} of the block; per row its running maximum (of
-  // scale·s·log2 e) and this lane's part of the running sum (the 4 lanes' parts add up at the end).
+  // Warp w's m-tile mt holds block rows 16·(kM·w + mt) + {g, g+8}; per row the running maximum (of
+  // scale·s·log2 e) and this lane's part of the running sum (a row's 4 lanes add theirs up at the end).
   float o[kM][kD / 8][4], m[kM][2], l[kM][2];
+  zero(o);
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
-    m[mt][0] = m[mt][1] = -INFINITY;
-    l[mt][0] = l[mt][1] = 0.0f;
-  }
+  for (int mt = 0; mt < kM; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
   auto row_of = [&](int mt, int half) { return i0 + 16 * (kM * w + mt) + g + 8 * half; };
   const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBlockRows - 1) + 1) : a.Tk;
   for (int64_t j0 = 0; j0 < kend; j0 += kN) {
     __syncthreads();  // every warp is done with the previous K/V tile (and, the first time, Q is staged)
-    stage<H, kD, kN, kLd>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-    stage<H, kD, kN, kLd>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
+    stage<H, kD, kN>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
     __syncthreads();
-
-    // S = Q·Kᵀ: per 16 columns of the head dim, the warp's Q fragments, then two key n-tiles per ldmatrix.
     float s[kM][kN / 8][4];
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < kD; kk += 16) {
-      uint32_t qa[kM][4];
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt)
-        ptx::ldmatrix_x4<false>(qa[mt], ptx::ldmatrix_row<true>(Qs, kLd, 16 * (kM * w + mt), kk, lane));
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; nt += 2) {
-        uint32_t kf[4];
-        ptx::ldmatrix_x4<false>(kf, ptx::ldmatrix_row<false>(Ks, kLd, 8 * nt, kk, lane));
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) {
-          ptx::mma_16816<H>(s[mt][nt], qa[mt], kf[0], kf[1]);
-          ptx::mma_16816<H>(s[mt][nt + 1], qa[mt], kf[2], kf[3]);
-        }
-      }
-    }
+    gemm_nt<H, kD, kM, kN>(s, Qs, 16 * kM * w, Ks, lane);
 
     // Mask (only where the tile reaches past Tk, crosses the causal diagonal, or a key mask is given), scale, and
     // the online softmax, in place: s becomes P = 2^(x − m) (x = scale·s·log2 e).
@@ -679,10 +537,8 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
           for (int e = 0; e < 2; ++e) {
             float& x = s[mt][nt][2 * half + e];
             x *= scale2;
-            if (edge) {
-              int64_t j = j0 + 8 * nt + 2 * t + e;
-              if (!(i < a.Tq && j < a.Tk && visible(a, i, j, vrow))) x = -INFINITY;
-            }
+            if (edge && !(i < a.Tq && j0 + 8 * nt + 2 * t + e < a.Tk && visible(a, i, j0 + 8 * nt + 2 * t + e, vrow)))
+              x = -INFINITY;
             mx = fmaxf(mx, x);  // NaN scores skip the maximum and reach P (and the output) below
           }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -703,34 +559,9 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
           }
         l[mt][half] = l[mt][half] * corr + sum;
 #pragma unroll
-        for (int dt = 0; dt < kD / 8; ++dt) {
-          o[mt][dt][2 * half] *= corr;
-          o[mt][dt][2 * half + 1] *= corr;
-        }
+        for (int dt = 0; dt < kD / 8; ++dt) o[mt][dt][2 * half] *= corr, o[mt][dt][2 * half + 1] *= corr;
       }
-
-    // O += P·V: the C fragments of key n-tiles 2c and 2c+1 are, rounded to H, the A fragment of keys 16c..16c+15.
-#pragma unroll
-    for (int c = 0; c < kN / 16; ++c) {
-      uint32_t pa[kM][4];
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-        pa[mt][0] = ptx::pack_half2<H>(s[mt][2 * c][0], s[mt][2 * c][1]);
-        pa[mt][1] = ptx::pack_half2<H>(s[mt][2 * c][2], s[mt][2 * c][3]);
-        pa[mt][2] = ptx::pack_half2<H>(s[mt][2 * c + 1][0], s[mt][2 * c + 1][1]);
-        pa[mt][3] = ptx::pack_half2<H>(s[mt][2 * c + 1][2], s[mt][2 * c + 1][3]);
-      }
-#pragma unroll
-      for (int dt = 0; dt < kD / 8; dt += 2) {
-        uint32_t vf[4];  // V rows (keys) 16c.., columns 8·dt..: transposed, the B fragments of d-tiles dt, dt+1
-        ptx::ldmatrix_x4<true>(vf, ptx::ldmatrix_row<true>(Vs, kLd, 16 * c, 8 * dt, lane));
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) {
-          ptx::mma_16816<H>(o[mt][dt], pa[mt], vf[0], vf[1]);
-          ptx::mma_16816<H>(o[mt][dt + 1], pa[mt], vf[2], vf[3]);
-        }
-      }
-    }
+    gemm_pb<H, kD, kM, kN>(o, s, Vs, lane);  // O += P·V
   }
 
   // Each row's sum over its 4 lanes; O / l and lse = m + log l (natural units), or 0 and +inf for a row that saw no key.
@@ -743,29 +574,161 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int64_t i = row_of(mt, half);
       if (i >= a.Tq) continue;
-      const float inv = sum > 0 ? 1.0f / sum : 0.0f;
-      In* orow = out + L.o.at(bh, i);
-#pragma unroll
-      for (int dt = 0; dt < kD / 8; ++dt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          int d = 8 * dt + 2 * t + e;
-          if (d < a.Dv) orow[d] = narrow<In>(o[mt][dt][2 * half + e] * inv);
-        }
+      store_row<kD>(out + L.o.at(bh, i), o[mt], half, a.Dv, sum > 0 ? 1.0f / sum : 0.0f, t);
       if (t == 0) lse[bh * a.Tq + i] = sum > 0 ? m[mt][half] / kLog2e + logf(sum) : INFINITY;
     }
+}
+
+// ---- backward: p = 2^(scale·s·log2 e − lse·log2 e) and dS = p ∘ (dP − Di) in registers, in two kernels without
+// atomics: dK/dV (a warp owns 16 keys; products transposed, keys × queries) and dQ (a warp owns 16 queries).
+constexpr int kBwdRows = kWarps * 16;
+template <int kD> __host__ __device__ constexpr int dkv_queries() { return kD <= 64 ? 64 : 32; }  // registers
+constexpr int kDqKeys = 64;
+
+// P and dS in place of the scores s and dp (row r, column c of the tile: query, key given by at(r, c) → (i, j)).
+// Ls and Ds are per-column (dK/dV: queries are columns) or per-row (dQ) values, picked by stat(r, c).
+template <int kN, class Pos, class Stat>
+__device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, float (&s)[1][kN / 8][4],
+                                     float (&dp)[1][kN / 8][4], float scale2, int g, int t, Pos at, Stat stat) {
+#pragma unroll
+  for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = g + 8 * (e >> 1), c = 8 * nt + 2 * t + (e & 1);
+      int64_t i, j;
+      at(r, c, i, j);
+      float lse2, di;
+      stat(r, c, lse2, di);
+      const bool vis = i < a.Tq && j < a.Tk && lse2 != INFINITY && visible(a, i, j, vrow);
+      const float p = vis ? exp2f(s[0][nt][e] * scale2 - lse2) : 0.0f;
+      s[0][nt][e] = p;
+      dp[0][nt][e] = p * (dp[0][nt][e] - di);
+    }
+}
+
+// dK, dV for the block's 64 keys, walking the query tiles: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q.
+template <class H, int kD, class In>
+__global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, const In* v, const float* valid,
+                                                      const float* lse, const float* di, const In* g, In* dk, In* dv,
+                                                      AttentionShape a, Rows L) {
+  constexpr int kN = dkv_queries<kD>(), kLd = padded<kD>();
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  H *Ks = cv.take<H>(kBwdRows * kLd), *Vs = cv.take<H>(kBwdRows * kLd), *Qs = cv.take<H>(kN * kLd),
+    *Gs = cv.take<H>(kN * kLd);
+  float *Ls = cv.take<float>(kN), *Ds = cv.take<float>(kN);
+  const int w = threadIdx.x / 32, lane = threadIdx.x & 31, gi = lane >> 2, t = lane & 3;
+  const int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kBwdRows;
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  const float scale2 = float(a.scale) * kLog2e;
+  stage<H, kD, kBwdRows>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+  stage<H, kD, kBwdRows>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
+  float dk_acc[1][kD / 8][4], dv_acc[1][kD / 8][4];
+  zero(dk_acc);
+  zero(dv_acc);
+  // Causal: queries before j0 − (Tk − Tq) see none of this block's keys.
+  const int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
+  for (int64_t i0 = istart; i0 < a.Tq; i0 += kN) {
+    __syncthreads();
+    stage<H, kD, kN>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+    stage<H, kD, kN>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
+    if (threadIdx.x < kN) {
+      int64_t i = i0 + threadIdx.x;
+      Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] * kLog2e : INFINITY;
+      Ds[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
+    }
+    __syncthreads();
+    float s[1][kN / 8][4], dp[1][kN / 8][4];
+    gemm_nt<H, kD, 1, kN>(s, Ks, 16 * w, Qs, lane);  // rows: the warp's keys; columns: the tile's queries
+    gemm_nt<H, kD, 1, kN>(dp, Vs, 16 * w, Gs, lane);
+    probabilities_and_ds<kN>(
+        a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + c, j = j0 + 16 * w + r; },
+        [&](int, int c, float& l2, float& d) { l2 = Ls[c], d = Ds[c]; });
+    gemm_pb<H, kD, 1, kN>(dv_acc, s, Gs, lane);   // dV += Pᵀ·dO
+    gemm_pb<H, kD, 1, kN>(dk_acc, dp, Qs, lane);  // dK += dSᵀ·Q
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t j = j0 + 16 * w + gi + 8 * half;
+    if (j >= a.Tk) continue;
+    store_row<kD>(dv + L.dv.at(bh, j), dv_acc[0], half, a.Dv, 1.0f, t);
+    store_row<kD>(dk + L.dk.at(bh, j), dk_acc[0], half, a.D, float(a.scale), t);
+  }
+}
+
+// dQ for the block's 64 queries, walking the key tiles: S = Q·Kᵀ, dP = dO·Vᵀ, dQ += dS·K.
+template <class H, int kD, class In>
+__global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, const In* v, const float* valid,
+                                                     const float* lse, const float* di, const In* g, In* dq,
+                                                     AttentionShape a, Rows L) {
+  constexpr int kN = kDqKeys, kLd = padded<kD>();
+  extern __shared__ unsigned char smem[];
+  Carve cv{smem};
+  H *Qs = cv.take<H>(kBwdRows * kLd), *Gs = cv.take<H>(kBwdRows * kLd), *Ks = cv.take<H>(kN * kLd),
+    *Vs = cv.take<H>(kN * kLd);
+  const int w = threadIdx.x / 32, lane = threadIdx.x & 31, gi = lane >> 2, t = lane & 3;
+  const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBwdRows;
+  const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
+  const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
+  const float scale2 = float(a.scale) * kLog2e;
+  stage<H, kD, kBwdRows>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+  stage<H, kD, kBwdRows>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
+  float lse2[2], drow[2];  // the lane's two rows' lse·log2 e and Di
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t i = i0 + 16 * w + gi + 8 * half;
+    lse2[half] = i < a.Tq ? lse[bh * a.Tq + i] * kLog2e : INFINITY;
+    drow[half] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
+  }
+  float dq_acc[1][kD / 8][4];
+  zero(dq_acc);
+  const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBwdRows - 1) + 1) : a.Tk;
+  for (int64_t j0 = 0; j0 < kend; j0 += kN) {
+    __syncthreads();
+    stage<H, kD, kN>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
+    __syncthreads();
+    float s[1][kN / 8][4], dp[1][kN / 8][4];
+    gemm_nt<H, kD, 1, kN>(s, Qs, 16 * w, Ks, lane);
+    gemm_nt<H, kD, 1, kN>(dp, Gs, 16 * w, Vs, lane);
+    probabilities_and_ds<kN>(
+        a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + 16 * w + r, j = j0 + c; },
+        [&](int r, int, float& l2, float& d) { l2 = lse2[r >> 3], d = drow[r >> 3]; });
+    gemm_pb<H, kD, 1, kN>(dq_acc, dp, Ks, lane);  // dQ += dS·K
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t i = i0 + 16 * w + gi + 8 * half;
+    if (i < a.Tq) store_row<kD>(dq + L.dq.at(bh, i), dq_acc[0], half, a.D, float(a.scale), t);
+  }
 }
 
 template <class H, int kD, class In>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
   ForwardArgs<In, float> p(q, k, v, valid, out, lse);
-  size_t smem = shared_bytes<kD>();
+  size_t smem = shared_bytes<kD>(fwd_rows<kD>() + 2 * kFwdKeys, 0);
   allow_shared(forward_kernel<H, kD, In>, smem);
-  dim3 grid(unsigned((a.Tq + block_rows<kD>() - 1) / block_rows<kD>()), unsigned(a.BH));
+  dim3 grid(unsigned((a.Tq + fwd_rows<kD>() - 1) / fwd_rows<kD>()), unsigned(a.BH));
   forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
 }
-}  // namespace fa
+
+template <class H, int kD, class In>
+void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
+                     const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
+                     const Tensor& dv) {
+  BackwardArgs<In, float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
+  size_t smem_kv = shared_bytes<kD>(2 * kBwdRows + 2 * dkv_queries<kD>(), 2 * dkv_queries<kD>());
+  allow_shared(dkv_kernel<H, kD, In>, smem_kv);
+  dkv_kernel<H, kD, In><<<dim3(unsigned((a.Tk + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dk.device_data()), static_cast<In*>(dv.device_data()),
+      a, p.L);
+  size_t smem_q = shared_bytes<kD>(2 * kBwdRows + 2 * kDqKeys, 0);
+  allow_shared(dq_kernel<H, kD, In>, smem_q);
+  dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
+      p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);
+}
 
 }  // namespace tc
 
@@ -806,7 +769,7 @@ bool attention_forward(const AttentionShape& a, const Tensor& q, const Tensor& k
     using T = typename decltype(tag)::type;
     constexpr int kD = decltype(kd)::value;
     if constexpr (decltype(tag)::tensor_cores)
-      tc::fa::forward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse);
+      tc::forward_launch<T, kD, typename decltype(tag)::input>(a, q, k, v, valid, out, lse);
     else forward_launch<T, kD>(a, q, k, v, valid, out, lse);
   });
   if (ok) LD_CUDA_LAUNCHED("scaled_dot_product_attention");

@@ -339,7 +339,7 @@ inline void wait_at(Thread::State s) {
 }
 
 inline void syncthreads() { wait_at(Thread::State::at_block_barrier); }
-// The lanes of the running warp meet (warp-collective operations: WMMA loads).
+// The lanes of the running warp meet (__syncwarp).
 inline void warp_sync() { wait_at(Thread::State::at_warp_barrier); }
 
 // A warp shuffle: every lane publishes its value, the warp meets, each lane reads the value of lane src(lane) of
