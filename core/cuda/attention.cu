@@ -9,8 +9,8 @@
 // key_valid [B, Tk]. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
 // of [B, H, T, D] (the heads of a fused QKV projection), O, dQ, dK, dV are written as [B, T, H, D] rows, so no
 // head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
-// composite). In f32/f64 the arithmetic is plain FMA (the kernels below); under bf16/f16 autocast, or for half
-// q, k, v, the tensor-core kernels of namespace tc (mma.sync, FlashAttention-2's register-resident form).
+// composite). In f64 the arithmetic is plain FMA (the kernels below); in f32 (as 3xTF32), under bf16/f16 autocast
+// and for half q, k, v, the tensor-core kernels of namespace tc (mma.sync, FlashAttention-2's register-resident form).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -344,10 +344,12 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <class H> __device__ H to_half(float x);
 template <> __device__ __nv_bfloat16 to_half<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __half to_half<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ float to_half<float>(float x) { return x; }  // the 3xTF32 path keeps f32 tiles
 
 // Shared tiles hold kD + 8 halves a row: the 8 rows an ldmatrix phase reads then start in 8 distinct 16-byte bank
-// groups (kD halves a row would put them all in the same ones for kD = 64 and 128).
-template <int kD> __host__ __device__ constexpr int padded() { return kD + 8; }
+// groups (kD halves a row would put them all in the same ones for kD = 64 and 128). f32 tiles (3xTF32) hold kD + 4
+// floats: a fragment load's 32 lanes (8 rows × 4 columns) then hit 32 distinct banks.
+template <int kD, class H> __host__ __device__ constexpr int padded() { return kD + (sizeof(H) == 2 ? 8 : 4); }
 
 // Carves the block's dynamic shared memory into 32-byte-aligned arrays (ldmatrix and 16-byte stores need 16).
 struct Carve {
@@ -358,19 +360,20 @@ struct Carve {
     return out;
   }
 };
-// Bytes for half tiles of `rows` padded rows in all, plus `floats` row statistics (each array rounded to 32).
-template <int kD> constexpr size_t shared_bytes(int rows, int floats) {
-  return size_t(rows) * padded<kD>() * 2 + 32 * 4 + size_t(floats) * 4 + 32 * 2;
+// Bytes for H tiles of `rows` padded rows in all, plus `floats` row statistics (each array rounded to 32).
+template <int kD, class H> constexpr size_t shared_bytes(int rows, int floats) {
+  return size_t(rows) * padded<kD, H>() * sizeof(H) + 32 * 4 + size_t(floats) * 4 + 32 * 2;
 }
 
 // rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
 // `width`), into shared rows kLd apart.
-// Rows of full width (width = kD) whose elements start 16-byte aligned and stay so row to row go 8 elements at a
-// time: one 16-byte load of half rows (two of f32 rows) and one 16-byte shared store per thread and step, instead of
-// 8 scalar ones — the staging of the K/V tiles otherwise issues as many load/store instructions as the MMAs need.
+// Rows of full width (width = kD) whose elements start 16-byte aligned and stay so row to row go 16 bytes of the
+// tile at a time (8 halves or 4 floats): one 16-byte load (two of f32 rows for a half tile) and one 16-byte shared
+// store per thread and step, instead of 8 or 4 scalar ones — the staging of the K/V tiles otherwise issues as many
+// load/store instructions as the MMAs need.
 template <class H, int kD, int kTileRows, int kLd, class In>
 __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
-  constexpr int kV = 8, kPerRow = kD / kV;
+  constexpr int kV = 16 / sizeof(H), kPerRow = kD / kV;
   if (kD % kV != 0 || width != kD || ld % kV != 0 || reinterpret_cast<uintptr_t>(src) % (kV * sizeof(In)) != 0)
     return false;
   for (int t = threadIdx.x; t < kTileRows * kPerRow; t += blockDim.x) {
@@ -381,7 +384,7 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
       const In* s = src + row * ld + c;
       if constexpr (std::is_same_v<In, H>) {
         packed = *reinterpret_cast<const uint4*>(s);
-      } else {
+      } else if constexpr (sizeof(H) == 2) {
         float4 lo = reinterpret_cast<const float4*>(s)[0], hi = reinterpret_cast<const float4*>(s)[1];
         H h[kV] = {to_half<H>(float(lo.x)), to_half<H>(float(lo.y)), to_half<H>(float(lo.z)), to_half<H>(float(lo.w)),
                    to_half<H>(float(hi.x)), to_half<H>(float(hi.y)), to_half<H>(float(hi.z)), to_half<H>(float(hi.w))};
@@ -395,7 +398,7 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
 
 template <class H, int kD, int kTileRows, class In>
 __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
-  constexpr int kLd = padded<kD>();
+  constexpr int kLd = padded<kD, H>();
   if constexpr (std::is_same_v<In, H> || std::is_same_v<In, float>)
     if (stage_vectorized<H, kD, kTileRows, kLd, In>(dst, src, ld, first, total, width)) return;
   for (int t = threadIdx.x; t < kTileRows * kD; t += blockDim.x) {
@@ -405,61 +408,119 @@ __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t 
   }
 }
 
+// The tile column (key, or query in the transposed products) of element e (0, 1: the pair of columns) of n-tile nt
+// of a C fragment from gemm_nt, for lane t of its group. Half tiles: columns 2t, 2t+1 as the fragment layout says.
+// f32 tiles: gemm_nt reads B's rows permuted within each 8 (C column 2u holds row u, column 2u+1 row u+4), so that a
+// lane's pair is (t, t+4) — exactly the A fragment of the next, m16n8k8 tf32, product: P·V needs no shuffles.
+template <class H> __device__ __forceinline__ int column(int nt, int t, int e) {
+  return sizeof(H) == 2 ? 8 * nt + 2 * t + e : 8 * nt + t + 4 * e;
+}
+
 // s = A·Bᵀ for the warp's rows: A's rows a_row0 + 16·mt.. and B's kN rows (both shared tiles of kD columns):
-// scores Q·Kᵀ, their transpose K·Qᵀ, dO·Vᵀ, V·dOᵀ. Per 16 columns of the head dim the warp loads its A fragments,
-// then two 8-row n-tiles of B per ldmatrix.
+// scores Q·Kᵀ, their transpose K·Qᵀ, dO·Vᵀ, V·dOᵀ. Half tiles: per 16 columns of the head dim the warp loads its A
+// fragments, then two 8-row n-tiles of B per ldmatrix. f32 tiles: per 8 columns, fragments split into 3xTF32 pairs.
 template <class H, int kD, int kM, int kN>
 __device__ void gemm_nt(float (&s)[kM][kN / 8][4], const H* A, int a_row0, const H* B, int lane) {
-  constexpr int kLd = padded<kD>();
+  constexpr int kLd = padded<kD, H>();
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt)
 #pragma unroll
     for (int nt = 0; nt < kN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+  if constexpr (std::is_same_v<H, float>) {
+    const int g = lane >> 2, t = lane & 3, brow = (g >> 1) + 4 * (g & 1);  // B's row for C column g (see column())
 #pragma unroll
-  for (int kk = 0; kk < kD; kk += 16) {
-    uint32_t af[kM][4];
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt)
-      ptx::ldmatrix_x4<false>(af[mt], ptx::ldmatrix_row<true>(A, kLd, a_row0 + 16 * mt, kk, lane));
-#pragma unroll
-    for (int nt = 0; nt < kN / 8; nt += 2) {
-      uint32_t bf[4];
-      ptx::ldmatrix_x4<false>(bf, ptx::ldmatrix_row<false>(B, kLd, 8 * nt, kk, lane));
+    for (int kk = 0; kk < kD; kk += 8) {
+      uint32_t ab[kM][4], as[kM][4];
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
-        ptx::mma_16816<H>(s[mt][nt], af[mt], bf[0], bf[1]);
-        ptx::mma_16816<H>(s[mt][nt + 1], af[mt], bf[2], bf[3]);
+        const float* a = A + (a_row0 + 16 * mt + g) * kLd + kk + t;
+        const float x[4] = {a[0], a[8 * kLd], a[4], a[8 * kLd + 4]};
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          ptx::Tf32Pair p = ptx::split_tf32(x[r]);
+          ab[mt][r] = p.big, as[mt][r] = p.small;
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) {
+        const float* b = B + (8 * nt + brow) * kLd + kk + t;
+        ptx::Tf32Pair b0 = ptx::split_tf32(b[0]), b1 = ptx::split_tf32(b[4]);
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) ptx::mma_1688_3xtf32(s[mt][nt], ab[mt], as[mt], b0, b1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < kD; kk += 16) {
+      uint32_t af[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt)
+        ptx::ldmatrix_x4<false>(af[mt], ptx::ldmatrix_row<true>(A, kLd, a_row0 + 16 * mt, kk, lane));
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; nt += 2) {
+        uint32_t bf[4];
+        ptx::ldmatrix_x4<false>(bf, ptx::ldmatrix_row<false>(B, kLd, 8 * nt, kk, lane));
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          ptx::mma_16816<H>(s[mt][nt], af[mt], bf[0], bf[1]);
+          ptx::mma_16816<H>(s[mt][nt + 1], af[mt], bf[2], bf[3]);
+        }
       }
     }
   }
 }
 
-// acc += P·B: P the warp's rows × kN (C fragments, rounded to H here), B a kN × kD shared tile — P·V, Pᵀ·dO,
-// dSᵀ·Q, dS·K. The C fragments of n-tiles 2c and 2c+1 are the A fragment of columns 16c..16c+15; B is read
-// transposed, two 8-column d-tiles per ldmatrix.
+// acc += P·B: P the warp's rows × kN (C fragments from gemm_nt, rounded to H here), B a kN × kD shared tile — P·V,
+// Pᵀ·dO, dSᵀ·Q, dS·K. Half tiles: the C fragments of n-tiles 2c and 2c+1 are the A fragment of columns
+// 16c..16c+15; B is read transposed, two 8-column d-tiles per ldmatrix. f32 tiles: n-tile c's C fragment is the A
+// fragment (3xTF32) of columns 8c..8c+7, by gemm_nt's column order.
 template <class H, int kD, int kM, int kN>
 __device__ void gemm_pb(float (&acc)[kM][kD / 8][4], const float (&p)[kM][kN / 8][4], const H* B, int lane) {
-  constexpr int kLd = padded<kD>();
+  constexpr int kLd = padded<kD, H>();
+  if constexpr (std::is_same_v<H, float>) {
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int c = 0; c < kN / 16; ++c) {
-    uint32_t pa[kM][4];
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt) {
-      pa[mt][0] = ptx::pack_half2<H>(p[mt][2 * c][0], p[mt][2 * c][1]);
-      pa[mt][1] = ptx::pack_half2<H>(p[mt][2 * c][2], p[mt][2 * c][3]);
-      pa[mt][2] = ptx::pack_half2<H>(p[mt][2 * c + 1][0], p[mt][2 * c + 1][1]);
-      pa[mt][3] = ptx::pack_half2<H>(p[mt][2 * c + 1][2], p[mt][2 * c + 1][3]);
-    }
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; dt += 2) {
-      uint32_t bf[4];
-      ptx::ldmatrix_x4<true>(bf, ptx::ldmatrix_row<true>(B, kLd, 16 * c, 8 * dt, lane));
+    for (int c = 0; c < kN / 8; ++c) {
+      uint32_t ab[kM][4], as[kM][4];
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
-        ptx::mma_16816<H>(acc[mt][dt], pa[mt], bf[0], bf[1]);
-        ptx::mma_16816<H>(acc[mt][dt + 1], pa[mt], bf[2], bf[3]);
+        const float x[4] = {p[mt][c][0], p[mt][c][2], p[mt][c][1], p[mt][c][3]};  // (g, t) (g+8, t) (g, t+4) (g+8, t+4)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          ptx::Tf32Pair q = ptx::split_tf32(x[r]);
+          ab[mt][r] = q.big, as[mt][r] = q.small;
+        }
+      }
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; ++dt) {
+        const float* b = B + (8 * c + t) * kLd + 8 * dt + g;
+        ptx::Tf32Pair b0 = ptx::split_tf32(b[0]), b1 = ptx::split_tf32(b[4 * kLd]);
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) ptx::mma_1688_3xtf32(acc[mt][dt], ab[mt], as[mt], b0, b1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kN / 16; ++c) {
+      uint32_t pa[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        pa[mt][0] = ptx::pack_half2<H>(p[mt][2 * c][0], p[mt][2 * c][1]);
+        pa[mt][1] = ptx::pack_half2<H>(p[mt][2 * c][2], p[mt][2 * c][3]);
+        pa[mt][2] = ptx::pack_half2<H>(p[mt][2 * c + 1][0], p[mt][2 * c + 1][1]);
+        pa[mt][3] = ptx::pack_half2<H>(p[mt][2 * c + 1][2], p[mt][2 * c + 1][3]);
+      }
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; dt += 2) {
+        uint32_t bf[4];
+        ptx::ldmatrix_x4<true>(bf, ptx::ldmatrix_row<true>(B, kLd, 16 * c, 8 * dt, lane));
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          ptx::mma_16816<H>(acc[mt][dt], pa[mt], bf[0], bf[1]);
+          ptx::mma_16816<H>(acc[mt][dt + 1], pa[mt], bf[2], bf[3]);
+        }
       }
     }
   }
@@ -495,7 +556,7 @@ constexpr int kFwdKeys = 64;
 template <class H, int kD, class In>
 __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* k, const In* v, const float* valid,
                                                           In* out, float* lse, AttentionShape a, Rows L) {
-  constexpr int kM = fwd_m_tiles<kD>(), kN = kFwdKeys, kBlockRows = fwd_rows<kD>(), kLd = padded<kD>();
+  constexpr int kM = fwd_m_tiles<kD>(), kN = kFwdKeys, kBlockRows = fwd_rows<kD>(), kLd = padded<kD, H>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kBlockRows * kLd), *Ks = cv.take<H>(kN * kLd), *Vs = cv.take<H>(kN * kLd);
@@ -537,8 +598,8 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
           for (int e = 0; e < 2; ++e) {
             float& x = s[mt][nt][2 * half + e];
             x *= scale2;
-            if (edge && !(i < a.Tq && j0 + 8 * nt + 2 * t + e < a.Tk && visible(a, i, j0 + 8 * nt + 2 * t + e, vrow)))
-              x = -INFINITY;
+            const int64_t j = j0 + column<H>(nt, t, e);
+            if (edge && !(i < a.Tq && j < a.Tk && visible(a, i, j, vrow))) x = -INFINITY;
             mx = fmaxf(mx, x);  // NaN scores skip the maximum and reach P (and the output) below
           }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -587,14 +648,14 @@ constexpr int kDqKeys = 64;
 
 // P and dS in place of the scores s and dp (row r, column c of the tile: query, key given by at(r, c) → (i, j)).
 // Ls and Ds are per-column (dK/dV: queries are columns) or per-row (dQ) values, picked by stat(r, c).
-template <int kN, class Pos, class Stat>
+template <class H, int kN, class Pos, class Stat>
 __device__ void probabilities_and_ds(const AttentionShape& a, const float* vrow, float (&s)[1][kN / 8][4],
                                      float (&dp)[1][kN / 8][4], float scale2, int g, int t, Pos at, Stat stat) {
 #pragma unroll
   for (int nt = 0; nt < kN / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int r = g + 8 * (e >> 1), c = 8 * nt + 2 * t + (e & 1);
+      const int r = g + 8 * (e >> 1), c = column<H>(nt, t, e & 1);
       int64_t i, j;
       at(r, c, i, j);
       float lse2, di;
@@ -611,7 +672,7 @@ template <class H, int kD, class In>
 __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, const In* v, const float* valid,
                                                       const float* lse, const float* di, const In* g, In* dk, In* dv,
                                                       AttentionShape a, Rows L) {
-  constexpr int kN = dkv_queries<kD>(), kLd = padded<kD>();
+  constexpr int kN = dkv_queries<kD>(), kLd = padded<kD, H>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Ks = cv.take<H>(kBwdRows * kLd), *Vs = cv.take<H>(kBwdRows * kLd), *Qs = cv.take<H>(kN * kLd),
@@ -642,7 +703,7 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
     float s[1][kN / 8][4], dp[1][kN / 8][4];
     gemm_nt<H, kD, 1, kN>(s, Ks, 16 * w, Qs, lane);  // rows: the warp's keys; columns: the tile's queries
     gemm_nt<H, kD, 1, kN>(dp, Vs, 16 * w, Gs, lane);
-    probabilities_and_ds<kN>(
+    probabilities_and_ds<H, kN>(
         a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + c, j = j0 + 16 * w + r; },
         [&](int, int c, float& l2, float& d) { l2 = Ls[c], d = Ds[c]; });
     gemm_pb<H, kD, 1, kN>(dv_acc, s, Gs, lane);   // dV += Pᵀ·dO
@@ -662,7 +723,7 @@ template <class H, int kD, class In>
 __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, const In* v, const float* valid,
                                                      const float* lse, const float* di, const In* g, In* dq,
                                                      AttentionShape a, Rows L) {
-  constexpr int kN = kDqKeys, kLd = padded<kD>();
+  constexpr int kN = kDqKeys, kLd = padded<kD, H>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
   H *Qs = cv.take<H>(kBwdRows * kLd), *Gs = cv.take<H>(kBwdRows * kLd), *Ks = cv.take<H>(kN * kLd),
@@ -692,7 +753,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
     float s[1][kN / 8][4], dp[1][kN / 8][4];
     gemm_nt<H, kD, 1, kN>(s, Qs, 16 * w, Ks, lane);
     gemm_nt<H, kD, 1, kN>(dp, Gs, 16 * w, Vs, lane);
-    probabilities_and_ds<kN>(
+    probabilities_and_ds<H, kN>(
         a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + 16 * w + r, j = j0 + c; },
         [&](int r, int, float& l2, float& d) { l2 = lse2[r >> 3], d = drow[r >> 3]; });
     gemm_pb<H, kD, 1, kN>(dq_acc, dp, Ks, lane);  // dQ += dS·K
@@ -708,7 +769,7 @@ template <class H, int kD, class In>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
   ForwardArgs<In, float> p(q, k, v, valid, out, lse);
-  size_t smem = shared_bytes<kD>(fwd_rows<kD>() + 2 * kFwdKeys, 0);
+  size_t smem = shared_bytes<kD, H>(fwd_rows<kD>() + 2 * kFwdKeys, 0);
   allow_shared(forward_kernel<H, kD, In>, smem);
   dim3 grid(unsigned((a.Tq + fwd_rows<kD>() - 1) / fwd_rows<kD>()), unsigned(a.BH));
   forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
@@ -719,12 +780,12 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
   BackwardArgs<In, float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
-  size_t smem_kv = shared_bytes<kD>(2 * kBwdRows + 2 * dkv_queries<kD>(), 2 * dkv_queries<kD>());
+  size_t smem_kv = shared_bytes<kD, H>(2 * kBwdRows + 2 * dkv_queries<kD>(), 2 * dkv_queries<kD>());
   allow_shared(dkv_kernel<H, kD, In>, smem_kv);
   dkv_kernel<H, kD, In><<<dim3(unsigned((a.Tk + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dk.device_data()), static_cast<In*>(dv.device_data()),
       a, p.L);
-  size_t smem_q = shared_bytes<kD>(2 * kBwdRows + 2 * kDqKeys, 0);
+  size_t smem_q = shared_bytes<kD, H>(2 * kBwdRows + 2 * kDqKeys, 0);
   allow_shared(dq_kernel<H, kD, In>, smem_q);
   dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);
@@ -733,8 +794,9 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 }  // namespace tc
 
 // The kernel for a call: f(tag, kD) with kD the padded head dim (16/32/64/128) holding max(D, Dv), and tag
-// Fma<float|double> (the FMA kernels) or Tc<bf16|f16> (tensor cores, under autocast, f32 activations). False
-// for a shape none handles (head dims above 128, f64 under autocast): the op then runs its composite.
+// Fma<double> (the FMA kernels) or Tc<H, In> (tensor cores: H = bf16/f16 under autocast or for half activations,
+// H = float for f32 without autocast, as 3xTF32 — f32 accuracy, as PyTorch's f32 SDPA on sm80+). False for a shape
+// none handles (head dims above 128, f64 under autocast): the op then runs its composite.
 template <class T> struct Fma { using type = T; using input = T; static constexpr bool tensor_cores = false; };
 template <class H, class In> struct Tc { using type = H; using input = In; static constexpr bool tensor_cores = true; };
 
@@ -752,7 +814,7 @@ bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
   else if (dt == DType::f16) dims(Tc<__half, __half>{});
   else if (a.autocast == DType::bf16 && dt == DType::f32) dims(Tc<__nv_bfloat16, float>{});
   else if (a.autocast == DType::f16 && dt == DType::f32) dims(Tc<__half, float>{});
-  else if (a.autocast == DType::f32 && dt == DType::f32) dims(Fma<float>{});
+  else if (a.autocast == DType::f32 && dt == DType::f32) dims(Tc<float, float>{});  // 3xTF32 tensor cores
   else if (a.autocast == DType::f32 && dt == DType::f64) dims(Fma<double>{});
   else return false;
   return true;

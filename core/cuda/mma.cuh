@@ -1,6 +1,6 @@
 #pragma once
 // Warp-level tensor-core instructions as PTX (sm_80+): mma.sync m16n8k16 with bf16/f16 operands and f32
-// accumulators, and ldmatrix (x4, optionally transposed) to load their operands from shared memory. Unlike WMMA,
+// accumulators, m16n8k8 with tf32 operands (and f32 products from three of them), and ldmatrix (x4, optionally transposed) to load their operands from shared memory. Unlike WMMA,
 // the fragment layouts are specified (PTX ISA, "Matrix Fragments for mma.m16n8k16"), so a kernel can keep an
 // accumulator in registers and apply row-wise math to it, and reuse a C fragment as the next product's A operand
 // (FlashAttention-2's P·V). With lane = 4·g + t (g = lane / 4, t = lane % 4):
@@ -40,6 +40,53 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 #else
   __trap();  // built only for sm_80 and later; an older device never launches these kernels
 #endif
+}
+
+// d += A·B with tf32 operands (m16n8k8): f32 registers of which the tensor cores read the top 19 bits. Layouts
+// (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32): a[0] = (row g, col t), a[1] = (row g+8, col t),
+// a[2] = (row g, col t+4), a[3] = (row g+8, col t+4); b0 = (row t, col g), b1 = (row t+4, col g); C, D as above.
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  ::emu::mma_m16n8k8_tf32(d, a, b0, b1);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+// x rounded to tf32 (nearest, ties away from zero), as f32 bits.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  return ::emu::cvt_rna_tf32(x);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t out;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(out) : "f"(x));
+  return out;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+// 3xTF32 (CUTLASS's "fast f32"): x = big + small, both tf32, and a·b ≈ small_a·big_b + big_a·small_b + big_a·big_b
+// (the small·small term, ~2⁻²² relative, dropped; the small terms first, while the sum is small): f32 accuracy at
+// three tensor-core products.
+struct Tf32Pair {
+  uint32_t big, small;
+};
+__device__ __forceinline__ Tf32Pair split_tf32(float x) {
+  uint32_t big = to_tf32(x);
+  return {big, to_tf32(x - __uint_as_float(big))};
+}
+__device__ __forceinline__ void mma_1688_3xtf32(float (&d)[4], const uint32_t (&a_big)[4],
+                                                const uint32_t (&a_small)[4], Tf32Pair b0, Tf32Pair b1) {
+  mma_1688_tf32(d, a_small, b0.big, b1.big);
+  mma_1688_tf32(d, a_big, b0.small, b1.small);
+  mma_1688_tf32(d, a_big, b0.big, b1.big);
 }
 
 // The four 8 × 8 matrices whose row `row` this lane addresses (see above), as fragments.

@@ -250,6 +250,11 @@ inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16_raw{lian
 inline __half __float2half_rn(float f) { return __half_raw{liandan::float_to_f16(f)}; }
 inline __half __double2half(double d) { return __half_raw{liandan::float16(d).bits}; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 inline unsigned short __half_as_ushort(__half h) { return h.x; }
 
 // ---------------------------------------------------------------- device math CUDA has and C++ lacks
@@ -406,6 +411,47 @@ inline void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], uint3
     for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
     d[e] = acc;
   }
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d += A·B for a 16 × 8 A and 8 × 8 B of tf32 (f32 bits whose
+// low 13 mantissa bits the tensor cores ignore: cleared here). A's registers hold (row g, col t), (row g+8, col t),
+// (row g, col t+4), (row g+8, col t+4); B's (row t, col g), (row t+4, col g); d as for m16n8k16. The products of two
+// tf32 values are exact in f32; sums in f32, k in order.
+inline float tf32_operand(uint32_t bits) {
+  bits &= 0xFFFFE000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct Operands { uint32_t a[4], b[2]; };
+  auto all = warp_gather(Operands{{a[0], a[1], a[2], a[3]}, {b0, b1}});
+  float A[16][8], B[8][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    int g = lane >> 2, t = lane & 3;
+    const Operands& o = all[size_t(lane)];
+    A[g][t] = tf32_operand(o.a[0]);
+    A[g + 8][t] = tf32_operand(o.a[1]);
+    A[g][t + 4] = tf32_operand(o.a[2]);
+    A[g + 8][t + 4] = tf32_operand(o.a[3]);
+    B[t][g] = tf32_operand(o.b[0]);
+    B[t + 4][g] = tf32_operand(o.b[1]);
+  }
+  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float acc = d[e];
+    for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
+    d[e] = acc;
+  }
+}
+
+// cvt.rna.tf32.f32: x rounded to tf32 (10 mantissa bits; to nearest, ties away from zero), as f32 bits.
+inline uint32_t cvt_rna_tf32(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  if ((bits & 0x7F800000u) == 0x7F800000u) return bits;  // inf, NaN
+  return (bits + 0x1000u) & 0xFFFFE000u;  // sign-magnitude: adding half an ulp of tf32 rounds the magnitude up at ties
 }
 
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i..8i+7 give the row addresses (8 16-bit elements each)
