@@ -361,8 +361,19 @@ struct Carve {
   }
 };
 // Bytes for H tiles of `rows` padded rows in all, plus `floats` row statistics (each array rounded to 32).
-template <int kD, class H> constexpr size_t shared_bytes(int rows, int floats) {
-  return size_t(rows) * padded<kD, H>() * sizeof(H) + 32 * 4 + size_t(floats) * 4 + 32 * 2;
+template <int kD, class H> __host__ __device__ constexpr size_t shared_bytes(int rows, int floats) {
+  return size_t(rows) * padded<kD, H>() * sizeof(H) + 32 * 8 + size_t(floats) * 4 + 32 * 4;
+}
+// Buffers for the streamed tiles (kTileRows rows each, plus kFloats statistics) next to kFixedRows rows staged once:
+// two if that fits in 110 KiB (two blocks an SM), else one.
+template <int kD, class H, int kFixedRows, int kTileRows, int kFloats>
+__host__ __device__ constexpr int stream_stages() {
+  return shared_bytes<kD, H>(kFixedRows + 2 * kTileRows, 2 * kFloats) <= 110 * 1024 ? 2 : 1;
+}
+template <int kD, class H, int kFixedRows, int kTileRows, int kFloats>
+__host__ __device__ constexpr size_t stream_shared_bytes() {
+  constexpr int n = stream_stages<kD, H, kFixedRows, kTileRows, kFloats>();
+  return shared_bytes<kD, H>(kFixedRows + n * kTileRows, n * kFloats);
 }
 
 // rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
@@ -383,7 +394,8 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
     if (row < total) {
       const In* s = src + row * ld + c;
       if constexpr (std::is_same_v<In, H>) {
-        packed = *reinterpret_cast<const uint4*>(s);
+        ptx::cp_async_16(dst + r * kLd + c, s);  // straight to shared memory; waited for before the tile's barrier
+        continue;
       } else if constexpr (sizeof(H) == 2) {
         float4 lo = reinterpret_cast<const float4*>(s)[0], hi = reinterpret_cast<const float4*>(s)[1];
         H h[kV] = {to_half<H>(float(lo.x)), to_half<H>(float(lo.y)), to_half<H>(float(lo.z)), to_half<H>(float(lo.w)),
@@ -406,6 +418,27 @@ __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t 
     int64_t row = first + r;
     dst[r * kLd + c] = to_half<H>((row < total && c < width) ? float(widen(src[row * ld + c])) : 0.0f);
   }
+}
+
+// The loop over a kernel's streamed tiles (keys, or queries in the dK/dV kernel): x0 = first, first + step, … < end.
+// stage_tile(x0, buf) fills buffer buf with tile x0; body(x0, buf) computes on it. Two buffers where shared memory
+// allows (kStages = 2): the next tile's copies (cp.async where the rows allow) are issued before the current tile's
+// products, so they overlap, and one block barrier per tile both publishes a tile and retires the buffer it reuses.
+template <int kStages, class StageTile, class Body>
+__device__ void stream_tiles(int64_t first, int64_t end, int64_t step, StageTile stage_tile, Body body) {
+  if (kStages == 2 && first < end) stage_tile(first, 0);
+  int buf = 0;
+  for (int64_t x0 = first; x0 < end; x0 += step, buf = kStages == 2 ? buf ^ 1 : 0) {
+    if (kStages == 1) {
+      __syncthreads();  // every warp is done with the previous tile
+      stage_tile(x0, 0);
+    }
+    ptx::cp_async_wait_all();
+    __syncthreads();  // the tile is in (and, with two buffers, every warp is done with the other one)
+    if (kStages == 2 && x0 + step < end) stage_tile(x0 + step, buf ^ 1);
+    body(x0, buf);
+  }
+  ptx::cp_async_wait_all();  // (no copy outlives the kernel, even when the loop ran no tile)
 }
 
 // The tile column (key, or query in the transposed products) of element e (0, 1: the pair of columns) of n-tile nt
@@ -557,9 +590,12 @@ template <class H, int kD, class In>
 __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* k, const In* v, const float* valid,
                                                           In* out, float* lse, AttentionShape a, Rows L) {
   constexpr int kM = fwd_m_tiles<kD>(), kN = kFwdKeys, kBlockRows = fwd_rows<kD>(), kLd = padded<kD, H>();
+  constexpr int kStages = stream_stages<kD, H, kBlockRows, 2 * kN, 0>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  H *Qs = cv.take<H>(kBlockRows * kLd), *Ks = cv.take<H>(kN * kLd), *Vs = cv.take<H>(kN * kLd);
+  H* Qs = cv.take<H>(kBlockRows * kLd);
+  H *Ks[kStages], *Vs[kStages];
+  for (int b = 0; b < kStages; ++b) Ks[b] = cv.take<H>(kN * kLd), Vs[b] = cv.take<H>(kN * kLd);
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBlockRows;
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
@@ -575,13 +611,13 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
   for (int mt = 0; mt < kM; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
   auto row_of = [&](int mt, int half) { return i0 + 16 * (kM * w + mt) + g + 8 * half; };
   const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBlockRows - 1) + 1) : a.Tk;
-  for (int64_t j0 = 0; j0 < kend; j0 += kN) {
-    __syncthreads();  // every warp is done with the previous K/V tile (and, the first time, Q is staged)
-    stage<H, kD, kN>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-    stage<H, kD, kN>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
-    __syncthreads();
+  auto stage_kv = [&](int64_t j0, int b) {
+    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);
+  };
+  stream_tiles<kStages>(0, kend, kN, stage_kv, [&](int64_t j0, int b) {
     float s[kM][kN / 8][4];
-    gemm_nt<H, kD, kM, kN>(s, Qs, 16 * kM * w, Ks, lane);
+    gemm_nt<H, kD, kM, kN>(s, Qs, 16 * kM * w, Ks[b], lane);
 
     // Mask (only where the tile reaches past Tk, crosses the causal diagonal, or a key mask is given), scale, and
     // the online softmax, in place: s becomes P = 2^(x − m) (x = scale·s·log2 e).
@@ -622,8 +658,8 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
 #pragma unroll
         for (int dt = 0; dt < kD / 8; ++dt) o[mt][dt][2 * half] *= corr, o[mt][dt][2 * half + 1] *= corr;
       }
-    gemm_pb<H, kD, kM, kN>(o, s, Vs, lane);  // O += P·V
-  }
+    gemm_pb<H, kD, kM, kN>(o, s, Vs[b], lane);  // O += P·V
+  });
 
   // Each row's sum over its 4 lanes; O / l and lse = m + log l (natural units), or 0 and +inf for a row that saw no key.
 #pragma unroll
@@ -673,11 +709,14 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
                                                       const float* lse, const float* di, const In* g, In* dk, In* dv,
                                                       AttentionShape a, Rows L) {
   constexpr int kN = dkv_queries<kD>(), kLd = padded<kD, H>();
+  constexpr int kStages = stream_stages<kD, H, 2 * kBwdRows, 2 * kN, 2 * kN>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  H *Ks = cv.take<H>(kBwdRows * kLd), *Vs = cv.take<H>(kBwdRows * kLd), *Qs = cv.take<H>(kN * kLd),
-    *Gs = cv.take<H>(kN * kLd);
-  float *Ls = cv.take<float>(kN), *Ds = cv.take<float>(kN);
+  H *Ks = cv.take<H>(kBwdRows * kLd), *Vs = cv.take<H>(kBwdRows * kLd);
+  H *Qs[kStages], *Gs[kStages];
+  float *Ls[kStages], *Ds[kStages];
+  for (int b = 0; b < kStages; ++b)
+    Qs[b] = cv.take<H>(kN * kLd), Gs[b] = cv.take<H>(kN * kLd), Ls[b] = cv.take<float>(kN), Ds[b] = cv.take<float>(kN);
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31, gi = lane >> 2, t = lane & 3;
   const int64_t bh = blockIdx.y, j0 = int64_t(blockIdx.x) * kBwdRows;
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
@@ -690,25 +729,25 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
   zero(dv_acc);
   // Causal: queries before j0 − (Tk − Tq) see none of this block's keys.
   const int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
-  for (int64_t i0 = istart; i0 < a.Tq; i0 += kN) {
-    __syncthreads();
-    stage<H, kD, kN>(Qs, qb, L.q.st, i0, a.Tq, a.D);
-    stage<H, kD, kN>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
+  auto stage_qg = [&](int64_t i0, int b) {
+    stage<H, kD, kN>(Qs[b], qb, L.q.st, i0, a.Tq, a.D);
+    stage<H, kD, kN>(Gs[b], gb, L.g.st, i0, a.Tq, a.Dv);
     if (threadIdx.x < kN) {
       int64_t i = i0 + threadIdx.x;
-      Ls[threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] * kLog2e : INFINITY;
-      Ds[threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
+      Ls[b][threadIdx.x] = i < a.Tq ? lse[bh * a.Tq + i] * kLog2e : INFINITY;
+      Ds[b][threadIdx.x] = i < a.Tq ? di[bh * a.Tq + i] : 0.0f;
     }
-    __syncthreads();
+  };
+  stream_tiles<kStages>(istart, a.Tq, kN, stage_qg, [&](int64_t i0, int b) {
     float s[1][kN / 8][4], dp[1][kN / 8][4];
-    gemm_nt<H, kD, 1, kN>(s, Ks, 16 * w, Qs, lane);  // rows: the warp's keys; columns: the tile's queries
-    gemm_nt<H, kD, 1, kN>(dp, Vs, 16 * w, Gs, lane);
+    gemm_nt<H, kD, 1, kN>(s, Ks, 16 * w, Qs[b], lane);  // rows: the warp's keys; columns: the tile's queries
+    gemm_nt<H, kD, 1, kN>(dp, Vs, 16 * w, Gs[b], lane);
     probabilities_and_ds<H, kN>(
         a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + c, j = j0 + 16 * w + r; },
-        [&](int, int c, float& l2, float& d) { l2 = Ls[c], d = Ds[c]; });
-    gemm_pb<H, kD, 1, kN>(dv_acc, s, Gs, lane);   // dV += Pᵀ·dO
-    gemm_pb<H, kD, 1, kN>(dk_acc, dp, Qs, lane);  // dK += dSᵀ·Q
-  }
+        [&](int, int c, float& l2, float& d) { l2 = Ls[b][c], d = Ds[b][c]; });
+    gemm_pb<H, kD, 1, kN>(dv_acc, s, Gs[b], lane);   // dV += Pᵀ·dO
+    gemm_pb<H, kD, 1, kN>(dk_acc, dp, Qs[b], lane);  // dK += dSᵀ·Q
+  });
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t j = j0 + 16 * w + gi + 8 * half;
@@ -724,10 +763,12 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
                                                      const float* lse, const float* di, const In* g, In* dq,
                                                      AttentionShape a, Rows L) {
   constexpr int kN = kDqKeys, kLd = padded<kD, H>();
+  constexpr int kStages = stream_stages<kD, H, 2 * kBwdRows, 2 * kN, 0>();
   extern __shared__ unsigned char smem[];
   Carve cv{smem};
-  H *Qs = cv.take<H>(kBwdRows * kLd), *Gs = cv.take<H>(kBwdRows * kLd), *Ks = cv.take<H>(kN * kLd),
-    *Vs = cv.take<H>(kN * kLd);
+  H *Qs = cv.take<H>(kBwdRows * kLd), *Gs = cv.take<H>(kBwdRows * kLd);
+  H *Ks[kStages], *Vs[kStages];
+  for (int b = 0; b < kStages; ++b) Ks[b] = cv.take<H>(kN * kLd), Vs[b] = cv.take<H>(kN * kLd);
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31, gi = lane >> 2, t = lane & 3;
   const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBwdRows;
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
@@ -745,19 +786,19 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
   float dq_acc[1][kD / 8][4];
   zero(dq_acc);
   const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBwdRows - 1) + 1) : a.Tk;
-  for (int64_t j0 = 0; j0 < kend; j0 += kN) {
-    __syncthreads();
-    stage<H, kD, kN>(Ks, kb, L.k.st, j0, a.Tk, a.D);
-    stage<H, kD, kN>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
-    __syncthreads();
+  auto stage_kv = [&](int64_t j0, int b) {
+    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);
+  };
+  stream_tiles<kStages>(0, kend, kN, stage_kv, [&](int64_t j0, int b) {
     float s[1][kN / 8][4], dp[1][kN / 8][4];
-    gemm_nt<H, kD, 1, kN>(s, Qs, 16 * w, Ks, lane);
-    gemm_nt<H, kD, 1, kN>(dp, Gs, 16 * w, Vs, lane);
+    gemm_nt<H, kD, 1, kN>(s, Qs, 16 * w, Ks[b], lane);
+    gemm_nt<H, kD, 1, kN>(dp, Gs, 16 * w, Vs[b], lane);
     probabilities_and_ds<H, kN>(
         a, vrow, s, dp, scale2, gi, t, [&](int r, int c, int64_t& i, int64_t& j) { i = i0 + 16 * w + r, j = j0 + c; },
         [&](int r, int, float& l2, float& d) { l2 = lse2[r >> 3], d = drow[r >> 3]; });
-    gemm_pb<H, kD, 1, kN>(dq_acc, dp, Ks, lane);  // dQ += dS·K
-  }
+    gemm_pb<H, kD, 1, kN>(dq_acc, dp, Ks[b], lane);  // dQ += dS·K
+  });
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t i = i0 + 16 * w + gi + 8 * half;
@@ -769,7 +810,7 @@ template <class H, int kD, class In>
 void forward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid,
                     const Tensor& out, const Tensor& lse) {
   ForwardArgs<In, float> p(q, k, v, valid, out, lse);
-  size_t smem = shared_bytes<kD, H>(fwd_rows<kD>() + 2 * kFwdKeys, 0);
+  size_t smem = stream_shared_bytes<kD, H, fwd_rows<kD>(), 2 * kFwdKeys, 0>();
   allow_shared(forward_kernel<H, kD, In>, smem);
   dim3 grid(unsigned((a.Tq + fwd_rows<kD>() - 1) / fwd_rows<kD>()), unsigned(a.BH));
   forward_kernel<H, kD, In><<<grid, kBlock, smem, p.stream>>>(p.q, p.k, p.v, p.valid, p.out, p.lse, a, p.L);
@@ -780,12 +821,12 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
                      const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                      const Tensor& dv) {
   BackwardArgs<In, float> p(a, q, k, v, valid, out, lse, g, dq, dk, dv);
-  size_t smem_kv = shared_bytes<kD, H>(2 * kBwdRows + 2 * dkv_queries<kD>(), 2 * dkv_queries<kD>());
+  size_t smem_kv = stream_shared_bytes<kD, H, 2 * kBwdRows, 2 * dkv_queries<kD>(), 2 * dkv_queries<kD>()>();
   allow_shared(dkv_kernel<H, kD, In>, smem_kv);
   dkv_kernel<H, kD, In><<<dim3(unsigned((a.Tk + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_kv, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dk.device_data()), static_cast<In*>(dv.device_data()),
       a, p.L);
-  size_t smem_q = shared_bytes<kD, H>(2 * kBwdRows + 2 * kDqKeys, 0);
+  size_t smem_q = stream_shared_bytes<kD, H, 2 * kBwdRows, 2 * kDqKeys, 0>();
   allow_shared(dq_kernel<H, kD, In>, smem_q);
   dq_kernel<H, kD, In><<<dim3(unsigned((a.Tq + kBwdRows - 1) / kBwdRows), unsigned(a.BH)), kBlock, smem_q, p.stream>>>(
       p.q, p.k, p.v, p.valid, p.lse, p.di, p.g, static_cast<In*>(dq.device_data()), a, p.L);

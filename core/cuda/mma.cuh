@@ -1,6 +1,7 @@
 #pragma once
 // Warp-level tensor-core instructions as PTX (sm_80+): mma.sync m16n8k16 with bf16/f16 operands and f32
-// accumulators, m16n8k8 with tf32 operands (and f32 products from three of them), and ldmatrix (x4, optionally transposed) to load their operands from shared memory. Unlike WMMA,
+// accumulators, m16n8k8 with tf32 operands (and f32 products from three of them), ldmatrix (x4, optionally
+// transposed) to load their operands from shared memory, and cp.async to fill it. Unlike WMMA,
 // the fragment layouts are specified (PTX ISA, "Matrix Fragments for mma.m16n8k16"), so a kernel can keep an
 // accumulator in registers and apply row-wise math to it, and reuse a C fragment as the next product's A operand
 // (FlashAttention-2's P·V). With lane = 4·g + t (g = lane / 4, t = lane % 4):
@@ -126,6 +127,24 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     memcpy(&out, &v, sizeof(out));
   }
   return out;
+#endif
+}
+
+// cp.async (sm_80+): 16 bytes global → shared without passing through registers, so a tile's loads overlap the
+// work before cp_async_wait_all (which waits for every copy this thread issued). The emulator copies at once.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+#if defined(LIANDAN_CUDA_EMULATOR)
+  memcpy(smem, gmem, 16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if !defined(LIANDAN_CUDA_EMULATOR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }
 
