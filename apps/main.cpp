@@ -44,6 +44,11 @@ int info() {
                               ? std::to_string(cuda::device_count()) + " device(s); cuda:0 = " +
                                     device_backend(Device::cuda(0)).describe()
                               : cuda::unavailable_reason();
+  if (cuda::is_available()) {  // the tensor-core instructions the attention kernels use, against their documented layouts
+    std::string bad = cuda::check_tensor_core_layouts();
+    cuda_line += bad.empty() ? "\ntensor cores: mma.sync, ldmatrix, cp.async layouts as documented"
+                             : "\ntensor cores: MISMATCH in " + bad;
+  }
   std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: %s\ntasks:\n", get_num_threads(), openblas_get_config(),
               cuda_line.c_str());
   for (auto& [name, help] : task_list()) std::printf("  %-12s %s\n", name.c_str(), help.c_str());

@@ -61,6 +61,9 @@ double EventTimer::elapsed_ms() {
   return backend_->event_elapsed_ms(start_, stop_);
 }
 void profile_start(int device) { device_backend(Device::cuda(device)).profile_start(); }
+std::string check_tensor_core_layouts(int device) {
+  return device_backend(Device::cuda(device)).check_tensor_core_layouts();
+}
 std::vector<OpTime> profile_stop(int device) { return device_backend(Device::cuda(device)).profile_stop(); }
 std::string profile_table(const std::vector<OpTime>& profile) {
   double total = 0;

@@ -108,6 +108,8 @@ class DeviceBackend {
   // The op profiler (cuda::profile_start / profile_stop).
   virtual void profile_start() = 0;
   virtual std::vector<OpTime> profile_stop() = 0;  // by GPU time, largest first
+  // cuda::check_tensor_core_layouts: "" when the device's tensor-core instructions match their documented layouts.
+  virtual std::string check_tensor_core_layouts() = 0;
 
   // ---- kernels. Tensors are on this device; outputs are preallocated and contiguous unless said.
   // dst[i] = src[i] over dst's shape (dst strided), src read through `src_strides` (0 on broadcast dims),
@@ -263,6 +265,11 @@ class EventTimer {
 void profile_start(int device = 0);
 std::vector<OpTime> profile_stop(int device = 0);
 std::string profile_table(const std::vector<OpTime>& profile);
+// Runs each tensor-core instruction the attention kernels are built on (mma.sync bf16/f16/tf32, ldmatrix, cvt to
+// tf32, cp.async: core/cuda/mma.cuh) once on the device, with fragments built from the PTX ISA's layouts, against
+// the host's products: "" when all agree, else the instructions that differ (a GPU that disagrees with the
+// documented layouts would give wrong attention numbers; this says which instruction).
+std::string check_tensor_core_layouts(int device = 0);
 // TF32 tensor-core GEMMs for f32 (off by default: results then differ from the CPU's by ~1e-3 relative).
 void set_allow_tf32(bool on);
 bool allow_tf32();

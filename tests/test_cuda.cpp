@@ -872,6 +872,13 @@ void check_attention_on_gpu(const AttentionCase& c, DType dt, DType half, uint64
 }
 }  // namespace
 
+TEST_CASE("cuda: the tensor-core instructions (mma.sync, ldmatrix, cvt.rna.tf32, cp.async) follow the PTX ISA's layouts" *
+          doctest::skip(!kGpu)) {
+  // On a GPU: the hardware against the documented fragment layouts the attention kernels rely on (a mismatch is named
+  // here, where the attention cases would only show wrong numbers). On the emulated GPU: the emulator against them.
+  CHECK(cuda::check_tensor_core_layouts() == "");
+}
+
 TEST_CASE("cuda: fused (flash-style) attention matches the CPU kernel: masks, KV offset, head dims, long rows" *
           doctest::skip(!kGpu)) {
   for (DType dt : {DType::f32, DType::f64})

@@ -8,7 +8,7 @@
 // are deterministic. Masks: causal (key j visible from query i iff j ≤ Tk − Tq + i, the KV-cache offset) and
 // key_valid [B, Tk]. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
 // of [B, H, T, D] (the heads of a fused QKV projection), O, dQ, dK, dV are written as [B, T, H, D] rows, so no
-// head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 16/32/64/128; larger ones take the
+// head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 32/64/128; larger ones take the
 // composite). In f64 the arithmetic is plain FMA (the kernels below); in f32 (as 3xTF32), under bf16/f16 autocast
 // and for half q, k, v, the tensor-core kernels of namespace tc (mma.sync, FlashAttention-2's register-resident form).
 #include <cuda_bf16.h>
@@ -335,7 +335,7 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 // to H and repacked, since a C fragment of two 8-column tiles has an A fragment's layout. Only the operands pass
 // through shared memory (staged once per tile; the block meets twice per tile). The numbers are the autocast
 // composite's: scores, probabilities and gradients rounded to H as GEMM operands; softmax, running max/sum, and
-// outputs in f32. Head dims are padded with zeros to the next of 16/32/64/128. Exponentials are base 2 with the
+// outputs in f32. Head dims are padded with zeros to the next of 32/64/128. Exponentials are base 2 with the
 // scale folded in (e^x = 2^(x·log2 e)), as FlashAttention's.
 namespace tc {
 constexpr int kWarps = 4, kBlock = kWarps * 32;
@@ -834,7 +834,8 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 
 }  // namespace tc
 
-// The kernel for a call: f(tag, kD) with kD the padded head dim (16/32/64/128) holding max(D, Dv), and tag
+// The kernel for a call: f(tag, kD) with kD the padded head dim (32/64/128) holding max(D, Dv), and tag
+// (no 16: heads that small are rare, their padding costs little, and each kD is 15 more kernels to compile)
 // Fma<double> (the FMA kernels) or Tc<H, In> (tensor cores: H = bf16/f16 under autocast or for half activations,
 // H = float for f32 without autocast, as 3xTF32 — f32 accuracy, as PyTorch's f32 SDPA on sm80+). False for a shape
 // none handles (head dims above 128, f64 under autocast): the op then runs its composite.
@@ -846,8 +847,7 @@ bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
   int64_t width = std::max(a.D, a.Dv);
   if (width > 128) return false;
   auto dims = [&](auto tag) {
-    if (width <= 16) f(tag, std::integral_constant<int, 16>{});
-    else if (width <= 32) f(tag, std::integral_constant<int, 32>{});
+    if (width <= 32) f(tag, std::integral_constant<int, 32>{});
     else if (width <= 64) f(tag, std::integral_constant<int, 64>{});
     else f(tag, std::integral_constant<int, 128>{});
   };

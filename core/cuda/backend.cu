@@ -136,6 +136,11 @@ class CudaBackend final : public DeviceBackend {
     cudaEventDestroy(static_cast<cudaEvent_t>(e));
   }
 
+  std::string check_tensor_core_layouts() override {
+    DeviceGuard g(index_);
+    return cuda_impl::check_tensor_core_layouts(stream_);
+  }
+
   // The op profiler: while on, every kernel-table call records an event before and after its launches (events
   // from a pool); profile_stop() waits for the stream and sums the GPU time between each pair per op name.
   void profile_start() override {

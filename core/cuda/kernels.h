@@ -1,11 +1,15 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu. Arguments as in DeviceBackend (core/device.h).
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu,
+// and mma_check.cu (the tensor-core instruction wrappers of mma.cuh against their documented layouts). Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
 #include "core/device.h"
 
 namespace liandan::cuda_impl {
+
+// mma_check.cu
+std::string check_tensor_core_layouts(cudaStream_t stream);
 
 // elementwise.cu
 void unary(const Elementwise& op, const Tensor& x, const Tensor& y);

@@ -45,6 +45,7 @@
 #define __shared__ static
 #define __restrict__
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 // CUDA's 16-byte vector types (vectorized loads and stores)
 struct alignas(16) uint4 { unsigned x, y, z, w; };
