@@ -333,7 +333,8 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 // fragments, the mask, softmax or dS step runs on them in place (a row's elements live in the 4 lanes of one lane
 // group, so a row's max or sum is two xor-shuffles), and they go into the next product as A fragments — rounded
 // to H and repacked, since a C fragment of two 8-column tiles has an A fragment's layout. Only the operands pass
-// through shared memory (staged once per tile; the block meets twice per tile). The numbers are the autocast
+// through shared memory (streamed tile by tile, see stream_tiles). H = float: f32 attention without autocast, the
+// same kernels on f32 tiles with 3xTF32 products (m16n8k8), f32 accuracy. Under autocast the numbers are the autocast
 // composite's: scores, probabilities and gradients rounded to H as GEMM operands; softmax, running max/sum, and
 // outputs in f32. Head dims are padded with zeros to the next of 32/64/128. Exponentials are base 2 with the
 // scale folded in (e^x = 2^(x·log2 e)), as FlashAttention's.
@@ -470,11 +471,7 @@ __device__ void gemm_nt(float (&s)[kM][kN / 8][4], const H* A, int a_row0, const
       for (int mt = 0; mt < kM; ++mt) {
         const float* a = A + (a_row0 + 16 * mt + g) * kLd + kk + t;
         const float x[4] = {a[0], a[8 * kLd], a[4], a[8 * kLd + 4]};
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          ptx::Tf32Pair p = ptx::split_tf32(x[r]);
-          ab[mt][r] = p.big, as[mt][r] = p.small;
-        }
+        ptx::split_tf32(x, ab[mt], as[mt]);
       }
 #pragma unroll
       for (int nt = 0; nt < kN / 8; ++nt) {
@@ -520,11 +517,7 @@ __device__ void gemm_pb(float (&acc)[kM][kD / 8][4], const float (&p)[kM][kN / 8
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
         const float x[4] = {p[mt][c][0], p[mt][c][2], p[mt][c][1], p[mt][c][3]};  // (g, t) (g+8, t) (g, t+4) (g+8, t+4)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          ptx::Tf32Pair q = ptx::split_tf32(x[r]);
-          ab[mt][r] = q.big, as[mt][r] = q.small;
-        }
+        ptx::split_tf32(x, ab[mt], as[mt]);
       }
 #pragma unroll
       for (int dt = 0; dt < kD / 8; ++dt) {

@@ -83,6 +83,14 @@ __device__ __forceinline__ Tf32Pair split_tf32(float x) {
   uint32_t big = to_tf32(x);
   return {big, to_tf32(x - __uint_as_float(big))};
 }
+// An A fragment's four values split (big[r] + small[r] = x[r]).
+__device__ __forceinline__ void split_tf32(const float (&x)[4], uint32_t (&big)[4], uint32_t (&small)[4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    Tf32Pair p = split_tf32(x[r]);
+    big[r] = p.big, small[r] = p.small;
+  }
+}
 __device__ __forceinline__ void mma_1688_3xtf32(float (&d)[4], const uint32_t (&a_big)[4],
                                                 const uint32_t (&a_small)[4], Tf32Pair b0, Tf32Pair b1) {
   mma_1688_tf32(d, a_small, b0.big, b1.big);
