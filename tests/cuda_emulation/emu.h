@@ -388,13 +388,30 @@ std::array<T, 32> warp_gather(const T& mine) {
 // cols 2t+8, 2t+9), (row g+8, same), the lower column in the low 16 bits; B's two hold (rows 2t, 2t+1; col g) and
 // (rows 2t+8, 2t+9; col g); d holds (row g; cols 2t, 2t+1) and (row g+8; same). Sums in f32, k in order.
 inline float half_bits_to_float(uint16_t b, bool bf16) { return bf16 ? liandan::bf16_to_float(b) : liandan::f16_to_float(b); }
+// Every lane's A and B registers of an mma.sync (the warp meets).
+struct MmaOperands {
+  uint32_t a[4], b[2];
+};
+inline std::array<MmaOperands, 32> gather_mma_operands(const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  return warp_gather(MmaOperands{{a[0], a[1], a[2], a[3]}, {b0, b1}});
+}
+// The running lane's part of d += A·B (rows g, g+8; columns 2t, 2t+1), k in order.
+template <int K>
+void mma_lane_result(float (&d)[4], const float (&A)[16][K], const float (&B)[K][8]) {
+  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float acc = d[e];
+    for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
+    d[e] = acc;
+  }
+}
 inline void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  struct Operands { uint32_t a[4], b[2]; };
-  auto all = warp_gather(Operands{{a[0], a[1], a[2], a[3]}, {b0, b1}});
+  auto all = gather_mma_operands(a, b0, b1);
   float A[16][16], B[16][8];
   for (int lane = 0; lane < 32; ++lane) {
     int g = lane >> 2, t = lane & 3;
-    const Operands& o = all[size_t(lane)];
+    const MmaOperands& o = all[size_t(lane)];
     for (int h = 0; h < 2; ++h) {  // h: the low (0) or high (1) element of a register
       auto el = [&](uint32_t reg) { return half_bits_to_float(uint16_t(reg >> (16 * h)), bf16); };
       A[g][2 * t + h] = el(o.a[0]);
@@ -405,13 +422,7 @@ inline void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], uint3
       B[2 * t + 8 + h][g] = el(o.b[1]);
     }
   }
-  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
-  for (int e = 0; e < 4; ++e) {
-    int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
-    float acc = d[e];
-    for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-    d[e] = acc;
-  }
+  mma_lane_result<16>(d, A, B);
 }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: d += A·B for a 16 × 8 A and 8 × 8 B of tf32 (f32 bits whose
@@ -425,12 +436,11 @@ inline float tf32_operand(uint32_t bits) {
   return f;
 }
 inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  struct Operands { uint32_t a[4], b[2]; };
-  auto all = warp_gather(Operands{{a[0], a[1], a[2], a[3]}, {b0, b1}});
+  auto all = gather_mma_operands(a, b0, b1);
   float A[16][8], B[8][8];
   for (int lane = 0; lane < 32; ++lane) {
     int g = lane >> 2, t = lane & 3;
-    const Operands& o = all[size_t(lane)];
+    const MmaOperands& o = all[size_t(lane)];
     A[g][t] = tf32_operand(o.a[0]);
     A[g + 8][t] = tf32_operand(o.a[1]);
     A[g][t + 4] = tf32_operand(o.a[2]);
@@ -438,13 +448,7 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
     B[t][g] = tf32_operand(o.b[0]);
     B[t + 4][g] = tf32_operand(o.b[1]);
   }
-  int lane = int(thread_idx().x & 31), g = lane >> 2, t = lane & 3;
-  for (int e = 0; e < 4; ++e) {
-    int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
-    float acc = d[e];
-    for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
-    d[e] = acc;
-  }
+  mma_lane_result<8>(d, A, B);
 }
 
 // cvt.rna.tf32.f32: x rounded to tf32 (10 mantissa bits; to nearest, ties away from zero), as f32 bits.
