@@ -123,14 +123,18 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   lse[bh * a.Tq + i] = l > 0 ? m + dev_log(l) : pos_inf<T>();
 }
 
-// Di = Σ_d dO[i, d]·O[i, d], one thread per query row (r = bh·Tq + i); T: dO's and O's elements, S: Di's.
+// Di = Σ_d dO[i, d]·O[i, d], a warp per query row (r = bh·Tq + i): the lanes read a row's consecutive elements
+// (coalesced), then a butterfly sum (fixed order: deterministic). T: dO's and O's elements, S: Di's.
 template <class T, class S>
 __global__ void attention_di_kernel(const T* g, const T* o, S* di, int64_t rows, int64_t Tq, int64_t Dv, Rows L) {
-  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; r < rows; r += warps) {
     const T *gr = g + L.g.at(r / Tq, r % Tq), *orow = o + L.o.at(r / Tq, r % Tq);
     S s = 0;
-    for (int64_t d = 0; d < Dv; ++d) s += S(widen(gr[d])) * S(widen(orow[d]));
-    di[r] = s;
+    for (int64_t d = lane; d < Dv; d += 32) s += S(widen(gr[d])) * S(widen(orow[d]));
+    s = warp_sum(s);
+    if (lane == 0) di[r] = s;
   }
 }
 
@@ -274,8 +278,8 @@ struct BackwardArgs {
         L{head_rows(q_), head_rows(k_), head_rows(v_), head_rows(out), head_rows(g_), head_rows(dq), head_rows(dk),
           head_rows(dv)},
         stream(stream_of(g_)) {
-    attention_di_kernel<T, S><<<blocks_for(a.BH * a.Tq), kThreads, 0, stream>>>(g, ptr<T>(out), di, a.BH * a.Tq, a.Tq,
-                                                                                a.Dv, L);
+    attention_di_kernel<T, S><<<blocks_for(a.BH * a.Tq * 32), kThreads, 0, stream>>>(g, ptr<T>(out), di, a.BH * a.Tq,
+                                                                                     a.Tq, a.Dv, L);
   }
   template <class E> static const E* ptr(const Tensor& t) { return static_cast<const E*>(t.device_data()); }
 };
