@@ -594,7 +594,9 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
   H *Ks[kStages], *Vs[kStages];
   for (int b = 0; b < kStages; ++b) Ks[b] = cv.take<H>(kN * kLd), Vs[b] = cv.take<H>(kN * kLd);
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBlockRows;
+  // Query blocks last to first: under a causal mask the last rows see the most keys, and the longest blocks
+  // starting first leave the short ones to fill the GPU's last wave (as FlashAttention-2 orders them).
+  const int64_t bh = blockIdx.y, i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBlockRows;
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
@@ -767,7 +769,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
   H *Ks[kStages], *Vs[kStages];
   for (int b = 0; b < kStages; ++b) Ks[b] = cv.take<H>(kN * kLd), Vs[b] = cv.take<H>(kN * kLd);
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31, gi = lane >> 2, t = lane & 3;
-  const int64_t bh = blockIdx.y, i0 = int64_t(blockIdx.x) * kBwdRows;
+  const int64_t bh = blockIdx.y, i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBwdRows;  // (longest first, as forward)
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
