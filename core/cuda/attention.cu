@@ -67,9 +67,9 @@ __device__ void load_tile_pair(T* a_dst, const T* a_src, int64_t a_ld, T* b_dst,
   __syncthreads();
 }
 
-// The last key any query of this block can see, plus one.
-__device__ int64_t key_end(const AttentionShape& a, int R) {
-  int64_t last_row = min(a.Tq - 1, int64_t(blockIdx.x) * R + R - 1);
+// The last key any query of the R rows from i0 on can see, plus one.
+__device__ int64_t key_end(const AttentionShape& a, int64_t i0, int R) {
+  int64_t last_row = min(a.Tq - 1, i0 + R - 1);
   return a.causal ? min(a.Tk, a.Tk - a.Tq + last_row + 1) : a.Tk;
 }
 
@@ -92,7 +92,7 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
     acc[d] = 0;
   }
   T m = -pos_inf<T>(), l = 0;
-  int64_t kend = key_end(a, R);
+  int64_t kend = key_end(a, int64_t(blockIdx.x) * R, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
     load_tile_pair<T, kD>(ks, kb, L.k.st, vs, vb, L.v.st, j0, a.Tk, a.D, a.Dv, R);
     if (!active) continue;
@@ -224,7 +224,7 @@ __global__ void attention_dq_kernel(const T* q, const T* k, const T* v, const T*
   for (int d = 0; d < kD; ++d) dqa[d] = 0;
   const T* qr = qown + threadIdx.x * (kD + 1);
   const T* gr = gown + threadIdx.x * (kD + 1);
-  int64_t kend = key_end(a, R);
+  int64_t kend = key_end(a, int64_t(blockIdx.x) * R, R);
   for (int64_t j0 = 0; j0 < kend; j0 += R) {
     load_tile_pair<T, kD>(ks, kb, L.k.st, vs, vb, L.v.st, j0, a.Tk, a.D, a.Dv, R);
     if (!active || Lse == pos_inf<T>()) continue;
@@ -454,18 +454,24 @@ template <class H> __device__ __forceinline__ int column(int nt, int t, int e) {
   return sizeof(H) == 2 ? 8 * nt + 2 * t + e : 8 * nt + t + 4 * e;
 }
 
+// Clears a warp's accumulator (or score) fragments.
+template <int kM, int kCols>
+__device__ void zero(float (&acc)[kM][kCols][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][c][e] = 0.0f;
+}
+
 // s = A·Bᵀ for the warp's rows: A's rows a_row0 + 16·mt.. and B's kN rows (both shared tiles of kD columns):
 // scores Q·Kᵀ, their transpose K·Qᵀ, dO·Vᵀ, V·dOᵀ. Half tiles: per 16 columns of the head dim the warp loads its A
 // fragments, then two 8-row n-tiles of B per ldmatrix. f32 tiles: per 8 columns, fragments split into 3xTF32 pairs.
 template <class H, int kD, int kM, int kN>
 __device__ void gemm_nt(float (&s)[kM][kN / 8][4], const H* A, int a_row0, const H* B, int lane) {
   constexpr int kLd = padded<kD, H>();
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+  zero(s);
   if constexpr (std::is_same_v<H, float>) {
     const int g = lane >> 2, t = lane & 3, brow = (g >> 1) + 4 * (g & 1);  // B's row for C column g (see column())
 #pragma unroll
@@ -556,16 +562,6 @@ __device__ void gemm_pb(float (&acc)[kM][kD / 8][4], const float (&p)[kM][kN / 8
   }
 }
 
-template <int kM, int kCols>
-__device__ void zero(float (&acc)[kM][kCols][4]) {
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int c = 0; c < kCols; ++c)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][c][e] = 0.0f;
-}
-
 // Row `half` (g or g+8) of an accumulator m-tile × f into global row `row` (its first `width` columns).
 template <int kD, class Out>
 __device__ void store_row(Out* row, const float (&acc)[kD / 8][4], int half, int64_t width, float f, int t) {
@@ -609,7 +605,7 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
 #pragma unroll
   for (int mt = 0; mt < kM; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
   auto row_of = [&](int mt, int half) { return i0 + 16 * (kM * w + mt) + g + 8 * half; };
-  const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBlockRows - 1) + 1) : a.Tk;
+  const int64_t kend = key_end(a, i0, kBlockRows);
   auto stage_kv = [&](int64_t j0, int b) {
     stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
     stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);
@@ -784,7 +780,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
   }
   float dq_acc[1][kD / 8][4];
   zero(dq_acc);
-  const int64_t kend = a.causal ? min(a.Tk, a.Tk - a.Tq + min(a.Tq - 1, i0 + kBwdRows - 1) + 1) : a.Tk;
+  const int64_t kend = key_end(a, i0, kBwdRows);
   auto stage_kv = [&](int64_t j0, int b) {
     stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
     stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);

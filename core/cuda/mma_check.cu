@@ -29,33 +29,33 @@ struct CheckOut {
   float copied[4];
 };
 
+// Two halves of a 16-bit matrix (row-major, ld elements a row) as one register: (r, c) and (r, c+1), or down a
+// column (r, c) and (r+1, c); the first in the low 16 bits.
+__device__ uint32_t pair_row(const uint16_t* m, int ld, int r, int c) {
+  return uint32_t(m[r * ld + c]) | uint32_t(m[r * ld + c + 1]) << 16;
+}
+__device__ uint32_t pair_col(const uint16_t* m, int ld, int r, int c) {
+  return uint32_t(m[r * ld + c]) | uint32_t(m[(r + 1) * ld + c]) << 16;
+}
+
+// m16n8k16 with H operands: A (g, 2t) (g+8, 2t) (g, 2t+8) (g+8, 2t+8); B (2t, g) (2t+8, g).
+template <class H>
+__device__ void half_product(const uint16_t* a_bits, const uint16_t* b_bits, float (&out)[4], int g, int t) {
+  const uint32_t a[4] = {pair_row(a_bits, 16, g, 2 * t), pair_row(a_bits, 16, g + 8, 2 * t),
+                         pair_row(a_bits, 16, g, 2 * t + 8), pair_row(a_bits, 16, g + 8, 2 * t + 8)};
+  float d[4] = {0, 0, 0, 0};
+  ptx::mma_16816<H>(d, a, pair_col(b_bits, 8, 2 * t, g), pair_col(b_bits, 8, 2 * t + 8, g));
+  for (int e = 0; e < 4; ++e) out[e] = d[e];
+}
+
 __global__ void tensor_core_check_kernel(const uint16_t* a_bf16, const uint16_t* b_bf16, const uint16_t* a_f16,
                                          const uint16_t* b_f16, const float* af, const float* bf, const float* round_in,
                                          CheckOut* out) {
   __shared__ __align__(16) uint16_t tile[16 * 16];
   __shared__ __align__(16) float landed[4];
   const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
-  auto pair = [](const uint16_t* m, int ld, int r, int c) {  // (r, c) low, (r, c+1) high
-    return uint32_t(m[r * ld + c]) | uint32_t(m[r * ld + c + 1]) << 16;
-  };
-  auto pair_col = [](const uint16_t* m, int ld, int r, int c) {  // (r, c) low, (r+1, c) high
-    return uint32_t(m[r * ld + c]) | uint32_t(m[(r + 1) * ld + c]) << 16;
-  };
-  // m16n8k16: A (g, 2t) (g+8, 2t) (g, 2t+8) (g+8, 2t+8); B (2t, g) (2t+8, g).
-  {
-    const uint32_t a[4] = {pair(a_bf16, 16, g, 2 * t), pair(a_bf16, 16, g + 8, 2 * t), pair(a_bf16, 16, g, 2 * t + 8),
-                           pair(a_bf16, 16, g + 8, 2 * t + 8)};
-    float d[4] = {0, 0, 0, 0};
-    ptx::mma_16816<__nv_bfloat16>(d, a, pair_col(b_bf16, 8, 2 * t, g), pair_col(b_bf16, 8, 2 * t + 8, g));
-    for (int e = 0; e < 4; ++e) out->d_bf16[lane][e] = d[e];
-  }
-  {
-    const uint32_t a[4] = {pair(a_f16, 16, g, 2 * t), pair(a_f16, 16, g + 8, 2 * t), pair(a_f16, 16, g, 2 * t + 8),
-                           pair(a_f16, 16, g + 8, 2 * t + 8)};
-    float d[4] = {0, 0, 0, 0};
-    ptx::mma_16816<__half>(d, a, pair_col(b_f16, 8, 2 * t, g), pair_col(b_f16, 8, 2 * t + 8, g));
-    for (int e = 0; e < 4; ++e) out->d_f16[lane][e] = d[e];
-  }
+  half_product<__nv_bfloat16>(a_bf16, b_bf16, out->d_bf16[lane], g, t);
+  half_product<__half>(a_f16, b_f16, out->d_f16[lane], g, t);
   // m16n8k8 tf32: A (g, t) (g+8, t) (g, t+4) (g+8, t+4) of A's first 8 columns; B (t, g) (t+4, g).
   {
     const uint32_t a[4] = {ptx::to_tf32(af[g * 16 + t]), ptx::to_tf32(af[(g + 8) * 16 + t]),
