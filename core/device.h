@@ -63,11 +63,18 @@ HeadRows head_rows(const Tensor& t);  // (core/ops/attention.cpp) t in one of th
 // The geometry of one fused attention call: BH = batch·heads rows of [Tq, D] queries, [Tk, D] keys and
 // [Tk, Dv] values (laid out as HeadRows); `heads` = BH / B for a key_valid mask of [B, Tk]; scale multiplies q·k.
 // autocast: bf16 or f16 when autocast is on — the GEMMs take that format with f32 accumulation (tensor cores).
+// rope_pairs > 0: RoPE inside the kernels (core/ops/attention.h): q, k rotated by the contiguous f32 [Tk, rope_pairs]
+// device tables rope_cos/rope_sin (query i at row Tk − Tq + i), pairs interleaved or split in halves (rope_half);
+// dq, dk rotated back.
 struct AttentionShape {
   int64_t BH, Tq, Tk, D, Dv, heads;
   double scale;
   bool causal;
   DType autocast = DType::f32;
+  const float* rope_cos = nullptr;
+  const float* rope_sin = nullptr;
+  int64_t rope_pairs = 0;
+  bool rope_half = false;
 };
 
 // The geometry of an im2col (unfold) and its adjoint: x [N, C, H, W] with zero padding `pad` on every side, a

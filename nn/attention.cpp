@@ -89,10 +89,6 @@ void MultiheadAttention::project(const Tensor& x, const AttentionInputs& in, int
     cos = cos.to(x.device());
     sin = sin.to(x.device());
   }
-  if (cos.defined() && config.kind == AttentionKind::softmax) {
-    q = rope(q, cos, sin, config.pairing);
-    k = rope(k, cos, sin, config.pairing);
-  }
 }
 
 namespace {
@@ -107,13 +103,21 @@ Tensor MultiheadAttention::forward(const Tensor& x, const AttentionInputs& in) {
   project(x, in, offset, q, k, v, cos, sin);
   Tensor out;  // [B, H, T, Dh]
   if (config.kind == AttentionKind::softmax) {
-    if (in.cache) {
-      in.cache->k = k = append(in.cache->k, k);
-      in.cache->v = v = append(in.cache->v, v);
-    }
     AttentionOptions opt;
     opt.causal = config.causal;
     opt.key_valid = in.key_valid;
+    if (in.cache) {  // the cache holds rotated keys: RoPE here, at the new tokens' positions
+      if (cos.defined()) {
+        q = rope(q, cos, sin, config.pairing);
+        k = rope(k, cos, sin, config.pairing);
+      }
+      in.cache->k = k = append(in.cache->k, k);
+      in.cache->v = v = append(in.cache->v, v);
+    } else if (cos.defined()) {  // RoPE inside the attention op (fused into the kernels on a device)
+      opt.rope_cos = cos;
+      opt.rope_sin = sin;
+      opt.rope_pairing = config.pairing;
+    }
     out = scaled_dot_product_attention(q, k, v, opt);
   } else if (!in.cache && !in.key_valid.defined()) {
     out = linear_attention(q, k, v, config.causal, cos, sin, config.pairing);
@@ -157,12 +161,12 @@ Tensor MultiheadAttention::attention_logits(const Tensor& x, const AttentionInpu
   if (config.kind == AttentionKind::linear) {
     q = elu(q) + 1.0;
     k = elu(k) + 1.0;
-    if (cos.defined()) {
-      q = rope(q, cos, sin, config.pairing);
-      k = rope(k, cos, sin, config.pairing);
-    }
-    return matmul(q, k.transpose(-2, -1));
   }
+  if (cos.defined()) {
+    q = rope(q, cos, sin, config.pairing);
+    k = rope(k, cos, sin, config.pairing);
+  }
+  if (config.kind == AttentionKind::linear) return matmul(q, k.transpose(-2, -1));
   return matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(head_dim)));
 }
 

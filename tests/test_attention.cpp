@@ -154,6 +154,30 @@ TEST_CASE("softmax attention with RoPE equals explicit rotation matrices + expli
   Tensor fused = scaled_dot_product_attention(rope(q, c, s), rope(k, c, s), v, opt);
   Tensor ref = naive_attention(explicit_rope(q), explicit_rope(k), v, visibility(1, T, T, true, Tensor()));
   check_close(fused, ref, 1e-12);
+  // RoPE inside the op (AttentionOptions' tables): the same numbers; with Tq < Tk the queries take the table rows of
+  // their positions Tk − Tq.. (a KV cache's new tokens).
+  opt.rope_cos = c;
+  opt.rope_sin = s;
+  check_close(scaled_dot_product_attention(q, k, v, opt), ref, 1e-12);
+  Tensor q_last = q.narrow(2, 3, T - 3);
+  check_close(scaled_dot_product_attention(q_last, k, v, opt), ref.narrow(2, 3, T - 3), 1e-12);
+  // gradients through the op's RoPE, and into learned tables (the composite form)
+  Tensor cl = c.detach().requires_grad_(), sl = s.detach().requires_grad_();
+  auto r = gradcheck([&](const std::vector<Tensor>& x) {
+    AttentionOptions o{.causal = true};
+    o.rope_cos = x[3];
+    o.rope_sin = x[4];
+    return scaled_dot_product_attention(x[0], x[1], x[2], o);
+  }, {q.narrow(2, 2, T - 2).contiguous().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_(), cl, sl});
+  INFO(r.message);
+  CHECK(r.ok);
+  AttentionOptions bad = opt;
+  bad.rope_cos = c.narrow(0, 0, T - 1);
+  bad.rope_sin = s.narrow(0, 0, T - 1);
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, k, v, bad),
+                       doctest::Contains("RoPE tables must be [Tk, P] = [7, P] with 2P <= D = 8, got cos [6, 4]"), Error);
+  bad.rope_sin = Tensor();
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, k, v, bad), doctest::Contains("given together"), Error);
 }
 
 TEST_CASE("linear attention with RoPE equals its explicit O(n^2) formula (non-causal and causal)") {

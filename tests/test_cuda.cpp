@@ -709,6 +709,7 @@ TEST_CASE("cuda: a RoFormer LM training step's kernel calls: no activation-sized
     INFO(calls.table());
     CHECK(calls("attention_forward") == 2);
     CHECK(calls("attention_backward") == 2);
+    CHECK(calls("rope") == 0);  // RoPE inside the attention kernels: no rotated copies of q and k, forward or back
     // Before: 49 copies (f32), 112 (bf16), 7 fills, 21 adds — a zero-filled [B, T, 3, H, D] gradient per q/k/v
     // head summed up, copies of v, of the head merge and of the output gradient in every layer, and under autocast
     // f32 GEMM results rounded by casts. Now per layer one stack of the three head gradients (3 copies), the QKV
@@ -909,6 +910,75 @@ TEST_CASE("cuda: bf16 / f16 q, k, v (half activations) run the tensor-core kerne
     for (AttentionCase c : {AttentionCase{2, 3, 33, 33, 16, 16, true, false}, AttentionCase{2, 2, 70, 70, 100, 40, false, true},
                             AttentionCase{2, 3, 70, 70, 32, 32, true, true, true}})
       check_attention_on_gpu(c, half, DType::f32, 48, 1e-2, 2e-2);
+}
+
+TEST_CASE("cuda: attention with RoPE inside (fused into the kernels' staging and stores) matches RoPE then attention" *
+          doctest::skip(!kGpu)) {
+  // The CPU runs the op's composite (rope on q at positions Tk − Tq.., rope on k, attention); the GPU rotates the Q
+  // and K tiles as it stages them and dQ, dK back as it stores them. f32 (3xTF32), bf16 autocast on f32 rows, bf16
+  // rows; interleaved and split-half pairs; partial rotary (2P < D); a KV offset (Tq < Tk) with a causal mask and
+  // padding; q, k, v as strided heads of a fused QKV; row widths that take the vectorized and the scalar staging.
+  struct RopeCase { AttentionCase c; int64_t pairs; RopePairing pairing; };
+  const RopeCase cases[] = {
+      {{2, 3, 40, 40, 32, 32, true, true, true}, 16, RopePairing::interleaved},
+      {{2, 2, 20, 70, 64, 64, true, false}, 32, RopePairing::half},
+      {{1, 2, 70, 70, 64, 64, false, true}, 24, RopePairing::interleaved},  // partial: dims 48..63 pass through
+      {{2, 2, 33, 33, 40, 40, true, false}, 16, RopePairing::half},          // D 40 (padded to 64): scalar staging
+      {{1, 2, 30, 30, 32, 32, true, false}, 12, RopePairing::half},          // P % 8 != 0: refused, composite
+  };
+  Generator g(50);
+  for (DType dt : {DType::f32, DType::bf16})
+    for (DType half : {DType::f32, DType::bf16}) {
+      if (dt == DType::bf16 && half != DType::f32) continue;
+      CAPTURE(std::string(dtype_name(dt)));
+      CAPTURE(std::string(dtype_name(half)));
+      for (const RopeCase& rc : cases) {
+        const AttentionCase& c = rc.c;
+        CAPTURE(c.D);
+        CAPTURE(rc.pairs);
+        Tensor ang = mul(rand({c.Tk, rc.pairs}, g, DType::f64), 40.0);  // any angles: the kernels read tables
+        AttentionOptions opt{.causal = c.causal};
+        opt.rope_cos = cos(ang).to(DType::f32);
+        opt.rope_sin = sin(ang).to(DType::f32);
+        opt.rope_pairing = rc.pairing;
+        if (c.mask) {
+          std::vector<double> m(size_t(c.B * c.Tk), 1.0);
+          for (int64_t j = c.Tk / 2; j < c.Tk; ++j) m[size_t(j)] = 0.0;  // batch 0 sees the first half of its keys
+          opt.key_valid = from_vector(m, {c.B, c.Tk});
+        }
+        auto rn = [&](const Shape& s) { return randn(s, g).to(dt); };
+        const double t = dt == DType::f32 && half == DType::f32 ? 2e-5 : 1e-2, gt_ = t == 2e-5 ? 2e-4 : 2e-2;
+        auto run = [&](const Tensor& q, const Tensor& k, const Tensor& v) {
+          AttentionOptions o = opt;
+          if (o.key_valid.defined()) o.key_valid = o.key_valid.to(q.device());
+          Autocast ac(half);
+          return scaled_dot_product_attention(q, k, v, o);
+        };
+        if (c.fused_qkv) {
+          check_op_on_gpu({rn({c.B, c.Tq, 3, c.H, c.D})}, [&](auto& x) {
+            std::vector<Tensor> p = unbind(x[0], 2);
+            return run(p[0].permute({0, 2, 1, 3}), p[1].permute({0, 2, 1, 3}), p[2].permute({0, 2, 1, 3}));
+          }, t, gt_);
+        } else {
+          check_op_on_gpu({rn({c.B, c.H, c.Tq, c.D}), rn({c.B, c.H, c.Tk, c.D}), rn({c.B, c.H, c.Tk, c.Dv})},
+                          [&](auto& x) { return run(x[0], x[1], x[2]); }, t, gt_);
+        }
+      }
+    }
+  // The fused path runs the kernels without a rope op; the refused one (P % 8 != 0 split halves) two rope ops.
+  Tensor q = randn({1, 2, 30, 32}, g).to(kCuda), ang = rand({30, 16}, g, DType::f64);
+  for (int64_t pairs : {16, 12}) {
+    AttentionOptions o{.causal = true};
+    o.rope_cos = cos(ang.narrow(1, 0, pairs)).to(DType::f32);
+    o.rope_sin = sin(ang.narrow(1, 0, pairs)).to(DType::f32);
+    o.rope_pairing = RopePairing::half;
+    cuda::profile_start();
+    scaled_dot_product_attention(q, q, q, o);
+    std::vector<OpTime> prof = cuda::profile_stop();
+    int64_t ropes = 0;
+    for (const OpTime& op : prof) ropes += op.op == "rope" ? op.calls : 0;
+    CHECK(ropes == (pairs == 16 ? 0 : 2));
+  }
 }
 
 TEST_CASE("cuda: bias_act (bias + GELU / identity, fused) and RoPE on half rows match the CPU" * doctest::skip(!kGpu)) {

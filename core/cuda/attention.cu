@@ -6,7 +6,8 @@
 //   p = exp(scale·q·k − lse),  dv_j += p·dO_i,  ds = p·(dO_i·v_j − Di),  dk_j += scale·ds·q_i,  dq_i += scale·ds·k_j
 // computed twice without atomics: one kernel owns key rows (dk, dv), the other query rows (dq), so results
 // are deterministic. Masks: causal (key j visible from query i iff j ≤ Tk − Tq + i, the KV-cache offset) and
-// key_valid [B, Tk]. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
+// key_valid [B, Tk]. RoPE inside (AttentionShape's tables; tensor-core kernels): q and k rows are rotated as their
+// tiles are staged, dQ and dK rotated back as they are stored, so no rotated copy exists. Operands are addressed by rows (HeadRows, core/device.h): q, k, v, dO may be strided views
 // of [B, H, T, D] (the heads of a fused QKV projection), O, dQ, dK, dV are written as [B, T, H, D] rows, so no
 // head split or merge copies a tensor. Head dims up to 128 (rows padded to the next of 32/64/128; larger ones take the
 // composite). In f64 the arithmetic is plain FMA (the kernels below); in f32 (as 3xTF32), under bf16/f16 autocast
@@ -381,6 +382,30 @@ __host__ __device__ constexpr size_t stream_shared_bytes() {
   return shared_bytes<kD, H>(kFixedRows + n * kTileRows, n * kFloats);
 }
 
+// RoPE of a row set as the kernels stage it (AttentionShape's tables): sequence row r sits at table row pos0 + r
+// (keys: 0; queries: Tk − Tq). pairs = 0: no rotation.
+struct RopeRows {
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t pairs = 0, pos0 = 0;
+  bool half = false;
+};
+__device__ RopeRows query_rope(const AttentionShape& a) { return {a.rope_cos, a.rope_sin, a.rope_pairs, a.Tk - a.Tq, a.rope_half}; }
+__device__ RopeRows key_rope(const AttentionShape& a) { return {a.rope_cos, a.rope_sin, a.rope_pairs, 0, a.rope_half}; }
+
+// Element c of row `row` after RoPE (core/ops/rope.h): x_c·cos + sign·x_partner·sin with the pair's angle, where
+// sign = −1 for a pair's first element and +1 for its second; `inverse` flips the sign (the transposed rotation:
+// the backward's). x(c) reads the row's element c as f32.
+template <class X>
+__device__ __forceinline__ float rope_element(const RopeRows& rp, int64_t row, int c, bool inverse, X x) {
+  if (c >= 2 * rp.pairs) return x(c);
+  const bool first = rp.half ? c < rp.pairs : (c & 1) == 0;
+  const int i = rp.half ? (first ? c : c - int(rp.pairs)) : c >> 1;
+  const int partner = rp.half ? (first ? c + int(rp.pairs) : c - int(rp.pairs)) : c ^ 1;
+  const int64_t at = (rp.pos0 + row) * rp.pairs + i;
+  const float cs = rp.cos[at], sn = rp.sin[at];
+  return first != inverse ? x(c) * cs - x(partner) * sn : x(partner) * sn + x(c) * cs;
+}
+
 // rows × kD H tile from rows of `width` (f32, or already H), `ld` apart (row `first` on; zero past `total` or
 // `width`), into shared rows kLd apart.
 // Rows of full width (width = kD) whose elements start 16-byte aligned and stay so row to row go 16 bytes of the
@@ -413,9 +438,70 @@ __device__ bool stage_vectorized(H* dst, const In* src, int64_t ld, int64_t firs
   return true;
 }
 
+// A RoPE'd tile (q or k with RoPE inside the kernels): rotated in f32 on the way in and rounded to H once — the
+// composite's numbers (rope, then the GEMM's cast). Registers, not cp.async: the rotation needs the values; 16 bytes
+// of the tile a thread and step where the rows allow (a pair, or both halves' chunks, in one thread's hands).
+template <class H, int kD, int kTileRows, int kLd, class In>
+__device__ bool stage_rotated_vectorized(H* dst, const In* src, int64_t ld, int64_t first, int64_t total,
+                                         int64_t width, const RopeRows& rp) {
+  constexpr int kV = 16 / sizeof(H), kPerRow = kD / kV;
+  if (kD % kV != 0 || width != kD || ld % kV != 0 || (2 * rp.pairs) % kV != 0 || (rp.half && rp.pairs % kV != 0) ||
+      reinterpret_cast<uintptr_t>(src) % (kV * sizeof(In)) != 0)
+    return false;
+  for (int t = threadIdx.x; t < kTileRows * kPerRow; t += blockDim.x) {
+    int r = t / kPerRow, c = (t % kPerRow) * kV;
+    int64_t row = first + r;
+    H h[kV];
+    if (row < total) {
+      const In* s = src + row * ld;
+      float x[2][kV];  // this chunk (columns c..), and its partner chunk for split halves
+      const int pc = rp.half && c < 2 * rp.pairs ? (c < rp.pairs ? c + int(rp.pairs) : c - int(rp.pairs)) : c;
+      for (int part = 0; part < (pc != c ? 2 : 1); ++part) {
+        const In* chunk = s + (part ? pc : c);
+        if constexpr (sizeof(In) == 2) {
+          uint4 raw = *reinterpret_cast<const uint4*>(chunk);
+          In v[8];
+          memcpy(v, &raw, sizeof(raw));
+#pragma unroll
+          for (int e = 0; e < kV; ++e) x[part][e] = float(widen(v[e]));
+        } else {
+#pragma unroll
+          for (int e = 0; e < kV; e += 4) {
+            float4 f = *reinterpret_cast<const float4*>(chunk + e);
+            x[part][e] = f.x, x[part][e + 1] = f.y, x[part][e + 2] = f.z, x[part][e + 3] = f.w;
+          }
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kV; ++e)
+        h[e] = to_half<H>(rope_element(rp, row, c + e, false, [&](int col) {
+          return col >= c && col < c + kV ? x[0][col - c] : x[1][col - pc];
+        }));
+    } else {
+#pragma unroll
+      for (int e = 0; e < kV; ++e) h[e] = to_half<H>(0.0f);
+    }
+    memcpy(dst + r * kLd + c, h, sizeof(h));
+  }
+  return true;
+}
+
 template <class H, int kD, int kTileRows, class In>
-__device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width) {
+__device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t total, int64_t width,
+                      const RopeRows& rp = {}) {
   constexpr int kLd = padded<kD, H>();
+  if (rp.pairs > 0) {
+    if (stage_rotated_vectorized<H, kD, kTileRows, kLd, In>(dst, src, ld, first, total, width, rp)) return;
+    for (int t = threadIdx.x; t < kTileRows * kD; t += blockDim.x) {
+      int r = t / kD, c = t % kD;
+      int64_t row = first + r;
+      const In* s = src + row * ld;
+      dst[r * kLd + c] = to_half<H>(row < total && c < width
+                                        ? rope_element(rp, row, c, false, [&](int col) { return float(widen(s[col])); })
+                                        : 0.0f);
+    }
+    return;
+  }
   if constexpr (std::is_same_v<In, H> || std::is_same_v<In, float>)
     if (stage_vectorized<H, kD, kTileRows, kLd, In>(dst, src, ld, first, total, width)) return;
   for (int t = threadIdx.x; t < kTileRows * kD; t += blockDim.x) {
@@ -562,15 +648,31 @@ __device__ void gemm_pb(float (&acc)[kM][kD / 8][4], const float (&p)[kM][kN / 8
   }
 }
 
-// Row `half` (g or g+8) of an accumulator m-tile × f into global row `row` (its first `width` columns).
+// Row `half` (g or g+8) of an accumulator m-tile × f into global row `row` (its first `width` columns). With RoPE
+// (dQ, dK: gradients of the rotated rows) rotated back first, `seq_row` being the row's sequence position: a pair's
+// partner column is in the same lane — the next column (interleaved), or the same column P/8 tiles away (halves,
+// P % 8 == 0: with_kernel's rule), picked by an unrolled select so the accumulators stay in registers.
 template <int kD, class Out>
-__device__ void store_row(Out* row, const float (&acc)[kD / 8][4], int half, int64_t width, float f, int t) {
+__device__ void store_row(Out* row, const float (&acc)[kD / 8][4], int half, int64_t width, float f, int t,
+                          const RopeRows& rp = {}, int64_t seq_row = 0) {
 #pragma unroll
   for (int dt = 0; dt < kD / 8; ++dt)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       int d = 8 * dt + 2 * t + e;
-      if (d < width) row[d] = narrow<Out>(acc[dt][2 * half + e] * f);
+      if (d >= width) continue;
+      float x = acc[dt][2 * half + e];
+      if (rp.pairs > 0 && d < 2 * rp.pairs)
+        x = rope_element(rp, seq_row, d, true, [&](int col) {
+          if (col == d) return acc[dt][2 * half + e];
+          if (!rp.half) return acc[dt][2 * half + (e ^ 1)];
+          float p = 0.0f;
+#pragma unroll
+          for (int u = 0; u < kD / 8; ++u)
+            if (8 * u + 2 * t + e == col) p = acc[u][2 * half + e];
+          return p;
+        });
+      row[d] = narrow<Out>(x * f);
     }
 }
 
@@ -596,7 +698,7 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
-  stage<H, kD, kBlockRows>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+  stage<H, kD, kBlockRows>(Qs, qb, L.q.st, i0, a.Tq, a.D, query_rope(a));
 
   // Warp w's m-tile mt holds block rows 16·(kM·w + mt) + {g, g+8}; per row the running maximum (of
   // scale·s·log2 e) and this lane's part of the running sum (a row's 4 lanes add theirs up at the end).
@@ -607,7 +709,7 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const In* q, const In* 
   auto row_of = [&](int mt, int half) { return i0 + 16 * (kM * w + mt) + g + 8 * half; };
   const int64_t kend = key_end(a, i0, kBlockRows);
   auto stage_kv = [&](int64_t j0, int b) {
-    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D, key_rope(a));
     stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);
   };
   stream_tiles<kStages>(0, kend, kN, stage_kv, [&](int64_t j0, int b) {
@@ -717,7 +819,7 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
-  stage<H, kD, kBwdRows>(Ks, kb, L.k.st, j0, a.Tk, a.D);
+  stage<H, kD, kBwdRows>(Ks, kb, L.k.st, j0, a.Tk, a.D, key_rope(a));
   stage<H, kD, kBwdRows>(Vs, vb, L.v.st, j0, a.Tk, a.Dv);
   float dk_acc[1][kD / 8][4], dv_acc[1][kD / 8][4];
   zero(dk_acc);
@@ -725,7 +827,7 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
   // Causal: queries before j0 − (Tk − Tq) see none of this block's keys.
   const int64_t istart = a.causal ? max(int64_t(0), j0 - (a.Tk - a.Tq)) : 0;
   auto stage_qg = [&](int64_t i0, int b) {
-    stage<H, kD, kN>(Qs[b], qb, L.q.st, i0, a.Tq, a.D);
+    stage<H, kD, kN>(Qs[b], qb, L.q.st, i0, a.Tq, a.D, query_rope(a));
     stage<H, kD, kN>(Gs[b], gb, L.g.st, i0, a.Tq, a.Dv);
     if (threadIdx.x < kN) {
       int64_t i = i0 + threadIdx.x;
@@ -748,7 +850,7 @@ __global__ void __launch_bounds__(kBlock) dkv_kernel(const In* q, const In* k, c
     const int64_t j = j0 + 16 * w + gi + 8 * half;
     if (j >= a.Tk) continue;
     store_row<kD>(dv + L.dv.at(bh, j), dv_acc[0], half, a.Dv, 1.0f, t);
-    store_row<kD>(dk + L.dk.at(bh, j), dk_acc[0], half, a.D, float(a.scale), t);
+    store_row<kD>(dk + L.dk.at(bh, j), dk_acc[0], half, a.D, float(a.scale), t, key_rope(a), j);
   }
 }
 
@@ -769,7 +871,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
   const In *qb = q + L.q.at(bh, 0), *kb = k + L.k.at(bh, 0), *vb = v + L.v.at(bh, 0), *gb = g + L.g.at(bh, 0);
   const float* vrow = valid ? valid + (bh / a.heads) * a.Tk : nullptr;
   const float scale2 = float(a.scale) * kLog2e;
-  stage<H, kD, kBwdRows>(Qs, qb, L.q.st, i0, a.Tq, a.D);
+  stage<H, kD, kBwdRows>(Qs, qb, L.q.st, i0, a.Tq, a.D, query_rope(a));
   stage<H, kD, kBwdRows>(Gs, gb, L.g.st, i0, a.Tq, a.Dv);
   float lse2[2], drow[2];  // the lane's two rows' lse·log2 e and Di
 #pragma unroll
@@ -782,7 +884,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
   zero(dq_acc);
   const int64_t kend = key_end(a, i0, kBwdRows);
   auto stage_kv = [&](int64_t j0, int b) {
-    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D);
+    stage<H, kD, kN>(Ks[b], kb, L.k.st, j0, a.Tk, a.D, key_rope(a));
     stage<H, kD, kN>(Vs[b], vb, L.v.st, j0, a.Tk, a.Dv);
   };
   stream_tiles<kStages>(0, kend, kN, stage_kv, [&](int64_t j0, int b) {
@@ -797,7 +899,7 @@ __global__ void __launch_bounds__(kBlock) dq_kernel(const In* q, const In* k, co
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t i = i0 + 16 * w + gi + 8 * half;
-    if (i < a.Tq) store_row<kD>(dq + L.dq.at(bh, i), dq_acc[0], half, a.D, float(a.scale), t);
+    if (i < a.Tq) store_row<kD>(dq + L.dq.at(bh, i), dq_acc[0], half, a.D, float(a.scale), t, query_rope(a), i);
   }
 }
 
@@ -841,6 +943,8 @@ template <class F>
 bool with_kernel(const AttentionShape& a, DType dt, F&& f) {
   int64_t width = std::max(a.D, a.Dv);
   if (width > 128) return false;
+  // RoPE inside: the tensor-core kernels only; split-half pairs need P % 8 == 0 (store_row's partner tile).
+  if (a.rope_pairs > 0 && (dt == DType::f64 || (a.rope_half && a.rope_pairs % 8 != 0))) return false;
   auto dims = [&](auto tag) {
     if (width <= 32) f(tag, std::integral_constant<int, 32>{});
     else if (width <= 64) f(tag, std::integral_constant<int, 64>{});

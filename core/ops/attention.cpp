@@ -247,9 +247,39 @@ HeadRows head_rows(const Tensor& t) {
   return {0, T * D, D, std::max<int64_t>(shape_numel(Shape(t.shape().begin(), t.shape().end() - 2)), 1)};
 }
 
+namespace {
+// RoPE's tables for the op: [Tk, P], 2P <= D, cos and sin alike.
+void check_rope_tables(const Tensor& q, const Tensor& k, const AttentionOptions& opt, const char* op) {
+  const Tensor &c = opt.rope_cos, &s = opt.rope_sin;
+  LD_CHECK(c.defined() && s.defined(), op, ": rope_cos and rope_sin must be given together");
+  LD_CHECK(c.dim() == 2 && c.shape() == s.shape() && c.size(0) == k.size(-2) && 2 * c.size(1) <= q.size(-1), op,
+           ": RoPE tables must be [Tk, P] = [", k.size(-2), ", P] with 2P <= D = ", q.size(-1), ", got cos ",
+           shape_str(c.shape()), ", sin ", shape_str(s.shape()));
+}
+
+// The op's composite RoPE form: q and k rotated (q by the table rows of its positions Tk − Tq ..), then attention.
+Tensor rope_then_attention(const Tensor& q, const Tensor& k, const Tensor& v, AttentionOptions opt) {
+  const int64_t Tq = q.size(-2), Tk = k.size(-2);
+  Tensor c = opt.rope_cos.to(q.device()), s = opt.rope_sin.to(q.device());  // (a no-op where they are)
+  Tensor qr = rope(q, c.narrow(0, Tk - Tq, Tq), s.narrow(0, Tk - Tq, Tq), opt.rope_pairing);
+  Tensor kr = rope(k, c, s, opt.rope_pairing);
+  opt.rope_cos = opt.rope_sin = Tensor();
+  return scaled_dot_product_attention(qr, kr, v, opt);
+}
+}  // namespace
+
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
   const char* op = "scaled_dot_product_attention";
   check_qkv(q, k, v, op);
+  const bool with_rope = opt.rope_cos.defined() || opt.rope_sin.defined();
+  if (with_rope) {
+    check_rope_tables(q, k, opt, op);
+    LD_CHECK(k.size(-2) >= q.size(-2), op, ": RoPE inside attention needs Tq <= Tk (queries at the last positions), got Tq ",
+             q.size(-2), ", Tk ", k.size(-2));
+    // Fused on a device (tables that need gradients take the composite: the kernels give none for them).
+    bool table_grads = grad_mode_enabled() && (opt.rope_cos.requires_grad() || opt.rope_sin.requires_grad());
+    if (q.device().is_cpu() || table_grads) return rope_then_attention(q, k, v, opt);
+  }
   AttnGeom g{1, q.size(-2), k.size(-2), q.size(-1), v.size(-1), 1,
              opt.scale != 0 ? opt.scale : 1.0 / std::sqrt(double(q.size(-1))), opt.causal};
   g.BH = g.Tq ? q.numel() / (g.Tq * g.D) : 0;
@@ -280,10 +310,21 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   Tensor out = empty_heads_like(q, g.Dv, o);
   Tensor lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, {stats_dtype(q.dtype()), q.device()});
   AttentionShape shape{g.BH, g.Tq, g.Tk, g.D, g.Dv, g.BH / g.B, g.scale, g.causal, autocast_dtype()};
+  Tensor rope_cos, rope_sin;  // the device's f32 tables (kept alive by the backward)
+  if (with_rope) {
+    rope_cos = opt.rope_cos.detach().to(DType::f32).to(q.device()).contiguous();
+    rope_sin = opt.rope_sin.detach().to(DType::f32).to(q.device()).contiguous();
+    shape.rope_cos = static_cast<const float*>(rope_cos.device_data());
+    shape.rope_sin = static_cast<const float*>(rope_sin.device_data());
+    shape.rope_pairs = rope_cos.size(1);
+    shape.rope_half = opt.rope_pairing == RopePairing::half;
+  }
   if (on_device) {
     if (valid.defined()) valid = valid.to(q.device());
-    if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse))
+    if (!device_backend(q.device()).attention_forward(shape, qc, kc, vc, valid, out, lse)) {
+      if (with_rope) return rope_then_attention(q, k, v, opt);
       return is_half(q.dtype()) ? half_composite() : composite::attention(q, k, v, opt);
+    }
   } else {
     AttnRows r{head_rows(qc), head_rows(kc), head_rows(vc), head_rows(out)};
     LD_DISPATCH_FLOAT(q.dtype(), op, [&] {
@@ -294,7 +335,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   }
   if (needs_grad({&q, &k, &v})) {
     SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op);
-    record(op, out, {q, k, v}, [=](const Tensor& g_in) {
+    record(op, out, {q, k, v}, [=, tables = std::make_pair(rope_cos, rope_sin)](const Tensor& g_in) {
       Tensor gout = rows_layout(g_in);
       const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get(), &ov = so.get();
       TensorOptions og{qv.dtype(), qv.device()};

@@ -7,6 +7,12 @@
 // backward recomputes the scores from the saved row log-sum-exps instead of storing probabilities.
 //   causal:    query i (at absolute position Tk - Tq + i, so a KV cache works) sees keys j <= that
 //   key_valid: optional [B, Tk] tensor, non-zero = the key may be attended (padding mask)
+//   rope_cos, rope_sin: optional RoPE inside the op (RoFormer: q and k rotated, v not): [Tk, P] tables as for
+//              `rope` (2P <= D), key j at table row j, query i at row Tk - Tq + i (its causal position). The result
+//              is attention(rope(q, cos[Tk-Tq:], sin[Tk-Tq:]), rope(k, cos, sin), v); on a device the fused kernels
+//              rotate the Q and K tiles as they stage them and rotate dQ, dK back as they store them (no rotated
+//              copies of q, k in memory, none saved for the backward). Tables that need gradients, and the CPU,
+//              take that composite form.
 // A query row with no visible key outputs 0 (and passes no gradient), instead of NaN.
 // Layouts: 4-D q, k, v with a contiguous last dim are read in place (e.g. strided heads of a fused QKV
 // projection); the output of 4-D inputs is laid out [B, T, H, Dv] (returned as its [B, H, T, Dv] permutation),
@@ -27,6 +33,8 @@ struct AttentionOptions {
   bool causal = false;
   Tensor key_valid;       // [B, Tk] or undefined
   double scale = 0.0;     // 0: 1 / sqrt(D)
+  Tensor rope_cos, rope_sin;  // [Tk, P] or undefined
+  RopePairing rope_pairing = RopePairing::interleaved;
 };
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
