@@ -1286,7 +1286,64 @@ TEST_CASE("cuda: conv2d (im2col + cuBLAS) and unfold match the CPU: strides, pad
         std::string::npos);
 }
 
-TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEMMs and one col2im" *
+TEST_CASE("cuda: conv2d under autocast runs as an implicit GEMM on tensor cores and matches the CPU's autocast conv" *
+          doctest::skip(!kGpu)) {
+  // Forward, dW/db (pixel chunks) and dx (the forward kernel on dy with flipped weights where stride 1, else
+  // GEMM + col2im) on every path of the gathers: channels that are and are not multiples of 8 (the weights' 16-byte
+  // copies or element loads), several 64-channel and 128-pixel tiles, k tiles crossing channels, strides 1 and 2,
+  // padding 0-2, 1x1 / 3x3 / 5x5 / 3x2 kernels, f32 and bf16 images, a strided view. The CPU runs the autocast
+  // composite (unfold + GEMM): the same rounded operands, another summation order; its bias is added in f32 after
+  // the GEMM where the GPU rounds it to the half format (PyTorch's autocast conv) — hence 4e-3 with a bias.
+  struct Cfg {
+    int64_t N, C, H, W, O, kh, kw, stride, pad;
+  };
+  const Cfg cfgs[] = {{2, 3, 9, 7, 5, 3, 3, 1, 1},    {3, 16, 8, 8, 70, 3, 3, 1, 1},  {2, 8, 11, 10, 9, 3, 3, 2, 1},
+                      {2, 24, 6, 6, 8, 1, 1, 1, 0},   {1, 5, 9, 9, 4, 5, 5, 1, 2},    {2, 4, 7, 7, 6, 3, 2, 1, 0},
+                      {8, 8, 16, 16, 16, 3, 3, 1, 1}, {2, 40, 5, 5, 130, 3, 3, 1, 0}};
+  Generator g(53);
+  for (DType h : {DType::bf16, DType::f16})
+    for (const Cfg& c : cfgs) {
+      CAPTURE(std::string(dtype_name(h)));
+      INFO("N ", c.N, " C ", c.C, " O ", c.O, " kernel ", c.kh, "x", c.kw, " stride ", c.stride, " pad ", c.pad);
+      Tensor x = randn({c.N, c.C, c.H, c.W}, g), w = mul(randn({c.O, c.C, c.kh, c.kw}, g), 0.3), b = randn({c.O}, g);
+      check_op_on_gpu({x, w, b}, [&](auto& t) {
+        Autocast ac(h);
+        return conv2d(t[0], t[1], t[2], c.stride, c.pad);
+      }, 4e-3, 1e-2);
+      check_op_on_gpu({x, w}, [&](auto& t) {
+        Autocast ac(h);
+        return conv2d(t[0], t[1], Tensor(), c.stride, c.pad);
+      }, 1e-5, 1e-2);
+    }
+  // half images (a GroupNorm's bf16 output) and a strided view, read in place by the gathers
+  Tensor x = randn({3, 12, 10, 12}, g), w = randn({20, 12, 3, 3}, g), b = randn({20}, g);
+  check_op_on_gpu({x, w, b}, [](auto& t) {
+    Autocast ac(DType::bf16);
+    return conv2d(t[0].to(DType::bf16), t[1], t[2], 1, 1);
+  }, 4e-3, 1e-2);
+  check_op_on_gpu({x.permute({0, 1, 3, 2}).contiguous(), w, b}, [](auto& t) {
+    Autocast ac(DType::bf16);
+    return conv2d(t[0].transpose(2, 3), t[1], t[2], 1, 1);
+  }, 4e-3, 1e-2);
+  // the implicit kernels ran: no column matrix
+  cuda::profile_start();
+  {
+    Autocast ac(DType::bf16);
+    Tensor xg = x.to(kCuda).requires_grad_(), wg = w.to(kCuda).requires_grad_();
+    sum(conv2d(xg, wg, b.to(kCuda), 1, 1)).backward();
+  }
+  std::vector<OpTime> prof = cuda::profile_stop();
+  auto calls = [&](const std::string& op) {
+    int64_t n = 0;
+    for (const OpTime& o : prof) n += o.op == op ? o.calls : 0;
+    return n;
+  };
+  CHECK(calls("conv_implicit") == 2);  // the forward and dx
+  CHECK(calls("conv_implicit_weight_grad") == 1);
+  CHECK(calls("im2col") + calls("col2im") == 0);
+}
+
+TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEMMs and one col2im (f32), an implicit GEMM (bf16)" *
           doctest::skip(!kGpu)) {
   // Counted on a steady-state AdamW step (the second) with the op profiler, f32 and bf16 autocast, so that a new
   // activation-sized pass fails a test, not a benchmark. 2 levels, 1 ResBlock each (+ 2 on the up path), attention
@@ -1308,17 +1365,30 @@ TEST_CASE("cuda: a U-Net training step's kernel calls: a conv is one im2col, GEM
     // per-image weight-gradient partials summed over the batch. Now a conv is one im2col (its columns in the
     // GEMM's format), one batched GEMM, and back one transposing copy of dy (the GEMM operand's cast under
     // autocast), two GEMMs and one col2im; the 4 1x1 skips of the composite-free path take an im2col too.
-    CHECK(calls("im2col") == 25);
-    CHECK(calls("col2im") == 24);  // conv_in's input needs no gradient
-    // The 17 biases ride in the GEMMs (a ones row in the columns, the bias as a weight column): no bias pass over
-    // the output, no bias reduction over dy — instead per biased conv a zeroed [O, K + pad] weight matrix (a fill)
-    // with the weight and the bias copied in, and dW and db copied out of the GEMM's [O, K + pad] result:
-    // parameter-sized copies for activation-sized passes.
-    CHECK(calls("fill") <= 18);  // those weight matrices, and the backward's seed
-    CHECK(calls(precision == DType::f32 ? "gemm f32" : "gemm bf16") <= 127);
+    if (precision == DType::f32) {
+      CHECK(calls("im2col") == 25);
+      CHECK(calls("col2im") == 24);  // conv_in's input needs no gradient
+      // The 17 biases ride in the GEMMs (a ones row in the columns, the bias as a weight column): no bias pass over
+      // the output, no bias reduction over dy — instead per biased conv a zeroed [O, K + pad] weight matrix (a fill)
+      // with the weight and the bias copied in, and dW and db copied out of the GEMM's [O, K + pad] result:
+      // parameter-sized copies for activation-sized passes.
+      CHECK(calls("fill") <= 18);  // those weight matrices, and the backward's seed
+      CHECK(calls("gemm f32") <= 127);
+    } else {
+      // Under autocast every conv is an implicit GEMM (no columns written): 25 forwards, 23 dx (the stride-2
+      // downsampling conv's dx takes a GEMM + col2im), 25 weight gradients with db from the ones row; the bias is
+      // added in the forward's epilogue. No transposed dy copy, no weight-matrix fill.
+      CHECK(calls("im2col") == 0);
+      CHECK(calls("col2im") == 1);
+      CHECK(calls("conv_implicit") == 48);
+      CHECK(calls("conv_implicit_weight_grad") == 25);
+      CHECK(calls("fill") <= 1);
+      CHECK(calls("gemm bf16") <= 54);  // the attention projections, time embeddings, the one dx GEMM
+    }
     // (a ResBlock adds conv1's bias and the time embedding in one pass; under autocast an attention block's
-    // tokens are transposed by the projection's cast)
-    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 210 : 283));
+    // tokens are transposed by the projection's cast; the implicit dx flips each weight: an index_select and a
+    // parameter-sized cast)
+    CHECK(calls("copy_strided") <= (precision == DType::f32 ? 210 : 266));
     CHECK(calls("add") <= (precision == DType::f32 ? 69 : 65));
     CHECK(calls("sum_run") <= (precision == DType::f32 ? 37 : 33));
   }

@@ -21,6 +21,7 @@
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 #include "core/cuda/mma.cuh"
+#include "core/cuda/tiles.cuh"
 
 namespace liandan::cuda_impl {
 namespace {
@@ -344,28 +345,9 @@ void backward_launch(const AttentionShape& a, const Tensor& q, const Tensor& k, 
 // outputs in f32. Head dims are padded with zeros to the next of 32/64/128. Exponentials are base 2 with the
 // scale folded in (e^x = 2^(x·log2 e)), as FlashAttention's.
 namespace tc {
+using namespace tiles;
 constexpr int kWarps = 4, kBlock = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
-// The half format of the operands: bf16 or f16 (autocast's), rounded to nearest even.
-template <class H> __device__ H to_half(float x);
-template <> __device__ __nv_bfloat16 to_half<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __half to_half<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ float to_half<float>(float x) { return x; }  // the 3xTF32 path keeps f32 tiles
-
-// Shared tiles hold kD + 8 halves a row: the 8 rows an ldmatrix phase reads then start in 8 distinct 16-byte bank
-// groups (kD halves a row would put them all in the same ones for kD = 64 and 128). f32 tiles (3xTF32) hold kD + 4
-// floats: a fragment load's 32 lanes (8 rows × 4 columns) then hit 32 distinct banks.
-template <int kD, class H> __host__ __device__ constexpr int padded() { return kD + (sizeof(H) == 2 ? 8 : 4); }
-
-// Carves the block's dynamic shared memory into 32-byte-aligned arrays (ldmatrix and 16-byte stores need 16).
-struct Carve {
-  unsigned char* p;
-  template <class T> __device__ T* take(int64_t n) {
-    T* out = reinterpret_cast<T*>(p);
-    p += (n * int64_t(sizeof(T)) + 31) / 32 * 32;
-    return out;
-  }
-};
 // Bytes for H tiles of `rows` padded rows in all, plus `floats` row statistics (each array rounded to 32).
 template <int kD, class H> __host__ __device__ constexpr size_t shared_bytes(int rows, int floats) {
   return size_t(rows) * padded<kD, H>() * sizeof(H) + 32 * 8 + size_t(floats) * 4 + 32 * 4;
@@ -511,26 +493,6 @@ __device__ void stage(H* dst, const In* src, int64_t ld, int64_t first, int64_t 
   }
 }
 
-// The loop over a kernel's streamed tiles (keys, or queries in the dK/dV kernel): x0 = first, first + step, … < end.
-// stage_tile(x0, buf) fills buffer buf with tile x0; body(x0, buf) computes on it. Two buffers where shared memory
-// allows (kStages = 2): the next tile's copies (cp.async where the rows allow) are issued before the current tile's
-// products, so they overlap, and one block barrier per tile both publishes a tile and retires the buffer it reuses.
-template <int kStages, class StageTile, class Body>
-__device__ void stream_tiles(int64_t first, int64_t end, int64_t step, StageTile stage_tile, Body body) {
-  if (kStages == 2 && first < end) stage_tile(first, 0);
-  int buf = 0;
-  for (int64_t x0 = first; x0 < end; x0 += step, buf = kStages == 2 ? buf ^ 1 : 0) {
-    if (kStages == 1) {
-      __syncthreads();  // every warp is done with the previous tile
-      stage_tile(x0, 0);
-    }
-    ptx::cp_async_wait_all();
-    __syncthreads();  // the tile is in (and, with two buffers, every warp is done with the other one)
-    if (kStages == 2 && x0 + step < end) stage_tile(x0 + step, buf ^ 1);
-    body(x0, buf);
-  }
-  ptx::cp_async_wait_all();  // (no copy outlives the kernel, even when the loop ran no tile)
-}
 
 // The tile column (key, or query in the transposed products) of element e (0, 1: the pair of columns) of n-tile nt
 // of a C fragment from gemm_nt, for lane t of its group. Half tiles: columns 2t, 2t+1 as the fragment layout says.
@@ -540,63 +502,7 @@ template <class H> __device__ __forceinline__ int column(int nt, int t, int e) {
   return sizeof(H) == 2 ? 8 * nt + 2 * t + e : 8 * nt + t + 4 * e;
 }
 
-// Clears a warp's accumulator (or score) fragments.
-template <int kM, int kCols>
-__device__ void zero(float (&acc)[kM][kCols][4]) {
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int c = 0; c < kCols; ++c)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][c][e] = 0.0f;
-}
 
-// s = A·Bᵀ for the warp's rows: A's rows a_row0 + 16·mt.. and B's kN rows (both shared tiles of kD columns):
-// scores Q·Kᵀ, their transpose K·Qᵀ, dO·Vᵀ, V·dOᵀ. Half tiles: per 16 columns of the head dim the warp loads its A
-// fragments, then two 8-row n-tiles of B per ldmatrix. f32 tiles: per 8 columns, fragments split into 3xTF32 pairs.
-template <class H, int kD, int kM, int kN>
-__device__ void gemm_nt(float (&s)[kM][kN / 8][4], const H* A, int a_row0, const H* B, int lane) {
-  constexpr int kLd = padded<kD, H>();
-  zero(s);
-  if constexpr (std::is_same_v<H, float>) {
-    const int g = lane >> 2, t = lane & 3, brow = (g >> 1) + 4 * (g & 1);  // B's row for C column g (see column())
-#pragma unroll
-    for (int kk = 0; kk < kD; kk += 8) {
-      uint32_t ab[kM][4], as[kM][4];
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-        const float* a = A + (a_row0 + 16 * mt + g) * kLd + kk + t;
-        const float x[4] = {a[0], a[8 * kLd], a[4], a[8 * kLd + 4]};
-        ptx::split_tf32(x, ab[mt], as[mt]);
-      }
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-        const float* b = B + (8 * nt + brow) * kLd + kk + t;
-        ptx::Tf32Pair b0 = ptx::split_tf32(b[0]), b1 = ptx::split_tf32(b[4]);
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) ptx::mma_1688_3xtf32(s[mt][nt], ab[mt], as[mt], b0, b1);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int kk = 0; kk < kD; kk += 16) {
-      uint32_t af[kM][4];
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt)
-        ptx::ldmatrix_x4<false>(af[mt], ptx::ldmatrix_row<true>(A, kLd, a_row0 + 16 * mt, kk, lane));
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; nt += 2) {
-        uint32_t bf[4];
-        ptx::ldmatrix_x4<false>(bf, ptx::ldmatrix_row<false>(B, kLd, 8 * nt, kk, lane));
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) {
-          ptx::mma_16816<H>(s[mt][nt], af[mt], bf[0], bf[1]);
-          ptx::mma_16816<H>(s[mt][nt + 1], af[mt], bf[2], bf[3]);
-        }
-      }
-    }
-  }
-}
 
 // acc += P·B: P the warp's rows × kN (C fragments from gemm_nt, rounded to H here), B a kN × kD shared tile — P·V,
 // Pᵀ·dO, dSᵀ·Q, dS·K. Half tiles: the C fragments of n-tiles 2c and 2c+1 are the A fragment of columns

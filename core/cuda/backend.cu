@@ -218,6 +218,16 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "col2im");
     cuda_impl::col2im(col, dx, s);
   }
+  bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                     const ConvShape& s) override {
+    OpScope scope(*this, "conv_implicit");
+    return cuda_impl::conv_implicit(x, w, bias, y, s);
+  }
+  bool conv_implicit_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& part, const ConvShape& s,
+                                 DType half) override {
+    OpScope scope(*this, "conv_implicit_weight_grad");
+    return cuda_impl::conv_implicit_weight_grad(dy, x, part, s, half);
+  }
   void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
     OpScope scope(*this, op.name);
     cuda_impl::unary(op, x, y);

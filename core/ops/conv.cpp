@@ -693,8 +693,69 @@ int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
   return c;
 }
 
+// Under autocast (half GEMM operands): the implicit GEMM (DeviceBackend::conv_implicit), which gathers the columns
+// from the image tile by tile on the tensor cores instead of writing them — for a 3×3 convolution the column matrix
+// is 9× the input, written once and read once or twice (forward, weight gradient) by the explicit form. The backward
+// saves x, not the columns: dW (with db as the ones row's column) gathers them again; dx is the forward kernel on dy
+// with the weights flipped and transposed (stride 1, a square kernel, pad < k), else dcol = Wᵀ·dy + col2im.
+Tensor conv2d_implicit(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g, DType gd) {
+  const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
+  DeviceBackend& dev = device_backend(x.device());
+  Tensor wm;  // the weights [O, K] in the operand format (the kernel rounds the bias to it, as in the GEMM form)
+  {
+    NoGradGuard ng;
+    wm = weight.detach().reshape({g.O, K}).to(gd).contiguous();
+  }
+  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {weight.dtype(), x.device()});
+  LD_CHECK(dev.conv_implicit(x, wm, bias.defined() ? bias.detach().contiguous() : Tensor(), y, conv_shape(g)),
+           "conv2d: the device refused its implicit GEMM");
+  if (!needs_grad({&x, &weight, &bias})) return y;
+  SavedTensor sx(x, "conv2d"), sw(weight.detach(), "conv2d");
+  bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  Shape ws = weight.shape();
+  DType xd = x.dtype(), wd = weight.dtype();
+  record("conv2d", y, {x, weight, bias}, [=, &dev](const Tensor& dy_in) {
+    const Tensor &xv = sx.get(), &wv = sw.get();
+    Tensor dy = dy_in.contiguous(), dx, dw, db;
+    if (gw || gb) {  // [dW | db] per pixel chunk, the bias's column from the ones row; summed in chunk order
+      const int64_t Kt = gb ? K + 1 : K, chunks = weight_grad_chunks(g.N, L, Kt);
+      Tensor part = empty({chunks, g.O, Kt}, {DType::f32, dy.device()});
+      LD_CHECK(dev.conv_implicit_weight_grad(dy, xv, part, conv_shape(g, Kt - K), gd),
+               "conv2d: the device refused its implicit weight gradient");
+      Tensor full = chunks == 1 ? part.reshape({g.O, Kt}) : sum(part, {0});
+      if (gw) dw = (Kt == K ? full : full.narrow(1, 0, K)).to(wd).contiguous().reshape(ws);
+      if (gb) db = full.select(1, K).to(wd).contiguous();
+    }
+    if (gx) {
+      dx = empty({g.N, g.C, g.H, g.W}, {xd, dy.device()});
+      if (g.stride == 1 && g.kh == g.kw && g.pad < g.kh) {
+        // dx = conv(dy, W') with W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j] and padding kh − 1 − pad
+        std::vector<int64_t> rev(size_t(g.kh * g.kw));
+        for (size_t i = 0; i < rev.size(); ++i) rev[i] = int64_t(rev.size() - 1 - i);
+        Tensor flip = from_vector(rev, {int64_t(rev.size())});
+        Tensor wt = index_select(wv.reshape({g.O, g.C, g.kh * g.kw}), 2, flip.to(dy.device()))
+                        .permute({1, 0, 2}).to(gd).contiguous().view({g.C, g.O * g.kh * g.kw});
+        ConvShape ds{g.N, g.O, g.Ho, g.Wo, g.kh, g.kw, 1, g.kh - 1 - g.pad, g.H, g.W};
+        LD_CHECK(dev.conv_implicit(dy, wt, Tensor(), dx, ds), "conv2d: the device refused its implicit dx");
+      } else {
+        Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy as [O, N·L]; dcol = W [O, K]ᵀ @ dyt
+        dyt.copy_(dy.view({g.N, g.O, L}).permute({1, 0, 2}));
+        Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});
+        Tensor wh = wv.reshape({g.O, K}).to(gd).contiguous();
+        dev.gemm_batched(gd, true, false, K, NL, g.O, wh.device_data(), K, 0, dyt.device_data(), NL, 0,
+                         dcol.device_data(), NL, 0, 1, true);
+        dev.col2im(dcol.permute({1, 0, 2}), dx, conv_shape(g));
+      }
+    }
+    return std::vector<Tensor>{dx, dw, db};
+  });
+  return y;
+}
+
 Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g) {
   const DType gd = autocast_operand_dtype(x.dtype());  // the GEMMs' operand format
+  if (is_half(gd) && (x.dtype() == DType::f32 || x.dtype() == gd) && weight.dtype() == DType::f32)
+    return conv2d_implicit(x, weight, bias, g, gd);
   const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
   const int64_t Kt = bias.defined() ? (K + 1 + 7) / 8 * 8 : K;  // the GEMMs' K: + the bias's row, padded
   const ConvShape cs = conv_shape(g, Kt - K);
