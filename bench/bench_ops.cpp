@@ -160,8 +160,8 @@ void register_gpu() {
       sync();
     };
   });
-  // gpu_attention: config BxHxTxD; causal softmax attention forward + backward (the fused kernel: FMA in f32/tf32,
-  // tensor cores under bf16 autocast).
+  // gpu_attention: config BxHxTxD; causal softmax attention forward + backward (the fused tensor-core kernels: 3xTF32
+  // in f32, bf16 operands under bf16 autocast).
   reg("gpu_attention", {"16x12x1024x64"}, [sync](const Dims& d) -> Body {
     TensorOptions o{DType::f32, g_device};
     Tensor q = randn({d[0], d[1], d[2], d[3]}, default_generator(), o).requires_grad_(),
