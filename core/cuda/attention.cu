@@ -463,7 +463,9 @@ __device__ bool stage_rotated_vectorized(H* dst, const In* src, int64_t ld, int6
 #pragma unroll
       for (int e = 0; e < kV; ++e) h[e] = to_half<H>(0.0f);
     }
-    memcpy(dst + r * kLd + c, h, sizeof(h));
+    uint4 packed;  // one 16-byte shared store (a memcpy to an address not known to be aligned may go by bytes)
+    memcpy(&packed, h, sizeof(packed));
+    *reinterpret_cast<uint4*>(dst + r * kLd + c) = packed;
   }
   return true;
 }

@@ -208,7 +208,9 @@ struct PixelColumns {
 #pragma unroll
       for (int e = 0; e < 8; ++e, w.next(s, xs))
         h[e] = to_half<H>(p < P ? column_value(x, s, w, pw.base, pw.y0, pw.x0) : 0.0f);
-      memcpy(t + r * ld<H>() + c8, h, sizeof(h));
+      uint4 packed;  // one 16-byte shared store (a memcpy to an address not known to be aligned may go by bytes)
+      memcpy(&packed, h, sizeof(packed));
+      *reinterpret_cast<uint4*>(t + r * ld<H>() + c8) = packed;
     }
   }
 };
