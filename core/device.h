@@ -208,12 +208,14 @@ class DeviceBackend {
   virtual void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s) = 0;
   // Convolution as an implicit GEMM on tensor cores (no column matrix in memory), with half operands (bf16/f16,
   // autocast's): y [N, O, Ho, Wo] (contiguous, f32 or the half format) = w [O, C·kh·kw] (contiguous, half) · im2col(x)
-  // + bias (f32 [O], optional, rounded to the half format); x (f32 or that half format) any strides. And the weight gradient's partial sums over
+  // + bias (f32 [O], optional, rounded to the half format); x (f32 or that half format) any strides. adjoint: w is
+  // instead the [O', C'·kh·kw] weight matrix of the stride-1 convolution whose input gradient this computes (x = its
+  // dy, s.C = O'; y = its dx, C' channels), read flipped and transposed. And the weight gradient's partial sums over
   // part.size(0) pixel chunks: part [chunks, O, Kt] (f32) = dy [N, O, Ho, Wo] (contiguous) · im2col(x)ᵀ with the
   // bias's row of ones at column C·kh·kw where s.extra_rows > 0 (Kt = C·kh·kw + extra_rows). False: dtypes these
   // kernels do not take (then im2col + GEMM).
-  virtual bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                             const ConvShape& s) = 0;
+  virtual bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s,
+                             bool adjoint = false) = 0;
   virtual bool conv_implicit_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& part, const ConvShape& s,
                                          DType half) = 0;
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& y, const Shape& lead,

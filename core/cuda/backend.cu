@@ -218,10 +218,10 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "col2im");
     cuda_impl::col2im(col, dx, s);
   }
-  bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                     const ConvShape& s) override {
+  bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s,
+                     bool adjoint) override {
     OpScope scope(*this, "conv_implicit");
-    return cuda_impl::conv_implicit(x, w, bias, y, s);
+    return cuda_impl::conv_implicit(x, w, bias, y, s, adjoint);
   }
   bool conv_implicit_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& part, const ConvShape& s,
                                  DType half) override {

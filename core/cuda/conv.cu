@@ -189,6 +189,24 @@ struct MatrixRows {
   }
 };
 
+// A for dx (the adjoint of a stride-1 convolution with weights w [O, C·kh·kw], run as a convolution of dy): row
+// m = input channel c, column k = (o, r) → w[o, c, kh·kw − 1 − r], the weights flipped and transposed in place of a
+// copy. Each thread keeps one column of the tile (one division a tile) and walks its rows.
+template <class H>
+struct FlippedRows {
+  const H* w;
+  int64_t M, area;  // M = C rows; area = kh·kw
+  template <int kRows> __device__ void load(H* t, int64_t m0, int64_t k0, int64_t k_end) const {
+    const int col = threadIdx.x % kBK;
+    const int64_t k = k0 + col, o = k / area, r = k % area;
+    const H* src = w + o * M * area + (area - 1 - r);
+    for (int row = threadIdx.x / kBK; row < kRows; row += blockDim.x / kBK) {
+      const int64_t m = m0 + row;
+      t[row * ld<H>() + col] = m < M && k < k_end ? src[m * area] : to_half<H>(0.0f);
+    }
+  }
+};
+
 // B for the forward: row p = an output pixel, columns k of im2col(x) — a thread per pixel (kRows = the block's
 // threads) walks its 32 columns and stores them 8 at a time (16 bytes: conflict-free rows of 80 bytes).
 template <class H, class X>
@@ -379,9 +397,11 @@ void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s) {
   LD_CUDA_LAUNCHED("col2im");
 }
 
-bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s) {
-  const int64_t M = w.size(0), K = s.C * s.kh * s.kw, P = s.N * s.Ho * s.Wo;
-  LD_CHECK(w.dim() == 2 && w.size(1) == K && w.is_contiguous() && y.is_contiguous(),
+bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s,
+                   bool adjoint) {
+  const int64_t area = s.kh * s.kw, K = s.C * area, M = adjoint ? w.size(1) / area : w.size(0), P = s.N * s.Ho * s.Wo;
+  LD_CHECK(w.dim() == 2 && w.size(adjoint ? 0 : 1) * (adjoint ? area : 1) == K && w.is_contiguous() &&
+               y.is_contiguous(),
            "conv_implicit: weights must be a contiguous [O, C·kh·kw] matrix and y contiguous");
   if (P == 0 || M == 0) return true;
   Strides4 xs{x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};
@@ -392,11 +412,13 @@ bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const T
       using X = decltype(xt);
       ok = ig::with_f32_or<H>(y.dtype(), [&](auto yt) {
         using Y = decltype(yt);
-        ig::MatrixRows<H> a{static_cast<const H*>(w.device_data()), M, K};
+        const H* wp = static_cast<const H*>(w.device_data());
         ig::PixelColumns<H, X> b{static_cast<const X*>(x.device_data()), xs, s, P};
         ig::ImageOut<Y, H> out{static_cast<Y*>(y.device_data()),
-                            bias.defined() ? static_cast<const float*>(bias.device_data()) : nullptr, M, s.Ho * s.Wo, P};
-        ig::launch<H>(a, b, out, M, P, K, 1, stream_of(y));
+                               bias.defined() ? static_cast<const float*>(bias.device_data()) : nullptr, M,
+                               s.Ho * s.Wo, P};
+        if (adjoint) ig::launch<H>(ig::FlippedRows<H>{wp, M, area}, b, out, M, P, K, 1, stream_of(y));
+        else ig::launch<H>(ig::MatrixRows<H>{wp, M, K}, b, out, M, P, K, 1, stream_of(y));
       });
     });
   });

@@ -63,7 +63,8 @@ void group_norm_backward(const Tensor& x, const Tensor& w, const Tensor& b, cons
 // conv.cu
 void im2col(const Tensor& x, const Tensor& col, const ConvShape& s);
 void col2im(const Tensor& col, const Tensor& dx, const ConvShape& s);
-bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s);
+bool conv_implicit(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, const ConvShape& s,
+                   bool adjoint);
 bool conv_implicit_weight_grad(const Tensor& dy, const Tensor& x, const Tensor& part, const ConvShape& s, DType half);
 
 // rope.cu

@@ -710,7 +710,7 @@ Tensor conv2d_implicit(const Tensor& x, const Tensor& weight, const Tensor& bias
   LD_CHECK(dev.conv_implicit(x, wm, bias.defined() ? bias.detach().contiguous() : Tensor(), y, conv_shape(g)),
            "conv2d: the device refused its implicit GEMM");
   if (!needs_grad({&x, &weight, &bias})) return y;
-  SavedTensor sx(x, "conv2d"), sw(weight.detach(), "conv2d");
+  SavedTensor sx(x, "conv2d"), sw(wm, "conv2d");
   bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   Shape ws = weight.shape();
   DType xd = x.dtype(), wd = weight.dtype();
@@ -729,20 +729,15 @@ Tensor conv2d_implicit(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (gx) {
       dx = empty({g.N, g.C, g.H, g.W}, {xd, dy.device()});
       if (g.stride == 1 && g.kh == g.kw && g.pad < g.kh) {
-        // dx = conv(dy, W') with W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j] and padding kh − 1 − pad
-        std::vector<int64_t> rev(size_t(g.kh * g.kw));
-        for (size_t i = 0; i < rev.size(); ++i) rev[i] = int64_t(rev.size() - 1 - i);
-        Tensor flip = from_vector(rev, {int64_t(rev.size())});
-        Tensor wt = index_select(wv.reshape({g.O, g.C, g.kh * g.kw}), 2, flip.to(dy.device()))
-                        .permute({1, 0, 2}).to(gd).contiguous().view({g.C, g.O * g.kh * g.kw});
+        // dx = conv(dy, W') with W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j] (read so by the kernel: adjoint) and
+        // padding kh − 1 − pad
         ConvShape ds{g.N, g.O, g.Ho, g.Wo, g.kh, g.kw, 1, g.kh - 1 - g.pad, g.H, g.W};
-        LD_CHECK(dev.conv_implicit(dy, wt, Tensor(), dx, ds), "conv2d: the device refused its implicit dx");
+        LD_CHECK(dev.conv_implicit(dy, wv, Tensor(), dx, ds, true), "conv2d: the device refused its implicit dx");
       } else {
         Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy as [O, N·L]; dcol = W [O, K]ᵀ @ dyt
         dyt.copy_(dy.view({g.N, g.O, L}).permute({1, 0, 2}));
         Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});
-        Tensor wh = wv.reshape({g.O, K}).to(gd).contiguous();
-        dev.gemm_batched(gd, true, false, K, NL, g.O, wh.device_data(), K, 0, dyt.device_data(), NL, 0,
+        dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), K, 0, dyt.device_data(), NL, 0,
                          dcol.device_data(), NL, 0, 1, true);
         dev.col2im(dcol.permute({1, 0, 2}), dx, conv_shape(g));
       }
