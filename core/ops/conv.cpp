@@ -693,19 +693,42 @@ int64_t weight_grad_chunks(int64_t N, int64_t L, int64_t K) {
   return c;
 }
 
+// The device convolutions' shared backward steps. dy as [O, N·L] in the GEMM's format (its operand cast rides on
+// the transposing copy):
+Tensor transposed_dy(const Tensor& dy, const ConvGeom& g, DType gd) {
+  Tensor dyt = empty({g.O, g.N, g.Ho * g.Wo}, {gd, dy.device()});
+  dyt.copy_(dy.reshape({g.N, g.O, g.Ho * g.Wo}).permute({1, 0, 2}));
+  return dyt;
+}
+// dx = col2im(W[:, :K]ᵀ @ dyt), W's rows ld_w apart.
+Tensor input_grad_by_col2im(DeviceBackend& dev, const Tensor& dyt, const Tensor& w, int64_t ld_w, const ConvGeom& g,
+                            DType gd, DType xd) {
+  const int64_t K = g.C * g.kh * g.kw, NL = g.N * g.Ho * g.Wo;
+  Tensor dcol = empty({K, g.N, g.Ho * g.Wo}, {gd, dyt.device()});
+  dev.gemm_batched(gd, true, false, K, NL, g.O, w.device_data(), ld_w, 0, dyt.device_data(), NL, 0,
+                   dcol.device_data(), NL, 0, 1, true);
+  Tensor dx = empty({g.N, g.C, g.H, g.W}, {xd, dyt.device()});
+  dev.col2im(dcol.permute({1, 0, 2}), dx, conv_shape(g));
+  return dx;
+}
+// dW and db out of the per-chunk partials [chunks, O, Kt] of [dW | db | ·] (summed in chunk order).
+void weight_and_bias_grads(const Tensor& part, int64_t K, bool gw, bool gb, const Shape& ws, DType wd, Tensor& dw,
+                           Tensor& db) {
+  Tensor full = part.size(0) == 1 ? part.reshape({part.size(1), part.size(2)}) : sum(part, {0});
+  if (gw) dw = (full.size(1) == K ? full : full.narrow(1, 0, K)).to(wd).contiguous().reshape(ws);
+  if (gb) db = full.select(1, K).to(wd).contiguous();
+}
+
 // Under autocast (half GEMM operands): the implicit GEMM (DeviceBackend::conv_implicit), which gathers the columns
 // from the image tile by tile on the tensor cores instead of writing them — for a 3×3 convolution the column matrix
 // is 9× the input, written once and read once or twice (forward, weight gradient) by the explicit form. The backward
 // saves x, not the columns: dW (with db as the ones row's column) gathers them again; dx is the forward kernel on dy
 // with the weights flipped and transposed (stride 1, a square kernel, pad < k), else dcol = Wᵀ·dy + col2im.
 Tensor conv2d_implicit(const Tensor& x, const Tensor& weight, const Tensor& bias, const ConvGeom& g, DType gd) {
-  const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo, NL = g.N * L;
+  const int64_t K = g.C * g.kh * g.kw, L = g.Ho * g.Wo;
   DeviceBackend& dev = device_backend(x.device());
-  Tensor wm;  // the weights [O, K] in the operand format (the kernel rounds the bias to it, as in the GEMM form)
-  {
-    NoGradGuard ng;
-    wm = weight.detach().reshape({g.O, K}).to(gd).contiguous();
-  }
+  // the weights [O, K] in the operand format (the kernel rounds the bias to it, as in the GEMM form)
+  Tensor wm = weight.detach().reshape({g.O, K}).to(gd).contiguous();
   Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, {weight.dtype(), x.device()});
   LD_CHECK(dev.conv_implicit(x, wm, bias.defined() ? bias.detach().contiguous() : Tensor(), y, conv_shape(g)),
            "conv2d: the device refused its implicit GEMM");
@@ -722,24 +745,17 @@ Tensor conv2d_implicit(const Tensor& x, const Tensor& weight, const Tensor& bias
       Tensor part = empty({chunks, g.O, Kt}, {DType::f32, dy.device()});
       LD_CHECK(dev.conv_implicit_weight_grad(dy, xv, part, conv_shape(g, Kt - K), gd),
                "conv2d: the device refused its implicit weight gradient");
-      Tensor full = chunks == 1 ? part.reshape({g.O, Kt}) : sum(part, {0});
-      if (gw) dw = (Kt == K ? full : full.narrow(1, 0, K)).to(wd).contiguous().reshape(ws);
-      if (gb) db = full.select(1, K).to(wd).contiguous();
+      weight_and_bias_grads(part, K, gw, gb, ws, wd, dw, db);
     }
     if (gx) {
-      dx = empty({g.N, g.C, g.H, g.W}, {xd, dy.device()});
       if (g.stride == 1 && g.kh == g.kw && g.pad < g.kh) {
+        dx = empty({g.N, g.C, g.H, g.W}, {xd, dy.device()});
         // dx = conv(dy, W') with W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j] (read so by the kernel: adjoint) and
         // padding kh − 1 − pad
         ConvShape ds{g.N, g.O, g.Ho, g.Wo, g.kh, g.kw, 1, g.kh - 1 - g.pad, g.H, g.W};
         LD_CHECK(dev.conv_implicit(dy, wv, Tensor(), dx, ds, true), "conv2d: the device refused its implicit dx");
       } else {
-        Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy as [O, N·L]; dcol = W [O, K]ᵀ @ dyt
-        dyt.copy_(dy.view({g.N, g.O, L}).permute({1, 0, 2}));
-        Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});
-        dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), K, 0, dyt.device_data(), NL, 0,
-                         dcol.device_data(), NL, 0, 1, true);
-        dev.col2im(dcol.permute({1, 0, 2}), dx, conv_shape(g));
+        dx = input_grad_by_col2im(dev, transposed_dy(dy, g, gd), wv, K, g, gd, xd);
       }
     }
     return std::vector<Tensor>{dx, dw, db};
@@ -775,29 +791,19 @@ Tensor conv2d_device(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   if (!needs_grad({&x, &weight, &bias})) return y;
   SavedTensor scol(col, "conv2d"), sw(wm, "conv2d");
   bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  Shape xs = x.shape(), ws = weight.shape();
+  Shape ws = weight.shape();
   DType xd = x.dtype(), wd = weight.dtype();
   record("conv2d", y, {x, weight, bias}, [=, &dev](const Tensor& dy) {
     const Tensor &colv = scol.get(), &wv = sw.get();
-    Tensor dyt = empty({g.O, g.N, L}, {gd, dy.device()});  // dy' = dy as [O, N·L]
-    dyt.copy_(dy.reshape({g.N, g.O, L}).permute({1, 0, 2}));
-    Tensor dx, dw, db;
+    Tensor dyt = transposed_dy(dy, g, gd), dx, dw, db;
     if (gw || gb) {  // [dW | db | ·] in one GEMM (f32 sums, half operands or not)
       int64_t chunks = weight_grad_chunks(g.N, L, Kt), len = NL / chunks;
       Tensor part = empty({chunks, g.O, Kt}, {wd, dy.device()});
       dev.gemm_batched(gd, false, true, g.O, Kt, len, dyt.device_data(), NL, len, colv.device_data(), NL, len,
                        part.device_data(), Kt, g.O * Kt, chunks, false);
-      Tensor full = chunks == 1 ? part.reshape({g.O, Kt}) : sum(part, {0});
-      if (gw) dw = (Kt == K ? full : full.narrow(1, 0, K).contiguous()).reshape(ws);
-      if (gb) db = full.select(1, K).contiguous();
+      weight_and_bias_grads(part, K, gw, gb, ws, wd, dw, db);
     }
-    if (gx) {
-      Tensor dcol = empty({K, g.N, L}, {gd, dy.device()});  // dcol = W[:, :K]ᵀ [K, O] @ dy' [O, N·L]
-      dev.gemm_batched(gd, true, false, K, NL, g.O, wv.device_data(), Kt, 0, dyt.device_data(), NL, 0,
-                       dcol.device_data(), NL, 0, 1, true);
-      dx = empty(xs, {xd, dy.device()});
-      dev.col2im(dcol.permute({1, 0, 2}), dx, cs);
-    }
+    if (gx) dx = input_grad_by_col2im(dev, dyt, wv, Kt, g, gd, xd);
     return std::vector<Tensor>{dx, dw, db};
   });
   return y;
