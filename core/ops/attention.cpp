@@ -31,7 +31,7 @@ struct AttnRows {
 // Scores of one (batch, head) into S [Tq, Tk], masked entries set to -inf.
 template <class T>
 void scores(const AttnGeom& g, const T* q, int64_t ldq, const T* k, int64_t ldk, const T* valid, T* S) {
-  cpu::gemm<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, ldq, k, ldk, T(0), S, g.Tk);
+  cpu::gemm_columns<T>(false, true, g.Tq, g.Tk, g.D, T(g.scale), q, ldq, k, ldk, T(0), S, g.Tk);
   const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < g.Tq; ++i) {
     T* row = S + i * g.Tk;
@@ -68,7 +68,7 @@ void attention_forward(const AttnGeom& g, const AttnRows& r, const T* q, const T
         for (int64_t j = 0; j < g.Tk; ++j) row[j] *= inv;
         lse[bh * g.Tq + i] = m + std::log(sum);
       }
-      cpu::gemm<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
+      cpu::gemm_columns<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
                    out + r.o.at(bh, 0), r.o.st);
     }
   }, 1);
@@ -89,15 +89,15 @@ void attention_backward(const AttnGeom& g, const AttnRows& r, const T* q, const 
         T* row = P.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
       }
-      cpu::gemm<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
-      cpu::gemm<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP.data(), g.Tk);
+      cpu::gemm_columns<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
+      cpu::gemm_columns<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP.data(), g.Tk);
       for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
         T di = cpu::row_dot(gb + i * r.g.st, ob + i * r.o.st, g.Dv);
         T *p = P.data() + i * g.Tk, *d = dP.data() + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
       }
-      cpu::gemm<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
-      cpu::gemm<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
+      cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
+      cpu::gemm_columns<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
     }
   }, 1);
 }

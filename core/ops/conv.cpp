@@ -3,11 +3,12 @@
 //     output channels, for the forward, for dx (the same pass over dy with the flipped, transposed
 //     kernel) and for dW; no column matrix. Below "fast paths".
 //   im2col + GEMM (everything else: strides, groups, other kernel sizes), over chunks of images (one
-//     chunk per thread; OpenBLAS runs single-threaded inside the parallel region):
+//     chunk per thread; a single chunk's GEMMs split into fixed column blocks, cpu::gemm_columns):
 //       forward:  col = im2col(x[chunk]);  y[chunk, g] = W[g] @ col[g]
 //       backward: dW[g] = sum over chunks of dy[chunk, g] @ col[g]^T   (chunk order: deterministic)
 //                 dx[chunk] = col2im(W[g]^T @ dy[chunk, g])
-// Both give results that do not depend on the thread count.
+// Both give results that do not depend on the thread count: every BLAS call is single-threaded on a block
+// that depends only on the shape (OpenBLAS's own threading can round differently on 1 and 2 threads).
 
 #include <array>
 #include <cstring>
@@ -120,8 +121,8 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
       int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
       for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col + j * HW, L);
       for (int64_t gr = 0; gr < g.groups; ++gr)
-        cpu::gemm<T>(false, false, g.og(), L, g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
-                col + gr * g.krows() * L, L, T(0), ych + gr * g.og() * L, L);
+        cpu::gemm_columns<T>(false, false, g.og(), L, g.krows(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+                             col + gr * g.krows() * L, L, T(0), ych + gr * g.og() * L, L);
       for (int64_t j = 0; j < nb; ++j)
         for (int64_t o = 0; o < g.O; ++o) {
           const T* src = ych + o * L + j * HW;
@@ -161,15 +162,15 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx
       if (dw) {
         for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col + j * HW, L);
         for (int64_t gr = 0; gr < g.groups; ++gr)
-          cpu::gemm<T>(false, true, g.og(), g.krows(), L, T(1), dyc + gr * g.og() * L, L,
-                  col + gr * g.krows() * L, L, T(0), dw_part + (c * g.O + gr * g.og()) * g.krows(),
-                  g.krows());
+          cpu::gemm_single_thread<T>(false, true, g.og(), g.krows(), L, T(1), dyc + gr * g.og() * L, L,
+                                     col + gr * g.krows() * L, L, T(0), dw_part + (c * g.O + gr * g.og()) * g.krows(),
+                                     g.krows());
       }
       if (dx) {
         T* dcol = col;  // reuse the buffer: dW is done with it
         for (int64_t gr = 0; gr < g.groups; ++gr)
-          cpu::gemm<T>(true, false, g.krows(), L, g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
-                  dyc + gr * g.og() * L, L, T(0), dcol + gr * g.krows() * L, L);
+          cpu::gemm_columns<T>(true, false, g.krows(), L, g.og(), T(1), w + gr * g.og() * g.krows(), g.krows(),
+                               dyc + gr * g.og() * L, L, T(0), dcol + gr * g.krows() * L, L);
         for (int64_t j = 0; j < nb; ++j) {
           T* dxn = dx + (n0 + j) * CHW;
           std::fill(dxn, dxn + CHW, T(0));
@@ -600,7 +601,7 @@ void conv1x1_gemm(int64_t N, int64_t C, int64_t HW, int64_t O, const T* w, bool 
   cpu::parallel_range(N, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       T* yn = y + n * out * HW;
-      cpu::gemm<T>(transposed, false, out, HW, in, T(1), w, C, x + n * in * HW, HW, T(0), yn, HW);
+      cpu::gemm_columns<T>(transposed, false, out, HW, in, T(1), w, C, x + n * in * HW, HW, T(0), yn, HW);
       if (b)
         for (int64_t o = 0; o < out; ++o)
           for (int64_t s = 0; s < HW; ++s) yn[o * HW + s] += b[o];
@@ -619,8 +620,8 @@ void conv1x1_dw(int64_t N, int64_t C, int64_t HW, int64_t O, const T* x, const T
   cpu::parallel_range(nchunk, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch)
       for (int64_t n = ch * kImageChunk; n < std::min(N, (ch + 1) * kImageChunk); ++n)
-        cpu::gemm<T>(false, true, O, C, HW, T(1), dy + n * O * HW, HW, x + n * C * HW, HW,
-                     T(n == ch * kImageChunk ? 0 : 1), p + ch * O * C, C);
+        cpu::gemm_single_thread<T>(false, true, O, C, HW, T(1), dy + n * O * HW, HW, x + n * C * HW, HW,
+                                   T(n == ch * kImageChunk ? 0 : 1), p + ch * O * C, C);
   }, work_grain(kImageChunk * O * C * HW));
   std::copy(p, p + O * C, dw);
   for (int64_t ch = 1; ch < nchunk; ++ch)
