@@ -34,6 +34,15 @@ void parallel_range(int64_t n, F&& fn, int64_t grain = kParallelGrain) {
   }
 }
 
+// Scratch memory from the caching allocator (a training step reuses last step's blocks; a std::vector of
+// megabytes would be mapped, page-faulted and zeroed on every call). `holder` keeps it alive. Callable from
+// threads.
+template <class T>
+T* scratch(Tensor& holder, int64_t n) {
+  holder = empty({n}, dtype_of<T>::value);
+  return holder.data_ptr<T>();
+}
+
 template <int K>
 struct NdLayout {
   std::vector<int64_t> sizes;                  // outer dims (merged), row-major

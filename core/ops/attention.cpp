@@ -47,12 +47,13 @@ template <class T>
 void attention_forward(const AttnGeom& g, const AttnRows& r, const T* q, const T* k, const T* v, const T* valid,
                        T* out, T* lse) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
-    std::vector<T> S(static_cast<size_t>(g.Tq * g.Tk));
+    Tensor scores_buf;  // [Tq, Tk] of one head at a time
+    T* const S = cpu::scratch<T>(scores_buf, g.Tq * g.Tk);
     for (int64_t bh = b0; bh < b1; ++bh) {
       const T* vb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
-      scores(g, q + r.q.at(bh, 0), r.q.st, k + r.k.at(bh, 0), r.k.st, vb, S.data());
+      scores(g, q + r.q.at(bh, 0), r.q.st, k + r.k.at(bh, 0), r.k.st, vb, S);
       for (int64_t i = 0; i < g.Tq; ++i) {
-        T* row = S.data() + i * g.Tk;
+        T* row = S + i * g.Tk;
         T m = cpu::row_max(row, g.Tk);
         if (m == -std::numeric_limits<T>::infinity()) {  // nothing visible: zeros
           std::fill(row, row + g.Tk, T(0));
@@ -68,7 +69,7 @@ void attention_forward(const AttnGeom& g, const AttnRows& r, const T* q, const T
         for (int64_t j = 0; j < g.Tk; ++j) row[j] *= inv;
         lse[bh * g.Tq + i] = m + std::log(sum);
       }
-      cpu::gemm_columns<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S.data(), g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
+      cpu::gemm_columns<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S, g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
                    out + r.o.at(bh, 0), r.o.st);
     }
   }, 1);
@@ -78,26 +79,27 @@ template <class T>
 void attention_backward(const AttnGeom& g, const AttnRows& r, const T* q, const T* k, const T* v, const T* valid,
                         const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv) {
   cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
-    std::vector<T> P(static_cast<size_t>(g.Tq * g.Tk)), dP(static_cast<size_t>(g.Tq * g.Tk));
+    Tensor p_buf, dp_buf;  // [Tq, Tk] each, of one head at a time
+    T *const P = cpu::scratch<T>(p_buf, g.Tq * g.Tk), *const dP = cpu::scratch<T>(dp_buf, g.Tq * g.Tk);
     for (int64_t bh = b0; bh < b1; ++bh) {
       const T *qb = q + r.q.at(bh, 0), *kb = k + r.k.at(bh, 0), *vb = v + r.v.at(bh, 0);
       const T *ob = out + r.o.at(bh, 0), *gb = dout + r.g.at(bh, 0);
       const T* mb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
-      scores(g, qb, r.q.st, kb, r.k.st, mb, P.data());
+      scores(g, qb, r.q.st, kb, r.k.st, mb, P);
       for (int64_t i = 0; i < g.Tq; ++i) {  // P = exp(S - lse), recomputed
         T l = lse[bh * g.Tq + i];
-        T* row = P.data() + i * g.Tk;
+        T* row = P + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
       }
-      cpu::gemm_columns<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P.data(), g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
-      cpu::gemm_columns<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP.data(), g.Tk);
+      cpu::gemm_columns<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P, g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
+      cpu::gemm_columns<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP, g.Tk);
       for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
         T di = cpu::row_dot(gb + i * r.g.st, ob + i * r.o.st, g.Dv);
-        T *p = P.data() + i * g.Tk, *d = dP.data() + i * g.Tk;
+        T *p = P + i * g.Tk, *d = dP + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
       }
-      cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P.data(), g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
-      cpu::gemm_columns<T>(true, false, g.Tk, g.D, g.Tq, T(1), P.data(), g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
+      cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P, g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
+      cpu::gemm_columns<T>(true, false, g.Tk, g.D, g.Tq, T(1), P, g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
     }
   }, 1);
 }

@@ -44,14 +44,6 @@ struct ConvGeom {
 constexpr int64_t kParallelWork = int64_t(1) << 17;
 inline int64_t work_grain(int64_t work) { return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work)); }
 
-// Scratch memory from the caching allocator (a training step reuses last step's blocks; malloc would
-// map and zero fresh pages for every large buffer). `holder` keeps it alive. Callable from threads.
-template <class T>
-T* scratch(Tensor& holder, int64_t n) {
-  holder = empty({n}, dtype_of<T>::value);
-  return holder.data_ptr<T>();
-}
-
 // Output columns ox whose input column ox*stride - pad + j lies inside [0, W): [lo, hi).
 inline std::pair<int64_t, int64_t> valid_cols(const ConvGeom& g, int64_t j) {
   int64_t lo = std::max<int64_t>(0, (g.pad - j + g.stride - 1) / g.stride);
@@ -116,7 +108,7 @@ void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   int64_t nchunk = (g.N + kImageChunk - 1) / kImageChunk;
   cpu::parallel_range(nchunk, [&](int64_t c0, int64_t c1) {
     Tensor colt, ycht;
-    T *col = scratch<T>(colt, rows * kImageChunk * HW), *ych = scratch<T>(ycht, g.O * kImageChunk * HW);
+    T *col = cpu::scratch<T>(colt, rows * kImageChunk * HW), *ych = cpu::scratch<T>(ycht, g.O * kImageChunk * HW);
     for (int64_t c = c0; c < c1; ++c) {
       int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
       for (int64_t j = 0; j < nb; ++j) im2col(g, x + (n0 + j) * CHW, col + j * HW, L);
@@ -143,11 +135,11 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx
   int64_t HW = g.cols(), CHW = g.C * g.H * g.W, rows = g.C * g.kh * g.kw;
   int64_t nchunk = (g.N + kImageChunk - 1) / kImageChunk;
   Tensor dw_partt;
-  T* dw_part = dw ? scratch<T>(dw_partt, nchunk * g.O * g.krows()) : nullptr;
+  T* dw_part = dw ? cpu::scratch<T>(dw_partt, nchunk * g.O * g.krows()) : nullptr;
   std::vector<double> db_part(db ? static_cast<size_t>(nchunk * g.O) : 0);
   cpu::parallel_range(nchunk, [&](int64_t c0, int64_t c1) {
     Tensor colt, dyct;
-    T *col = scratch<T>(colt, rows * kImageChunk * HW), *dyc = scratch<T>(dyct, g.O * kImageChunk * HW);
+    T *col = cpu::scratch<T>(colt, rows * kImageChunk * HW), *dyc = cpu::scratch<T>(dyct, g.O * kImageChunk * HW);
     for (int64_t c = c0; c < c1; ++c) {
       int64_t n0 = c * kImageChunk, nb = std::min(kImageChunk, g.N - n0), L = nb * HW;
       for (int64_t j = 0; j < nb; ++j)  // dyc[o, j*HW + s] = dy[n0 + j, o, s]
@@ -438,8 +430,8 @@ void direct(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, in
   cpu::parallel_range(N * nob, [&](int64_t t0, int64_t t1) {
     // every tile of one (image, output block) when the channels come in chunks, else one tile
     Tensor buft, xpadt;
-    T* const buf = scratch<T>(buft, nchunk > 1 ? nrow * pl.r * Wo * B : kMaxPB<1> * B);
-    T* const xpad = pad > 0 ? scratch<T>(xpadt, C * plane) : nullptr;
+    T* const buf = cpu::scratch<T>(buft, nchunk > 1 ? nrow * pl.r * Wo * B : kMaxPB<1> * B);
+    T* const xpad = pad > 0 ? cpu::scratch<T>(xpadt, C * plane) : nullptr;
     int64_t padded_n = -1;
     for (int64_t task = t0; task < t1; ++task) {
       int64_t n = task / nob, ob = task % nob, o0 = ob * B, no = std::min(B, O - o0);
@@ -522,7 +514,7 @@ void direct3_dw(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t p
   cpu::parallel_range(ntile, [&](int64_t t0, int64_t t1) {
     const int64_t cl = t0 / nob, cs = (t1 - 1) / nob + 1 - cl;  // this thread's channels [cl, cl + cs)
     Tensor xpadt;
-    T* const xpad = scratch<T>(xpadt, G * cs * plane);
+    T* const xpad = cpu::scratch<T>(xpadt, G * cs * plane);
     for (int64_t n = 0; n < N; n += G) {
       const int64_t ni = std::min(G, N - n);
       for (int64_t i = 0; i < ni; ++i) pad_images(x + ((n + i) * C + cl) * H * W, cs, H, W, pad, xpad + i * cs * plane);
