@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cpu/blas.h"
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "core/threads.h"
@@ -323,4 +324,48 @@ TEST_CASE("matmul: errors name the op and both shapes") {
   Tensor i = ones({2, 2}).to(DType::i64);
   CHECK_THROWS_WITH_AS(matmul(i, i), doctest::Contains("matmul: expected a floating dtype"), liandan::Error);
   CHECK_THROWS_WITH_AS(matmul(Tensor(), a), doctest::Contains("matmul: undefined"), liandan::Error);
+}
+
+// cpu::gemm_columns (core/cpu/blas.h), the GEMM inside conv2d and the CPU attention: C in fixed blocks of 256
+// columns, each one single-threaded BLAS call. Every transpose combination, ragged blocks (700 = 256 + 256 + 188),
+// leading dims wider than the rows, alpha and beta: within f32 rounding of the f64 product, and bit-identical on
+// 1, 2 and 3 threads (OpenBLAS's own threading is not, with some of its kernels).
+TEST_CASE("cpu::gemm_columns: every transpose, ragged column blocks; bit-identical on any thread count") {
+  const int64_t M = 24, N = 700, K = 144, pad = 3;
+  Generator gen(41);
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    CAPTURE(ta);
+    CAPTURE(tb);
+    const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    auto floats = [&](int64_t n) {
+      std::vector<double> v = randn({n}, gen).to_vector();
+      return std::vector<float>(v.begin(), v.end());
+    };
+    std::vector<float> A = floats((ta ? K : M) * lda), B = floats((tb ? N : K) * ldb), C0 = floats(M * ldc);
+    const float alpha = 0.5f, beta = 1.0f;
+    auto run = [&](int threads) {
+      testing::ThreadsGuard tg(threads);
+      std::vector<float> C = C0;
+      cpu::gemm_columns<float>(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+      return C;
+    };
+    std::vector<float> c1 = run(1), c2 = run(2), c3 = run(3);
+    CHECK(c1 == c2);
+    CHECK(c1 == c3);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double ref = beta * double(C0[i * ldc + j]), bound = std::fabs(ref);
+        for (int64_t k = 0; k < K; ++k) {
+          double a = ta ? A[k * lda + i] : A[i * lda + k], b = tb ? B[j * ldb + k] : B[k * ldb + j];
+          ref += alpha * a * b;
+          bound += std::fabs(alpha * a * b);
+        }
+        if (std::fabs(c2[i * ldc + j] - ref) > 1e-5 * bound) ++bad;
+      }
+    CHECK(bad == 0);
+    for (int64_t i = 0; i < M; ++i)  // the padding columns are not written
+      for (int64_t j = N; j < ldc; ++j) CHECK(c2[i * ldc + j] == C0[i * ldc + j]);
+  }
 }
