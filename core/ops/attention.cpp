@@ -70,7 +70,7 @@ void attention_forward(const AttnGeom& g, const AttnRows& r, const T* q, const T
         lse[bh * g.Tq + i] = m + std::log(sum);
       }
       cpu::gemm_columns<T>(false, false, g.Tq, g.Dv, g.Tk, T(1), S, g.Tk, v + r.v.at(bh, 0), r.v.st, T(0),
-                   out + r.o.at(bh, 0), r.o.st);
+                           out + r.o.at(bh, 0), r.o.st);
     }
   }, 1);
 }
@@ -91,14 +91,16 @@ void attention_backward(const AttnGeom& g, const AttnRows& r, const T* q, const 
         T* row = P + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) row[j] = std::isinf(l) ? T(0) : cpu::vexp(row[j] - l);
       }
-      cpu::gemm_columns<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P, g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0), r.dv.st);
+      cpu::gemm_columns<T>(true, false, g.Tk, g.Dv, g.Tq, T(1), P, g.Tk, gb, r.g.st, T(0), dv + r.dv.at(bh, 0),
+                           r.dv.st);
       cpu::gemm_columns<T>(false, true, g.Tq, g.Tk, g.Dv, T(1), gb, r.g.st, vb, r.v.st, T(0), dP, g.Tk);
       for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)), times the scale
         T di = cpu::row_dot(gb + i * r.g.st, ob + i * r.o.st, g.Dv);
         T *p = P + i * g.Tk, *d = dP + i * g.Tk;
         for (int64_t j = 0; j < g.Tk; ++j) p[j] = p[j] * (d[j] - di) * T(g.scale);
       }
-      cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P, g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0), r.dq.st);
+      cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P, g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0),
+                           r.dq.st);
       cpu::gemm_columns<T>(true, false, g.Tk, g.D, g.Tq, T(1), P, g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
     }
   }, 1);

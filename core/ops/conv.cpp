@@ -583,7 +583,7 @@ void bias_grad(const T* dy, int64_t N, int64_t O, int64_t HW, T* db) {
 
 // A 1x1 convolution with few input channels does too little work per output for the direct tiles
 // (their transposed stores dominate): y[n] = W [O, C] @ x[n] [C, HW] and dx[n] = W^T @ dy[n] as one GEMM
-// per image, images split over threads (OpenBLAS runs single-threaded inside the parallel region).
+// per image, images split over threads (and a single image's GEMM over fixed column blocks: gemm_columns).
 constexpr int64_t kDirect1x1MinChannels = 128;
 
 template <class T>
@@ -602,8 +602,8 @@ void conv1x1_gemm(int64_t N, int64_t C, int64_t HW, int64_t O, const T* w, bool 
 }
 
 // dW of a 1x1 convolution: sum_n dy[n] [O, HW] @ x[n]^T [HW, C], a GEMM per image accumulated in fixed
-// chunks of images that are added in chunk order (deterministic). OpenBLAS runs single-threaded inside
-// the parallel region.
+// chunks of images that are added in chunk order (deterministic); each GEMM is single-threaded, also when
+// there is one chunk (OpenBLAS's own threading would make the bits depend on the thread count).
 template <class T>
 void conv1x1_dw(int64_t N, int64_t C, int64_t HW, int64_t O, const T* x, const T* dy, T* dw, DType dt) {
   int64_t nchunk = ceil_div(N, kImageChunk);
