@@ -1,5 +1,7 @@
 #include "core/autograd.h"
 
+#include <atomic>
+#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -98,6 +100,33 @@ void accumulate_leaf(TensorImpl* leaf, const Tensor& g) {
   }
 }
 
+// The post-accumulate-grad hooks: leaf -> (id, hook). Held weakly, so a hook of a freed tensor never fires on
+// another tensor that reuses its address.
+struct HookEntry {
+  uint64_t id;
+  std::weak_ptr<TensorImpl> leaf;
+  PostAccumulateGradHook fn;
+};
+std::mutex g_hooks_mu;
+std::unordered_map<TensorImpl*, std::vector<HookEntry>> g_hooks;
+std::atomic<size_t> g_hook_count{0};  // run_backward does no hook bookkeeping while this is 0
+uint64_t g_next_hook_id = 1;
+
+std::vector<PostAccumulateGradHook> hooks_of(TensorImpl* leaf) {
+  std::lock_guard<std::mutex> lock(g_hooks_mu);
+  std::vector<PostAccumulateGradHook> out;
+  auto it = g_hooks.find(leaf);
+  if (it != g_hooks.end())
+    for (auto& e : it->second)
+      if (e.leaf.lock().get() == leaf) out.push_back(e.fn);
+  return out;
+}
+
+bool has_hooks(TensorImpl* leaf) {
+  std::lock_guard<std::mutex> lock(g_hooks_mu);
+  return g_hooks.count(leaf) != 0;
+}
+
 // Reverse topological order of the nodes reachable from `root` (iterative DFS: long chains such
 // as an unrolled sampler must not overflow the stack).
 std::vector<Node*> topo_order(Node* root) {
@@ -120,6 +149,42 @@ std::vector<Node*> topo_order(Node* root) {
 
 }  // namespace
 
+HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook) {
+  LD_CHECK(leaf.defined() && leaf.is_leaf() && leaf.requires_grad(),
+           "register_post_accumulate_grad_hook: the tensor must be a leaf that requires grad");
+  std::lock_guard<std::mutex> lock(g_hooks_mu);
+  uint64_t id = g_next_hook_id++;
+  g_hooks[leaf.impl()].push_back({id, leaf.impl_ptr(), std::move(hook)});
+  ++g_hook_count;
+  return HookHandle(id);
+}
+
+void HookHandle::remove() {
+  if (id_ == 0) return;
+  std::lock_guard<std::mutex> lock(g_hooks_mu);
+  for (auto it = g_hooks.begin(); it != g_hooks.end(); ++it) {
+    auto& v = it->second;
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i].id == id_) {
+        v.erase(v.begin() + std::ptrdiff_t(i));
+        --g_hook_count;
+        if (v.empty()) g_hooks.erase(it);
+        id_ = 0;
+        return;
+      }
+  }
+  id_ = 0;
+}
+
+HookHandle& HookHandle::operator=(HookHandle&& o) noexcept {
+  if (this != &o) {
+    remove();
+    id_ = o.id_;
+    o.id_ = 0;
+  }
+  return *this;
+}
+
 void run_backward(const Tensor& root, const Tensor& grad) {
   LD_CHECK(root.requires_grad(), "backward: tensor does not require grad and has no grad_fn");
   Tensor g = grad;
@@ -136,6 +201,8 @@ void run_backward(const Tensor& root, const Tensor& grad) {
   NoGradGuard no_grad;  // backward closures build no graph (first-order autograd)
   if (!root.grad_fn()) {
     accumulate_leaf(root.impl(), g);
+    if (g_hook_count.load() != 0)
+      for (auto& h : hooks_of(root.impl())) h(root);
     return;
   }
   // The gradients arrived so far for each node's outputs (a vector of one for most nodes).
@@ -146,9 +213,32 @@ void run_backward(const Tensor& root, const Tensor& grad) {
     return v[size_t(output_nr)];
   };
   slot(root.grad_fn().get(), root.impl()->output_nr) = g;
-  for (Node* n : topo_order(root.grad_fn().get())) {
+  std::vector<Node*> order = topo_order(root.grad_fn().get());
+  // Hooked leaves by the last node (in execution order) with an edge to them: after that node their gradient
+  // of this pass is complete. Only computed while some hook exists.
+  std::vector<std::vector<std::shared_ptr<TensorImpl>>> final_after;
+  std::unordered_set<TensorImpl*> touched;  // hooked leaves that received a gradient in this pass
+  if (g_hook_count.load() != 0) {
+    std::unordered_map<TensorImpl*, std::pair<size_t, std::shared_ptr<TensorImpl>>> last;
+    for (size_t i = 0; i < order.size(); ++i)
+      for (const Edge& e : order[i]->next)
+        if (e.leaf && has_hooks(e.leaf.get())) last[e.leaf.get()] = {i, e.leaf};
+    if (!last.empty()) final_after.resize(order.size());
+    for (auto& [impl, at] : last) final_after[at.first].push_back(at.second);
+  }
+  auto fire_hooks = [&](size_t i) {
+    if (final_after.empty()) return;
+    for (auto& leaf : final_after[i])
+      if (touched.count(leaf.get()))
+        for (auto& h : hooks_of(leaf.get())) h(Tensor(leaf));
+  };
+  for (size_t ni = 0; ni < order.size(); ++ni) {
+    Node* n = order[ni];
     auto it = grads.find(n);
-    if (it == grads.end()) continue;
+    if (it == grads.end()) {
+      fire_hooks(ni);
+      continue;
+    }
     std::vector<Tensor> gout = std::move(it->second);
     grads.erase(it);
     LD_CHECK(!n->released, n->name, " backward: trying to backward through the graph a second time "
@@ -166,8 +256,12 @@ void run_backward(const Tensor& root, const Tensor& grad) {
       const Edge& e = n->next[i];
       if (!gin[i].defined()) continue;
       if (e.node) accumulate(slot(e.node.get(), e.output_nr), gin[i]);
-      else if (e.leaf) accumulate_leaf(e.leaf.get(), gin[i]);
+      else if (e.leaf) {
+        accumulate_leaf(e.leaf.get(), gin[i]);
+        if (!final_after.empty()) touched.insert(e.leaf.get());
+      }
     }
+    fire_hooks(ni);
   }
 }
 

@@ -78,4 +78,27 @@ void record_multi(const char* name, std::vector<Tensor>& outs, const std::vector
 // Runs backpropagation from `root` with incoming gradient `grad`.
 void run_backward(const Tensor& root, const Tensor& grad);
 
+// ---- post-accumulate-grad hooks (PyTorch's Tensor.register_post_accumulate_grad_hook)
+// `hook(leaf)` runs once per backward pass for a leaf that received a gradient in that pass, right after its
+// last contribution of the pass was accumulated into .grad (a leaf used by several ops gets one call, after
+// the last of them), on the thread running backward, under NoGradGuard; backward then goes on with the rest
+// of the graph. Why: nn::DistributedDataParallel starts a gradient bucket's all-reduce from it, so the
+// communication overlaps the remaining backward. The hook stays registered while the handle lives.
+using PostAccumulateGradHook = std::function<void(const Tensor& leaf)>;
+class HookHandle {
+ public:
+  HookHandle() = default;
+  explicit HookHandle(uint64_t id) : id_(id) {}
+  HookHandle(HookHandle&& o) noexcept : id_(o.id_) { o.id_ = 0; }
+  HookHandle& operator=(HookHandle&& o) noexcept;
+  HookHandle(const HookHandle&) = delete;
+  HookHandle& operator=(const HookHandle&) = delete;
+  ~HookHandle() { remove(); }
+  void remove();  // unregisters the hook (idempotent)
+
+ private:
+  uint64_t id_ = 0;
+};
+[[nodiscard]] HookHandle register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);
+
 }  // namespace liandan

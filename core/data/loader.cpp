@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 
+#include "core/data/sampler.h"
 #include "core/random.h"
 
 namespace liandan::data {
@@ -62,6 +64,10 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions opt
     : dataset_(std::move(dataset)), opt_(opt) {
   LD_CHECK(dataset_ != nullptr, "DataLoader: null dataset");
   LD_CHECK(opt_.batch_size >= 1, "DataLoader: batch_size must be >= 1, got ", opt_.batch_size);
+  LD_CHECK(opt_.shard_count >= 1 && opt_.shard_rank >= 0 && opt_.shard_rank < opt_.shard_count &&
+               opt_.batch_size % opt_.shard_count == 0,
+           "DataLoader: shard_rank ", opt_.shard_rank, " of shard_count ", opt_.shard_count, " with batch_size ",
+           opt_.batch_size, " (the global batch must split evenly over the shards)");
   size_ = dataset_->size();
   batches_per_epoch_ = opt_.drop_last ? size_ / opt_.batch_size : (size_ + opt_.batch_size - 1) / opt_.batch_size;
   LD_CHECK(batches_per_epoch_ >= 1, "DataLoader: a data set of ", size_, " elements makes no batch of ",
@@ -91,6 +97,7 @@ std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t position) 
   int64_t perm_epoch = -1;
   ensure_perm(epoch, perm, perm_epoch);
   int64_t begin = position * opt_.batch_size, end = std::min(size_, begin + opt_.batch_size);
+  std::tie(begin, end) = shard_range(begin, end, opt_.shard_rank, opt_.shard_count);
   return {perm.begin() + begin, perm.begin() + end};
 }
 
@@ -101,6 +108,7 @@ DataLoader::Item DataLoader::produce(int64_t epoch, int64_t position, std::vecto
   try {
     ensure_perm(epoch, perm, perm_epoch);
     int64_t begin = position * opt_.batch_size, end = std::min(size_, begin + opt_.batch_size);
+    std::tie(begin, end) = shard_range(begin, end, opt_.shard_rank, opt_.shard_count);
     item.batch = dataset_->get({perm.begin() + begin, perm.begin() + end});
   } catch (...) {
     item.error = std::current_exception();

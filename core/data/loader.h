@@ -63,6 +63,10 @@ struct LoaderOptions {
   bool drop_last = true;   // false: the last batch of an epoch may be smaller
   uint64_t seed = 0;       // the shuffling generator's seed
   bool prefetch = true;    // a worker thread keeps up to 2 batches ready
+  // Data-parallel training (core/data/sampler.h): batch_size is the global batch and this loader returns rank
+  // shard_rank's slice [r·B/N, (r+1)·B/N) of each, N = shard_count (B divisible by N). The order and the
+  // state stay the global ones, so N loaders together see exactly the batches of one loader with N = 1.
+  int64_t shard_rank = 0, shard_count = 1;
 };
 
 class DataLoader {
