@@ -112,7 +112,7 @@ void DistributedDataParallel::on_grad_ready(size_t index) {
   if (--b.pending == 0) {
     size_t before = next_bucket_;
     start_ready_buckets();
-    stats_.buckets_started_in_backward += int64_t(next_bucket_ - before);
+    started_in_backward_ += int64_t(next_bucket_ - before);
   }
 }
 
@@ -132,6 +132,7 @@ void DistributedDataParallel::reset_step() {
     b.work = dist::Work();
   }
   next_bucket_ = 0;
+  started_in_backward_ = 0;
 }
 
 void DistributedDataParallel::fail_unused(const std::vector<size_t>& missing, const char* where) const {
@@ -196,7 +197,7 @@ void DistributedDataParallel::finish_fast() {
     if (g.defined() && g.is_contiguous() && g.dtype() == avg.dtype()) g.copy_(avg);
     else p.t.set_grad(avg.clone());
   }
-  int64_t early = stats_.buckets_started_in_backward;
+  int64_t early = started_in_backward_;
   reset_step();
   stats_ = {early, since(t0), reduce_s};
 }

@@ -142,6 +142,7 @@ class DistributedDataParallel {
   std::vector<Param> params_;
   std::vector<Bucket> buckets_;
   size_t next_bucket_ = 0;  // the next bucket to start (in order)
+  int64_t started_in_backward_ = 0;
   int no_sync_depth_ = 0;
   SyncStats stats_;
 

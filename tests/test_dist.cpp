@@ -15,6 +15,8 @@
 
 #include "core/data/loader.h"
 #include "core/data/sampler.h"
+#include "core/device.h"
+#include "core/dist/backends.h"
 #include "core/dist/comm.h"
 #include "core/ops.h"
 #include "diffusion/unet.h"
@@ -108,6 +110,42 @@ void check_ddp_gradient(Make make, Loss loss, int64_t batch, double tol, int64_t
 Tensor rows(const Tensor& x, int64_t b, int64_t n) { return x.narrow(0, b, n); }
 
 }  // namespace
+
+TEST_CASE("post-accumulate-grad hook: once per backward, after the leaf's last contribution, while backward goes on") {
+  Tensor w = from_vector(std::vector<double>{1, 2}, {2}, DType::f64).requires_grad_();
+  Tensor late = from_vector(std::vector<double>{1, 1}, {2}, DType::f64).requires_grad_();
+  Tensor unused = zeros({2}, DType::f64).requires_grad_();
+  std::vector<std::vector<double>> seen;
+  std::vector<std::string> order;
+  bool late_grad_when_w_ready = true;
+  int unused_calls = 0;
+  {
+    HookHandle hw = register_post_accumulate_grad_hook(w, [&](const Tensor& leaf) {
+      seen.push_back(leaf.grad().to_vector());
+      order.push_back("w");
+      late_grad_when_w_ready = late.grad().defined();
+    });
+    HookHandle hl = register_post_accumulate_grad_hook(late, [&](const Tensor&) { order.push_back("late"); });
+    HookHandle hu = register_post_accumulate_grad_hook(unused, [&](const Tensor&) { ++unused_calls; });
+    // w is used three times and last in the forward, so backward finishes with it first; `late` waits for
+    // the exp's backward: d/dw = 2w + 3 = {5, 7}.
+    Tensor h = mul(exp(mul(late, 0.5)), 1.0);
+    sum(add(h, add(mul(w, w), mul(w, 3.0)))).backward();
+    REQUIRE(seen.size() == 1);
+    CHECK(seen[0] == std::vector<double>{5, 7});
+    CHECK(order == std::vector<std::string>{"w", "late"});
+    CHECK_FALSE(late_grad_when_w_ready);  // the hook ran while backward still had `late` ahead
+    sum(w).backward();                    // accumulates into .grad: the hook sees {6, 8}
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[1] == std::vector<double>{6, 8});
+    CHECK(unused_calls == 0);
+    sum(w).backward();
+    w.backward(ones({2}, DType::f64));  // a leaf as the root itself
+    CHECK(seen.size() == 4);
+  }
+  sum(w).backward();
+  CHECK(seen.size() == 4);  // the hook went with its handle
+}
 
 TEST_CASE("collectives: all_reduce, broadcast, reduce_scatter, all_gather, barrier") {
   const int64_t w = world(), r = rank();
@@ -428,6 +466,49 @@ TEST_CASE("config hash: ranks with different configs are refused, equal ones pas
                        doctest::Contains("different configs or code versions"), Error);
 }
 
+// ---- NCCL (a CUDA build with nccl.h; a GPU per rank): reported as skipped otherwise
+const bool kNccl = dist::nccl_available() && cuda::is_available();
+
+TEST_CASE("NCCL backend: collectives on CUDA tensors, and a DDP gradient on the GPU" * doctest::skip(!kNccl)) {
+  if (world() > cuda::device_count()) {
+    MESSAGE("NCCL needs a GPU per rank: ", world(), " ranks, ", cuda::device_count(), " GPUs");
+    return;
+  }
+  auto nccl = dist::detail::make_nccl(comm(), 60);
+  CHECK(nccl->backend() == "nccl");
+  Device d = Device::cuda(int(comm()->local_rank()));
+  const double total = double(world() * (world() + 1) / 2);
+  Tensor a = full({1000}, double(rank() + 1)).to(d), b = full({8}, double(rank() + 1), DType::f64).to(d);
+  dist::Work wa = nccl->all_reduce(a), wb = nccl->all_reduce(b, dist::ReduceOp::average);
+  wa.wait();
+  wb.wait();
+  CHECK(a.cpu().to_vector() == std::vector<double>(1000, total));
+  CHECK(b.cpu().to_vector() == std::vector<double>(8, total / double(world())));
+  Tensor gathered = empty({2 * world()}, {DType::f32, d});
+  nccl->all_gather(gathered, full({2}, double(rank())).to(d)).wait();
+  CHECK(gathered.cpu().at({2 * world() - 1}) == double(world() - 1));
+  Tensor out = empty({3}, {DType::f32, d});
+  nccl->reduce_scatter(out, full({3 * world()}, 1.0).to(d), dist::ReduceOp::sum).wait();
+  CHECK(out.cpu().to_vector() == std::vector<double>(3, double(world())));
+  Tensor cpu = full({2}, double(rank()));
+  nccl->broadcast(cpu, 0).wait();  // CPU tensors go to MPI underneath
+  CHECK(cpu.to_vector() == std::vector<double>(2, 0.0));
+  // DDP with the gradients on the GPU against one CPU process on the whole batch (f32: rounding).
+  Generator g(18);
+  const int64_t B = 4 * world();
+  Tensor x = randn({B, 5}, g), y = randn({B, 3}, g);
+  auto reference = mlp(3, DType::f32);
+  mse_loss(reference->forward(x), y).backward();
+  auto model = mlp(3, DType::f32);
+  model->to(d);
+  nn::DistributedDataParallel ddp(model, nccl, {.bucket_bytes = 256});
+  mse_loss(model->forward(rows(x, 4 * rank(), 4).to(d)), rows(y, 4 * rank(), 4).to(d)).backward();
+  ddp.finish_gradient_sync();
+  std::vector<Tensor> got;
+  for (Tensor& t : grads(*model)) got.push_back(t.cpu());
+  CHECK(max_rel_diff(got, grads(*reference)) <= 1e-5);
+}
+
 // ---- the programs test_dist_faults.cpp runs under mpirun (skipped in the normal suite)
 
 TEST_CASE("dist worker: a training loop whose rank 1 dies, hangs, stops, throws or starts with another config" *
@@ -454,4 +535,43 @@ TEST_CASE("dist worker: a training loop whose rank 1 dies, hangs, stops, throws 
     return 0;
   });
   CHECK(code == 0);
+}
+
+// ---- measurements for docs/distributed.md (skipped in the suite): mpirun -np 2 build/test_dist --no-skip -tc='dist timing*'
+TEST_CASE("dist timing: all-reduce of one bucket, and a DDP step's overlap" * doctest::skip()) {
+  for (int64_t mib : {1, 4, 25}) {
+    Tensor t = ones({mib << 18}, DType::f32);  // mib MiB of f32
+    comm()->all_reduce(t).wait();              // warm-up
+    const int reps = 10;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) comm()->all_reduce(t, dist::ReduceOp::average).wait();
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    MESSAGE("rank ", rank(), " of ", world(), ": all_reduce of ", mib, " MiB f32: ", ms, " ms (",
+            double(mib) / 1024.0 / (ms / 1000.0), " GiB/s of bucket)");
+  }
+  nn::RoFormerLMConfig c;  // the default LM of configs/default.toml's size class: 0.86 M parameters
+  c.d_model = 128;
+  c.n_layers = 4;
+  c.n_heads = 4;
+  c.d_ff = 512;
+  auto lm = std::make_shared<nn::RoFormerLM>(c);
+  nn::DistributedDataParallel ddp(lm, comm(), {.bucket_bytes = 1 << 20});
+  Generator g(1);
+  Tensor tokens = randint(0, 256, {16 / world(), 128}, g);
+  double total = 0, wait = 0;
+  for (int step = 0; step < 6; ++step) {
+    lm->zero_grad();
+    auto t0 = std::chrono::steady_clock::now();
+    lm->loss(tokens).backward();
+    ddp.finish_gradient_sync();
+    if (step == 0) continue;
+    total += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    wait += ddp.last_sync().wait_s * 1000;
+  }
+  MESSAGE("rank ", rank(), ": LM d128 x4 (", lm->num_parameters(), " parameters, ", ddp.buckets().size(),
+          " buckets of 1 MiB), batch 16/", world(), " x 128: forward+backward+sync ", total / 5, " ms, of it waiting in "
+          "finish_gradient_sync ", wait / 5, " ms; all-reduce time (submission to completion, summed over buckets) ",
+          ddp.last_sync().all_reduce_s * 1000, " ms; buckets started during backward ",
+          ddp.last_sync().buckets_started_in_backward);
+  CHECK(total > 0);
 }
