@@ -1,8 +1,10 @@
 // liandan: the command line.
-//   liandan train [CONFIG.toml] [--set key=value ...]   train (no config: the embedded default, configs/default.toml)
-//   liandan resume RUN_DIR [--set steps=N ...]           continue a run from its last checkpoint, bit-identically
-//   liandan sample RUN_DIR [--checkpoint best|last]      write the task's samples (text, image grids)
-//   liandan eval RUN_DIR [--checkpoint best|last]        held-out metrics of a checkpoint
+//   liandan train [CONFIG.toml] [--set key=value ...] [--run-dir DIR] [--overwrite]
+//                                                        train (no config: the embedded default, configs/default.toml)
+//   liandan resume RUN_DIR [--checkpoint last|best|ckpt-N] [--set steps=N ...]
+//                                                        continue a run from a checkpoint, bit-identically
+//   liandan sample RUN_DIR [--checkpoint last|best|ckpt-N]  write the task's samples (text, image grids)
+//   liandan eval RUN_DIR [--checkpoint last|best|ckpt-N]    held-out metrics of a checkpoint
 //   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
 //   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
@@ -10,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdio>
 
 #include "apps/config.h"
@@ -18,6 +21,7 @@
 #include "apps/task.h"
 #include "apps/trainer.h"
 #include "core/device.h"
+#include "core/fileio.h"
 #include "core/threads.h"
 
 extern "C" char* openblas_get_config();
@@ -27,7 +31,9 @@ using namespace liandan::apps;
 namespace {
 
 Config load_config(const std::string& path, const std::vector<std::string>& sets) {
-  Config c = path.empty() ? Config::from_string(kDefaultConfig, "<default: configs/default.toml>") : Config::from_file(path);
+  // read_regular_file: a FIFO or a directory given as the config is an error, not a hang.
+  Config c = path.empty() ? Config::from_string(kDefaultConfig, "<default: configs/default.toml>")
+                          : Config::from_string(liandan::read_regular_file(path), path);
   for (auto& s : sets) c.set(s);
   return c;
 }
@@ -61,35 +67,48 @@ int main(int argc, char** argv) {
   CLI::App app{"liandan: a deep-learning training framework (RoPE, ZLPR, AdamW/Amos, diffusion)"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "threads (0: the OpenMP default; a config's `threads` also sets it)");
+  app.add_option("--threads", threads, "threads (0: the OpenMP default; a config's `threads` also sets it)")
+      ->check(CLI::Range(0, 4096));
 
   std::string config_path, run_dir, checkpoint = "last";
   std::vector<std::string> sets;
-  int64_t die_after = -1, bench_steps = 20;
+  int64_t die_after = 0, bench_steps = 20;
+  bool overwrite = false;
+  // A checkpoint name: last, best or ckpt-N (the trainer says which exist when the file is missing).
+  auto checkpoint_name = CLI::Validator(
+      [](std::string& s) -> std::string {
+        bool numbered = s.size() > 5 && s.size() <= 23 && s.rfind("ckpt-", 0) == 0 &&
+                        s.find_first_not_of("0123456789", 5) == std::string::npos;
+        return s == "last" || s == "best" || numbered ? "" : "must be last, best or ckpt-N, got '" + s + "'";
+      },
+      "last|best|ckpt-N");
 
   auto* train = app.add_subcommand("train", "Train a model from a TOML config (no config: the embedded default)");
   train->add_option("config", config_path, "config file (configs/*.toml)")->check(CLI::ExistingFile);
   add_sets(train, sets);
   train->add_option("--run-dir", run_dir, "run directory (default: runs/<config name>)");
+  train->add_flag("--overwrite", overwrite, "replace the run that RUN_DIR already holds (default: refuse)");
   train->add_option("--die-after-step", die_after, "testing: SIGKILL the process after this step")->group("");
 
   auto* resume = app.add_subcommand("resume", "Continue a run from its last checkpoint (bit-identical to an uninterrupted run)");
   resume->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  resume->add_option("--checkpoint", checkpoint, "last (default; falls back to the newest readable), best or ckpt-N")
+      ->check(checkpoint_name);
   add_sets(resume, sets);
 
   auto* sample = app.add_subcommand("sample", "Write a checkpoint's samples (generated text, image grids) into RUN_DIR/samples");
   sample->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  sample->add_option("--checkpoint", checkpoint, "best or last")->check(CLI::IsMember({"best", "last"}));
+  sample->add_option("--checkpoint", checkpoint, "last (default), best or ckpt-N")->check(checkpoint_name);
   add_sets(sample, sets);
 
   auto* eval = app.add_subcommand("eval", "Print a checkpoint's held-out metrics");
   eval->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  eval->add_option("--checkpoint", checkpoint, "best or last")->check(CLI::IsMember({"best", "last"}));
+  eval->add_option("--checkpoint", checkpoint, "last (default), best or ckpt-N")->check(checkpoint_name);
   add_sets(eval, sets);
 
   auto* bench = app.add_subcommand("bench", "Time training steps of a config (for PyTorch side by side: bench/run)");
   bench->add_option("config", config_path, "config file")->check(CLI::ExistingFile);
-  bench->add_option("--steps", bench_steps, "timed steps")->capture_default_str();
+  bench->add_option("--steps", bench_steps, "timed steps")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 40));
   add_sets(bench, sets);
 
   std::vector<std::string> report_dirs, report_metrics;
@@ -101,6 +120,9 @@ int main(int argc, char** argv) {
 
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
+  // A file-size limit (ulimit -f) then fails the write with EFBIG, which is reported and keeps the last good
+  // files, instead of killing the process mid-write.
+  ::signal(SIGXFSZ, SIG_IGN);
 
   if (threads > 0) liandan::set_num_threads(threads);
   try {
@@ -108,12 +130,12 @@ int main(int argc, char** argv) {
     if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics, report_plot);
     if (*train) {
       Config cfg = load_config(config_path, sets);
-      return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = false, .die_after_step = die_after});
+      return liandan::apps::train(cfg, {.run_dir = run_dir, .overwrite = overwrite, .die_after_step = die_after});
     }
     if (*resume) {
-      Config cfg = Config::from_file(run_dir + "/config.toml");
+      Config cfg = run_config(run_dir, checkpoint);
       for (auto& s : sets) cfg.set(s);
-      return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = true});
+      return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = true, .checkpoint = checkpoint});
     }
     if (*sample) return liandan::apps::sample(run_dir, checkpoint, sets);
     if (*eval) return liandan::apps::evaluate(run_dir, checkpoint, sets);

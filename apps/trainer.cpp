@@ -15,6 +15,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "apps/checkpoint.h"
+#include "apps/run_dir.h"
 #include "apps/task.h"
 #include "core/autograd.h"
 #include "core/data/image.h"
@@ -23,7 +25,9 @@
 #include "core/random.h"
 #include "core/serialize.h"
 #include "core/device.h"
+#include "core/fileio.h"
 #include "core/threads.h"
+#include "core/allocator.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
 #include "optim/clip.h"
@@ -95,6 +99,7 @@ std::unique_ptr<optim::Optimizer> make_optimizer(Config& cfg, Task& task) {
 optim::Schedule make_schedule(Config& cfg, int64_t steps) {
   std::string name = cfg.get<std::string>("optim.schedule", "constant");
   int64_t warm = cfg.get<int64_t>("optim.warmup", 0);
+  LD_CHECK(warm >= 0, "config ", cfg.source(), ": 'optim.warmup' must be >= 0 steps, got ", warm);
   int64_t rest = std::max<int64_t>(1, steps - warm);
   optim::Schedule s;
   if (name == "constant") s = optim::constant_schedule();
@@ -126,8 +131,8 @@ struct RunSettings {
 Device parse_device(const std::string& s, const std::string& source) {
   if (s == "cpu") return Device::cpu();
   if (s == "cuda") return Device::cuda(0);
-  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos)
-    return Device::cuda(std::stoi(s.substr(5)));
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() <= 9 && s.find_first_not_of("0123456789", 5) == std::string::npos)
+    return Device::cuda(std::stoi(s.substr(5)));  // at most 4 digits: no overflow
   LD_FAIL("config ", source, ": 'device' must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", s, "\"");
 }
 
@@ -161,7 +166,14 @@ RunSettings read_settings(Config& cfg) {
   for (auto [k, v] : {std::pair{"log_every", r.log_every}, {"eval_every", r.eval_every},
                       {"checkpoint_every", r.checkpoint_every}, {"optim.accumulate", r.accumulate}})
     LD_CHECK(v >= 1, "config ", cfg.source(), ": '", k, "' must be >= 1, got ", v);
-  LD_CHECK(r.ema_decay >= 0 && r.ema_decay < 1, "config ", cfg.source(), ": 'ema.decay' must lie in [0, 1)");
+  LD_CHECK(r.ema_decay >= 0 && r.ema_decay < 1, "config ", cfg.source(), ": 'ema.decay' must lie in [0, 1), got ",
+           r.ema_decay);
+  LD_CHECK(r.threads >= 0 && r.threads <= 4096, "config ", cfg.source(), ": 'threads' must be 0 (all cores) or a ",
+           "thread count, got ", r.threads);
+  LD_CHECK(r.keep_checkpoints >= 1, "config ", cfg.source(), ": 'keep_checkpoints' must be >= 1, got ",
+           r.keep_checkpoints);
+  for (auto [k, v] : {std::pair{"optim.clip_norm", r.clip_norm}, {"optim.clip_value", r.clip_value}})
+    LD_CHECK(std::isfinite(v) && v >= 0, "config ", cfg.source(), ": '", k, "' must be >= 0 (0: off), got ", v);
   if (r.threads > 0) set_num_threads(int(r.threads));
   return r;
 }
@@ -204,92 +216,6 @@ class Progress {
   clock::time_point t0_;
 };
 
-// ---------------------------------------------------------------- checkpoints
-
-std::string join_ints(const std::vector<int64_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
-
-std::vector<int64_t> parse_ints(const std::string& s, const std::string& file, const std::string& field) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    try {
-      size_t used = 0;
-      out.push_back(std::stoll(tok, &used));
-      LD_CHECK(used == tok.size(), "");
-    } catch (...) {
-      LD_FAIL("checkpoint ", file, ": metadata field '", field, "' is not a list of integers: '", s, "'");
-    }
-  }
-  return out;
-}
-
-struct Checkpointer {
-  fs::path dir;
-  int64_t keep;
-
-  // ckpt-<step> is written atomically; `last` becomes a hard link to it (link to a temp name, then rename:
-  // atomic too), so the newest complete checkpoint is always reachable as last.safetensors.
-  void save(int64_t step, const NamedTensors& tensors, const Metadata& meta) {
-    fs::create_directories(dir);
-    fs::path p = dir / ("ckpt-" + std::to_string(step) + ".safetensors");
-    save_safetensors(p.string(), tensors, meta);
-    link_as(p, "last.safetensors");
-    prune();
-  }
-  void save_best(const NamedTensors& tensors, const Metadata& meta) {
-    fs::create_directories(dir);
-    save_safetensors((dir / "best.safetensors").string(), tensors, meta);
-  }
-  void link_as(const fs::path& target, const std::string& name) {
-    fs::path tmp = dir / (name + ".tmp." + std::to_string(::getpid()));
-    fs::remove(tmp);
-    std::error_code ec;
-    fs::create_hard_link(target, tmp, ec);
-    if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing);  // file systems without links
-    fs::rename(tmp, dir / name);
-  }
-  void prune() {
-    std::vector<std::pair<int64_t, fs::path>> ck;
-    for (auto& e : fs::directory_iterator(dir)) {
-      std::string n = e.path().filename().string();
-      if (n.rfind("ckpt-", 0) == 0 && n.size() > 17 && n.substr(n.size() - 12) == ".safetensors")
-        ck.emplace_back(std::stoll(n.substr(5, n.size() - 17)), e.path());
-    }
-    std::sort(ck.begin(), ck.end());
-    for (size_t i = 0; i + size_t(keep) < ck.size(); ++i) fs::remove(ck[i].second);
-  }
-};
-
-NamedTensors prefixed(const std::string& prefix, const NamedTensors& in) {
-  NamedTensors out;
-  for (auto& [k, t] : in) out.emplace_back(prefix + k, t);
-  return out;
-}
-
-NamedTensors with_prefix_removed(const std::string& prefix, const NamedTensors& in) {
-  NamedTensors out;
-  for (auto& [k, t] : in)
-    if (k.rfind(prefix, 0) == 0) out.emplace_back(k.substr(prefix.size()), t);
-  return out;
-}
-
-std::string meta_at(const Metadata& m, const std::string& key, const std::string& file) {
-  auto it = m.find(key);
-  LD_CHECK(it != m.end(), "checkpoint ", file, ": metadata field '", key, "' is missing");
-  return it->second;
-}
-
-int64_t meta_int(const Metadata& m, const std::string& key, const std::string& file) {
-  auto v = parse_ints(meta_at(m, key, file), file, key);
-  LD_CHECK(v.size() == 1, "checkpoint ", file, ": metadata field '", key, "' must be one integer");
-  return v[0];
-}
-
 // ---------------------------------------------------------------- metrics history (metrics.jsonl + plot)
 
 struct History {
@@ -297,16 +223,18 @@ struct History {
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> eval;
 
   void add(const json& j) {
-    int64_t step = j.at("step").get<int64_t>();
-    if (j.contains("loss")) {
+    if (!j.contains("step") || !j["step"].is_number_integer()) return;
+    int64_t step = j["step"].get<int64_t>();
+    if (j.contains("loss") && j["loss"].is_number()) {
       train_x.push_back(double(step));
       train_y.push_back(j["loss"].get<double>());
     }
-    if (j.contains("eval"))
-      for (auto& [k, v] : j["eval"].items()) {
-        eval[k].first.push_back(double(step));
-        eval[k].second.push_back(v.get<double>());
-      }
+    if (j.contains("eval") && j["eval"].is_object())
+      for (auto& [k, v] : j["eval"].items())
+        if (v.is_number()) {
+          eval[k].first.push_back(double(step));
+          eval[k].second.push_back(v.get<double>());
+        }
   }
   // curves.png: the training loss and every held-out loss (loss, bpc); metrics.png: the other held-out
   // metrics (accuracy, F1, ...), whose scales differ.
@@ -328,31 +256,23 @@ struct History {
 // Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the steps after its checkpoint).
 History reload_metrics(const fs::path& path, int64_t step) {
   History h;
-  std::vector<std::string> kept;
-  std::ifstream in(path);
+  if (!fs::exists(path)) return h;
+  std::string kept;
+  std::stringstream in(read_regular_file(path.string()));
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > step) continue;
+    if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer() || j["step"].get<int64_t>() > step)
+      continue;
     h.add(j);
-    kept.push_back(line);
+    kept += line + "\n";
   }
-  in.close();
-  std::ofstream out(path, std::ios::trunc);
-  for (auto& l : kept) out << l << "\n";
+  write_file_atomic(path.string(), kept);
   return h;
 }
 
-void write_json_atomic(const fs::path& path, const json& j) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-  }
-  fs::rename(tmp, path);
-}
+void write_json_atomic(const fs::path& path, const json& j) { write_file_atomic(path.string(), j.dump(2) + "\n"); }
 
 std::string default_run_dir(const Config& cfg, const std::string& task) {
   std::string stem = cfg.source() == "<default>" ? "default" : fs::path(cfg.source()).stem().string();
@@ -369,11 +289,44 @@ struct Setup {
   std::unique_ptr<optim::GradScaler> scaler;  // enabled for precision = "f16" only
 };
 
+// The share of the available memory a CPU model's weights (and the task's data) may take while they are built:
+// training adds gradients, the optimizer's state and the EMA copy, each as large as the weights.
+std::pair<size_t, std::string> model_budget(Config& cfg, const RunSettings& rs) {
+  std::string opt = cfg.get<std::string>("optim.name", "adamw");
+  double slots = opt == "sgd" ? 1 : opt == "amos" ? 0.5 : 2;
+  double copies = 2 + slots + (rs.ema_decay > 0 ? 1 : 0);
+  MemoryInfo m = system_memory();
+  size_t budget = m.available ? size_t(double(m.available) / copies) : 0;
+  return {budget ? budget : ~size_t(0),
+          fmt::format("the model's weights may take 1/{:.1f} of the available memory while it is "
+                                         "built (training adds gradients, {} state{})", copies, opt,
+                                         rs.ema_decay > 0 ? " and the EMA copy" : "")};
+}
+
 Setup build(Config& cfg) {
   Setup s;
   s.rs = read_settings(cfg);
   default_generator().set_state(s.rs.seed, 0);  // dropout and anything else that draws from it
-  s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir});
+  try {
+    std::optional<CpuAllocationBudget> budget;
+    if (s.rs.device.is_cpu()) {
+      auto [bytes, why] = model_budget(cfg, s.rs);
+      budget.emplace(bytes, why);
+    }
+    s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir});
+  } catch (const Error& e) {
+    // A mistyped key is the likely cause when the task fails before reading every given key (a misspelled
+    // data key shows up as "data not found"): name the unread keys of the sections it had read from.
+    std::string unread;
+    for (auto& k : cfg.unread_keys()) {
+      auto dot = k.rfind('.');
+      bool trainers = k.rfind("optim.", 0) == 0 || k.rfind("ema.", 0) == 0;  // read after the task
+      if (dot != std::string::npos && !trainers && cfg.read_any_in(k.substr(0, dot))) unread += (unread.empty() ? "'" : ", '") + k + "'";
+    }
+    if (unread.empty()) throw;
+    LD_FAIL(e.what(), "\n  (config ", cfg.source(), ": the task had not read these keys when it failed: ", unread,
+            "; check their spelling)");
+  }
   if (!s.rs.device.is_cpu()) {  // before the optimizer, so that its state is created on the device
     LD_CHECK(s.task->runs_on_devices(), "config ", cfg.source(), ": task '", s.rs.task, "' runs on the CPU only so far",
              " (device = \"", s.rs.device.str(), "\")");
@@ -410,21 +363,31 @@ NamedTensors checkpoint_tensors(const Setup& s) {
   return t;
 }
 
-// Loads a checkpoint into a built setup; returns (step, metadata).
-std::pair<int64_t, Metadata> load_checkpoint(Setup& s, const std::string& path) {
-  LD_CHECK(fs::exists(path), "checkpoint ", path, " does not exist");
-  SafetensorsContents c = load_safetensors(path);
-  s.task->model().load_state_dict(with_prefix_removed("model.", c.tensors), true);
-  s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
-  if (s.ema) s.ema->load_state_dict(c.tensors, path);
-  if (s.scaler->enabled()) s.scaler->load_state_dict(c.tensors, path);
+// Loads a checkpoint read from disk into a built setup; returns its step. Any mismatch (a tensor missing or of
+// another shape) is an Error naming the checkpoint file.
+int64_t load_checkpoint(Setup& s, const ReadCheckpoint& ck) {
+  const std::string& path = ck.path;
+  const SafetensorsContents& c = ck.contents;
+  try {
+    s.task->model().load_state_dict(with_prefix_removed("model.", c.tensors), true);
+    s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
+    if (s.ema) s.ema->load_state_dict(c.tensors, path);
+    if (s.scaler->enabled()) s.scaler->load_state_dict(c.tensors, path);
+  } catch (const Error& e) {
+    LD_FAIL("checkpoint ", path, ": ", e.what());
+  }
   int64_t step = meta_int(c.metadata, "step", path);
+  LD_CHECK(step >= 0, "checkpoint ", path, ": metadata field 'step' must be >= 0, got ", step);
   s.sched->set_steps_taken(step);
   auto rng = parse_ints(meta_at(c.metadata, "rng", path), path, "rng");
   LD_CHECK(rng.size() == 2, "checkpoint ", path, ": metadata field 'rng' must hold seed,offset");
   default_generator().set_state(uint64_t(rng[0]), uint64_t(rng[1]));
-  s.task->set_state(parse_ints(meta_at(c.metadata, "task_state", path), path, "task_state"));
-  return {step, c.metadata};
+  try {
+    s.task->set_state(parse_ints(meta_at(c.metadata, "task_state", path), path, "task_state"));
+  } catch (const Error& e) {
+    LD_FAIL("checkpoint ", path, ": metadata field 'task_state': ", e.what());
+  }
+  return step;
 }
 
 // Runs f with the EMA weights in the model (if any), in eval mode and without gradients.
@@ -457,14 +420,125 @@ std::string metrics_line(const Metrics& m) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- one training step (train and bench)
+
+namespace {
+
+struct StepResult {
+  double loss = std::nan("");     // mean over the micro-batches
+  double grad_norm = std::nan("");  // before clipping, when clip_norm is on
+  double lr = 0;                   // the learning rate the step used
+};
+
+// One optimizer step: `accumulate` micro-batches' forward and backward, the non-finite checks, clipping, the
+// (scaled) optimizer step, the schedule and the EMA. `step` is the number of the step being taken (for errors).
+StepResult train_step(Setup& s, optim::GradAccumulation& acc, const optim::NamedParams& named, int64_t step) {
+  const RunSettings& rs = s.rs;
+  StepResult r;
+  double loss_sum = 0;
+  for (int64_t m = 0; m < rs.accumulate; ++m) {
+    Tensor loss = train_loss(s);
+    double lv = loss.item();
+    if (!std::isfinite(lv)) {
+      auto bad = optim::first_nonfinite_param(named);
+      LD_FAIL("step ", step, ": the loss is ", lv, " (not finite)",
+              bad ? "; first non-finite parameter: '" + *bad + "'" : std::string("; all parameters are finite"),
+              "; training stopped");
+    }
+    loss_sum += lv;
+    s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
+    acc.micro_step();
+  }
+  s.scaler->unscale_(*s.opt);
+  // f16: an Inf/NaN gradient means the loss scale was too large: the scaler skips the step and halves
+  // the scale. Only when that keeps happening down to a scale of 1 is it the model's fault.
+  if (s.scaler->found_inf() && s.scaler->get_scale() < 1.0)
+    LD_FAIL("step ", step, ": the gradients are not finite even at loss scale ", s.scaler->get_scale(),
+            " (f16 mixed precision, ", s.scaler->skipped_steps(), " steps skipped so far); training stopped");
+  // With the scaler on, unscale_ has already scanned every gradient; without it, scan and name the parameter.
+  if (!s.scaler->enabled())
+    if (auto bad = optim::first_nonfinite_grad(named))
+      LD_FAIL("step ", step, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
+  if (!s.scaler->found_inf()) {
+    if (rs.clip_norm > 0) r.grad_norm = optim::clip_grad_norm_(named, rs.clip_norm);
+    if (rs.clip_value > 0) optim::clip_grad_value_(named, rs.clip_value);
+  }
+  r.lr = s.opt->param_groups()[0].lr;
+  if (!s.scaler->step(*s.opt))
+    spdlog::debug("step {}: gradients overflowed in f16, step skipped, loss scale {} -> {}", step,
+                  s.scaler->get_scale(), s.scaler->get_scale() / 2);
+  s.scaler->update();
+  s.opt->zero_grad();
+  s.sched->step();
+  if (s.ema) s.ema->update();
+  r.loss = loss_sum / double(rs.accumulate);
+  return r;
+}
+
+// Refuses, before the first step, a CPU run whose gradients and optimizer state cannot fit beside the weights
+// (the weights are allocated already; the allocator refuses any single request that cannot fit, activations
+// included, so this only catches the sum early and names what it is made of).
+void check_memory_fits(const Setup& s, const std::string& source) {
+  if (!s.rs.device.is_cpu()) return;
+  size_t weights = 0;
+  for (auto& [n, p] : s.task->model().named_parameters()) weights += size_t(p.numel()) * dtype_size(p.dtype());
+  const std::string& opt = s.opt->type_name();
+  double slots = opt == "SGD" ? 1 : opt == "Amos" ? 0.5 : 2;  // momentum; Amos's factored slots; Adam's m, v
+  double need = double(weights) * (1 /* gradients */ + slots + (s.ema ? 1 : 0));
+  MemoryInfo m = system_memory();
+  if (m.available && need > double(m.available))
+    LD_FAIL("config ", source, ": the model does not fit in memory: ", s.task->model().num_parameters(),
+            " parameters (", format_bytes(weights), " of weights) need about ", format_bytes(size_t(need)),
+            " more for gradients, ", opt, " state", s.ema ? ", EMA" : "", " and the machine has ",
+            format_bytes(m.available), " available (of ", format_bytes(m.total), "); make the model smaller");
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------- train / resume
 
+Config run_config(const std::string& run_dir, const std::string& which) {
+  fs::path path = fs::path(run_dir) / "config.toml";
+  std::string problem;
+  if (is_regular_file(path.string())) {
+    try {
+      std::string text = read_regular_file(path.string());
+      if (!text.empty()) return Config::from_string(text, path.string());
+      problem = "it is empty";
+    } catch (const Error& e) {
+      problem = e.what();
+    }
+  } else {
+    problem = fs::exists(path) ? "it is not a regular file" : "it does not exist";
+  }
+  LD_CHECK(fs::is_directory(fs::path(run_dir) / "checkpoints"), run_dir, " is not a run directory (no usable ",
+           "config.toml: ", problem, "; no checkpoints/)");
+  // Every checkpoint holds the resolved config: recover it from the one we are about to load.
+  ReadCheckpoint ck = read_checkpoint(run_dir, which);
+  std::string text = meta_at(ck.contents.metadata, "config", ck.path);
+  spdlog::warn("{}: {}; using the config stored in {}", path.string(), problem, ck.path);
+  return Config::from_string(text, ck.path + " (config)");
+}
+
 int train(Config& cfg, const TrainOptions& topt) {
+  // The run directory first: a run that is in use or would be overwritten is refused before any work.
+  std::string task_name = cfg.has("task") ? Config(cfg).require<std::string>("task") : "";
+  fs::path run = topt.run_dir.empty() ? fs::path(default_run_dir(cfg, task_name)) : fs::path(topt.run_dir);
+  fs::create_directories(run);
+  RunLock lock(run);
+  if (!topt.resume && holds_run(run)) {
+    LD_CHECK(topt.overwrite, "run directory ", run.string(), " already holds a run; continue it with `liandan resume ",
+             run.string(), "`, start a new one with --run-dir DIR, or pass --overwrite to replace it");
+    clear_run(run);
+  }
+  for (auto& d : {run, run / "checkpoints", run / "samples"})
+    if (int n = remove_stale_temp_files(d.string())) spdlog::info("removed {} temporary file(s) a killed run left in {}", n, d.string());
+
   Setup s = build(cfg);
   const RunSettings& rs = s.rs;
-  fs::path run = topt.run_dir.empty() ? fs::path(default_run_dir(cfg, rs.task)) : fs::path(topt.run_dir);
+  check_memory_fits(s, cfg.source());
   fs::create_directories(run / "samples");
-  Checkpointer ck{run / "checkpoints", std::max<int64_t>(1, rs.keep_checkpoints)};
+  Checkpointer ck{run / "checkpoints", rs.keep_checkpoints};
   std::string config_text = cfg.resolved_text();
 
   int64_t step = 0;
@@ -472,20 +546,19 @@ int train(Config& cfg, const TrainOptions& topt) {
   auto [best_name, lower_better] = s.task->best_metric();
   History hist;
   if (topt.resume) {
-    std::string last = (run / "checkpoints" / "last.safetensors").string();
-    auto [st, meta] = load_checkpoint(s, last);
-    step = st;
-    best = std::stod(meta_at(meta, "best", last));
-    wall_before = std::stod(meta_at(meta, "wall_s", last));
+    ReadCheckpoint c = read_checkpoint(run, topt.checkpoint);
+    step = load_checkpoint(s, c);
+    best = meta_double(c.contents.metadata, "best", c.path);
+    wall_before = meta_double(c.contents.metadata, "wall_s", c.path);
+    LD_CHECK(std::isfinite(wall_before) && wall_before >= 0, "checkpoint ", c.path, ": metadata field 'wall_s' must be ",
+             "a time in seconds, got ", wall_before);
     hist = reload_metrics(run / "metrics.jsonl", step);
-    spdlog::info("resuming {} at step {} of {}", run.string(), step, rs.steps);
-  } else {
-    fs::remove(run / "metrics.jsonl");
-    fs::remove_all(run / "checkpoints");
+    spdlog::info("resuming {} at step {} of {} from {}", run.string(), step, rs.steps, c.path);
   }
-  {
-    std::ofstream(run / "config.toml") << config_text;
-  }
+  // Rewritten only when it changed (resume with --set), and atomically: a kill or a full disk keeps the old one.
+  fs::path cfg_file = run / "config.toml";
+  if (!is_regular_file(cfg_file.string()) || read_regular_file(cfg_file.string()) != config_text)
+    write_file_atomic(cfg_file.string(), config_text);
   spdlog::info("task {}: {}", rs.task, s.task->describe());
   spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", s.opt->type_name(),
                s.opt->param_groups().size(), rs.steps, get_num_threads(), run.string());
@@ -494,7 +567,7 @@ int train(Config& cfg, const TrainOptions& topt) {
                  rs.precision == DType::f32 ? "" : " mixed (autocast GEMMs, f32 weights)");
 
   auto named = s.task->model().named_parameters();
-  std::ofstream metrics(run / "metrics.jsonl", std::ios::app);
+  AppendFile metrics((run / "metrics.jsonl").string());
   auto t0 = std::chrono::steady_clock::now();
   auto wall = [&] { return wall_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto meta_for = [&](int64_t at) {
@@ -507,94 +580,88 @@ int train(Config& cfg, const TrainOptions& topt) {
                     {"wall_s", fmt::format("{}", wall())},
                     {"format", "liandan-checkpoint-1"}};
   };
+  // Never a checkpoint with a non-finite tensor (lr = 1e39 makes every weight Inf without a NaN loss yet).
+  auto save = [&](int64_t at) {
+    NamedTensors t = checkpoint_tensors(s);
+    check_all_finite(t, "step " + std::to_string(at));
+    ck.save(at, t, meta_for(at));
+  };
   auto run_eval = [&](int64_t at) {
     Metrics m = with_eval_weights(s, [&] { return s.task->evaluate(); });
     json j{{"step", at}, {"eval", metrics_json(m)}};
-    metrics << j.dump() << "\n" << std::flush;
+    metrics.write_line(j.dump());
     hist.add(j);
     hist.plot(run.string(), rs.task);
     spdlog::info("step {} eval: {}", at, metrics_line(m));
     for (auto& [k, v] : m)
       if (k == best_name && (std::isnan(best) || (lower_better ? v < best : v > best))) {
         best = v;
-        ck.save_best(checkpoint_tensors(s), meta_for(at));
+        NamedTensors t = checkpoint_tensors(s);
+        check_all_finite(t, "step " + std::to_string(at));
+        ck.save_best(t, meta_for(at));
       }
     return m;
+  };
+  auto write_summary = [&](const json& j) {
+    try {
+      write_json_atomic(run / "summary.json", j);
+    } catch (const Error& e) {  // already failing: say so, keep the first error as the cause
+      spdlog::error("{}", e.what());
+    }
   };
 
   s.task->model().train();
   Progress progress(rs.steps, step, rs.log_every);
   optim::GradAccumulation acc(rs.accumulate);
+  StopSignals signals;
   double last_loss = std::nan("");
   try {
     while (step < rs.steps) {
-      double loss_sum = 0;
-      for (int64_t m = 0; m < rs.accumulate; ++m) {
-        Tensor loss = train_loss(s);
-        double lv = loss.item();
-        if (!std::isfinite(lv)) {
-          auto bad = optim::first_nonfinite_param(named);
-          LD_FAIL("step ", step + 1, ": the loss is ", lv, " (not finite)",
-                  bad ? "; first non-finite parameter: '" + *bad + "'" : std::string("; all parameters are finite"),
-                  "; training stopped");
-        }
-        loss_sum += lv;
-        s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
-        acc.micro_step();
-      }
-      s.scaler->unscale_(*s.opt);
-      // f16: an Inf/NaN gradient means the loss scale was too large: the scaler skips the step and halves
-      // the scale. Only when that keeps happening down to a scale of 1 is it the model's fault.
-      if (s.scaler->found_inf() && s.scaler->get_scale() < 1.0)
-        LD_FAIL("step ", step + 1, ": the gradients are not finite even at loss scale ", s.scaler->get_scale(),
-                " (f16 mixed precision, ", s.scaler->skipped_steps(), " steps skipped so far); training stopped");
-      // With the scaler on, unscale_ has already scanned every gradient; without it, scan and name the parameter.
-      if (!s.scaler->enabled())
-        if (auto bad = optim::first_nonfinite_grad(named))
-          LD_FAIL("step ", step + 1, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
-      double gnorm = std::nan("");
-      if (!s.scaler->found_inf()) {
-        if (rs.clip_norm > 0) gnorm = optim::clip_grad_norm_(named, rs.clip_norm);
-        if (rs.clip_value > 0) optim::clip_grad_value_(named, rs.clip_value);
-      }
-      double lr = s.opt->param_groups()[0].lr;
-      if (!s.scaler->step(*s.opt)) spdlog::debug("step {}: gradients overflowed in f16, step skipped, loss scale {} -> {}",
-                                                 step + 1, s.scaler->get_scale(), s.scaler->get_scale() / 2);
-      s.scaler->update();
-      s.opt->zero_grad();
-      s.sched->step();
-      if (s.ema) s.ema->update();
+      StepResult r = train_step(s, acc, named, step + 1);
       ++step;
-      last_loss = loss_sum / double(rs.accumulate);
-      progress.update(step, last_loss, lr);
+      last_loss = r.loss;
+      progress.update(step, last_loss, r.lr);
       if (step % rs.log_every == 0 || step == rs.steps) {
-        json j{{"step", step}, {"loss", last_loss}, {"lr", lr}, {"time_s", wall()}};
-        if (!std::isnan(gnorm)) j["grad_norm"] = gnorm;
+        json j{{"step", step}, {"loss", last_loss}, {"lr", r.lr}, {"time_s", wall()}};
+        if (!std::isnan(r.grad_norm)) j["grad_norm"] = r.grad_norm;
         if (s.scaler->enabled()) {
           j["loss_scale"] = s.scaler->get_scale();
           j["skipped_steps"] = s.scaler->skipped_steps();
         }
-        metrics << j.dump() << "\n" << std::flush;
+        metrics.write_line(j.dump());
         hist.add(j);
       }
-      bool eval_now = step % rs.eval_every == 0 && step != rs.steps;
-      if (eval_now) {
+      if (step % rs.eval_every == 0 && step != rs.steps && !signals.pending()) {
         progress.newline();
         run_eval(step);
       }
-      if (step % rs.checkpoint_every == 0 && step != rs.steps) ck.save(step, checkpoint_tensors(s), meta_for(step));
-      if (step == topt.die_after_step) ::kill(::getpid(), SIGKILL);
+      bool saved = step % rs.checkpoint_every == 0 && step != rs.steps;
+      if (saved) save(step);
+      if (int sig = signals.pending()) {  // SIGINT / SIGTERM / SIGHUP: keep this step, stop cleanly
+        progress.newline();
+        if (!saved) save(step);
+        hist.plot(run.string(), rs.task);
+        write_summary(json{{"status", "interrupted"}, {"step", step}, {"signal", StopSignals::name(sig)},
+                           {"wall_s", wall()}});
+        spdlog::warn("{}: stopped after step {} of {}; checkpoint written, continue with `liandan resume {}`",
+                     StopSignals::name(sig), step, rs.steps, run.string());
+        return 128 + sig;
+      }
+      if (topt.die_after_step > 0 && step == topt.die_after_step) ::kill(::getpid(), SIGKILL);
     }
   } catch (const Error& e) {
     progress.newline();
-    write_json_atomic(run / "summary.json", json{{"status", "failed"}, {"step", step}, {"error", e.what()}});
+    write_summary(json{{"status", "failed"}, {"step", step}, {"error", e.what()}});
     spdlog::error("{}", e.what());
-    spdlog::error("the last good checkpoint is kept in {}", (run / "checkpoints").string());
+    if (fs::exists(run / "checkpoints" / "last.safetensors"))
+      spdlog::error("the last good checkpoint is kept in {}", (run / "checkpoints").string());
+    else
+      spdlog::error("no checkpoint was written before the failure");
     return 2;
   }
 
   Metrics final_m = run_eval(step);
-  ck.save(step, checkpoint_tensors(s), meta_for(step));
+  save(step);
   std::vector<std::string> lines = with_eval_weights(s, [&] { return s.task->write_samples((run / "samples").string(), "final"); });
   for (auto& l : lines) std::printf("%s\n", l.c_str());
   json summary{{"status", "completed"},
@@ -621,12 +688,10 @@ int train(Config& cfg, const TrainOptions& topt) {
 namespace {
 Setup setup_from_run(const std::string& run_dir, const std::string& which, const std::vector<std::string>& sets,
                      Config& cfg) {
-  fs::path cfg_path = fs::path(run_dir) / "config.toml";
-  LD_CHECK(fs::exists(cfg_path), run_dir, " is not a run directory (no config.toml)");
-  cfg = Config::from_file(cfg_path.string());
+  cfg = run_config(run_dir, which);
   for (auto& s : sets) cfg.set(s);
   Setup s = build(cfg);
-  load_checkpoint(s, (fs::path(run_dir) / "checkpoints" / (which + ".safetensors")).string());
+  load_checkpoint(s, read_checkpoint(run_dir, which));
   return s;
 }
 }  // namespace
@@ -634,6 +699,7 @@ Setup setup_from_run(const std::string& run_dir, const std::string& which, const
 int sample(const std::string& run_dir, const std::string& which, const std::vector<std::string>& sets) {
   Config cfg;
   Setup s = setup_from_run(run_dir, which, sets, cfg);
+  fs::create_directories(fs::path(run_dir) / "samples");
   auto lines = with_eval_weights(s, [&] { return s.task->write_samples((fs::path(run_dir) / "samples").string(), which); });
   for (auto& l : lines) std::printf("%s\n", l.c_str());
   return 0;
@@ -649,18 +715,15 @@ int evaluate(const std::string& run_dir, const std::string& which, const std::ve
 }
 
 int bench(Config& cfg, int64_t steps) {
+  LD_CHECK(steps >= 1, "bench: --steps must be >= 1, got ", steps);
   Setup s = build(cfg);
+  check_memory_fits(s, cfg.source());
   s.task->model().train();
   auto named = s.task->model().named_parameters();
-  auto one = [&] {
-    s.scaler->scale(train_loss(s)).backward();
-    s.scaler->step(*s.opt);
-    s.scaler->update();
-    s.opt->zero_grad();
-  };
-  one();  // warm-up: allocator caches, OpenMP pool
+  optim::GradAccumulation acc(s.rs.accumulate);
+  train_step(s, acc, named, 1);  // warm-up: allocator caches, OpenMP pool
   auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) one();
+  for (int64_t i = 0; i < steps; ++i) train_step(s, acc, named, i + 2);
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / double(steps);
   std::printf("%s: %s\n%lld steps, %.2f ms/step (%.1f steps/s), %d threads\n", s.rs.task.c_str(),
               s.task->describe().c_str(), (long long)steps, ms, 1000.0 / ms, get_num_threads());

@@ -1,6 +1,10 @@
 #include "core/allocator.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -48,8 +52,9 @@ void* CachingAllocator::allocate(size_t bytes, void* stream) {
     p = raw_.raw_alloc(bin, raw_.ctx);
   }
   std::lock_guard<std::mutex> lock(mu_);
-  LD_CHECK(p, "allocator (", what_, "): out of memory allocating ", bytes, " bytes (bin ", bin,
-           "); allocator state: ", stats_.str());
+  LD_CHECK(p, "allocator (", what_, "): out of memory allocating ", format_bytes(bytes), " (", bytes, " bytes)",
+           raw_.describe_limit ? "; " + raw_.describe_limit(raw_.ctx) : std::string(), "; allocator state: ",
+           stats_.str());
   stats_.n_os_alloc++;
   note_alloc(bin);
   return p;
@@ -88,9 +93,94 @@ void CachingAllocator::empty_cache() {
 
 // ---- the CPU's instance
 
+std::string format_bytes(size_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 5) v /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+namespace {
+
+// A number from a /proc or /sys file: `key` names a "Key:   123 kB" line of /proc/meminfo; empty reads the
+// whole file as one number ("max" means none). 0 when absent.
+size_t read_bytes(const char* path, const char* key) {
+  FILE* f = std::fopen(path, "r");
+  if (!f) return 0;
+  char line[256];
+  size_t out = 0;
+  if (!*key) {
+    if (std::fgets(line, sizeof line, f) && line[0] != 'm') out = size_t(std::strtoull(line, nullptr, 10));
+  } else {
+    size_t klen = std::strlen(key);
+    while (std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, key, klen) == 0 && line[klen] == ':') {
+        out = size_t(std::strtoull(line + klen + 1, nullptr, 10)) * 1024;  // kB
+        break;
+      }
+  }
+  std::fclose(f);
+  return out;
+}
+
+// Bytes the CPU allocator holds from the system (live and cached): with overcommit, memory that was handed
+// out but not yet touched does not show in MemAvailable, so the sum is checked against the total as well.
+std::atomic<size_t> g_cpu_held{0};
+std::atomic<size_t> g_budget{0};  // 0: none (CpuAllocationBudget)
+std::string g_budget_why;
+constexpr size_t kCheckedRequest = size_t(64) << 20;
+
+void* cpu_raw_alloc(size_t bytes, void*) {
+  if (bytes >= kCheckedRequest) {
+    MemoryInfo m = system_memory();
+    if (m.total && (bytes > m.available || g_cpu_held.load() + bytes > m.total)) return nullptr;
+    size_t budget = g_budget.load();
+    if (budget && g_cpu_held.load() + bytes > budget) return nullptr;
+  }
+  void* p = std::aligned_alloc(64, bytes);
+  if (p) g_cpu_held += bytes;
+  return p;
+}
+
+void cpu_raw_free(void* p, size_t bytes, void*) {
+  std::free(p);
+  g_cpu_held -= bytes;
+}
+
+std::string cpu_limit(void*) {
+  MemoryInfo m = system_memory();
+  std::string s = "the machine has " + format_bytes(m.available) + " available of " + format_bytes(m.total) +
+                  " (this process's allocator holds " + format_bytes(g_cpu_held.load()) + ")";
+  if (size_t b = g_budget.load()) s += "; " + g_budget_why + ": at most " + format_bytes(b);
+  return s;
+}
+
+}  // namespace
+
+CpuAllocationBudget::CpuAllocationBudget(size_t bytes, std::string why) {
+  g_budget_why = std::move(why);
+  g_budget = std::max<size_t>(bytes, 1);
+}
+CpuAllocationBudget::~CpuAllocationBudget() { g_budget = 0; }
+
+MemoryInfo system_memory() {
+  MemoryInfo m;
+  m.total = read_bytes("/proc/meminfo", "MemTotal");
+  m.available = read_bytes("/proc/meminfo", "MemAvailable");
+  size_t cg_max = read_bytes("/sys/fs/cgroup/memory.max", "");  // cgroup v2; 0 when unlimited or absent
+  if (cg_max) {
+    size_t cg_cur = read_bytes("/sys/fs/cgroup/memory.current", "");
+    m.total = m.total ? std::min(m.total, cg_max) : cg_max;
+    m.available = std::min(m.available ? m.available : cg_max, cg_max > cg_cur ? cg_max - cg_cur : 0);
+  }
+  return m;
+}
+
 CachingAllocator& cpu_allocator() {
-  static RawAllocator raw{[](size_t bytes, void*) { return std::aligned_alloc(64, bytes); },
-                          [](void* p, size_t, void*) { std::free(p); }, nullptr};
+  static RawAllocator raw{cpu_raw_alloc, cpu_raw_free, nullptr, cpu_limit};
   // Never destroyed: storages may outlive other statics.
   static CachingAllocator* a = new CachingAllocator("cpu", raw, size_t(8) << 30);
   return *a;

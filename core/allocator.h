@@ -28,10 +28,13 @@ struct AllocatorStats {
 };
 
 // Where the raw memory comes from: `raw_alloc` returns null when the system refuses (it must not throw).
+// `describe_limit`, when set, says what the system has (e.g. "the machine has 3.1 GiB available"); it goes
+// into the out-of-memory error.
 struct RawAllocator {
   void* (*raw_alloc)(size_t bytes, void* ctx) = nullptr;
   void (*raw_free)(void* p, size_t bytes, void* ctx) = nullptr;
   void* ctx = nullptr;
+  std::string (*describe_limit)(void* ctx) = nullptr;
 };
 
 class CachingAllocator {
@@ -60,7 +63,30 @@ class CachingAllocator {
   AllocatorStats stats_;
 };
 
-// The CPU's instance: 64-byte aligned blocks from the C library.
+// The CPU's instance: 64-byte aligned blocks from the C library. Linux overcommits memory, so a request that
+// cannot fit would "succeed" and then thrash until the kernel's OOM killer ends the process without a word.
+// The CPU allocator refuses it instead (a liandan::Error naming the size and what the machine has): a request
+// of 64 MiB or more must fit in the memory available now (MemAvailable, and the cgroup's memory.max minus
+// memory.current when a limit is set), and all the memory the allocator holds must stay within the machine's
+// (or cgroup's) total.
+struct MemoryInfo {
+  size_t total = 0;      // min(MemTotal, cgroup memory.max)
+  size_t available = 0;  // min(MemAvailable, cgroup memory.max - memory.current)
+};
+MemoryInfo system_memory();
+std::string format_bytes(size_t bytes);  // "1.5 GiB"
+
+// While alive, the CPU allocator also refuses to hold more than `bytes` in all (`why` goes into the error).
+// The trainer builds a model under one: weights that take more than the share of memory that training leaves
+// them (gradients and optimizer state come after) are refused at the first large tensor, in milliseconds,
+// instead of after minutes of initialising tensors that can never train.
+class CpuAllocationBudget {
+ public:
+  CpuAllocationBudget(size_t bytes, std::string why);
+  ~CpuAllocationBudget();
+  CpuAllocationBudget(const CpuAllocationBudget&) = delete;
+  CpuAllocationBudget& operator=(const CpuAllocationBudget&) = delete;
+};
 CachingAllocator& cpu_allocator();
 void* cpu_alloc(size_t bytes);
 void cpu_free(void* p, size_t bytes);

@@ -16,7 +16,7 @@ ResBlock::ResBlock(int64_t in, int64_t out, int64_t temb_dim, int64_t groups, do
   conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(in, out, 3, nn::Conv2dOptions{.padding = 1}, gen));
   temb_proj = register_module("temb_proj", std::make_shared<nn::Linear>(temb_dim, out, true, gen));
   norm2 = register_module("norm2", std::make_shared<nn::GroupNorm>(groups, out));
-  drop = register_module("drop", std::make_shared<nn::Dropout>(dropout, gen));
+  drop = register_module("drop", std::make_shared<nn::Dropout>(dropout, default_generator()));  // see TransformerBlock
   conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(out, out, 3, nn::Conv2dOptions{.padding = 1}, gen));
   if (in != out) skip = register_module("skip", std::make_shared<nn::Conv2d>(in, out, 1, nn::Conv2dOptions{}, gen));
 }
@@ -74,21 +74,39 @@ Tensor AttnBlock::forward(const Tensor& x) {
 
 UNet::UNet(UNetConfig cfg, Generator& gen) : Module("UNet"), cfg_(std::move(cfg)) {
   UNetConfig& c = cfg_;
+  const int64_t L = int64_t(c.channel_mult.size());
+  // Each size on its own, before any product or remainder is formed from it (groups = 0 would divide by zero).
+  // Bounds: a wider or deeper U-Net could not be allocated, and the products below must not overflow.
+  constexpr int64_t kMaxChannels = int64_t(1) << 20, kMaxLevels = 16;
+  auto check_size = [](const char* field, int64_t v, int64_t max) {
+    LD_CHECK(v >= 1 && v <= max, "UNet: ", field, " must be in [1, ", max, "], got ", v);
+  };
+  check_size("in_channels", c.in_channels, kMaxChannels);
+  check_size("base_channels", c.base_channels, kMaxChannels);
   if (c.out_channels == 0) c.out_channels = c.in_channels;
   if (c.time_embed_dim == 0) c.time_embed_dim = 4 * c.base_channels;
-  const int64_t L = int64_t(c.channel_mult.size());
-  LD_CHECK(c.in_channels > 0 && c.out_channels > 0 && c.base_channels > 0 && c.num_res_blocks > 0 && L > 0,
-           "UNet: in_channels (", c.in_channels, "), out_channels (", c.out_channels, "), base_channels (",
-           c.base_channels, "), num_res_blocks (", c.num_res_blocks, ") and channel_mult (", L,
-           " levels) must be positive");
+  check_size("out_channels", c.out_channels, kMaxChannels);
+  check_size("num_res_blocks", c.num_res_blocks, 1024);
+  check_size("groups", c.groups, kMaxChannels);
+  check_size("image_size", c.image_size, kMaxChannels);
+  check_size("attention_heads", c.attention_heads, kMaxChannels);
+  check_size("time_embed_dim", c.time_embed_dim, kMaxChannels);
+  LD_CHECK(L >= 1 && L <= kMaxLevels, "UNet: channel_mult must have 1 to ", kMaxLevels, " levels, got ", L);
   LD_CHECK(c.base_channels % 2 == 0, "UNet: base_channels must be even (sinusoidal embedding), got ",
            c.base_channels);
   for (int64_t m : c.channel_mult)
-    LD_CHECK(m > 0 && (c.base_channels * m) % c.groups == 0, "UNet: channels base_channels * channel_mult = ",
+    LD_CHECK(m >= 1 && m <= kMaxChannels / c.base_channels, "UNet: channel_mult entries must be in [1, ",
+             kMaxChannels / c.base_channels, "] (base_channels * channel_mult <= ", kMaxChannels, "), got ", m);
+  LD_CHECK(c.base_channels % c.groups == 0, "UNet: base_channels ", c.base_channels, " is not divisible into groups = ",
+           c.groups);
+  for (int64_t m : c.channel_mult)
+    LD_CHECK((c.base_channels * m) % c.groups == 0, "UNet: channels base_channels * channel_mult = ",
              c.base_channels, " * ", m, " are not divisible into groups = ", c.groups);
-  LD_CHECK(c.base_channels % c.groups == 0, "UNet: base_channels ", c.base_channels, " not divisible into ",
-           c.groups, " groups");
   LD_CHECK(c.dropout >= 0 && c.dropout < 1, "UNet: dropout must be in [0, 1), got ", c.dropout);
+  LD_CHECK(std::isfinite(c.time_scale) && c.time_scale > 0, "UNet: time_scale must be a finite number > 0, got ",
+           c.time_scale);
+  for (int64_t r : c.attention_resolutions)
+    LD_CHECK(r >= 1, "UNet: attention_resolutions must be >= 1, got ", r);
   const int64_t E = c.time_embed_dim, nres = c.num_res_blocks;
 
   temb_fc1 = register_module("temb_fc1", std::make_shared<nn::Linear>(c.base_channels, E, true, gen));

@@ -28,7 +28,9 @@ std::pair<Tensor, Tensor> rope_tables_2d(const Tensor& px, const Tensor& py, int
 }
 
 MultiheadAttention::MultiheadAttention(int64_t d_model, int64_t n_heads, AttentionConfig cfg, Generator& gen)
-    : Module("MultiheadAttention"), d_model(d_model), n_heads(n_heads), config(cfg), gen_(&gen) {
+    : Module("MultiheadAttention"), d_model(d_model), n_heads(n_heads), config(cfg), gen_(&default_generator()) {
+  LD_CHECK(d_model >= 1, "MultiheadAttention: d_model must be >= 1, got ", d_model);
+  LD_CHECK(cfg.dropout >= 0 && cfg.dropout < 1, "MultiheadAttention: dropout must be in [0, 1), got ", cfg.dropout);
   LD_CHECK(n_heads > 0 && d_model % n_heads == 0, "MultiheadAttention: d_model ", d_model,
            " is not divisible by n_heads ", n_heads);
   head_dim = d_model / n_heads;

@@ -95,7 +95,7 @@ class MultiheadAttention : public Module {
   // q, k, v as [B, H, T, Dh], q and k rotated (softmax) or with tables returned (linear).
   void project(const Tensor& x, const AttentionInputs& in, int64_t offset, Tensor& q, Tensor& k, Tensor& v,
                Tensor& cos, Tensor& sin);
-  Generator* gen_;
+  Generator* gen_;  // dropout draws: the default generator (saved with checkpoints), not the init one
 };
 
 }  // namespace liandan::nn

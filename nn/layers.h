@@ -75,7 +75,8 @@ class GroupNorm : public Module {
 };
 
 // Zeroes elements with probability p and scales the rest by 1/(1-p) in training mode; identity in eval
-// mode. Draws from `gen`, which must outlive the module (default: the global generator).
+// mode. Draws from `gen`, which must outlive the module (default: the global generator, which the trainer
+// saves and restores with each checkpoint; the library's models always use it for dropout).
 class Dropout : public Module {
  public:
   explicit Dropout(double p = 0.5, Generator& gen = default_generator());

@@ -19,7 +19,9 @@ TransformerBlock::TransformerBlock(int64_t d_model, int64_t n_heads, int64_t d_f
   attn = register_module("attn", std::make_shared<MultiheadAttention>(d_model, n_heads, cfg, gen));
   ln2 = register_module("ln2", std::make_shared<LayerNorm>(d_model));
   ffn = register_module("ffn", std::make_shared<FeedForward>(d_model, d_ff, true, GeluApprox::none, gen));
-  drop = register_module("drop", std::make_shared<Dropout>(cfg.dropout, gen));
+  // Dropout draws from the default generator, not the init generator `gen`: the trainer saves and restores the
+  // default generator with every checkpoint (a task-local init generator is gone after construction).
+  drop = register_module("drop", std::make_shared<Dropout>(cfg.dropout, default_generator()));
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, const AttentionInputs& in) {
@@ -37,6 +39,28 @@ Tensor TransformerBlock::forward(const Tensor& x, const AttentionInputs& in) {
 }
 
 namespace {
+
+// Sizes beyond these are nonsense (their tensors could not be allocated) and would overflow the products
+// the constructors form; refusing them names the field instead of failing inside an allocation.
+constexpr int64_t kMaxWidth = int64_t(1) << 24, kMaxLayers = int64_t(1) << 16;
+
+void check_size(const char* who, const char* field, int64_t v, int64_t max = kMaxWidth) {
+  LD_CHECK(v >= 1 && v <= max, who, ": ", field, " must be in [1, ", max, "], got ", v);
+}
+
+// The checks every transformer model shares: sizes, head split, dropout, RoPE base. (MultiheadAttention
+// checks the head dim RoPE needs.)
+void check_transformer(const char* who, int64_t d_model, int64_t n_layers, int64_t n_heads, int64_t d_ff,
+                       double dropout, PositionEncoding pos, double rope_base) {
+  check_size(who, "d_model", d_model);
+  check_size(who, "n_layers", n_layers, kMaxLayers);
+  check_size(who, "n_heads", n_heads);
+  check_size(who, "d_ff", d_ff);
+  LD_CHECK(d_model % n_heads == 0, who, ": d_model ", d_model, " is not divisible by n_heads ", n_heads);
+  LD_CHECK(dropout >= 0 && dropout < 1, who, ": dropout must be in [0, 1), got ", dropout);
+  if (pos == PositionEncoding::rope1d || pos == PositionEncoding::rope2d)
+    LD_CHECK(std::isfinite(rope_base) && rope_base > 0, who, ": rope_base must be a finite number > 0, got ", rope_base);
+}
 
 // Attention dropout stays 0: the blocks apply dropout to the residual branches instead.
 AttentionConfig attention_config(AttentionKind kind, PositionEncoding pos, double base, RopePairing pairing,
@@ -88,6 +112,10 @@ Tensor learned_table(Module& m, int64_t n, int64_t d, Generator& gen) {
 
 RoFormerLM::RoFormerLM(const RoFormerLMConfig& cfg, Generator& gen) : Module("RoFormerLM"), config(cfg) {
   LD_CHECK(cfg.position != PositionEncoding::rope2d, "RoFormerLM: rope2d is for images (ViT)");
+  check_transformer("RoFormerLM", cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.position,
+                    cfg.rope_base);
+  check_size("RoFormerLM", "vocab_size", cfg.vocab_size);
+  check_size("RoFormerLM", "max_len", cfg.max_len);
   tok_embedding = register_module("tok_embedding", std::make_shared<Embedding>(cfg.vocab_size, cfg.d_model, gen));
   init::normal_(tok_embedding->weight, gen, 0.0, 0.02);
   if (cfg.position == PositionEncoding::learned) pos_embedding = learned_table(*this, cfg.max_len, cfg.d_model, gen);
@@ -126,8 +154,17 @@ Tensor RoFormerLM::loss(const Tensor& tokens) {
   return -mean(gather(log_softmax(logits, -1), -1, target));
 }
 
+void check_generate_options(const GenerateOptions& opt) {
+  LD_CHECK(std::isfinite(opt.temperature) && opt.temperature > 0,
+           "GenerateOptions: temperature must be a finite number > 0, got ", opt.temperature);
+  LD_CHECK(opt.top_k >= 0, "GenerateOptions: top_k must be >= 0 (0: off), got ", opt.top_k);
+  LD_CHECK(opt.top_p > 0 && opt.top_p <= 1, "GenerateOptions: top_p must be in (0, 1], got ", opt.top_p);
+}
+
 int64_t sample_token(const std::vector<double>& logits, const GenerateOptions& opt, double u) {
+  check_generate_options(opt);
   const int64_t V = int64_t(logits.size());
+  LD_CHECK(V >= 1, "sample_token: no logits");
   if (opt.greedy) return int64_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
   std::vector<int64_t> idx(static_cast<size_t>(V));
   std::iota(idx.begin(), idx.end(), 0);
@@ -162,6 +199,8 @@ int64_t sample_token(const std::vector<double>& logits, const GenerateOptions& o
 Tensor RoFormerLM::generate(const Tensor& prompt, int64_t max_new_tokens, const GenerateOptions& opt,
                             std::vector<Tensor>* step_logits) {
   LD_CHECK(prompt.dim() == 2 && prompt.size(1) > 0, "generate: expected a prompt [B, T0], T0 > 0");
+  LD_CHECK(max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", max_new_tokens);
+  check_generate_options(opt);
   NoGradGuard ng;
   const int64_t B = prompt.size(0);
   Generator gen(opt.seed);
@@ -189,6 +228,11 @@ Tensor RoFormerLM::generate(const Tensor& prompt, int64_t max_new_tokens, const 
 RoFormerEncoder::RoFormerEncoder(const RoFormerEncoderConfig& cfg, Generator& gen)
     : Module("RoFormerEncoder"), config(cfg) {
   LD_CHECK(cfg.position != PositionEncoding::rope2d, "RoFormerEncoder: rope2d is for images (ViT)");
+  check_transformer("RoFormerEncoder", cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.position,
+                    cfg.rope_base);
+  check_size("RoFormerEncoder", "vocab_size", cfg.vocab_size);
+  check_size("RoFormerEncoder", "max_len", cfg.max_len);
+  check_size("RoFormerEncoder", "n_classes", cfg.n_classes);
   tok_embedding = register_module("tok_embedding", std::make_shared<Embedding>(cfg.vocab_size, cfg.d_model, gen));
   init::normal_(tok_embedding->weight, gen, 0.0, 0.02);
   if (cfg.position == PositionEncoding::learned) pos_embedding = learned_table(*this, cfg.max_len, cfg.d_model, gen);
@@ -228,6 +272,12 @@ Tensor RoFormerEncoder::forward(const Tensor& tokens, const Tensor& key_valid) {
 // ---------------------------------------------------------------- ViT
 
 ViT::ViT(const ViTConfig& cfg, Generator& gen) : Module("ViT"), config(cfg) {
+  check_transformer("ViT", cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.position, cfg.rope_base);
+  check_size("ViT", "image_size", cfg.image_size);
+  check_size("ViT", "channels", cfg.channels);
+  check_size("ViT", "n_classes", cfg.n_classes);
+  LD_CHECK(cfg.patch >= 1 && cfg.patch <= cfg.image_size, "ViT: patch must be in [1, image_size ", cfg.image_size,
+           "], got ", cfg.patch);
   LD_CHECK(cfg.image_size % cfg.patch == 0, "ViT: image_size ", cfg.image_size, " is not a multiple of patch ",
            cfg.patch);
   const int64_t n = grid() * grid() + (cfg.pooling == Pooling::cls ? 1 : 0);

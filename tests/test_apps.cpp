@@ -283,6 +283,11 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::ofstream(last, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
   }
+  // (With a readable numbered checkpoint beside it, resume falls back to that one: test_apps_hardening.)
+  std::vector<fs::path> numbered;
+  for (auto& e : fs::directory_iterator(dir / "d" / "checkpoints"))
+    if (e.path().filename().string().rfind("ckpt-", 0) == 0) numbered.push_back(e.path());
+  for (auto& p : numbered) fs::remove(p);
   Config again = Config::from_file((dir / "d" / "config.toml").string());
   CHECK_THROWS_WITH_AS(train(again, {.run_dir = (dir / "d").string(), .resume = true}),
                        doctest::Contains(last.string().c_str()), Error);
