@@ -112,11 +112,19 @@ struct Op : Work::Impl {
   }
 };
 
+// The average: sum / world. For a power-of-two world the product with the reciprocal is the same number (exact)
+// and several times faster than a division.
 template <class T>
 void divide(const Tensor& t, int world) {
   T* p = t.data_ptr<T>();
-  const T w = T(world);
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] /= w;
+  const int64_t n = t.numel();
+  if ((world & (world - 1)) == 0) {
+    const T inv = T(1) / T(world);
+    for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+  } else {
+    const T w = T(world);
+    for (int64_t i = 0; i < n; ++i) p[i] /= w;
+  }
 }
 
 constexpr int kHeartbeatTag = 7;
