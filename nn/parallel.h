@@ -63,6 +63,9 @@ class DistributedDataParallel {
  public:
   DistributedDataParallel(std::shared_ptr<Module> module, std::shared_ptr<dist::Communicator> comm,
                           DDPOptions opt = {});
+  // A module owned elsewhere (the trainer's Task::model()): it must outlive this object.
+  DistributedDataParallel(Module& module, std::shared_ptr<dist::Communicator> comm, DDPOptions opt = {})
+      : DistributedDataParallel(std::shared_ptr<Module>(&module, [](Module*) {}), std::move(comm), opt) {}
   ~DistributedDataParallel();
   DistributedDataParallel(const DistributedDataParallel&) = delete;
   DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;

@@ -289,7 +289,7 @@ TEST_CASE("DDP: no_sync accumulation equals one large batch") {
   auto reference = mlp(5, DType::f64);
   mse_loss(reference->forward(x), y).backward();
   auto model = mlp(5, DType::f64);
-  nn::DistributedDataParallel ddp(model, comm(), {.bucket_bytes = 512});
+  nn::DistributedDataParallel ddp(*model, comm(), {.bucket_bytes = 512});  // (a module owned elsewhere)
   int64_t base = rank() * 8;
   {
     auto guard = ddp.no_sync();
