@@ -10,11 +10,22 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
+
+// Header-only xxHash (XXH_INLINE_ALL): the hash inlines into this file, and nothing extra is linked into
+// liandan_core or into the programs that use it.
+// (GCC 12 reports a false -Wmaybe-uninitialized inside its own AVX-512 intrinsics as xxHash inlines them.)
+#define XXH_INLINE_ALL
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <xxhash.h>
+#pragma GCC diagnostic pop
 
 static_assert(std::endian::native == std::endian::little,
               "core/serialize.cpp reads and writes little-endian data with memcpy");
@@ -73,6 +84,80 @@ std::string json_brief(const ojson& j) {
 // Multiplies with overflow detection.
 bool mul_overflow(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
 
+// ---------------------------------------------------------------- checksums (see core/serialize.h)
+
+constexpr const char* kChecksumAlgorithm = "xxh3_64";
+// How the writer's value starts. Another metadata value starting so is refused: by the reader (a damaged key
+// must not make a checked file look unchecked) and by the writer (so that the reader never mistakes it).
+constexpr const char* kChecksumsPrefix = "{\"algorithm\":\"xxh3_64\",";
+
+std::string hex64(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+bool parse_hex64(const std::string& s, uint64_t* out) {
+  if (s.size() != 16) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    v = v << 4 | uint64_t(d);
+  }
+  *out = v;
+  return true;
+}
+
+// A streaming digest of one tensor: its descriptor first, then its stored bytes.
+struct TensorHash {
+  XXH3_state_t* st = XXH3_createState();
+  TensorHash(StDType dtype, const Shape& shape) {
+    LD_CHECK(st != nullptr, "safetensors: out of memory for a checksum state");
+    XXH3_64bits_reset(st);
+    std::string d = std::string(st_dtype_name(dtype)) + "[";
+    for (size_t i = 0; i < shape.size(); ++i) {
+      if (i) d += ',';
+      d += std::to_string(shape[i]);
+    }
+    d += "]";
+    XXH3_64bits_update(st, d.data(), d.size());
+  }
+  ~TensorHash() { XXH3_freeState(st); }
+  TensorHash(const TensorHash&) = delete;
+  TensorHash& operator=(const TensorHash&) = delete;
+  void update(const void* p, size_t n) { XXH3_64bits_update(st, p, n); }
+  uint64_t digest() const { return XXH3_64bits_digest(st); }
+};
+
+uint64_t metadata_digest(const Metadata& m) {
+  XXH3_state_t* st = XXH3_createState();
+  LD_CHECK(st != nullptr, "safetensors: out of memory for a checksum state");
+  XXH3_64bits_reset(st);
+  auto put = [&](const std::string& s) {
+    uint64_t n = s.size();
+    XXH3_64bits_update(st, &n, 8);
+    XXH3_64bits_update(st, s.data(), s.size());
+  };
+  for (auto& [k, v] : m)
+    if (k != kChecksumsKey) {
+      put(k);
+      put(v);
+    }
+  uint64_t d = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  return d;
+}
+
+const char* file_type(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a plain file";
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- reader
@@ -81,12 +166,16 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   auto fail = [&](const auto&... args) {
     LD_FAIL("safetensors: ", path_, ": ", args...);
   };
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // stat first: opening a FIFO for reading would wait for a writer. O_NONBLOCK covers a path swapped for
+  // a FIFO between the two calls (it does not affect reads of a regular file); fstat checks again.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("cannot open: ", errno_str());
+  if (!S_ISREG(st.st_mode)) fail("not a regular file (", file_type(st.st_mode), ")");
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd_ < 0) fail("cannot open: ", errno_str());
   try {
-    struct stat st {};
     if (::fstat(fd_, &st) != 0) fail("cannot stat: ", errno_str());
-    if (!S_ISREG(st.st_mode)) fail("not a regular file");
+    if (!S_ISREG(st.st_mode)) fail("not a regular file (", file_type(st.st_mode), ")");
     size_ = size_t(st.st_size);
     if (size_ < 8) fail("file is ", size_, " bytes, too short for the 8-byte header length");
     void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
@@ -104,13 +193,17 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     const char* hdr = reinterpret_cast<const char*>(map_ + 8);
     buffer_ = map_ + 8 + n;
     buffer_size_ = uint64_t(size_) - 8 - n;
+    // Exactly one JSON object, then only space padding. (A header length one too long takes in a data byte,
+    // caught here; one too short leaves a byte before the buffer, caught by the tiling below.)
+    uint64_t json_end = n;
+    while (json_end > 0 && hdr[json_end - 1] == ' ') --json_end;
 
     // Parse, rejecting duplicate top-level keys (a JSON parser would silently keep one of them).
     std::set<std::string> seen;
     ojson header;
     try {
       header = ojson::parse(
-          hdr, hdr + n,
+          hdr, hdr + json_end,
           [&](int depth, ojson::parse_event_t ev, ojson& parsed) {
             if (ev == ojson::parse_event_t::key && depth == 1) {
               std::string k = parsed.get<std::string>();
@@ -119,9 +212,17 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
             return true;
           });
     } catch (const ojson::exception& e) {
-      fail("header is not valid JSON (", e.what(), ")");
+      fail("header is not valid JSON (", e.what(), ") - the header length ", n, " is wrong, or the header is damaged");
     }
     if (!header.is_object()) fail("header is not a JSON object (got ", header.type_name(), ")");
+    // JSON allows other whitespace around the object; the format allows only trailing spaces.
+    if (hdr[0] != '{')
+      fail("header must start with '{' (byte 8 of the file), got byte 0x", hex64(uint8_t(hdr[0])).substr(14));
+    if (hdr[json_end - 1] != '}')
+      fail("header length ", n, ": the header must end with '}' and optional space padding, but byte ", 8 + json_end - 1,
+           " is 0x", hex64(uint8_t(hdr[json_end - 1])).substr(14), " - a wrong header length or trailing bytes in the header");
+    std::string checksums_text;
+    bool checksums_seen = false;
 
     for (auto it = header.begin(); it != header.end(); ++it) {
       const std::string& name = it.key();
@@ -131,7 +232,15 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
         for (auto m2 = v.begin(); m2 != v.end(); ++m2) {
           if (!m2.value().is_string())
             fail("\"__metadata__\" entry \"", m2.key(), "\" must be a string, got ", m2.value().type_name());
-          metadata_[m2.key()] = m2.value().get<std::string>();
+          if (m2.key() == kChecksumsKey) {
+            checksums_seen = true;
+            checksums_text = m2.value().get<std::string>();
+          } else if (m2.value().get<std::string>().rfind(kChecksumsPrefix, 0) == 0) {
+            fail("\"__metadata__\" entry \"", m2.key(), "\" holds liandan checksums but is not named \"", kChecksumsKey,
+                 "\": the key is damaged");
+          } else {
+            metadata_[m2.key()] = m2.value().get<std::string>();
+          }
         }
         continue;
       }
@@ -188,16 +297,34 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       entries_.push_back(std::move(e));
     }
 
-    // No two tensors may share bytes (empty tensors occupy none).
+    // The tensors, sorted by offset, tile the buffer: each starts where the previous ended (an empty tensor
+    // on a boundary), the first at 0, and the last ends at the end of the file.
     std::vector<const Entry*> byoff;
-    for (auto& e : entries_)
-      if (e.end > e.begin) byoff.push_back(&e);
-    std::sort(byoff.begin(), byoff.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
-    for (size_t i = 1; i < byoff.size(); ++i)
-      if (byoff[i]->begin < byoff[i - 1]->end)
-        fail("tensors \"", byoff[i - 1]->name, "\" (bytes [", byoff[i - 1]->begin, ", ", byoff[i - 1]->end,
-             ")) and \"", byoff[i]->name, "\" (bytes [", byoff[i]->begin, ", ", byoff[i]->end,
-             ")) overlap in field \"data_offsets\"");
+    for (auto& e : entries_) byoff.push_back(&e);
+    std::stable_sort(byoff.begin(), byoff.end(), [](const Entry* a, const Entry* b) {
+      return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
+    uint64_t covered = 0;
+    const Entry* prev = nullptr;
+    for (const Entry* e : byoff) {
+      if (e->begin < covered)
+        fail("tensors \"", prev->name, "\" (bytes [", prev->begin, ", ", prev->end, ")) and \"", e->name,
+             "\" (bytes [", e->begin, ", ", e->end, ")) overlap in field \"data_offsets\"");
+      if (e->begin > covered)
+        fail("tensor \"", e->name, "\": field \"data_offsets\" [", e->begin, ", ", e->end, "] leaves bytes [", covered,
+             ", ", e->begin, ") of the data buffer unused (",
+             prev ? "after tensor \"" + prev->name + "\"" : std::string("at its start"),
+             "): tensors must be stored back to back");
+      covered = e->end;
+      prev = e;
+    }
+    if (covered != buffer_size_)
+      fail("the data buffer holds ", buffer_size_, " bytes but the tensors' \"data_offsets\" end at ", covered,
+           ": ", buffer_size_ - covered, " unaccounted byte(s) after ",
+           prev ? "tensor \"" + prev->name + "\"" : std::string("the header"),
+           " (trailing or inserted bytes, or a wrong header length ", n, ")");
+
+    if (checksums_seen) parse_checksums(checksums_text);
   } catch (...) {
     if (map_) ::munmap(const_cast<unsigned char*>(map_), size_);
     ::close(fd_);
@@ -240,17 +367,85 @@ void convert(const unsigned char* src, Dst* dst, int64_t n, F f) {
 
 }  // namespace
 
+void SafetensorsReader::parse_checksums(const std::string& text) {
+  auto fail = [&](const auto&... args) {
+    LD_FAIL("safetensors: ", path_, ": \"__metadata__\" entry \"", kChecksumsKey, "\": ", args...);
+  };
+  ojson j;
+  try {
+    j = ojson::parse(text);
+  } catch (const ojson::exception& e) {
+    fail("not valid JSON (", e.what(), ") - file damaged");
+  }
+  if (!j.is_object()) fail("must be a JSON object, got ", j.type_name());
+  auto alg = j.find("algorithm");
+  if (alg == j.end() || !alg->is_string()) fail("missing field \"algorithm\"");
+  if (alg->get<std::string>() != kChecksumAlgorithm)
+    fail("field \"algorithm\": unknown checksum algorithm \"", alg->get<std::string>(), "\" (this reader knows \"",
+         kChecksumAlgorithm, "\")");
+  auto hex_field = [&](const ojson& v, const std::string& what) {
+    uint64_t d = 0;
+    if (!v.is_string() || !parse_hex64(v.get<std::string>(), &d))
+      fail(what, " must be 16 lowercase hex digits, got ", json_brief(v));
+    return d;
+  };
+  auto md = j.find("metadata");
+  if (md == j.end()) fail("missing field \"metadata\"");
+  uint64_t want_md = hex_field(*md, "field \"metadata\"");
+  uint64_t got_md = metadata_digest(metadata_);
+  if (got_md != want_md) fail_checksum("the metadata", want_md, got_md);
+  auto ts = j.find("tensors");
+  if (ts == j.end() || !ts->is_object()) fail("field \"tensors\" must be an object of tensor names");
+  checksums_.assign(entries_.size(), 0);
+  std::vector<bool> given(entries_.size(), false);
+  for (auto it = ts->begin(); it != ts->end(); ++it) {
+    auto e = index_.find(it.key());
+    if (e == index_.end()) fail("field \"tensors\" names tensor \"", it.key(), "\", which is not in the file");
+    checksums_[e->second] = hex_field(it.value(), "field \"tensors\": \"" + it.key() + "\"");
+    given[e->second] = true;
+  }
+  for (size_t i = 0; i < entries_.size(); ++i)
+    if (!given[i]) fail("field \"tensors\" has no checksum for tensor \"", entries_[i].name, "\"");
+  has_checksums_ = true;
+}
+
+void SafetensorsReader::fail_checksum(const std::string& what, uint64_t stored, uint64_t computed) const {
+  LD_FAIL("safetensors: ", path_, ": ", what, " fails its ", kChecksumAlgorithm, " checksum (stored ", hex64(stored),
+          ", computed ", hex64(computed), "): the file is damaged");
+}
+
 Tensor SafetensorsReader::read_entry(const Entry& e) const {
+  const unsigned char* src = buffer_ + e.begin;
+  const size_t nbytes = e.end - e.begin;
+  bool raw = e.dtype == StDType::F32 || e.dtype == StDType::F64 || e.dtype == StDType::I64;
+  std::optional<TensorHash> h;
+  if (has_checksums_) h.emplace(e.dtype, e.shape);
+  if (h && !raw) h->update(src, nbytes);
+  auto verify = [&] {
+    if (!h) return;
+    uint64_t want = checksums_[size_t(&e - entries_.data())];  // e is one of entries_
+    if (h->digest() != want) fail_checksum("tensor \"" + e.name + "\"", want, h->digest());
+  };
   Tensor t = empty(e.shape, st_dtype_target(e.dtype));
   int64_t n = t.numel();
-  if (n == 0) return t;
-  const unsigned char* src = buffer_ + e.begin;
+  if (n == 0) {
+    verify();  // its descriptor (dtype and shape) is still covered
+    return t;
+  }
   switch (e.dtype) {
     case StDType::F32:
     case StDType::F64:
-    case StDType::I64:
-      std::memcpy(t.raw_data(), src, e.end - e.begin);
+    case StDType::I64: {
+      // Hash and copy a chunk at a time: the copy reads what the hash just brought into the cache.
+      constexpr size_t kChunk = size_t(1) << 18;
+      auto* dst = static_cast<unsigned char*>(t.raw_data());
+      for (size_t off = 0; off < nbytes; off += kChunk) {
+        size_t len = std::min(kChunk, nbytes - off);
+        if (h) h->update(src + off, len);
+        std::memcpy(dst + off, src + off, len);
+      }
       break;
+    }
     case StDType::BF16:
       convert<uint16_t>(src, t.data_ptr<float>(), n, [](uint16_t h) { return bf16_to_float(h); });
       break;
@@ -267,6 +462,7 @@ Tensor SafetensorsReader::read_entry(const Entry& e) const {
       convert<uint8_t>(src, t.data_ptr<int64_t>(), n, [](uint8_t v) { return int64_t(v != 0); });
       break;
   }
+  verify();
   return t;
 }
 
@@ -317,15 +513,20 @@ StDType storage_type(const Tensor& t, FloatFormat ff) {
   return StDType::F32;
 }
 
-// Appends the bytes of `t` (contiguous) stored as `st` to the file, converting in chunks.
-void write_tensor(int fd, const Tensor& t, StDType st, const std::string& tmp) {
+// Appends the bytes of `t` (contiguous) stored as `st` to the file, converting in chunks; `h` digests
+// exactly the bytes written.
+void write_tensor(int fd, const Tensor& t, StDType st, const std::string& tmp, TensorHash& h) {
   int64_t n = t.numel();
   if (n == 0) return;
+  auto emit = [&](const void* p, size_t bytes) {
+    h.update(p, bytes);
+    write_all(fd, p, bytes, tmp);
+  };
   bool half_st = st == StDType::BF16 || st == StDType::F16;
   bool same_half = (st == StDType::BF16 && t.dtype() == DType::bf16) || (st == StDType::F16 && t.dtype() == DType::f16);
-  if (is_half(t.dtype()) && !same_half) return write_tensor(fd, t.to(DType::f32), st, tmp);  // bf16 <-> f16: exact via f32
+  if (is_half(t.dtype()) && !same_half) return write_tensor(fd, t.to(DType::f32), st, tmp, h);  // bf16 <-> f16: exact via f32
   if (same_half || (st_dtype_size(st) == dtype_size(t.dtype()) && !half_st)) {
-    write_all(fd, t.raw_data(), size_t(n) * dtype_size(t.dtype()), tmp);
+    emit(t.raw_data(), size_t(n) * dtype_size(t.dtype()));
     return;
   }
   constexpr int64_t kChunk = 1 << 18;
@@ -340,8 +541,32 @@ void write_tensor(int fd, const Tensor& t, StDType st, const std::string& tmp) {
       const double* p = t.data_ptr<double>();
       for (int64_t i = s; i < e; ++i) buf[size_t(i - s)] = conv(double_to_float_odd(p[i]));
     }
-    write_all(fd, buf.data(), size_t(e - s) * 2, tmp);
+    emit(buf.data(), size_t(e - s) * 2);
   }
+}
+
+// The header text: JSON padded with spaces to a multiple of 8 bytes, which keeps the data 8-byte aligned
+// as the reference writer does.
+std::string header_text(const ojson& header, const std::string& path) {
+  std::string hdr;
+  try {
+    hdr = header.dump();
+  } catch (const ojson::exception& e) {  // e.g. a name or metadata value that is not valid UTF-8
+    LD_FAIL("save_safetensors: ", path, ": cannot encode the header: ", e.what());
+  }
+  hdr.append((8 - hdr.size() % 8) % 8, ' ');
+  return hdr;
+}
+
+// The "liandan.checksums" value for these digests (one per tensor, in order).
+std::string checksums_text(const NamedTensors& tensors, const std::vector<uint64_t>& digests, uint64_t md) {
+  ojson c = ojson::object();
+  c["algorithm"] = kChecksumAlgorithm;
+  c["metadata"] = hex64(md);
+  ojson ts = ojson::object();
+  for (size_t i = 0; i < tensors.size(); ++i) ts[tensors[i].first] = hex64(digests[i]);
+  c["tensors"] = ts;
+  return c.dump();
 }
 
 }  // namespace
@@ -357,12 +582,21 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     LD_CHECK(names.insert(name).second, "save_safetensors: ", path, ": duplicate tensor name \"", name, "\"");
     LD_CHECK(t.defined(), "save_safetensors: ", path, ": tensor \"", name, "\" is undefined");
   }
+  for (auto& [k, v] : metadata)
+    LD_CHECK(k == kChecksumsKey || v.rfind(kChecksumsPrefix, 0) != 0, "save_safetensors: ", path, ": metadata entry \"",
+             k, "\": a value starting ", kChecksumsPrefix, " is reserved for the checksums");
 
+  // With checksums, the header is written first with zero digests and rewritten in place once the data has
+  // been hashed on its way out: the digests have a fixed width, so the header keeps its length.
+  std::vector<uint64_t> digests(tensors.size(), 0);
+  uint64_t md_digest = metadata_digest(metadata);
   ojson header = ojson::object();
-  if (!metadata.empty()) {
+  if (!metadata.empty() || opt.checksums) {
     ojson m = ojson::object();
-    for (auto& [k, v] : metadata) m[k] = v;
-    header["__metadata__"] = m;
+    for (auto& [k, v] : metadata)
+      if (k != kChecksumsKey) m[k] = v;
+    if (opt.checksums) m[kChecksumsKey] = checksums_text(tensors, digests, md_digest);
+    if (!m.empty()) header["__metadata__"] = m;
   }
   std::vector<StDType> types;
   uint64_t offset = 0;
@@ -379,13 +613,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     header[name] = e;
     offset += nbytes;
   }
-  std::string hdr;
-  try {
-    hdr = header.dump();
-  } catch (const ojson::exception& e) {  // e.g. a name or metadata value that is not valid UTF-8
-    LD_FAIL("save_safetensors: ", path, ": cannot encode the header: ", e.what());
-  }
-  hdr.append((8 - hdr.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned, as the reference writer does
+  std::string hdr = header_text(header, path);
 
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -398,7 +626,17 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
       const Tensor& t = tensors[i].second;
       // Device tensors are written from a host copy (a checkpoint of a GPU run loads anywhere).
       Tensor c = !t.device().is_cpu() ? t.detach().to(Device::cpu()) : t.is_contiguous() ? t : t.detach().contiguous();
-      write_tensor(fd, c, types[i], tmp);
+      TensorHash h(types[i], t.shape());
+      write_tensor(fd, c, types[i], tmp, h);
+      digests[i] = h.digest();
+    }
+    if (opt.checksums) {
+      header["__metadata__"][kChecksumsKey] = checksums_text(tensors, digests, md_digest);
+      std::string final_hdr = header_text(header, path);
+      LD_CHECK(final_hdr.size() == hdr.size(), "save_safetensors: ", path, ": internal error: the header changed length");
+      ssize_t w = ::pwrite(fd, final_hdr.data(), final_hdr.size(), 8);
+      LD_CHECK(w == ssize_t(final_hdr.size()), "save_safetensors: writing ", tmp, " failed: ",
+               w < 0 ? errno_str() : std::string("short write"));
     }
     LD_CHECK(::fsync(fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", errno_str());
     int rc = ::close(fd);
