@@ -24,6 +24,10 @@ using Metrics = std::vector<std::pair<std::string, double>>;
 struct TaskContext {
   uint64_t seed = 0;
   std::string data_dir = "data";  // where scripts/get-data puts downloads
+  // Data-parallel runs (docs/distributed.md): this process's rank of `world`. A task's training batches are the
+  // same global batch of `batch_size` on every rank, of which rank r takes rows [r·B/W, (r+1)·B/W), so W ranks
+  // train on exactly the batches one process would (batch_size must be divisible by the world size).
+  int rank = 0, world = 1;
 };
 
 class Task {

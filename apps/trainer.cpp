@@ -27,6 +27,8 @@
 #include "core/device.h"
 #include "core/fileio.h"
 #include "core/threads.h"
+#include "core/dist/comm.h"
+#include "nn/parallel.h"
 #include "core/allocator.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
@@ -125,6 +127,11 @@ struct RunSettings {
   std::string data_dir;
   Device device;
   DType precision;  // f32, or the half format of mixed precision (autocast): bf16 or f16
+  // [dist]: data-parallel training when launched by mpirun (docs/distributed.md)
+  std::string dist_backend;
+  int64_t dist_bucket_mb;
+  double dist_timeout;
+  bool dist_find_unused;
 };
 
 // "cpu", "cuda" (= cuda:0) or "cuda:N".
@@ -162,6 +169,16 @@ RunSettings read_settings(Config& cfg) {
   r.data_dir = cfg.get<std::string>("data_dir", "data");
   r.device = parse_device(cfg.get<std::string>("device", "cpu"), cfg.source());
   r.precision = parse_precision(cfg.get<std::string>("precision", "f32"), cfg.source());
+  r.dist_backend = cfg.get<std::string>("dist.backend", "auto");
+  r.dist_bucket_mb = cfg.get<int64_t>("dist.bucket_mb", 25);
+  r.dist_timeout = cfg.get<double>("dist.timeout", 300.0);
+  r.dist_find_unused = cfg.get<bool>("dist.find_unused_parameters", false);
+  LD_CHECK(r.dist_backend == "auto" || r.dist_backend == "single" || r.dist_backend == "mpi" || r.dist_backend == "nccl",
+           "config ", cfg.source(), ": 'dist.backend' must be auto, single, mpi or nccl, got \"", r.dist_backend, "\"");
+  LD_CHECK(r.dist_bucket_mb >= 1 && r.dist_bucket_mb <= 4096, "config ", cfg.source(),
+           ": 'dist.bucket_mb' must lie in [1, 4096] MiB, got ", r.dist_bucket_mb);
+  LD_CHECK(std::isfinite(r.dist_timeout) && r.dist_timeout > 0, "config ", cfg.source(),
+           ": 'dist.timeout' must be > 0 seconds, got ", r.dist_timeout);
   LD_CHECK(r.steps >= 1, "config ", cfg.source(), ": 'steps' must be >= 1, got ", r.steps);
   for (auto [k, v] : {std::pair{"log_every", r.log_every}, {"eval_every", r.eval_every},
                       {"checkpoint_every", r.checkpoint_every}, {"optim.accumulate", r.accumulate}})
@@ -282,6 +299,8 @@ std::string default_run_dir(const Config& cfg, const std::string& task) {
 // Everything a run needs, built from a config: shared by train, sample, eval and bench.
 struct Setup {
   RunSettings rs;
+  std::shared_ptr<dist::Communicator> comm;            // world 1 without mpirun
+  std::unique_ptr<nn::DistributedDataParallel> ddp;   // world > 1: gradients averaged over the ranks
   std::unique_ptr<Task> task;
   std::unique_ptr<optim::Optimizer> opt;
   std::unique_ptr<optim::Scheduler> sched;
@@ -306,6 +325,11 @@ std::pair<size_t, std::string> model_budget(Config& cfg, const RunSettings& rs) 
 Setup build(Config& cfg) {
   Setup s;
   s.rs = read_settings(cfg);
+  s.comm = dist::init({.backend = s.rs.dist_backend, .timeout_s = s.rs.dist_timeout});
+  const int rank = s.comm->rank(), world = s.comm->world_size();
+  // On a multi-GPU node each rank takes its own GPU: device = "cuda" means cuda:LOCAL_RANK.
+  if (!s.rs.device.is_cpu() && world > 1 && cfg.get<std::string>("device", "cpu") == "cuda")
+    s.rs.device = Device::cuda(s.comm->local_rank());
   default_generator().set_state(s.rs.seed, 0);  // dropout and anything else that draws from it
   try {
     std::optional<CpuAllocationBudget> budget;
@@ -313,7 +337,7 @@ Setup build(Config& cfg) {
       auto [bytes, why] = model_budget(cfg, s.rs);
       budget.emplace(bytes, why);
     }
-    s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir});
+    s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir, rank, world});
   } catch (const Error& e) {
     // A mistyped key is the likely cause when the task fails before reading every given key (a misspelled
     // data key shows up as "data not found"): name the unread keys of the sections it had read from.
@@ -338,6 +362,10 @@ Setup build(Config& cfg) {
     s.task->device = s.rs.device;
     s.task->model().to(s.rs.device);
   }
+  if (world > 1)  // rank 0's weights on every rank; buckets reduced during backward
+    s.ddp = std::make_unique<nn::DistributedDataParallel>(
+        s.task->model(), s.comm,
+        nn::DDPOptions{.bucket_bytes = s.rs.dist_bucket_mb << 20, .find_unused_parameters = s.rs.dist_find_unused});
   s.opt = make_optimizer(cfg, *s.task);
   s.sched = std::make_unique<optim::Scheduler>(*s.opt, make_schedule(cfg, s.rs.steps));
   if (s.rs.ema_decay > 0)
@@ -437,6 +465,9 @@ StepResult train_step(Setup& s, optim::GradAccumulation& acc, const optim::Named
   StepResult r;
   double loss_sum = 0;
   for (int64_t m = 0; m < rs.accumulate; ++m) {
+    // Data-parallel: the micro-batches before the last only accumulate; the last one's backward reduces the sum.
+    std::optional<nn::DistributedDataParallel::NoSync> accumulate_only;
+    if (s.ddp && m + 1 < rs.accumulate) accumulate_only.emplace(s.ddp->no_sync());
     Tensor loss = train_loss(s);
     double lv = loss.item();
     if (!std::isfinite(lv)) {
@@ -449,6 +480,7 @@ StepResult train_step(Setup& s, optim::GradAccumulation& acc, const optim::Named
     s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
     acc.micro_step();
   }
+  if (s.ddp) s.ddp->finish_gradient_sync();  // .grad = the mean over the ranks: the global batch's gradient
   s.scaler->unscale_(*s.opt);
   // f16: an Inf/NaN gradient means the loss scale was too large: the scaler skips the step and halves
   // the scale. Only when that keeps happening down to a scale of 1 is it the model's fault.
@@ -520,26 +552,43 @@ Config run_config(const std::string& run_dir, const std::string& which) {
   return Config::from_string(text, ck.path + " (config)");
 }
 
-int train(Config& cfg, const TrainOptions& topt) {
+namespace {
+
+// The training run of one process. Data-parallel (mpirun -np N): every rank builds the same model and trains on its
+// share of each global batch; rank 0 alone owns the run directory (lock, config, metrics, plots, checkpoints,
+// samples, summary) and logs, the other ranks only warn and fail. Checkpoints hold the full state (DDP keeps every
+// rank's weights equal), so a run resumes on any number of processes.
+int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
+  const bool main_rank = comm.rank() == 0;
+  if (!main_rank) spdlog::set_level(spdlog::level::warn);
   // The run directory first: a run that is in use or would be overwritten is refused before any work.
   std::string task_name = cfg.has("task") ? Config(cfg).require<std::string>("task") : "";
   fs::path run = topt.run_dir.empty() ? fs::path(default_run_dir(cfg, task_name)) : fs::path(topt.run_dir);
-  fs::create_directories(run);
-  RunLock lock(run);
-  if (!topt.resume && holds_run(run)) {
-    LD_CHECK(topt.overwrite, "run directory ", run.string(), " already holds a run; continue it with `liandan resume ",
-             run.string(), "`, start a new one with --run-dir DIR, or pass --overwrite to replace it");
-    clear_run(run);
+  std::optional<RunLock> lock;
+  if (main_rank) {
+    fs::create_directories(run);
+    lock.emplace(run);
+    if (!topt.resume && holds_run(run)) {
+      LD_CHECK(topt.overwrite, "run directory ", run.string(), " already holds a run; continue it with `liandan resume ",
+               run.string(), "`, start a new one with --run-dir DIR, or pass --overwrite to replace it");
+      clear_run(run);
+    }
+    for (auto& d : {run, run / "checkpoints", run / "samples"})
+      if (int n = remove_stale_temp_files(d.string()))
+        spdlog::info("removed {} temporary file(s) a killed run left in {}", n, d.string());
   }
-  for (auto& d : {run, run / "checkpoints", run / "samples"})
-    if (int n = remove_stale_temp_files(d.string())) spdlog::info("removed {} temporary file(s) a killed run left in {}", n, d.string());
 
   Setup s = build(cfg);
   const RunSettings& rs = s.rs;
   check_memory_fits(s, cfg.source());
-  fs::create_directories(run / "samples");
   Checkpointer ck{run / "checkpoints", rs.keep_checkpoints};
   std::string config_text = cfg.resolved_text();
+  if (comm.world_size() > 1) {  // ranks started with other configs or another build are refused
+    dist::check_same_config(comm, config_text, "config " + cfg.source());
+    spdlog::info("data-parallel: {} processes ({} backend), rank 0 writes {}", comm.world_size(), comm.backend(),
+                 run.string());
+  }
+  if (main_rank) fs::create_directories(run / "samples");
 
   int64_t step = 0;
   double best = std::nan(""), wall_before = 0;
@@ -552,12 +601,12 @@ int train(Config& cfg, const TrainOptions& topt) {
     wall_before = meta_double(c.contents.metadata, "wall_s", c.path);
     LD_CHECK(std::isfinite(wall_before) && wall_before >= 0, "checkpoint ", c.path, ": metadata field 'wall_s' must be ",
              "a time in seconds, got ", wall_before);
-    hist = reload_metrics(run / "metrics.jsonl", step);
+    if (main_rank) hist = reload_metrics(run / "metrics.jsonl", step);
     spdlog::info("resuming {} at step {} of {} from {}", run.string(), step, rs.steps, c.path);
   }
   // Rewritten only when it changed (resume with --set), and atomically: a kill or a full disk keeps the old one.
   fs::path cfg_file = run / "config.toml";
-  if (!is_regular_file(cfg_file.string()) || read_regular_file(cfg_file.string()) != config_text)
+  if (main_rank && (!is_regular_file(cfg_file.string()) || read_regular_file(cfg_file.string()) != config_text))
     write_file_atomic(cfg_file.string(), config_text);
   spdlog::info("task {}: {}", rs.task, s.task->describe());
   spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", s.opt->type_name(),
@@ -567,7 +616,8 @@ int train(Config& cfg, const TrainOptions& topt) {
                  rs.precision == DType::f32 ? "" : " mixed (autocast GEMMs, f32 weights)");
 
   auto named = s.task->model().named_parameters();
-  AppendFile metrics((run / "metrics.jsonl").string());
+  std::optional<AppendFile> metrics;
+  if (main_rank) metrics.emplace((run / "metrics.jsonl").string());
   auto t0 = std::chrono::steady_clock::now();
   auto wall = [&] { return wall_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto meta_for = [&](int64_t at) {
@@ -582,6 +632,7 @@ int train(Config& cfg, const TrainOptions& topt) {
   };
   // Never a checkpoint with a non-finite tensor (lr = 1e39 makes every weight Inf without a NaN loss yet).
   auto save = [&](int64_t at) {
+    if (!main_rank) return;
     NamedTensors t = checkpoint_tensors(s);
     check_all_finite(t, "step " + std::to_string(at));
     ck.save(at, t, meta_for(at));
@@ -589,7 +640,8 @@ int train(Config& cfg, const TrainOptions& topt) {
   auto run_eval = [&](int64_t at) {
     Metrics m = with_eval_weights(s, [&] { return s.task->evaluate(); });
     json j{{"step", at}, {"eval", metrics_json(m)}};
-    metrics.write_line(j.dump());
+    if (!main_rank) return m;  // every rank evaluates (the same numbers); rank 0 records
+    metrics->write_line(j.dump());
     hist.add(j);
     hist.plot(run.string(), rs.task);
     spdlog::info("step {} eval: {}", at, metrics_line(m));
@@ -603,6 +655,7 @@ int train(Config& cfg, const TrainOptions& topt) {
     return m;
   };
   auto write_summary = [&](const json& j) {
+    if (!main_rank) return;
     try {
       write_json_atomic(run / "summary.json", j);
     } catch (const Error& e) {  // already failing: say so, keep the first error as the cause
@@ -619,8 +672,16 @@ int train(Config& cfg, const TrainOptions& topt) {
     while (step < rs.steps) {
       StepResult r = train_step(s, acc, named, step + 1);
       ++step;
+      int stop_signal = signals.pending();
+      if (comm.world_size() > 1) {  // the loss over the global batch; a stop requested on any rank stops them all
+        Tensor both = from_vector(std::vector<double>{r.loss, double(stop_signal)}, {2});
+        comm.all_reduce(both, dist::ReduceOp::sum).wait();
+        auto v = both.to_vector();
+        r.loss = v[0] / comm.world_size();
+        if (!stop_signal && v[1] > 0) stop_signal = SIGTERM;
+      }
       last_loss = r.loss;
-      progress.update(step, last_loss, r.lr);
+      if (main_rank) progress.update(step, last_loss, r.lr);
       if (step % rs.log_every == 0 || step == rs.steps) {
         json j{{"step", step}, {"loss", last_loss}, {"lr", r.lr}, {"time_s", wall()}};
         if (!std::isnan(r.grad_norm)) j["grad_norm"] = r.grad_norm;
@@ -628,19 +689,19 @@ int train(Config& cfg, const TrainOptions& topt) {
           j["loss_scale"] = s.scaler->get_scale();
           j["skipped_steps"] = s.scaler->skipped_steps();
         }
-        metrics.write_line(j.dump());
+        if (main_rank) metrics->write_line(j.dump());
         hist.add(j);
       }
-      if (step % rs.eval_every == 0 && step != rs.steps && !signals.pending()) {
+      if (step % rs.eval_every == 0 && step != rs.steps && !stop_signal) {
         progress.newline();
         run_eval(step);
       }
       bool saved = step % rs.checkpoint_every == 0 && step != rs.steps;
       if (saved) save(step);
-      if (int sig = signals.pending()) {  // SIGINT / SIGTERM / SIGHUP: keep this step, stop cleanly
+      if (int sig = stop_signal) {  // SIGINT / SIGTERM / SIGHUP: keep this step, stop cleanly
         progress.newline();
         if (!saved) save(step);
-        hist.plot(run.string(), rs.task);
+        if (main_rank) hist.plot(run.string(), rs.task);
         write_summary(json{{"status", "interrupted"}, {"step", step}, {"signal", StopSignals::name(sig)},
                            {"wall_s", wall()}});
         spdlog::warn("{}: stopped after step {} of {}; checkpoint written, continue with `liandan resume {}`",
@@ -657,11 +718,13 @@ int train(Config& cfg, const TrainOptions& topt) {
       spdlog::error("the last good checkpoint is kept in {}", (run / "checkpoints").string());
     else
       spdlog::error("no checkpoint was written before the failure");
+    if (comm.world_size() > 1) comm.abort(e.what());  // the other ranks would wait in their next collective
     return 2;
   }
 
   Metrics final_m = run_eval(step);
   save(step);
+  if (!main_rank) return 0;
   std::vector<std::string> lines = with_eval_weights(s, [&] { return s.task->write_samples((run / "samples").string(), "final"); });
   for (auto& l : lines) std::printf("%s\n", l.c_str());
   json summary{{"status", "completed"},
@@ -681,6 +744,15 @@ int train(Config& cfg, const TrainOptions& topt) {
   std::printf("%s\n", metrics_line(final_m).c_str());
   std::printf("run directory: %s (curves.png, samples/, checkpoints/, summary.json)\n", run.string().c_str());
   return 0;
+}
+
+}  // namespace
+
+int train(Config& cfg, const TrainOptions& topt) {
+  // Launched by mpirun: one communicator per process; an exception on any rank stops every rank (run_guarded).
+  auto comm = dist::init({.backend = cfg.get<std::string>("dist.backend", "auto"),
+                          .timeout_s = cfg.get<double>("dist.timeout", 300.0)});
+  return dist::run_guarded(*comm, [&] { return train_on(cfg, topt, *comm); });
 }
 
 // ---------------------------------------------------------------- sample / eval from a run directory

@@ -18,6 +18,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
+#include "core/fileio.h"
+
 // Header-only xxHash (XXH_INLINE_ALL): the hash inlines into this file, and nothing extra is linked into
 // liandan_core or into the programs that use it.
 // (GCC 12 reports a false -Wmaybe-uninitialized inside its own AVX-512 intrinsics as xxHash inlines them.)
@@ -629,6 +632,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
       TensorHash h(types[i], t.shape());
       write_tensor(fd, c, types[i], tmp, h);
       digests[i] = h.digest();
+      if (i == tensors.size() / 2) fault_point("checkpoint");  // the kill tests: a writer killed halfway
     }
     if (opt.checksums) {
       header["__metadata__"][kChecksumsKey] = checksums_text(tensors, digests, md_digest);

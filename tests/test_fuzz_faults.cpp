@@ -4,7 +4,7 @@
 // --overwrite` when the kill came before the first checkpoint) until it completes, and its final weights,
 // optimizer and EMA state must equal an uninterrupted run's bit for bit.
 //
-// Counts: LIANDAN_FUZZ_COUNT trials per task (default 6, 2 in small mode); a JSON line with the results goes
+// Counts: LIANDAN_FUZZ_COUNT trials per task (default 12, 3 in small mode); a JSON line with the results goes
 // to $LIANDAN_FUZZ_REPORT when set (scripts/reliability builds docs/reliability.md from it).
 #include <doctest/doctest.h>
 
@@ -136,7 +136,7 @@ TEST_CASE("Kill campaign: SIGKILL anywhere (inside every kind of write too) and 
   REQUIRE_MESSAGE(!liandan::testing::liandan_bin().empty(), "LIANDAN_BIN is not set (run through ctest)");
   fs::path dir = scratch("campaign");
   std::string data_dir = synthetic_mnist(dir / "data", 96, 30).string();
-  const long trials = liandan::testing::env_count("LIANDAN_FUZZ_COUNT", liandan::testing::small_mode() ? 2 : 6);
+  const long trials = liandan::testing::env_count("LIANDAN_FUZZ_COUNT", liandan::testing::small_mode() ? 3 : 12);
   std::mt19937 rng(20261207);
   // Inside writes: the n-th checkpoint, file (config, summary, metrics rewrite) and metrics-line write.
   const std::vector<std::string> faults = {"checkpoint:1", "checkpoint:3", "file:1", "file:2", "metrics:3", "metrics:7"};

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/fileio.h"
+
 namespace liandan::data {
 
 Image::Image(int64_t w, int64_t h, int64_t c, uint8_t fill) : width(w), height(h), channels(c) {
@@ -35,18 +37,15 @@ void write_png(const std::string& path, const Image& img) {
   im.width = png_uint_32(img.width);
   im.height = png_uint_32(img.height);
   im.format = png_format(img.channels);
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  if (!png_image_write_to_file(&im, tmp.c_str(), 0, img.pixels.data(), 0, nullptr)) {
-    std::string msg = im.message;
-    std::remove(tmp.c_str());
-    LD_FAIL("write_png: ", path, ": ", msg);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    LD_FAIL("write_png: ", path, ": cannot rename the temporary file: ", ec.message());
-  }
+  // Encoded in memory, then written like every other file (core/fileio.h: temp, fsync, rename).
+  png_alloc_size_t size = 0;
+  if (!png_image_write_to_memory(&im, nullptr, &size, 0, img.pixels.data(), 0, nullptr))
+    LD_FAIL("write_png: ", path, ": ", im.message);
+  std::string bytes(size, '\0');
+  if (!png_image_write_to_memory(&im, bytes.data(), &size, 0, img.pixels.data(), 0, nullptr))
+    LD_FAIL("write_png: ", path, ": ", im.message);
+  bytes.resize(size);
+  write_file_atomic(path, bytes);
 }
 
 Image read_png(const std::string& path) {
