@@ -33,6 +33,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/cpu/gemm_bf16.h"
 #include "core/device.h"
 #include "core/ops.h"
 #include "core/random.h"
@@ -98,6 +99,16 @@ Tensor rn(const Shape& s, bool rg = false) {
 void clear_grads(std::initializer_list<const Tensor*> ts) {
   for (auto* t : ts) t->set_grad(Tensor());
 }
+
+// The GEMMs of roformer_lm's training step (d_model 256, d_ff 1024, 16 x 256 tokens): MxKxN, then op(A) op(B).
+const std::vector<std::string> kLmGemmConfigs = {
+    "4096x256x768nt", "4096x256x1024nt", "4096x1024x256nt", "4096x256x256nt",  // forward: x Wᵀ
+    "4096x768x256nn", "4096x256x1024nn", "4096x1024x256nn",                     // dX = G W
+    "256x4096x768tn", "1024x4096x256tn", "256x4096x1024tn",                     // dW = Xᵀ G
+};
+
+// The config of the workload being set up (a setup that needs more than its integers reads it).
+std::string g_config;
 
 const std::vector<std::string> kMatmulConfigs = {
     "64x64x64",    "128x128x128",    "256x256x256",  "512x512x512",
@@ -355,22 +366,56 @@ void register_all() {
   // ---- RoFormer family (issue #3): whole training steps and attention layers (nn/models.h).
   // roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM (forward, cross-entropy
   // via log_softmax + gather, backward, p -= lr * grad, grads cleared).
-  reg("roformer_lm", {"256x256x4x4x1024x256x16"}, [](const Dims& d) -> Body {
-    nn::RoFormerLMConfig c;
-    c.vocab_size = d[0], c.d_model = d[1], c.n_layers = d[2], c.n_heads = d[3], c.d_ff = d[4];
-    c.position = nn::PositionEncoding::rope1d;
-    auto lm = std::make_shared<nn::RoFormerLM>(c);
-    Tensor x = randint(0, d[0], {d[6], d[5]}), t = randint(0, d[0], {d[6], d[5], 1});
-    std::vector<Tensor> params = lm->parameters();
-    return [=] {
-      (-mean(gather(log_softmax(lm->forward(x), -1), -1, t))).backward();
-      NoGradGuard ng;
-      for (Tensor p : params) {
-        p.add_(p.grad(), -0.01);
-        p.set_grad(Tensor());
+  // roformer_lm_bf16 (and vit2d_bf16, unet_ddpm_bf16 below): the same step with the forward and the loss under
+  // ld::Autocast(bf16) — the trainer's precision = "bf16" — against torch.autocast("cpu", dtype=torch.bfloat16).
+  for (DType prec : {DType::f32, DType::bf16})
+    reg(prec == DType::f32 ? "roformer_lm" : "roformer_lm_bf16", {"256x256x4x4x1024x256x16"}, [prec](const Dims& d) -> Body {
+      nn::RoFormerLMConfig c;
+      c.vocab_size = d[0], c.d_model = d[1], c.n_layers = d[2], c.n_heads = d[3], c.d_ff = d[4];
+      c.position = nn::PositionEncoding::rope1d;
+      auto lm = std::make_shared<nn::RoFormerLM>(c);
+      Tensor x = randint(0, d[0], {d[6], d[5]}), t = randint(0, d[0], {d[6], d[5], 1});
+      std::vector<Tensor> params = lm->parameters();
+      return [=] {
+        Tensor loss;
+        {
+          Autocast ac(prec);
+          loss = -mean(gather(log_softmax(lm->forward(x), -1), -1, t));
+        }
+        loss.backward();
+        NoGradGuard ng;
+        for (Tensor p : params) {
+          p.add_(p.grad(), -0.01);
+          p.set_grad(Tensor());
+        }
+      };
+    });
+  // ---- the LM's GEMMs (roformer_lm's shapes): config MxKxN + the transposes of op(A), op(B) (n/t), as the step
+  // runs them: forward x Wᵀ (nt: QKV, fc1, fc2, o_proj/head), dX = G W (nn), dW = Xᵀ G (tn).
+  // gemm_bf16: cpu::gemm_bf16 into a bf16 C (torch: bf16 matmul into a bf16 out=); gemm_f32: raw cblas_sgemm
+  // (torch: f32 matmul). bench/run adds GFLOP/s and % of the machine's limit.
+  for (const char* kind : {"gemm_bf16", "gemm_f32"})
+    reg(kind, kLmGemmConfigs, [kind](const Dims& d) -> Body {
+      const std::string& cfg = g_config;
+      const bool ta = cfg[cfg.size() - 2] == 't', tb = cfg.back() == 't';
+      const int64_t M = d[0], K = d[1], N = d[2];
+      Tensor a = rn({ta ? K : M, ta ? M : K}), b = rn({tb ? N : K, tb ? K : N});
+      const int64_t lda = a.size(1), ldb = b.size(1);
+      if (kind[5] == 'b') {
+        Tensor ah = a.to(DType::bf16), bh = b.to(DType::bf16), c = empty({M, N}, DType::bf16);
+        return [=] {
+          cpu::gemm_bf16(ta, tb, M, N, K, 1.0f, reinterpret_cast<const cpu::bf16_t*>(ah.data_ptr<liandan::bfloat16>()), lda,
+                         reinterpret_cast<const cpu::bf16_t*>(bh.data_ptr<liandan::bfloat16>()), ldb, 0.0f,
+                         reinterpret_cast<cpu::bf16_t*>(c.data_ptr<liandan::bfloat16>()), N);
+        };
       }
-    };
-  });
+      Tensor c = empty({M, N});
+      return [=] {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
+                    int(K), 1.0f, a.data_ptr<float>(), int(lda), b.data_ptr<float>(), int(ldb), 0.0f,
+                    c.data_ptr<float>(), int(N));
+      };
+    });
   // ---- optimizers (issue #5): one step over the reference RoFormer LM's parameters (config VxDxLxHxF),
   // gradients fixed and random. adamw_step is torch.optim.AdamW's update; amos_step is factored Amos
   // (PyTorch has no Amos: its side is a straightforward per-tensor port, see torch_ops.py).
@@ -388,23 +433,29 @@ void register_all() {
     });
   // vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE (base 100), mean pooling,
   // cross-entropy via log_softmax + gather.
-  reg("vit2d", {"128x28x1x4x128x4x4x512x10"}, [](const Dims& d) -> Body {
-    nn::ViTConfig c;
-    c.image_size = d[1], c.channels = d[2], c.patch = d[3], c.d_model = d[4], c.n_layers = d[5];
-    c.n_heads = d[6], c.d_ff = d[7], c.n_classes = d[8];
-    c.position = nn::PositionEncoding::rope2d;
-    auto vit = std::make_shared<nn::ViT>(c);
-    Tensor x = rn({d[0], d[2], d[1], d[1]}), t = randint(0, d[8], {d[0], 1});
-    std::vector<Tensor> params = vit->parameters();
-    return [=] {
-      (-mean(gather(log_softmax(vit->forward(x), -1), -1, t))).backward();
-      NoGradGuard ng;
-      for (Tensor p : params) {
-        p.add_(p.grad(), -0.01);
-        p.set_grad(Tensor());
-      }
-    };
-  });
+  for (DType prec : {DType::f32, DType::bf16})
+    reg(prec == DType::f32 ? "vit2d" : "vit2d_bf16", {"128x28x1x4x128x4x4x512x10"}, [prec](const Dims& d) -> Body {
+      nn::ViTConfig c;
+      c.image_size = d[1], c.channels = d[2], c.patch = d[3], c.d_model = d[4], c.n_layers = d[5];
+      c.n_heads = d[6], c.d_ff = d[7], c.n_classes = d[8];
+      c.position = nn::PositionEncoding::rope2d;
+      auto vit = std::make_shared<nn::ViT>(c);
+      Tensor x = rn({d[0], d[2], d[1], d[1]}), t = randint(0, d[8], {d[0], 1});
+      std::vector<Tensor> params = vit->parameters();
+      return [=] {
+        Tensor loss;
+        {
+          Autocast ac(prec);
+          loss = -mean(gather(log_softmax(vit->forward(x), -1), -1, t));
+        }
+        loss.backward();
+        NoGradGuard ng;
+        for (Tensor p : params) {
+          p.add_(p.grad(), -0.01);
+          p.set_grad(Tensor());
+        }
+      };
+    });
   // linear_attn_T / softmax_attn_T: config BxTxDxH; one causal RoPE attention layer (q, k, v, o projections),
   // forward + backward into the input and the parameters.
   for (const char* kind : {"linear", "softmax"})
@@ -430,8 +481,9 @@ void register_all() {
   // unet_ddpm: one training step without the optimizer: t ~ U{0..999}, eps ~ N(0, I), x_t from the linear beta
   // schedule, MSE(eps_theta(x_t, t), eps), backward into every parameter, grads cleared.
   // unet_sample: one network evaluation of a sampler step (no grad, eval mode); 50 DDIM steps = 50 calls.
-  for (const char* kind : {"unet_ddpm", "unet_sample"})
+  for (const char* kind : {"unet_ddpm", "unet_sample", "unet_ddpm_bf16"})
     reg(kind, {"64x1x28x28,ch32x1x2x4,res2,gn8,attn7"}, [kind](const Dims& d) -> Body {
+      const DType prec = std::string(kind).find("bf16") != std::string::npos ? DType::bf16 : DType::f32;
       diffusion::UNetConfig c;
       c.in_channels = d[1], c.image_size = d[2], c.base_channels = d[4], c.channel_mult = {d[5], d[6], d[7]};
       c.num_res_blocks = d[8], c.groups = d[9], c.attention_resolutions = {d[10]};
@@ -454,7 +506,12 @@ void register_all() {
         Tensor t = randint(0, 1000, {B}), eps = randn(x0.shape());
         Tensor a = index_select(abar, 0, t).view({B, 1, 1, 1});
         Tensor xt = sqrt(a) * x0 + sqrt(rsub(a, 1.0)) * eps;
-        losses::mse_loss(net->forward(xt, t.to(DType::f32)), eps).backward();
+        Tensor loss;
+        {
+          Autocast ac(prec);
+          loss = losses::mse_loss(net->forward(xt, t.to(DType::f32)), eps);
+        }
+        loss.backward();
         for (const Tensor& p : params) p.set_grad(Tensor());
       };
     });
@@ -574,9 +631,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "--info") {
-    std::printf("{\"threads\": %d, \"openblas_threads\": %d, \"openblas_core\": %s, \"openblas_config\": %s}\n",
+    std::printf("{\"threads\": %d, \"openblas_threads\": %d, \"openblas_core\": %s, \"openblas_config\": %s, "
+                "\"gemm_bf16\": %s}\n",
                 get_num_threads(), openblas_get_num_threads(), json_str(openblas_get_corename()).c_str(),
-                json_str(openblas_get_config()).c_str());
+                json_str(openblas_get_config()).c_str(), json_str(cpu::gemm_bf16_kernel()).c_str());
     return 0;
   }
   if (mode != "--workload") return usage(argv[0]);
@@ -600,6 +658,7 @@ int main(int argc, char** argv) {
   if (found) {
     try {
       manual_seed(0);
+      g_config = w->config;
       Body body = w->setup(dims(w->config));
       if (w2) {
         Body body2 = w2->setup(dims(w2->config));

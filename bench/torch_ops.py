@@ -386,13 +386,53 @@ def _sgd_step(loss, params, lr=0.01):
             p.grad = None
 
 
-# roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM.
-@workload("roformer_lm", "256x256x4x4x1024x256x16")
-def _(d):
-    model = _roformer()["LM"](d[0], d[1], d[2], d[3], d[4])
-    x, t = torch.randint(0, d[0], (d[6], d[5])), torch.randint(0, d[0], (d[6], d[5], 1))
-    params = list(model.parameters())
-    return lambda: _sgd_step(-model(x).log_softmax(-1).gather(-1, t).mean(), params)
+def cpu_bf16(on):
+    """The *_bf16 workloads' forward and loss: under torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's CPU
+    mixed precision: bf16 matmuls and convs on oneDNN, f32 parameters), against liandan's ld::Autocast(bf16)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+# roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM. roformer_lm_bf16: the same
+# under CPU bf16 autocast.
+def _roformer_lm(bf16):
+    def setup(d):
+        model = _roformer()["LM"](d[0], d[1], d[2], d[3], d[4])
+        x, t = torch.randint(0, d[0], (d[6], d[5])), torch.randint(0, d[0], (d[6], d[5], 1))
+        params = list(model.parameters())
+
+        def body():
+            with cpu_bf16(bf16):
+                loss = -model(x).log_softmax(-1).gather(-1, t).mean()
+            _sgd_step(loss, params)
+        return body
+    return setup
+
+
+workload("roformer_lm", "256x256x4x4x1024x256x16")(_roformer_lm(False))
+workload("roformer_lm_bf16", "256x256x4x4x1024x256x16")(_roformer_lm(True))
+
+# ---- the LM's GEMMs: config MxKxN + op(A) op(B) (n/t). gemm_bf16: bf16 matmul into a bf16 out= (oneDNN's
+# AVX512-BF16 kernels); gemm_f32: f32 matmul (OpenBLAS sgemm). As bench_ops.cpp's kLmGemmConfigs.
+LM_GEMM_CONFIGS = ("4096x256x768nt", "4096x256x1024nt", "4096x1024x256nt", "4096x256x256nt",
+                   "4096x768x256nn", "4096x256x1024nn", "4096x1024x256nn",
+                   "256x4096x768tn", "1024x4096x256tn", "256x4096x1024tn")
+
+
+def _gemm(dtype):
+    def setup(d, config):
+        M, K, N = d
+        ta, tb = config[-2] == "t", config[-1] == "t"
+        a = rn(K, M).t() if ta else rn(M, K)
+        b = rn(N, K).t() if tb else rn(K, N)
+        a, b = a.to(dtype), b.to(dtype)
+        c = torch.empty(M, N, dtype=dtype)
+        return lambda: torch.matmul(a, b, out=c)
+    return setup
+
+
+for _c in LM_GEMM_CONFIGS:
+    workload("gemm_bf16", _c)(lambda d, _c=_c: _gemm(torch.bfloat16)(d, _c))
+    workload("gemm_f32", _c)(lambda d, _c=_c: _gemm(torch.float32)(d, _c))
 
 
 # adamw_step / amos_step: config VxDxLxHxF; one optimizer step over the reference RoFormer LM's
@@ -446,13 +486,24 @@ def _(d):
     return _Amos(_lm_params(d), lr=1e-3).step
 
 
-# vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE, mean pooling.
-@workload("vit2d", "128x28x1x4x128x4x4x512x10")
-def _(d):
-    model = _roformer()["ViT"](d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8])
-    x, t = rn(d[0], d[2], d[1], d[1]), torch.randint(0, d[8], (d[0], 1))
-    params = list(model.parameters())
-    return lambda: _sgd_step(-model(x).log_softmax(-1).gather(-1, t).mean(), params)
+# vit2d: config BxSxCxPxDxLxHxFxK; one SGD step of the ViT with 2-D RoPE, mean pooling. vit2d_bf16: under CPU
+# bf16 autocast.
+def _vit2d(bf16):
+    def setup(d):
+        model = _roformer()["ViT"](d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8])
+        x, t = rn(d[0], d[2], d[1], d[1]), torch.randint(0, d[8], (d[0], 1))
+        params = list(model.parameters())
+
+        def body():
+            with cpu_bf16(bf16):
+                loss = -model(x).log_softmax(-1).gather(-1, t).mean()
+            _sgd_step(loss, params)
+        return body
+    return setup
+
+
+workload("vit2d", "128x28x1x4x128x4x4x512x10")(_vit2d(False))
+workload("vit2d_bf16", "128x28x1x4x128x4x4x512x10")(_vit2d(True))
 
 
 # linear_attn_T / softmax_attn_T: config BxTxDxH; one causal RoPE attention layer, forward + backward.
@@ -611,22 +662,30 @@ def _unet_from(d, sdpa=False):
 
 # unet_ddpm: one DDPM training step without the optimizer: t ~ U{0..999}, eps ~ N(0, I), x_t from the linear
 # beta schedule, MSE(eps_theta(x_t, t), eps), backward into every parameter, grads cleared.
-@workload("unet_ddpm", UNET_CONFIG)
-def _(d):
-    model, B = _unet_from(d), d[0]
-    x0 = rn(B, d[1], d[2], d[3])
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
-    params = list(model.parameters())
+# unet_ddpm_bf16: the same with the forward and the loss under CPU bf16 autocast.
+def _unet_ddpm(bf16):
+    def setup(d):
+        model, B = _unet_from(d), d[0]
+        x0 = rn(B, d[1], d[2], d[3])
+        abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+        params = list(model.parameters())
 
-    def body():
-        t = torch.randint(0, 1000, (B,))
-        eps = torch.randn_like(x0)
-        a = abar[t].view(B, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        torch.nn.functional.mse_loss(model(xt, t.float()), eps).backward()
-        for p in params:
-            p.grad = None
-    return body
+        def body():
+            t = torch.randint(0, 1000, (B,))
+            eps = torch.randn_like(x0)
+            a = abar[t].view(B, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            with cpu_bf16(bf16):
+                loss = torch.nn.functional.mse_loss(model(xt, t.float()), eps)
+            loss.backward()
+            for p in params:
+                p.grad = None
+        return body
+    return setup
+
+
+workload("unet_ddpm", UNET_CONFIG)(_unet_ddpm(False))
+workload("unet_ddpm_bf16", UNET_CONFIG)(_unet_ddpm(True))
 
 
 # unet_sample: one network evaluation of a sampler step (no grad, eval mode); 50 DDIM steps = 50 calls.

@@ -1,10 +1,12 @@
 // matmul on OpenBLAS. A transposed operand (a view with unit stride along its rows) is passed to
 // BLAS with the transpose flag instead of being copied; `x @ W` with a 2-D W folds all batch dims
 // of x into one GEMM (the Linear-layer case). bf16/f16 operands (autocast, core/autocast.h) are multiplied
-// with f32 accumulation into an f32 result.
+// with f32 accumulation into an f32 result (or, for autocast_matmul and the backward, the bf16/f16 one): bf16 by
+// cpu::gemm_bf16 (AVX512-BF16 where the CPU has it), f16 widened to f32 and sgemm.
 
 #include "core/autocast.h"
 #include "core/cpu/blas.h"
+#include "core/cpu/gemm_bf16.h"
 #include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/ops.h"
@@ -33,9 +35,9 @@ DType result_dtype(DType in, bool half_result = false) { return is_half(in) && !
 // C[b] = A[b] @ B[b] for 3-D operands (batch dims already broadcast and flattened).
 Tensor bmm_kernel(Tensor a, Tensor b, bool half_result) {
   int64_t batch = a.shape()[0], M = a.shape()[1], K = a.shape()[2], N = b.shape()[2];
-  // Half operands on the CPU: widened to f32 (exact), then sgemm, which is what a tensor core computes; a half
-  // result is that product rounded, as the GPU's epilogue rounds it.
-  if (is_half(a.dtype()) && a.device().is_cpu()) {
+  // f16 operands on the CPU: widened to f32 (exact), then sgemm; a half result is that product rounded, as the
+  // GPU's epilogue rounds it. (bf16 ones take cpu::gemm_bf16 below.)
+  if (a.dtype() == DType::f16 && a.device().is_cpu()) {
     DType h = a.dtype();
     Tensor c = bmm_kernel(a.to(DType::f32), b.to(DType::f32), false);
     return half_result ? c.to(h) : c;
@@ -54,6 +56,35 @@ Tensor bmm_kernel(Tensor a, Tensor b, bool half_result) {
                                             c.device_data(), N, M * N, batch, half_result);
     return c;
   }
+  // Many small products: one per thread (the GEMMs run single-threaded inside a parallel region). Few large ones:
+  // one after another, each using all threads inside the GEMM.
+  auto over_batch = [&](auto&& one) {
+    if (batch > 1 && M * N * K < (int64_t(1) << 21)) {
+      cpu::parallel_range(batch, [&](int64_t s, int64_t e) { for (int64_t i = s; i < e; ++i) one(i); },
+                          std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * N * K)));
+    } else {
+      for (int64_t i = 0; i < batch; ++i) one(i);
+    }
+  };
+  if (a.dtype() == DType::bf16) {  // bf16 operands, f32 accumulation (AVX512-BF16 where the CPU has it)
+    auto pa = reinterpret_cast<const cpu::bf16_t*>(a.data_ptr<bfloat16>());
+    auto pb = reinterpret_cast<const cpu::bf16_t*>(b.data_ptr<bfloat16>());
+    const int64_t sa = a.strides()[0], sb = b.strides()[0];
+    if (half_result) {
+      auto pc = reinterpret_cast<cpu::bf16_t*>(c.data_ptr<bfloat16>());
+      over_batch([&](int64_t i) {
+        cpu::gemm_bf16(va.trans, vb.trans, M, N, K, 1.0f, pa + i * sa, va.ld, pb + i * sb, vb.ld, 0.0f,
+                       pc + i * M * N, N);
+      });
+    } else {
+      float* pc = c.data_ptr<float>();
+      over_batch([&](int64_t i) {
+        cpu::gemm_bf16(va.trans, vb.trans, M, N, K, 1.0f, pa + i * sa, va.ld, pb + i * sb, vb.ld, 0.0f,
+                       pc + i * M * N, N);
+      });
+    }
+    return c;
+  }
   LD_DISPATCH_FLOAT(a.dtype(), "matmul", [&] {
     const scalar_t *pa = a.data_ptr<scalar_t>(), *pb = b.data_ptr<scalar_t>();
     scalar_t* pc = c.data_ptr<scalar_t>();
@@ -62,14 +93,7 @@ Tensor bmm_kernel(Tensor a, Tensor b, bool half_result) {
       cpu::gemm<scalar_t>(va.trans, vb.trans, M, N, K, scalar_t(1), pa + i * sa, va.ld, pb + i * sb, vb.ld,
                           scalar_t(0), pc + i * M * N, N);
     };
-    // Many small products: one per thread (OpenBLAS runs single-threaded inside a parallel region).
-    // Few large ones: one after another, each using all threads inside BLAS.
-    if (batch > 1 && M * N * K < (int64_t(1) << 21)) {
-      cpu::parallel_range(batch, [&](int64_t s, int64_t e) { for (int64_t i = s; i < e; ++i) one(i); },
-                          std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * N * K)));
-    } else {
-      for (int64_t i = 0; i < batch; ++i) one(i);
-    }
+    over_batch(one);
   });
   return c;
 }
