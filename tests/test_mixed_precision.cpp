@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "core/ops/composite.h"
 #include "op_test_helpers.h"
 #include "core/random.h"
 #include "core/serialize.h"
@@ -283,6 +284,53 @@ TEST_CASE("autocast_matmul gives the half product; half activations flow through
   CHECK(rel_err(o, o32) < 2e-2);
   sum(o.to(DType::f32)).backward();
   CHECK(q.grad().dtype() == DType::bf16);
+}
+
+TEST_CASE("CPU bf16 attention: the fused kernels with bf16 GEMMs follow the autocast composite (causal, masks, grads)") {
+  // Under bf16 autocast (f32 q, k, v) and on bf16 q, k, v the CPU runs the fused kernels with cpu::gemm_bf16: the
+  // same roundings as the composite (q, k, v, P, dO and dS rounded to bf16 for their GEMMs, softmax in f32), the
+  // f32 sums in another order — so within a few bf16 ulps of the composite, and within bf16 tolerance of f32.
+  Generator g(77);
+  const int64_t B = 2, H = 3, Tq = 13, Tk = 21, D = 16;
+  Tensor q = randn({B, H, Tq, D}, g), k = randn({B, H, Tk, D}, g), v = randn({B, H, Tk, D}, g);
+  Tensor up = randn({B, H, Tq, D}, g);
+  Tensor valid = ones({B, Tk});
+  { NoGradGuard ng; valid.narrow(1, 0, 3).zero_(); }  // batch rows see no keys 0..2
+  for (bool half_inputs : {false, true})
+    for (bool causal : {false, true}) {
+      CAPTURE(half_inputs);
+      CAPTURE(causal);
+      AttentionOptions opt{.causal = causal};
+      opt.key_valid = valid;
+      auto run = [&](bool fused) {
+        Tensor qi = (half_inputs ? q.to(DType::bf16) : q.clone()).requires_grad_();
+        Tensor ki = (half_inputs ? k.to(DType::bf16) : k.clone()).requires_grad_();
+        Tensor vi = (half_inputs ? v.to(DType::bf16) : v.clone()).requires_grad_();
+        Tensor o;
+        {
+          Autocast ac(DType::bf16);
+          if (fused) {
+            o = scaled_dot_product_attention(qi, ki, vi, opt);
+          } else {
+            auto w = [](const Tensor& t) { return t.to(DType::f32); };
+            o = composite::attention(w(qi), w(ki), w(vi), opt);
+            if (half_inputs) o = o.to(DType::bf16);
+          }
+        }
+        sum(mul(o.to(DType::f32), up)).backward();
+        return std::vector<Tensor>{o.detach().to(DType::f32), qi.grad().to(DType::f32), ki.grad().to(DType::f32),
+                                   vi.grad().to(DType::f32)};
+      };
+      auto fused = run(true), comp = run(false);
+      CHECK(fused[0].dtype() == DType::f32);
+      for (size_t i = 0; i < fused.size(); ++i) {
+        CAPTURE(i);
+        CHECK(rel_err(fused[i], comp[i]) < 1.5e-2);
+      }
+      Tensor o32 = scaled_dot_product_attention(q, k, v, opt);
+      CHECK(rel_err(fused[0], o32) < 2e-2);
+      CHECK(rel_err(fused[0], o32) > 0);  // bf16 really
+    }
 }
 
 TEST_CASE("Under autocast FeedForward and MultiheadAttention keep their large activations in bf16, same results") {

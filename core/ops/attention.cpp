@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/cpu/blas.h"
+#include "core/cpu/gemm_bf16.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
 #include "core/device.h"
@@ -102,6 +103,105 @@ void attention_backward(const AttnGeom& g, const AttnRows& r, const T* q, const 
       cpu::gemm_columns<T>(false, false, g.Tq, g.D, g.Tk, T(1), P, g.Tk, kb, r.k.st, T(0), dq + r.dq.at(bh, 0),
                            r.dq.st);
       cpu::gemm_columns<T>(true, false, g.Tk, g.D, g.Tq, T(1), P, g.Tk, qb, r.q.st, T(0), dk + r.dk.at(bh, 0), r.dk.st);
+    }
+  }, 1);
+}
+
+// ---- the same two kernels with bf16 GEMM operands (the CPU's bf16 autocast): q, k, v and dO as bf16, S, P, dP
+// and dS in f32, P and dS rounded to bf16 for their GEMMs (what the autocast composite — and PyTorch's bf16 matmuls —
+// round), the softmax and its statistics in f32. O: the element type of the output and of dQ, dK, dV (q's dtype:
+// bf16 for autocast's half activations, f32 for f32 inputs under autocast), which cpu::gemm_bf16 writes directly.
+using cpu::bf16_t;
+inline const bf16_t* bits(const bfloat16* p) { return reinterpret_cast<const bf16_t*>(p); }
+inline bf16_t* bits(bfloat16* p) { return reinterpret_cast<bf16_t*>(p); }
+inline float* bits(float* p) { return p; }
+
+// f32 scores of one head into S [Tq, Tk] (bf16 GEMM), masked entries set to -inf.
+void scores_bf16(const AttnGeom& g, const bfloat16* q, int64_t ldq, const bfloat16* k, int64_t ldk, const float* valid,
+                 float* S) {
+  cpu::gemm_bf16(false, true, g.Tq, g.Tk, g.D, float(g.scale), bits(q), ldq, bits(k), ldk, 0.0f, S, g.Tk);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < g.Tq; ++i) {
+    float* row = S + i * g.Tk;
+    if (g.causal)
+      for (int64_t j = g.Tk - g.Tq + i + 1; j < g.Tk; ++j) row[j] = ninf;
+    if (valid)
+      for (int64_t j = 0; j < g.Tk; ++j)
+        if (valid[j] == 0) row[j] = ninf;
+  }
+}
+
+template <class O>
+void attention_forward_bf16(const AttnGeom& g, const AttnRows& r, const bfloat16* q, const bfloat16* k,
+                            const bfloat16* v, const float* valid, O* out, float* lse) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    Tensor s_buf, p_buf;  // [Tq, Tk] of one head at a time: f32 scores, bf16 probabilities
+    float* const S = cpu::scratch<float>(s_buf, g.Tq * g.Tk);
+    bfloat16* const P = cpu::scratch<bfloat16>(p_buf, g.Tq * g.Tk);
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const float* vb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
+      scores_bf16(g, q + r.q.at(bh, 0), r.q.st, k + r.k.at(bh, 0), r.k.st, vb, S);
+      for (int64_t i = 0; i < g.Tq; ++i) {
+        float* row = S + i * g.Tk;
+        bf16_t* prow = bits(P + i * g.Tk);
+        const float m = cpu::row_max(row, g.Tk);
+        if (m == -std::numeric_limits<float>::infinity()) {  // nothing visible: zeros
+          std::fill(prow, prow + g.Tk, bf16_t(0));
+          lse[bh * g.Tq + i] = std::numeric_limits<float>::infinity();
+          continue;
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < g.Tk; ++j) {
+          row[j] = cpu::vexp(row[j] - m);
+          sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < g.Tk; ++j) prow[j] = float_to_bf16(row[j] * inv);
+        lse[bh * g.Tq + i] = m + std::log(sum);
+      }
+      cpu::gemm_bf16(false, false, g.Tq, g.Dv, g.Tk, 1.0f, bits(P), g.Tk, bits(v + r.v.at(bh, 0)), r.v.st, 0.0f,
+                     bits(out + r.o.at(bh, 0)), r.o.st);
+    }
+  }, 1);
+}
+
+template <class O>
+void attention_backward_bf16(const AttnGeom& g, const AttnRows& r, const bfloat16* q, const bfloat16* k,
+                             const bfloat16* v, const float* valid, const O* out, const float* lse,
+                             const bfloat16* dout, O* dq, O* dk, O* dv) {
+  cpu::parallel_range(g.BH, [&](int64_t b0, int64_t b1) {
+    Tensor s_buf, dp_buf, p_buf;  // [Tq, Tk] each, of one head at a time
+    float *const S = cpu::scratch<float>(s_buf, g.Tq * g.Tk), *const dP = cpu::scratch<float>(dp_buf, g.Tq * g.Tk);
+    bfloat16* const P = cpu::scratch<bfloat16>(p_buf, g.Tq * g.Tk);
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const bfloat16 *qb = q + r.q.at(bh, 0), *kb = k + r.k.at(bh, 0), *vb = v + r.v.at(bh, 0);
+      const bfloat16* gb = dout + r.g.at(bh, 0);
+      const O* ob = out + r.o.at(bh, 0);
+      const float* mb = valid ? valid + (bh / (g.BH / g.B)) * g.Tk : nullptr;
+      scores_bf16(g, qb, r.q.st, kb, r.k.st, mb, S);
+      for (int64_t i = 0; i < g.Tq; ++i) {  // P = exp(S - lse), recomputed, and rounded for dV's GEMM
+        const float l = lse[bh * g.Tq + i];
+        float* row = S + i * g.Tk;
+        bf16_t* prow = bits(P + i * g.Tk);
+        for (int64_t j = 0; j < g.Tk; ++j) {
+          row[j] = std::isinf(l) ? 0.0f : cpu::vexp(row[j] - l);
+          prow[j] = float_to_bf16(row[j]);
+        }
+      }
+      cpu::gemm_bf16(true, false, g.Tk, g.Dv, g.Tq, 1.0f, bits(P), g.Tk, bits(gb), r.g.st, 0.0f,
+                     bits(dv + r.dv.at(bh, 0)), r.dv.st);
+      cpu::gemm_bf16(false, true, g.Tq, g.Tk, g.Dv, 1.0f, bits(gb), r.g.st, bits(vb), r.v.st, 0.0f, dP, g.Tk);
+      for (int64_t i = 0; i < g.Tq; ++i) {  // dS = P * (dP - rowsum(dO * O)) * scale, rounded for its GEMMs
+        float di = 0;
+        for (int64_t c = 0; c < g.Dv; ++c) di += float(gb[i * r.g.st + c]) * float(ob[i * r.o.st + c]);
+        const float *p = S + i * g.Tk, *d = dP + i * g.Tk;
+        bf16_t* ds = bits(P + i * g.Tk);
+        for (int64_t j = 0; j < g.Tk; ++j) ds[j] = float_to_bf16(p[j] * (d[j] - di) * float(g.scale));
+      }
+      cpu::gemm_bf16(false, false, g.Tq, g.D, g.Tk, 1.0f, bits(P), g.Tk, bits(kb), r.k.st, 0.0f,
+                     bits(dq + r.dq.at(bh, 0)), r.dq.st);
+      cpu::gemm_bf16(true, false, g.Tk, g.D, g.Tq, 1.0f, bits(P), g.Tk, bits(qb), r.q.st, 0.0f,
+                     bits(dk + r.dk.at(bh, 0)), r.dk.st);
     }
   }, 1);
 }
@@ -270,6 +370,47 @@ Tensor rope_then_attention(const Tensor& q, const Tensor& k, const Tensor& v, At
   opt.rope_cos = opt.rope_sin = Tensor();
   return scaled_dot_product_attention(qr, kr, v, opt);
 }
+
+// The CPU's bf16 attention (q, k, v in bf16 — autocast's half activations — or f32 under bf16 autocast): the fused
+// kernels with bf16 GEMMs (attention_forward_bf16), output and gradients in q's dtype. valid: the f32 key mask or
+// undefined.
+Tensor attention_cpu_bf16(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& valid, const AttnGeom& g) {
+  const char* op = "scaled_dot_product_attention";
+  auto operand = [](const Tensor& t) { return rows_layout(t.dtype() == DType::bf16 ? t : t.to(DType::bf16)); };
+  Tensor qc = operand(q), kc = operand(k), vc = operand(v);
+  const DType od = q.dtype();
+  Tensor out = empty_heads_like(q, g.Dv, od);
+  Tensor lse = empty({std::max<int64_t>(g.BH * g.Tq, 1)}, DType::f32);
+  const float* pv = valid.defined() ? valid.data_ptr<float>() : nullptr;
+  AttnRows r{head_rows(qc), head_rows(kc), head_rows(vc), head_rows(out)};
+  auto with_out = [od](auto&& f) {
+    if (od == DType::bf16) f(bfloat16());
+    else f(float());
+  };
+  with_out([&](auto o) {
+    using O = decltype(o);
+    attention_forward_bf16<O>(g, r, qc.data_ptr<bfloat16>(), kc.data_ptr<bfloat16>(), vc.data_ptr<bfloat16>(), pv,
+                              out.data_ptr<O>(), lse.data_ptr<float>());
+  });
+  if (!needs_grad({&q, &k, &v})) return out;
+  SavedTensor sq(qc, op), sk(kc, op), sv(vc, op), so(out, op);
+  record(op, out, {q, k, v}, [=](const Tensor& g_in) {
+    const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get(), &ov = so.get();
+    Tensor gout = rows_layout(g_in.dtype() == DType::bf16 ? g_in : g_in.to(DType::bf16));
+    Tensor dq = empty_heads_like(qv, g.D, od), dk = empty_heads_like(kv, g.D, od), dv = empty_heads_like(vv, g.Dv, od);
+    AttnRows rb{head_rows(qv), head_rows(kv), head_rows(vv), head_rows(ov),
+                head_rows(gout), head_rows(dq), head_rows(dk), head_rows(dv)};
+    const float* pvb = valid.defined() ? valid.data_ptr<float>() : nullptr;
+    with_out([&](auto o) {
+      using O = decltype(o);
+      attention_backward_bf16<O>(g, rb, qv.data_ptr<bfloat16>(), kv.data_ptr<bfloat16>(), vv.data_ptr<bfloat16>(), pvb,
+                                 ov.data_ptr<O>(), lse.data_ptr<float>(), gout.data_ptr<bfloat16>(), dq.data_ptr<O>(),
+                                 dk.data_ptr<O>(), dv.data_ptr<O>());
+    });
+    return std::vector<Tensor>{dq, dk, dv};
+  });
+  return out;
+}
 }  // namespace
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
@@ -307,6 +448,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     Autocast ac(q.dtype());
     return composite::attention(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32), opt).to(q.dtype());
   };
+  // bf16 on the CPU: the fused kernels with bf16 GEMMs (AVX512-BF16 where the CPU has it); f16: the composite.
+  if (!on_device && (q.dtype() == DType::bf16 || (q.dtype() == DType::f32 && autocast_dtype() == DType::bf16)))
+    return attention_cpu_bf16(q, k, v, valid, g);
   if (is_half(q.dtype()) && !on_device) return half_composite();
   if (autocast_enabled() && !on_device) return composite::attention(q, k, v, opt);
   Tensor qc = rows_layout(q), kc = rows_layout(k), vc = rows_layout(v);
