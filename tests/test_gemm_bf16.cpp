@@ -8,6 +8,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -200,4 +202,36 @@ TEST_CASE("gemm_bf16: K = 0 gives beta C (C not read when beta is 0); M or N = 0
     cpu::gemm_bf16(false, false, 2, 2, 2, 1.0f, A.data(), 2, B.data(), 2, 0.0f, C.data(), 2);
     CHECK(C == std::vector<float>{2, 2, 2, 2});
   }
+}
+
+extern "C" const char* liandan_omp_wait_setting();  // core/runtime.cpp
+
+TEST_CASE("OpenMP wait policy: GOMP_SPINCOUNT=1000 at start-up unless the user chose one") {
+  auto get = [](const char* n) { return std::string(std::getenv(n) ? std::getenv(n) : "-"); };
+  if (std::getenv("LIANDAN_WAIT_PROBE")) {  // the child below: report what libgomp was started with
+    MESSAGE("probe GOMP_SPINCOUNT=" << get("GOMP_SPINCOUNT") << " OMP_WAIT_POLICY=" << get("OMP_WAIT_POLICY")
+                                    << " applied=" << std::string(liandan_omp_wait_setting() ? "yes" : "no"));
+    return;
+  }
+  // This process (started by CTest or by hand, with or without the variables).
+  const char* applied = liandan_omp_wait_setting();
+  if (applied) CHECK(std::string(applied) == "1000");
+  else CHECK((get("GOMP_SPINCOUNT") != "-" || get("OMP_WAIT_POLICY") != "-"));
+  // This test binary started without either variable gets the bounded spin (the preinit re-exec: same process, the
+  // variable in its environment from the start); started with OMP_WAIT_POLICY it keeps the user's choice.
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  auto probe = [&](std::vector<std::string> set) {
+    std::vector<std::string> args = {"-u", "GOMP_SPINCOUNT", "-u", "OMP_WAIT_POLICY", "-u", "LIANDAN_OMP_WAIT",
+                                     "LIANDAN_WAIT_PROBE=1"};
+    for (auto& s : set) args.push_back(s);
+    for (const char* a : {"-tc=OpenMP wait policy*", "-s"}) args.push_back(a);
+    args.insert(args.end() - 2, self);
+    testing::ProcessResult r = testing::run_process("/usr/bin/env", args, 60);
+    CHECK(r.exit_code == 0);
+    return r.output;
+  };
+  CHECK(probe({}).find("probe GOMP_SPINCOUNT=1000 OMP_WAIT_POLICY=- applied=yes") != std::string::npos);
+  CHECK(probe({"OMP_WAIT_POLICY=ACTIVE"}).find("probe GOMP_SPINCOUNT=- OMP_WAIT_POLICY=ACTIVE applied=no") !=
+        std::string::npos);
+  CHECK(probe({"GOMP_SPINCOUNT=77"}).find("probe GOMP_SPINCOUNT=77 OMP_WAIT_POLICY=- applied=no") != std::string::npos);
 }
