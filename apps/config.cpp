@@ -1,5 +1,8 @@
 #include "apps/config.h"
 
+#include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <sstream>
 
 #include "core/error.h"
@@ -104,18 +107,77 @@ Config Config::from_string(const std::string& text, const std::string& source) {
   return c;
 }
 
+namespace {
+
+// Whether a --set value was meant as TOML rather than as a bare word: it starts like a number, an array, an
+// inline table or a quoted string. Such a value must parse; a bare word (`task=lm`, `device=cuda:0`,
+// `data.corpus=/tmp/x.txt`) that does not is a string.
+bool looks_like_toml(const std::string& v) {
+  if (v.empty()) return false;
+  const char c = v[0];
+  if (c == '[' || c == '{' || c == '"' || c == '\'' || std::isdigit(static_cast<unsigned char>(c))) return true;
+  if ((c == '+' || c == '-' || c == '.') && v.size() > 1)
+    return std::isdigit(static_cast<unsigned char>(v[1])) || v.substr(1, 3) == "inf" || v.substr(1, 3) == "nan";
+  return false;
+}
+
+// A plain decimal number: [+-]digits[.digits][e[+-]digits] (underscores allowed, as in TOML).
+bool is_decimal_number(const std::string& v, bool& integral) {
+  size_t i = 0, n = v.size();
+  auto digits = [&] {
+    size_t s = i;
+    while (i < n && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '_')) ++i;
+    return i > s;
+  };
+  if (i < n && (v[i] == '+' || v[i] == '-')) ++i;
+  bool any = digits();
+  integral = true;
+  if (i < n && v[i] == '.') {
+    ++i;
+    any = digits() || any;
+    integral = false;
+  }
+  if (!any) return false;
+  if (i < n && (v[i] == 'e' || v[i] == 'E')) {
+    ++i;
+    if (i < n && (v[i] == '+' || v[i] == '-')) ++i;
+    if (!digits()) return false;
+    integral = false;
+  }
+  return i == n;
+}
+
+}  // namespace
+
 void Config::set(const std::string& assignment) {
   auto eq = assignment.find('=');
   LD_CHECK(eq != std::string::npos && eq > 0, "--set expects key=value, got '", assignment, "'");
   std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  // A line break would let the value's text define more keys ("3\nfoo=1" sets foo too): one value, one line.
+  LD_CHECK(value.find_first_of("\n\r") == std::string::npos, "--set ", key,
+           ": the value must be a single TOML value on one line, got '", value, "'");
+  for (const auto& part : split_key(key))
+    LD_CHECK(!part.empty() && part.find_first_of(" \t\"'[]") == std::string::npos, "--set: bad key '", key,
+             "' (expected names separated by dots, e.g. optim.lr)");
   auto parts = split_key(key);
-  toml::table& parent = parent_table(given_, parts, key);
+  LD_CHECK(!parts.empty() && key.back() != '.', "--set: bad key '", key, "' (expected names separated by dots, e.g. optim.lr)");
+  toml::table parsed;
   try {
-    toml::table parsed = toml::parse("v = " + value);
-    parent.insert_or_assign(parts.back(), *parsed.get("v"));
-  } catch (const toml::parse_error&) {
-    parent.insert_or_assign(parts.back(), value);  // a bare word: a string
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error& e) {
+    bool integral = false;
+    if (is_decimal_number(value, integral))  // TOML gives up on numbers outside the 64-bit types
+      LD_FAIL("--set: '", key, "' = ", value,
+              integral ? " is out of range for a 64-bit integer" : " is not a finite number");
+    if (looks_like_toml(value)) LD_FAIL("--set: '", key, "' = ", value, " is not a TOML value (", e.description(),
+                                        "); quote a string: ", key, "='\"...\"'");
+    parsed = toml::table{};
+    parsed.insert_or_assign("v", value);  // a bare word: a string
   }
+  LD_CHECK(parsed.size() == 1 && parsed.get("v"), "--set ", key, ": the value must be a single TOML value, got '",
+           value, "'");
+  toml::table& parent = parent_table(given_, parts, key);
+  parent.insert_or_assign(parts.back(), *parsed.get("v"));
 }
 
 const toml::node* Config::find(const std::string& key) const {
@@ -179,11 +241,72 @@ T Config::require(const std::string& key) {
   return v;
 }
 
+std::vector<std::string> Config::unread_keys() const {
+  std::vector<std::string> keys, out;
+  collect_leaves(given_, "", keys);
+  for (auto& k : keys)
+    if (!used_.count(k)) out.push_back(k);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool Config::read_any_in(const std::string& table) const {
+  auto it = used_.lower_bound(table + ".");
+  return it != used_.end() && it->rfind(table + ".", 0) == 0;
+}
+
 void Config::check_all_used() const {
   std::vector<std::string> keys;
   collect_leaves(given_, "", keys);
   for (auto& k : keys)
     LD_CHECK(used_.count(k), "config ", source_, ": unknown key '", k, "' (not used by this task; check the spelling)");
+}
+
+int64_t Config::get_int(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
+  int64_t v = get<int64_t>(key, fallback);
+  if (v < lo || v > hi) {
+    if (hi == std::numeric_limits<int64_t>::max()) fail_range(key, v, ">= " + std::to_string(lo));
+    fail_range(key, v, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return v;
+}
+
+namespace {
+std::string interval(double lo, double hi, bool lo_open, bool hi_open) {
+  auto num = [](double x) {
+    std::ostringstream os;
+    os << x;
+    return os.str();
+  };
+  if (std::isinf(hi)) return (lo_open ? "> " : ">= ") + num(lo);
+  return std::string("in ") + (lo_open ? "(" : "[") + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]");
+}
+}  // namespace
+
+double Config::get_real(const std::string& key, double fallback, double lo, double hi, bool lo_open, bool hi_open) {
+  double v = get<double>(key, fallback);
+  bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  if (!ok) fail_range(key, v, "a finite number " + interval(lo, hi, lo_open, hi_open));
+  return v;
+}
+
+std::vector<int64_t> Config::get_ints(const std::string& key, const std::vector<int64_t>& fallback, int64_t lo,
+                                      int64_t hi, size_t min_size) {
+  auto v = get<std::vector<int64_t>>(key, fallback);
+  auto show = [&] {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s + "]";
+  };
+  if (v.size() < min_size)
+    fail_range(key, show(), "an array of at least " + std::to_string(min_size) + " integer" + (min_size == 1 ? "" : "s"));
+  for (int64_t x : v)
+    if (x < lo || x > hi)
+      fail_range(key, show(), "an array of integers " +
+                                  (hi == std::numeric_limits<int64_t>::max()
+                                       ? ">= " + std::to_string(lo)
+                                       : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"));
+  return v;
 }
 
 std::string Config::resolved_text() const {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "apps/config.h"
+#include "core/error.h"
 #include "core/tensor.h"
 #include "nn/module.h"
 #include "optim/optimizer.h"
@@ -28,6 +29,16 @@ struct TaskContext {
   // same global batch of `batch_size` on every rank, of which rank r takes rows [r·B/W, (r+1)·B/W), so W ranks
   // train on exactly the batches one process would (batch_size must be divisible by the world size).
   int rank = 0, world = 1;
+  // The global batch must split evenly over the ranks.
+  void check_batch(int64_t batch) const {
+    LD_CHECK(batch % world == 0, "batch_size ", batch, " does not split over ", world,
+             " processes (data-parallel: each takes batch_size / world rows; make it a multiple of ", world, ")");
+  }
+  // This rank's share of a global batch's row indices.
+  std::vector<int64_t> shard(const std::vector<int64_t>& rows) const {
+    size_t n = rows.size() / size_t(world);
+    return {rows.begin() + long(n * size_t(rank)), rows.begin() + long(n * size_t(rank + 1))};
+  }
 };
 
 class Task {

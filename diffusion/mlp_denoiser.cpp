@@ -17,8 +17,16 @@ Tensor timestep_embedding(const Tensor& t, int64_t dim, double max_period) {
 }
 
 MLPDenoiser::MLPDenoiser(MLPDenoiserConfig c, Generator& gen) : Module("MLPDenoiser"), cfg(c) {
-  LD_CHECK(cfg.dim >= 1 && cfg.hidden >= 1 && cfg.blocks >= 0, "MLPDenoiser: dim ", cfg.dim, ", hidden ",
-           cfg.hidden, ", blocks ", cfg.blocks);
+  // Bounds: larger sizes could not be allocated (and would overflow the weight shapes' products).
+  constexpr int64_t kMaxWidth = int64_t(1) << 24;
+  LD_CHECK(cfg.dim >= 1 && cfg.dim <= kMaxWidth, "MLPDenoiser: dim must be in [1, ", kMaxWidth, "], got ", cfg.dim);
+  LD_CHECK(cfg.hidden >= 1 && cfg.hidden <= kMaxWidth, "MLPDenoiser: hidden must be in [1, ", kMaxWidth, "], got ",
+           cfg.hidden);
+  LD_CHECK(cfg.blocks >= 0 && cfg.blocks <= 65536, "MLPDenoiser: blocks must be in [0, 65536], got ", cfg.blocks);
+  LD_CHECK(cfg.time_dim >= 4 && cfg.time_dim <= kMaxWidth && cfg.time_dim % 2 == 0,
+           "MLPDenoiser: time_dim must be even and in [4, ", kMaxWidth, "], got ", cfg.time_dim);
+  LD_CHECK(std::isfinite(cfg.max_period) && cfg.max_period > 1, "MLPDenoiser: max_period must be a finite number > 1, got ",
+           cfg.max_period);
   time_fc1 = register_module("time_fc1", std::make_shared<nn::Linear>(cfg.time_dim, cfg.hidden, true, gen));
   time_fc2 = register_module("time_fc2", std::make_shared<nn::Linear>(cfg.hidden, cfg.hidden, true, gen));
   in_proj = register_module("in_proj", std::make_shared<nn::Linear>(cfg.dim, cfg.hidden, true, gen));

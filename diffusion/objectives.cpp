@@ -5,6 +5,7 @@ namespace liandan::diffusion {
 namespace {
 
 void check_batch(const Tensor& x0, const Tensor& t, const Tensor& noise, const char* who) {
+  LD_CHECK(x0.dim() >= 1 && x0.size(0) >= 1, who, ": x0 ", shape_str(x0.shape()), " has no examples (batch size 0)");
   LD_CHECK(x0.dim() >= 1 && t.dim() == 1 && t.size(0) == x0.size(0) && noise.shape() == x0.shape(), who,
            ": x0 ", shape_str(x0.shape()), ", t ", shape_str(t.shape()), ", noise ", shape_str(noise.shape()),
            " (expected x0 [B, ...], t [B], noise like x0)");
@@ -33,6 +34,7 @@ Tensor ddpm_loss(Denoiser& model, const DiscreteSchedule& sched, const Tensor& x
 }
 
 Tensor ddpm_loss(Denoiser& model, const DiscreteSchedule& sched, const Tensor& x0, Generator& gen) {
+  LD_CHECK(x0.dim() >= 1 && x0.size(0) >= 1, "ddpm_loss: x0 ", shape_str(x0.shape()), " has no examples (batch size 0)");
   Tensor t = randint(0, sched.num_steps(), {x0.size(0)}, gen).to(DType::f64);
   Tensor noise = randn(x0.shape(), gen, {x0.dtype(), x0.device()});
   return ddpm_loss(model, sched, x0, t, noise);
@@ -63,6 +65,7 @@ Tensor dsm_loss(Denoiser& model, const SDE& sde, const Tensor& x0, const Tensor&
 
 Tensor dsm_loss(Denoiser& model, const SDE& sde, const Tensor& x0, Generator& gen, DSMOptions opt) {
   LD_CHECK(opt.eps > 0 && opt.eps < 1, "dsm_loss: eps = ", opt.eps);
+  LD_CHECK(x0.dim() >= 1 && x0.size(0) >= 1, "dsm_loss: x0 ", shape_str(x0.shape()), " has no examples (batch size 0)");
   Tensor t = add(mul(rand({x0.size(0)}, gen, DType::f64), 1.0 - opt.eps), opt.eps);
   Tensor noise = randn(x0.shape(), gen, {x0.dtype(), x0.device()});
   return dsm_loss(model, sde, x0, t, noise, opt);

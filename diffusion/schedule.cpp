@@ -37,6 +37,11 @@ Tensor batch_coef(const Tensor& t, const Tensor& x, const std::function<double(d
 
 // ---------------------------------------------------------------- DiscreteSchedule
 
+namespace {
+// More steps than this is nonsense (DDPM uses 1000) and would not fit in memory as a table of betas.
+constexpr int64_t kMaxSteps = int64_t(1) << 24;
+}  // namespace
+
 DiscreteSchedule::DiscreteSchedule(std::vector<double> betas, std::string name)
     : betas_(std::move(betas)), name_(std::move(name)) {
   LD_CHECK(!betas_.empty(), "DiscreteSchedule: no betas");
@@ -50,14 +55,20 @@ DiscreteSchedule::DiscreteSchedule(std::vector<double> betas, std::string name)
 }
 
 DiscreteSchedule DiscreteSchedule::linear(int64_t T, double beta_start, double beta_end) {
-  LD_CHECK(T >= 1, "DiscreteSchedule::linear: T = ", T);
+  LD_CHECK(T >= 1 && T <= kMaxSteps, "DiscreteSchedule::linear: T must be in [1, ", kMaxSteps, "], got ", T);
+  LD_CHECK(std::isfinite(beta_start) && std::isfinite(beta_end) && beta_start >= 0 && beta_end >= 0 && beta_start < 1 &&
+               beta_end < 1,
+           "DiscreteSchedule::linear: beta_start and beta_end must be finite numbers in [0, 1), got ", beta_start,
+           " and ", beta_end);
   std::vector<double> b(size_t(T), beta_start);
   for (int64_t i = 1; i < T; ++i) b[size_t(i)] = beta_start + (beta_end - beta_start) * double(i) / double(T - 1);
   return DiscreteSchedule(std::move(b), "linear");
 }
 
 DiscreteSchedule DiscreteSchedule::cosine(int64_t T, double s, double max_beta) {
-  LD_CHECK(T >= 1, "DiscreteSchedule::cosine: T = ", T);
+  LD_CHECK(T >= 1 && T <= kMaxSteps, "DiscreteSchedule::cosine: T must be in [1, ", kMaxSteps, "], got ", T);
+  LD_CHECK(std::isfinite(s) && s >= 0, "DiscreteSchedule::cosine: s must be a finite number >= 0, got ", s);
+  LD_CHECK(max_beta > 0 && max_beta < 1, "DiscreteSchedule::cosine: max_beta must be in (0, 1), got ", max_beta);
   auto f = [&](int64_t i) {
     double c = std::cos((double(i) / double(T) + s) / (1.0 + s) * M_PI * 0.5);
     return c * c;
@@ -113,6 +124,12 @@ int64_t SDE::step_index(double t, int64_t N) {
   return int64_t(std::floor(t * double(N - 1)));
 }
 
+VPSDE::VPSDE(double beta_min, double beta_max) : beta_min(beta_min), beta_max(beta_max) {
+  // β(t) interpolates the two: both >= 0, not both 0 (no noise at all).
+  LD_CHECK(std::isfinite(beta_min) && std::isfinite(beta_max) && beta_min >= 0 && beta_max >= 0 && beta_min + beta_max > 0,
+           "VPSDE: beta_min and beta_max must be finite numbers >= 0, not both 0, got ", beta_min, " and ", beta_max);
+}
+
 double VPSDE::log_mean_coef(double t) const { return -0.25 * t * t * (beta_max - beta_min) - 0.5 * t * beta_min; }
 double VPSDE::mean_coef(double t) const { return std::exp(log_mean_coef(t)); }
 // √(1 − e^{2ℓ}) with expm1, so small t keeps its digits.
@@ -135,6 +152,11 @@ SDE::Discrete VPSDE::discretize(double t, int64_t N) const {
 double SubVPSDE::marginal_std(double t) const { return -std::expm1(2.0 * log_mean_coef(t)); }
 // g² = β(t)(1 − e^{4ℓ(t)}), since 4ℓ = −2β_min t − (β_max−β_min)t².
 double SubVPSDE::diffusion(double t) const { return std::sqrt(beta(t) * -std::expm1(4.0 * log_mean_coef(t))); }
+
+VESDE::VESDE(double sigma_min, double sigma_max) : sigma_min(sigma_min), sigma_max(sigma_max) {
+  LD_CHECK(std::isfinite(sigma_max) && sigma_min > 0 && sigma_min < sigma_max,
+           "VESDE: need finite 0 < sigma_min < sigma_max, got sigma_min ", sigma_min, " and sigma_max ", sigma_max);
+}
 
 double VESDE::sigma(double t) const { return sigma_min * std::pow(sigma_max / sigma_min, t); }
 double VESDE::diffusion(double t) const { return sigma(t) * std::sqrt(2.0 * std::log(sigma_max / sigma_min)); }

@@ -109,7 +109,8 @@ class SDE : public Process {
 // β_i = linspace(β_min/N, β_max/N, N) is DDPM's linear schedule for N = 1000.
 class VPSDE : public SDE {
  public:
-  explicit VPSDE(double beta_min = 0.1, double beta_max = 20.0) : beta_min(beta_min), beta_max(beta_max) {}
+  // beta_min, beta_max finite, >= 0 and not both 0 (else an error naming them).
+  explicit VPSDE(double beta_min = 0.1, double beta_max = 20.0);
   std::string name() const override { return "vp"; }
   double beta(double t) const { return beta_min + t * (beta_max - beta_min); }
   double log_mean_coef(double t) const;  // ℓ(t)
@@ -138,7 +139,8 @@ class SubVPSDE : public VPSDE {
 // as in score_sde (the exact √(σ(t)² − σ_min²) is not used), the prior N(0, σ_max²).
 class VESDE : public SDE {
  public:
-  explicit VESDE(double sigma_min = 0.01, double sigma_max = 50.0) : sigma_min(sigma_min), sigma_max(sigma_max) {}
+  // 0 < sigma_min < sigma_max, both finite (else an error naming them).
+  explicit VESDE(double sigma_min = 0.01, double sigma_max = 50.0);
   std::string name() const override { return "ve"; }
   double sigma(double t) const;
   double mean_coef(double t) const override { return 1.0; }

@@ -62,6 +62,8 @@ Tensor Embedding::forward(const Tensor& indices) { return embedding(weight, indi
 LayerNorm::LayerNorm(Shape shape, double eps, bool affine, bool with_bias)
     : Module("LayerNorm"), normalized_shape(std::move(shape)), eps(eps) {
   LD_CHECK(!normalized_shape.empty(), "LayerNorm: normalized_shape is empty");
+  for (int64_t d : normalized_shape)
+    LD_CHECK(d >= 1, "LayerNorm: normalized_shape ", shape_str(normalized_shape), " has a size < 1");
   if (affine) {
     weight = register_parameter("weight", ones(normalized_shape));
     if (with_bias) bias = register_parameter("bias", zeros(normalized_shape));
@@ -76,6 +78,8 @@ Tensor LayerNorm::forward(const Tensor& x, DType out) {
 RMSNorm::RMSNorm(Shape shape, double eps, bool affine)
     : Module("RMSNorm"), normalized_shape(std::move(shape)), eps(eps) {
   LD_CHECK(!normalized_shape.empty(), "RMSNorm: normalized_shape is empty");
+  for (int64_t d : normalized_shape)
+    LD_CHECK(d >= 1, "RMSNorm: normalized_shape ", shape_str(normalized_shape), " has a size < 1");
   if (affine) weight = register_parameter("weight", ones(normalized_shape));
 }
 
@@ -84,6 +88,7 @@ Tensor RMSNorm::forward(const Tensor& x, DType out) { return rms_norm(x, normali
 
 GroupNorm::GroupNorm(int64_t groups, int64_t channels, double eps, bool affine)
     : Module("GroupNorm"), num_groups(groups), num_channels(channels), eps(eps) {
+  LD_CHECK(channels >= 1, "GroupNorm: num_channels must be >= 1, got ", channels);
   LD_CHECK(groups > 0 && channels % groups == 0, "GroupNorm: ", channels, " channels are not divisible into ",
            groups, " groups");
   if (affine) {
@@ -135,6 +140,7 @@ Tensor Conv2d::forward(const Tensor& x) {
 
 FeedForward::FeedForward(int64_t dim, int64_t hidden, bool bias, GeluApprox approx, Generator& gen)
     : Module("FeedForward"), approx(approx) {
+  LD_CHECK(dim >= 1 && hidden >= 1, "FeedForward: dim and hidden must be >= 1, got ", dim, " and ", hidden);
   fc1 = register_module("fc1", std::make_shared<Linear>(dim, hidden, bias, gen));
   fc2 = register_module("fc2", std::make_shared<Linear>(hidden, dim, bias, gen));
 }
@@ -149,6 +155,7 @@ Tensor FeedForward::forward(const Tensor& x, const Tensor& residual) {
 GLUFeedForward::GLUFeedForward(int64_t dim, int64_t hidden, GLUActivation act, bool bias, Generator& gen)
     : Module(act == GLUActivation::swiglu ? "SwiGLU" : act == GLUActivation::geglu ? "GeGLU" : "ReGLU"),
       activation(act) {
+  LD_CHECK(dim >= 1 && hidden >= 1, type_name(), ": dim and hidden must be >= 1, got ", dim, " and ", hidden);
   gate_proj = register_module("gate_proj", std::make_shared<Linear>(dim, hidden, bias, gen));
   up_proj = register_module("up_proj", std::make_shared<Linear>(dim, hidden, bias, gen));
   down_proj = register_module("down_proj", std::make_shared<Linear>(hidden, dim, bias, gen));

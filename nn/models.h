@@ -57,7 +57,9 @@ struct GenerateOptions {
   uint64_t seed = 0;
 };
 
-// Decoder-only LM: tokens [B, T] (i64) -> logits [B, T, vocab]. Always causal.
+// Decoder-only LM: tokens [B, T] (i64) -> logits [B, T, vocab]. Always causal. The constructor checks the
+// config (every size >= 1, d_model divisible by n_heads, dropout in [0, 1), rope_base > 0), as do the
+// encoder's and the ViT's (there also 1 <= patch <= image_size, image_size a multiple of patch).
 class RoFormerLM : public Module {
  public:
   explicit RoFormerLM(const RoFormerLMConfig& cfg, Generator& gen = default_generator());
@@ -82,6 +84,10 @@ class RoFormerLM : public Module {
   std::shared_ptr<LayerNorm> ln_f;
   std::shared_ptr<Linear> lm_head;
 };
+
+// Throws unless temperature is finite and > 0, top_k >= 0 and top_p in (0, 1] (generate and sample_token
+// check; callers that sample only at the end of a run check their options up front with it).
+void check_generate_options(const GenerateOptions& opt);
 
 // Picks one token from logits [V] (f32/f64) by the options; `u` is a uniform draw in [0, 1).
 int64_t sample_token(const std::vector<double>& logits, const GenerateOptions& opt, double u);

@@ -12,12 +12,24 @@ namespace liandan::optim {
 Adam::Adam(const NamedParams& params, AdamOptions opt) : Adam({ParamGroup{.params = params}}, opt) {}
 Adam::Adam(std::vector<ParamGroup> groups, AdamOptions opt) : Adam("Adam", std::move(groups), opt, false) {}
 
-Adam::Adam(std::string name, std::vector<ParamGroup> groups, AdamOptions opt, bool decoupled)
-    : Optimizer(std::move(name), std::move(groups), opt.lr, opt.weight_decay), opt_(opt), decoupled_(decoupled) {
-  LD_CHECK(opt.beta1 >= 0 && opt.beta1 < 1 && opt.beta2 >= 0 && opt.beta2 < 1, type_name(),
-           ": betas must lie in [0, 1), got (", opt.beta1, ", ", opt.beta2, ")");
-  LD_CHECK(opt.eps >= 0, type_name(), ": eps must be >= 0, got ", opt.eps);
+namespace {
+// Before the base class takes lr and weight_decay as the groups' defaults (its own group checks would name
+// the group, not the option).
+const AdamOptions& checked(const AdamOptions& o, bool decoupled) {
+  const std::string who = decoupled ? "AdamW" : "Adam";
+  check_nonnegative(who, "lr", o.lr);
+  check_unit(who, "beta1", o.beta1);
+  check_unit(who, "beta2", o.beta2);
+  check_positive(who, "eps", o.eps);
+  check_nonnegative(who, "weight_decay", o.weight_decay);
+  check_strategy(who, o.strategy);
+  return o;
 }
+}  // namespace
+
+Adam::Adam(std::string name, std::vector<ParamGroup> groups, AdamOptions opt, bool decoupled)
+    : Optimizer(std::move(name), std::move(groups), checked(opt, decoupled).lr, opt.weight_decay), opt_(opt),
+      decoupled_(decoupled) {}
 
 AdamW::AdamW(const NamedParams& params, AdamWOptions opt) : AdamW({ParamGroup{.params = params}}, opt) {}
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt) : Adam("AdamW", std::move(groups), opt, true) {}

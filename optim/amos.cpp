@@ -13,12 +13,24 @@ namespace liandan::optim {
 
 Amos::Amos(const NamedParams& params, AmosOptions opt) : Amos({ParamGroup{.params = params}}, opt) {}
 
+namespace {
+const AmosOptions& checked(const AmosOptions& o) {
+  check_nonnegative("Amos", "lr", o.lr);
+  check_unit("Amos", "beta", o.beta);
+  check_nonnegative("Amos", "c_coef", o.c_coef);
+  check_nonnegative("Amos", "d_coef", o.d_coef);
+  check_nonnegative("Amos", "extra_l2", o.extra_l2);
+  check_positive("Amos", "epsilon", o.epsilon);
+  check_unit("Amos", "momentum", o.momentum);
+  check_nonnegative("Amos", "clip_value", o.clip_value);
+  check_positive("Amos", "finetune_rate", o.finetune_rate);
+  check_nonnegative("Amos", "init_b", o.init_b);
+  return o;
+}
+}  // namespace
+
 Amos::Amos(std::vector<ParamGroup> groups, AmosOptions opt)
-    : Optimizer("Amos", std::move(groups), opt.lr, opt.extra_l2), opt_(std::move(opt)) {
-  LD_CHECK(opt_.beta >= 0 && opt_.beta < 1, "Amos: beta must lie in [0, 1), got ", opt_.beta);
-  LD_CHECK(opt_.momentum >= 0 && opt_.momentum < 1, "Amos: momentum must lie in [0, 1), got ", opt_.momentum);
-  LD_CHECK(opt_.clip_value >= 0, "Amos: clip_value must be >= 0, got ", opt_.clip_value);
-  LD_CHECK(opt_.finetune_rate > 0, "Amos: finetune_rate must be > 0, got ", opt_.finetune_rate);
+    : Optimizer("Amos", std::move(groups), checked(opt).lr, opt.extra_l2), opt_(std::move(opt)) {
   if (opt_.eta)
     for (auto& st : states())
       for (auto& s : st) s.scale = opt_.eta(s.name, s.param);

@@ -106,6 +106,20 @@ bool ParamState::has_slot(const std::string& n) const {
   return false;
 }
 
+void check_nonnegative(const std::string& who, const char* option, double v) {
+  LD_CHECK(std::isfinite(v) && v >= 0, who, ": ", option, " must be a finite number >= 0, got ", v);
+}
+
+void check_positive(const std::string& who, const char* option, double v) {
+  LD_CHECK(std::isfinite(v) && v > 0, who, ": ", option, " must be a finite number > 0, got ", v);
+}
+
+void check_unit(const std::string& who, const char* option, double v) {
+  LD_CHECK(v >= 0 && v < 1, who, ": ", option, " must be in [0, 1), got ", v);
+}
+
+void check_strategy(const std::string& who, const Strategy& st) { check_positive(who, "strategy q", st.q); }
+
 Optimizer::Optimizer(std::string type_name, std::vector<ParamGroup> groups, double default_lr,
                      double default_weight_decay)
     : type_name_(std::move(type_name)), groups_(std::move(groups)) {

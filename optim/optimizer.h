@@ -57,6 +57,13 @@ struct Strategy {
   double q = 1.0;
 };
 
+// Option checks of the optimizers' constructors; the errors name the optimizer, the option and the value
+// ("AdamW: lr must be a finite number >= 0, got nan").
+void check_nonnegative(const std::string& who, const char* option, double v);  // finite, >= 0
+void check_positive(const std::string& who, const char* option, double v);     // finite, > 0
+void check_unit(const std::string& who, const char* option, double v);         // in [0, 1)
+void check_strategy(const std::string& who, const Strategy& st);               // q finite and > 0
+
 // The expected scale σ of a parameter's entries, from its values at construction: the RMS for tensors
 // of rank ≥ 2 (random init, mean 0: RMS ≈ init std), 0.5 for vectors and scalars (biases, norm
 // gains and shifts: Amos's choice), and 0.5 for an all-zero matrix.

@@ -8,9 +8,19 @@ namespace liandan::optim {
 
 SGD::SGD(const NamedParams& params, SGDOptions opt) : SGD({ParamGroup{.params = params}}, opt) {}
 
+namespace {
+const SGDOptions& checked(const SGDOptions& o) {
+  check_nonnegative("SGD", "lr", o.lr);
+  check_unit("SGD", "momentum", o.momentum);
+  LD_CHECK(o.dampening >= 0 && o.dampening <= 1, "SGD: dampening must be in [0, 1], got ", o.dampening);
+  check_nonnegative("SGD", "weight_decay", o.weight_decay);
+  check_strategy("SGD", o.strategy);
+  return o;
+}
+}  // namespace
+
 SGD::SGD(std::vector<ParamGroup> groups, SGDOptions opt)
-    : Optimizer("SGD", std::move(groups), opt.lr, opt.weight_decay), opt_(opt) {
-  LD_CHECK(opt.momentum >= 0, "SGD: momentum must be >= 0, got ", opt.momentum);
+    : Optimizer("SGD", std::move(groups), checked(opt).lr, opt.weight_decay), opt_(opt) {
   LD_CHECK(!opt.nesterov || (opt.momentum > 0 && opt.dampening == 0),
            "SGD: Nesterov momentum requires momentum > 0 and dampening = 0");
 }

@@ -113,7 +113,7 @@ TEST_CASE("caching allocator: out of memory frees the cache and retries, then na
   CHECK(a.stats().cached == 0);
   std::string msg = error_of([&] { a.allocate(size_t(5) << 20); });
   CHECK(msg.find("fake:0") != std::string::npos);
-  CHECK(msg.find("out of memory allocating 5242880 bytes") != std::string::npos);
+  CHECK(msg.find("out of memory allocating 5.0 MiB (5242880 bytes)") != std::string::npos);
   CHECK(msg.find("current=" + std::to_string(CachingAllocator::bin_size(size_t(7) << 20))) != std::string::npos);
   a.deallocate(other, size_t(7) << 20);
   a.empty_cache();
@@ -1228,7 +1228,7 @@ TEST_CASE("cuda: errors — CPU access to device memory, a device mismatch, out 
   CHECK(error_of([&] { add(d, ones({2, 3})); }).find("device mismatch") != std::string::npos);
   CHECK(error_of([&] { d.data_ptr<float>(); }).find("is on cuda:0") != std::string::npos);
   std::string oom = error_of([] { empty({int64_t(1) << 48}, kCuda); });  // 1 PiB of f32
-  CHECK(oom.find("out of memory allocating 1125899906842624 bytes") != std::string::npos);
+  CHECK(oom.find("out of memory allocating 1.0 PiB (1125899906842624 bytes)") != std::string::npos);
   CHECK(oom.find("MiB free of") != std::string::npos);
   CHECK(ones({2}, kCuda).sum().item() == 2.0);  // the device still works after the failed allocation
 }

@@ -599,3 +599,34 @@ TEST_CASE("line plots: a PNG of the requested size with the series drawn in thei
   CHECK(text_width("abc", 2) == 34);
   check_error([&] { plot_lines({PlotSeries{"bad", {1, 2}, {1}}}); }, {"'bad'", "2 x and 1 y"});
 }
+
+// #21: the data types check their options (validation only; the behaviour of valid options is unchanged).
+TEST_CASE("data options: empty batches, non-finite imbalance and oversized composite canvases are errors") {
+  Generator g(0);
+  Tensor tokens = arange(0.0, 100.0, 1.0, DType::i64);
+  // Before: batch 0 gave an empty batch, and the LM's loss failed with "mean: reducing over zero elements".
+  CHECK_THROWS_WITH_AS(random_windows(tokens, 0, 8, g), "random_windows: batch must be >= 1, got 0", Error);
+  CHECK_THROWS_WITH_AS(random_windows(tokens, 4, int64_t(1) << 62, g),
+                       doctest::Contains("100 tokens are too few for windows of 4611686018427387904 + 1"), Error);
+  CHECK(random_windows(tokens, 2, 99, g).shape() == Shape{2, 100});  // the longest window that fits
+  CHECK_THROWS_WITH_AS(imbalanced_class_probs(INFINITY), "imbalanced_class_probs: ratio must be a finite number >= 1, got inf",
+                       Error);
+  CHECK_THROWS_WITH_AS(imbalanced_class_probs(std::nan("")), doctest::Contains("got nan"), Error);
+  CHECK_THROWS_WITH_AS((void)DataLoader(std::make_shared<RowsDataset>(10), LoaderOptions{.batch_size = 0}),
+                       "DataLoader: batch_size must be >= 1, got 0", Error);
+
+  Tensor images = zeros({20, 28, 28});
+  std::vector<int64_t> digit(20);
+  for (size_t i = 0; i < digit.size(); ++i) digit[i] = int64_t(i % 10);
+  Tensor labels = from_vector(digit, {20});
+  CompositeOptions o;
+  o.height = 28, o.width = 56, o.min_digits = 1, o.max_digits = int64_t(1) << 62, o.min_gap = 1;
+  // Before: (max_digits - 1) * min_gap overflowed (undefined behaviour) on the way to "cannot hold".
+  CHECK_THROWS_WITH_AS((void)CompositeDigits(images, labels, o), doctest::Contains("must be at most the width 56"), Error);
+  o.max_digits = 2, o.width = int64_t(1) << 40;
+  CHECK_THROWS_WITH_AS((void)CompositeDigits(images, labels, o), doctest::Contains("height and width must be in [1, 65536]"),
+                       Error);
+  o.width = 56, o.size = -1;
+  CHECK_THROWS_WITH_AS((void)CompositeDigits(images, labels, o), "CompositeDigits: size and min_gap must be >= 0, got -1 and 1",
+                       Error);
+}

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "core/gradcheck.h"
 #include "core/ops.h"
@@ -13,6 +14,7 @@
 #include "diffusion/mlp_denoiser.h"
 #include "diffusion/objectives.h"
 #include "diffusion/schedule.h"
+#include "diffusion/unet.h"
 #include "op_test_helpers.h"
 
 using namespace liandan;
@@ -429,4 +431,64 @@ TEST_CASE("ModuleDenoiser passes t·time_scale in the input's dtype") {
   CHECK(probe->seen.at({0}) == doctest::Approx(499.5));
   CHECK(probe->seen.at({1}) == doctest::Approx(999.0));
   CHECK(m.prediction() == Prediction::x0);
+}
+
+// #21: the diffusion types check their own options. Each of these crashed (SIGSEGV in ddpm_loss on an empty batch,
+// SIGFPE in the U-Net constructor) or was accepted before.
+TEST_CASE("diffusion options: empty batches, schedules, SDEs, the MLP denoiser and the U-Net config are checked") {
+  DiscreteSchedule s = DiscreteSchedule::linear(10, 1e-4, 0.02);
+  GaussianDenoiser exact(s, 0.0, 1.0);
+  Generator g(1);
+  CHECK_THROWS_WITH_AS(ddpm_loss(exact, s, zeros({0, 2}), g), "ddpm_loss: x0 [0, 2] has no examples (batch size 0)", Error);
+  VPSDE vp;
+  CHECK_THROWS_WITH_AS(dsm_loss(exact, vp, zeros({0, 2}), g), "dsm_loss: x0 [0, 2] has no examples (batch size 0)", Error);
+  CHECK(std::isfinite(ddpm_loss(exact, s, ones({3, 2}), g).item()));
+
+  CHECK_THROWS_WITH_AS(DiscreteSchedule::linear(0, 1e-4, 0.02), "DiscreteSchedule::linear: T must be in [1, 16777216], got 0",
+                       Error);
+  CHECK_THROWS_WITH_AS(DiscreteSchedule::linear(int64_t(1) << 40, 1e-4, 0.02), doctest::Contains("T must be in [1, 16777216]"),
+                       Error);  // was: std::bad_alloc for the vector of betas
+  CHECK_THROWS_WITH_AS(DiscreteSchedule::linear(10, std::nan(""), 0.02),
+                       doctest::Contains("beta_start and beta_end must be finite numbers in [0, 1), got nan and 0.02"), Error);
+  CHECK_THROWS_WITH_AS(DiscreteSchedule::cosine(10, -1), doctest::Contains("s must be a finite number >= 0, got -1"), Error);
+  CHECK_THROWS_WITH_AS(VPSDE(-1, 20), "VPSDE: beta_min and beta_max must be finite numbers >= 0, not both 0, got -1 and 20",
+                       Error);
+  CHECK_THROWS_WITH_AS(VPSDE(0, 0), doctest::Contains("not both 0, got 0 and 0"), Error);
+  CHECK_THROWS_WITH_AS(SubVPSDE(0.1, INFINITY), doctest::Contains("got 0.1 and inf"), Error);
+  CHECK_THROWS_WITH_AS(VESDE(0, 50), "VESDE: need finite 0 < sigma_min < sigma_max, got sigma_min 0 and sigma_max 50", Error);
+  CHECK_THROWS_WITH_AS(VESDE(1, 1), doctest::Contains("got sigma_min 1 and sigma_max 1"), Error);
+  CHECK_NOTHROW(VPSDE(0.1, 0.0));  // a decreasing β(t) is still a process
+
+  auto mlp_err = [&](std::function<void(MLPDenoiserConfig&)> edit, const std::string& msg) {
+    MLPDenoiserConfig c{.dim = 2, .hidden = 8, .blocks = 1, .time_dim = 8};
+    edit(c);
+    CHECK_THROWS_WITH_AS(MLPDenoiser(c, g), doctest::Contains(msg.c_str()), Error);
+  };
+  mlp_err([](auto& c) { c.hidden = 0; }, "MLPDenoiser: hidden must be in [1, 16777216], got 0");
+  mlp_err([](auto& c) { c.blocks = -1; }, "MLPDenoiser: blocks must be in [0, 65536], got -1");
+  mlp_err([](auto& c) { c.time_dim = 5; }, "MLPDenoiser: time_dim must be even and in [4, 16777216], got 5");  // was: at forward
+  mlp_err([](auto& c) { c.max_period = std::nan(""); }, "max_period must be a finite number > 1, got nan");
+
+  auto unet_err = [&](std::function<void(UNetConfig&)> edit, const std::string& msg) {
+    UNetConfig c;
+    c.base_channels = 8;
+    c.channel_mult = {1, 2};
+    c.num_res_blocks = 1;
+    c.groups = 4;
+    c.image_size = 8;
+    edit(c);
+    CHECK_THROWS_WITH_AS(UNet(c, g), doctest::Contains(msg.c_str()), Error);
+  };
+  unet_err([](auto& c) { c.groups = 0; }, "UNet: groups must be in [1, 1048576], got 0");  // was: SIGFPE
+  unet_err([](auto& c) { c.groups = -2; }, "UNet: groups must be in [1, 1048576], got -2");
+  unet_err([](auto& c) { c.groups = 3; }, "base_channels 8 is not divisible into groups = 3");
+  unet_err([](auto& c) { c.channel_mult = {1, 0}; }, "channel_mult entries must be in [1, 131072]");
+  unet_err([](auto& c) { c.channel_mult = {1, int64_t(1) << 62}; }, "channel_mult entries must be in [1, 131072]");  // no overflow
+  unet_err([](auto& c) { c.channel_mult.assign(17, 1); }, "channel_mult must have 1 to 16 levels, got 17");
+  unet_err([](auto& c) { c.base_channels = int64_t(1) << 62; }, "base_channels must be in [1, 1048576]");  // 4·base overflowed
+  unet_err([](auto& c) { c.num_res_blocks = 0; }, "num_res_blocks must be in [1, 1024], got 0");
+  unet_err([](auto& c) { c.attention_heads = 0; }, "attention_heads must be in [1, 1048576], got 0");
+  unet_err([](auto& c) { c.dropout = std::nan(""); }, "UNet: dropout must be in [0, 1), got nan");
+  unet_err([](auto& c) { c.time_scale = 0; }, "UNet: time_scale must be a finite number > 0, got 0");
+  unet_err([](auto& c) { c.attention_resolutions = {0}; }, "attention_resolutions must be >= 1, got 0");
 }

@@ -7,6 +7,7 @@
 
 #include "core/gradcheck.h"
 #include "core/ops.h"
+#include "nn/attention.h"
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "op_test_helpers.h"
@@ -592,4 +593,25 @@ TEST_CASE("variance_scaling_ and scale_aware_") {
   Tensor one = empty({1});
   init::scale_aware_(one, g, 0.5);
   CHECK(std::fabs(one.item()) == 0.5);
+}
+
+TEST_CASE("layer constructors refuse nonsense sizes and rates with an error naming them (#21)") {
+  Generator g(0);
+  CHECK_THROWS_WITH_AS(nn::Dropout(-1), "Dropout: p must be in [0, 1), got -1", Error);
+  CHECK_THROWS_WITH_AS(nn::Dropout(std::nan("")), "Dropout: p must be in [0, 1), got nan", Error);
+  CHECK_THROWS_WITH_AS(nn::Dropout(1.0), "Dropout: p must be in [0, 1), got 1", Error);
+  CHECK_THROWS_WITH_AS(nn::FeedForward(8, 0, true, GeluApprox::none, g),
+                       "FeedForward: dim and hidden must be >= 1, got 8 and 0", Error);  // was: a view error at forward
+  CHECK_THROWS_WITH_AS(nn::GLUFeedForward(0, 8, nn::GLUActivation::swiglu, false, g),
+                       "SwiGLU: dim and hidden must be >= 1, got 0 and 8", Error);
+  CHECK_THROWS_WITH_AS(nn::LayerNorm(0), "LayerNorm: normalized_shape [0] has a size < 1", Error);
+  CHECK_THROWS_WITH_AS(nn::RMSNorm(Shape{4, -1}), "RMSNorm: normalized_shape [4, -1] has a size < 1", Error);
+  CHECK_THROWS_WITH_AS(nn::GroupNorm(0, 8), "GroupNorm: 8 channels are not divisible into 0 groups", Error);
+  CHECK_THROWS_WITH_AS(nn::GroupNorm(2, 0), "GroupNorm: num_channels must be >= 1, got 0", Error);
+  nn::AttentionConfig a;
+  a.dropout = 2;
+  CHECK_THROWS_WITH_AS(nn::MultiheadAttention(8, 2, a, g), "MultiheadAttention: dropout must be in [0, 1), got 2", Error);
+  a.dropout = 0;
+  CHECK_THROWS_WITH_AS(nn::MultiheadAttention(0, 2, a, g), "MultiheadAttention: d_model must be >= 1, got 0", Error);
+  CHECK(nn::FeedForward(4, 1, true, GeluApprox::none, g).forward(zeros({2, 4})).shape() == Shape{2, 4});
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "core/autograd.h"
 #include "core/gradcheck.h"
@@ -332,4 +333,82 @@ TEST_CASE("ViT: larger images with RoPE / no positions (resolution extrapolation
   nn::ViT learned(cl, g);
   CHECK(learned.forward(small).shape() == Shape{2, c.n_classes});
   CHECK_THROWS_WITH_AS(learned.forward(big), "ViT: expected images [B, 1, 8, 8], got [2, 1, 16, 12]", Error);
+}
+
+// #21: the model configs are checked by the constructors (the CLI is not the library's only caller). Each of these
+// crashed (SIGFPE, SIGSEGV) or was accepted before.
+TEST_CASE("model configs: every size, dropout and RoPE base is checked with an error naming the field") {
+  Generator g(0);
+  auto lm_err = [&](std::function<void(nn::RoFormerLMConfig&)> edit, const std::string& msg) {
+    nn::RoFormerLMConfig c = tiny_lm(nn::PositionEncoding::rope1d);
+    edit(c);
+    CHECK_THROWS_WITH_AS(nn::RoFormerLM(c, g), doctest::Contains(msg.c_str()), Error);
+  };
+  lm_err([](auto& c) { c.n_layers = 0; }, "RoFormerLM: n_layers must be in [1, 65536], got 0");  // was: SIGSEGV in generate
+  lm_err([](auto& c) { c.n_layers = -1; }, "n_layers must be in [1, 65536], got -1");  // was: "cannot create std::vector ..."
+  lm_err([](auto& c) { c.d_ff = 0; }, "RoFormerLM: d_ff must be in [1, 16777216], got 0");  // was: a view error at forward
+  lm_err([](auto& c) { c.d_model = -8; }, "d_model must be in [1, 16777216], got -8");
+  lm_err([](auto& c) { c.n_heads = 0; }, "n_heads must be in [1, 16777216], got 0");
+  lm_err([](auto& c) { c.n_heads = 3; }, "d_model 8 is not divisible by n_heads 3");
+  lm_err([](auto& c) { c.dropout = -1; }, "RoFormerLM: dropout must be in [0, 1), got -1");  // was: accepted
+  lm_err([](auto& c) { c.dropout = std::nan(""); }, "dropout must be in [0, 1), got nan");
+  lm_err([](auto& c) { c.rope_base = 0; }, "rope_base must be a finite number > 0, got 0");
+  lm_err([](auto& c) { c.vocab_size = 0; }, "vocab_size must be in [1, 16777216], got 0");
+  lm_err([](auto& c) { c.max_len = 0; }, "max_len must be in [1, 16777216], got 0");
+
+  auto vit_err = [&](std::function<void(nn::ViTConfig&)> edit, const std::string& msg) {
+    nn::ViTConfig c = tiny_vit(nn::PositionEncoding::rope2d);
+    edit(c);
+    CHECK_THROWS_WITH_AS(nn::ViT(c, g), doctest::Contains(msg.c_str()), Error);
+  };
+  vit_err([](auto& c) { c.patch = 0; }, "ViT: patch must be in [1, image_size 4], got 0");  // was: SIGFPE
+  vit_err([](auto& c) { c.patch = 8; }, "ViT: patch must be in [1, image_size 4], got 8");
+  vit_err([](auto& c) { c.patch = 3; }, "ViT: image_size 4 is not a multiple of patch 3");
+  vit_err([](auto& c) { c.n_layers = -1; }, "ViT: n_layers must be in [1, 65536], got -1");  // was: accepted (no blocks)
+  vit_err([](auto& c) { c.image_size = 0; }, "ViT: image_size must be in [1, 16777216], got 0");
+  vit_err([](auto& c) { c.channels = 0; }, "ViT: channels must be in [1, 16777216], got 0");
+  vit_err([](auto& c) { c.n_classes = 0; }, "ViT: n_classes must be in [1, 16777216], got 0");
+  vit_err([](auto& c) { c.dropout = 1.0; }, "ViT: dropout must be in [0, 1), got 1");
+
+  nn::RoFormerEncoderConfig e;
+  e.n_classes = 0;
+  CHECK_THROWS_WITH_AS(nn::RoFormerEncoder(e, g), doctest::Contains("RoFormerEncoder: n_classes must be in [1"), Error);
+  e.n_classes = 2;
+  e.dropout = -0.5;
+  CHECK_THROWS_WITH_AS(nn::RoFormerEncoder(e, g), doctest::Contains("RoFormerEncoder: dropout must be in [0, 1), got -0.5"),
+                       Error);
+  // The valid edges still build.
+  nn::RoFormerLMConfig ok = tiny_lm(nn::PositionEncoding::rope1d);
+  ok.n_layers = 1;
+  ok.dropout = 0.0;
+  CHECK_NOTHROW(nn::RoFormerLM(ok, g));
+  nn::ViTConfig whole = tiny_vit(nn::PositionEncoding::none);
+  whole.patch = whole.image_size;  // one patch
+  CHECK(nn::ViT(whole, g).forward(zeros({1, 1, 4, 4})).shape() == Shape{1, 3});
+}
+
+TEST_CASE("generate and sample_token check GenerateOptions: temperature > 0 and finite, top_k >= 0, top_p in (0, 1]") {
+  Generator g(0);
+  nn::RoFormerLM lm(tiny_lm(nn::PositionEncoding::rope1d), g);
+  Tensor prompt = from_vector(std::vector<int64_t>{1, 2}, {1, 2});
+  auto with = [](std::function<void(nn::GenerateOptions&)> edit) {
+    nn::GenerateOptions o{.greedy = false};
+    edit(o);
+    return o;
+  };
+  // Before #21 these were accepted: temperature <= 0 or nan fell back to 1e-8 (greedy) or sampled from NaNs.
+  CHECK_THROWS_WITH_AS(lm.generate(prompt, 2, with([](auto& o) { o.temperature = 0; })),
+                       "GenerateOptions: temperature must be a finite number > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(lm.generate(prompt, 2, with([](auto& o) { o.temperature = std::nan(""); })),
+                       "GenerateOptions: temperature must be a finite number > 0, got nan", Error);
+  CHECK_THROWS_WITH_AS(lm.generate(prompt, 2, with([](auto& o) { o.top_k = -1; })),
+                       "GenerateOptions: top_k must be >= 0 (0: off), got -1", Error);
+  CHECK_THROWS_WITH_AS(lm.generate(prompt, 2, with([](auto& o) { o.top_p = 0; })),
+                       "GenerateOptions: top_p must be in (0, 1], got 0", Error);
+  CHECK_THROWS_WITH_AS(lm.generate(prompt, -1), "generate: max_new_tokens must be >= 0, got -1", Error);
+  CHECK_THROWS_WITH_AS(nn::sample_token({0.5, 1.0}, with([](auto& o) { o.temperature = -1; }), 0.5),
+                       doctest::Contains("temperature must be a finite number > 0, got -1"), Error);
+  CHECK_THROWS_WITH_AS(nn::sample_token({}, nn::GenerateOptions{}, 0.5), "sample_token: no logits", Error);
+  CHECK(lm.generate(prompt, 0).shape() == Shape{1, 2});
+  CHECK(lm.generate(prompt, 3, with([](auto& o) { o.temperature = 0.5; })).shape() == Shape{1, 5});
 }

@@ -455,7 +455,7 @@ TEST_CASE("Schedules: closed-form values, half-lives, composition; the scheduler
   CHECK(opt.param_groups()[0].lr == doctest::Approx(0.1));
   sched.step();
   CHECK(opt.param_groups()[0].lr == doctest::Approx(0.2));
-  CHECK_THROWS_WITH_AS(inverse_time(0), "inverse_time: half-life must be > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(inverse_time(0), "inverse_time: half_life must be a finite number > 0, got 0", Error);
 }
 
 TEST_CASE("Strategies: per-tensor lr moves each tensor by lr·√k·σ; tied decay ρ_t = α₀²/(2q)·s(t)") {
@@ -717,4 +717,38 @@ TEST_CASE("foreach_axpby_ and sums_of_squares over contiguous and strided tensor
   CHECK(ss[2] == 0);
   CHECK_THROWS_WITH_AS(foreach_axpby_({y}, {x, x}, 1, 1), doctest::Contains("2 inputs"), Error);
   CHECK_THROWS_WITH_AS(foreach_axpby_({y}, {zeros({2})}, 1, 1), doctest::Contains("input 0 must have its output's shape [3, 4]"), Error);
+}
+
+// #21: the optimizers check their options before anything is built, with the option's name in the error.
+TEST_CASE("optimizer options and schedules: nonsense rates, betas, eps and decays are errors naming the option") {
+  Tensor w = ones({2, 2});
+  NamedParams p = {{"w", w}};
+  auto adamw = [&](AdamWOptions o) { return AdamW(p, o); };
+  CHECK_THROWS_WITH_AS(adamw({.lr = -1}), "AdamW: lr must be a finite number >= 0, got -1", Error);
+  CHECK_THROWS_WITH_AS(adamw({.lr = std::nan("")}), "AdamW: lr must be a finite number >= 0, got nan", Error);  // was: "group ..."
+  CHECK_THROWS_WITH_AS(adamw({.lr = INFINITY}), "AdamW: lr must be a finite number >= 0, got inf", Error);
+  CHECK_THROWS_WITH_AS(adamw({.beta1 = 1.0}), "AdamW: beta1 must be in [0, 1), got 1", Error);
+  CHECK_THROWS_WITH_AS(adamw({.beta2 = -0.1}), "AdamW: beta2 must be in [0, 1), got -0.1", Error);
+  CHECK_THROWS_WITH_AS(adamw({.eps = 0}), "AdamW: eps must be a finite number > 0, got 0", Error);  // was: accepted
+  CHECK_THROWS_WITH_AS(adamw({.weight_decay = std::nan("")}), "AdamW: weight_decay must be a finite number >= 0, got nan", Error);
+  CHECK_THROWS_WITH_AS(adamw({.strategy = {.q = 0}}), "AdamW: strategy q must be a finite number > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(Adam(p, {.weight_decay = -1}), "Adam: weight_decay must be a finite number >= 0, got -1", Error);
+  CHECK_THROWS_WITH_AS(SGD(p, {.lr = -0.5}), "SGD: lr must be a finite number >= 0, got -0.5", Error);
+  CHECK_THROWS_WITH_AS(SGD(p, {.momentum = 1.0}), "SGD: momentum must be in [0, 1), got 1", Error);  // was: accepted
+  CHECK_THROWS_WITH_AS(SGD(p, {.dampening = 2}), "SGD: dampening must be in [0, 1], got 2", Error);
+  CHECK_THROWS_WITH_AS(Amos(p, {.lr = std::nan("")}), "Amos: lr must be a finite number >= 0, got nan", Error);
+  CHECK_THROWS_WITH_AS(Amos(p, {.c_coef = -1}), "Amos: c_coef must be a finite number >= 0, got -1", Error);
+  CHECK_THROWS_WITH_AS(Amos(p, {.init_b = INFINITY}), "Amos: init_b must be a finite number >= 0, got inf", Error);
+  CHECK_THROWS_WITH_AS(Amos(p, {.epsilon = 0}), "Amos: epsilon must be a finite number > 0, got 0", Error);
+  CHECK_NOTHROW(AdamW(p, {.lr = 0, .beta1 = 0, .beta2 = 0, .weight_decay = 0}));  // the closed ends are valid
+  CHECK_NOTHROW(SGD(p, {.lr = 0, .momentum = 0.99, .dampening = 1}));
+
+  CHECK_THROWS_WITH_AS(inverse_square(std::nan("")), "inverse_square: half_life must be a finite number > 0, got nan", Error);
+  CHECK_THROWS_WITH_AS(inverse_time(INFINITY), "inverse_time: half_life must be a finite number > 0, got inf", Error);
+  CHECK_THROWS_WITH_AS(step_decay(0, 0.5), "step_decay: step_size must be > 0, got 0", Error);
+  CHECK_THROWS_WITH_AS(step_decay(10, 2.0), "step_decay: gamma must be in [0, 1] (a decay), got 2", Error);
+  CHECK_THROWS_WITH_AS(cosine(10, std::nan("")), "cosine: min_factor must be in [0, 1], got nan", Error);
+  CHECK_THROWS_WITH_AS(linear_decay(10, -1), "linear_decay: end_factor (min_factor) must be in [0, 1], got -1", Error);
+  CHECK_THROWS_WITH_AS(warmup(-1, constant_schedule()), "warmup: warmup steps must be >= 0, got -1", Error);
+  CHECK(step_decay(10, 0.5)(25) == 0.25);
 }

@@ -38,33 +38,39 @@ class CompositeTask : public Task {
   CompositeTask(Config& c, const TaskContext& ctx, bool nxm) : nxm_(nxm) {
     MnistSplits mn = load_mnist_splits(ctx.data_dir);
     data::CompositeOptions o;
-    o.height = c.get<int64_t>("data.height", nxm ? 32 : 56);
-    o.width = c.get<int64_t>("data.width", nxm ? 88 : 56);
-    o.min_digits = c.get<int64_t>("data.min_digits", nxm ? 3 : 1);
-    o.max_digits = c.get<int64_t>("data.max_digits", 3);
-    o.min_gap = c.get<int64_t>("data.min_gap", nxm ? 20 : 0);
-    o.class_probs = data::imbalanced_class_probs(c.get<double>("data.imbalance", 1.0));
-    o.size = c.get<int64_t>("data.train_size", 20000);
+    // Bounds: the canvas holds 28x28 digits and the CNN pools by 8; beyond these, sizes are nonsense.
+    o.height = c.get_int("data.height", nxm ? 32 : 56, 28, 4096);
+    o.width = c.get_int("data.width", nxm ? 88 : 56, 28, 4096);
+    o.min_digits = c.get_int("data.min_digits", nxm ? 3 : 1, 1, 64);
+    o.max_digits = c.get_int("data.max_digits", 3, 1, 64);
+    o.min_gap = c.get_int("data.min_gap", nxm ? 20 : 0, 0, 4096);
+    o.class_probs = data::imbalanced_class_probs(c.get_real("data.imbalance", 1.0, 1, 1e6));
+    o.size = c.get_int("data.train_size", 20000, 1, 10'000'000);
     o.seed = ctx.seed + 11;
-    LD_CHECK(o.height % 8 == 0 && o.width % 8 == 0, "config ", c.source(), ": data.height and data.width must be multiples of 8");
+    LD_CHECK(o.height % 8 == 0 && o.width % 8 == 0, "config ", c.source(),
+             ": 'data.height' and 'data.width' must be multiples of 8, got ", o.height, " and ", o.width);
+    LD_CHECK(o.min_digits <= o.max_digits, "config ", c.source(), ": 'data.min_digits' ", o.min_digits,
+             " is larger than 'data.max_digits' ", o.max_digits);
     LD_CHECK(!nxm || o.min_digits == o.max_digits, "config ", c.source(), ": nxm needs data.min_digits == data.max_digits");
     n_ = o.max_digits;
     train_ = std::make_shared<data::CompositeDigits>(mn.train.images, mn.train.labels, o);
     data::CompositeOptions t = o;
-    t.size = c.get<int64_t>("data.test_size", 2000);
+    t.size = c.get_int("data.test_size", 2000, 1, 65536);  // evaluated in one batch
     t.seed = ctx.seed + 12;
     test_ = std::make_shared<data::CompositeDigits>(mn.test.images, mn.test.labels, t);  // unseen digits
     loss_ = c.get<std::string>("loss.name", nxm ? "nxm1" : "zlpr");
     soft_ = c.get<bool>("loss.soft", loss_ == "zlpr_soft");
     if (nxm)
       LD_CHECK(loss_ == "nxm1" || loss_ == "nxm3" || loss_ == "ce", "config ", c.source(),
-               ": loss.name for nxm must be nxm1, nxm3 or ce; got '", loss_, "'");
+               ": 'loss.name' for nxm must be nxm1, nxm3 or ce; got '", loss_, "'");
     else
       LD_CHECK(loss_ == "zlpr" || loss_ == "zlpr_soft" || loss_ == "bce", "config ", c.source(),
-               ": loss.name for multilabel must be zlpr, zlpr_soft or bce; got '", loss_, "'");
-    batch_ = c.get<int64_t>("batch_size", 64);
+               ": 'loss.name' for multilabel must be zlpr, zlpr_soft or bce; got '", loss_, "'");
+    batch_ = read_batch_size(c, 64, o.size, "composite training examples (data.train_size)");
+    ctx.check_batch(batch_);
     loader_.loader = std::make_unique<data::DataLoader>(
-        train_, data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 13});
+        train_, data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 13,
+                                    .shard_rank = ctx.rank, .shard_count = ctx.world});
     Generator init(ctx.seed);
     net_ = std::make_shared<CanvasNet>(o.height, o.width, nxm ? n_ * 10 : 10, init);
     desc_ = std::to_string(o.min_digits) + "-" + std::to_string(o.max_digits) + " digits on " + std::to_string(o.height) +

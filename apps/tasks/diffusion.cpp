@@ -37,6 +37,8 @@ struct SamplerSpec {
   double eta = 0;
 };
 
+constexpr int64_t kMaxSamplerSteps = int64_t(1) << 20;
+
 SamplerSpec parse_spec(const std::string& s) {
   SamplerSpec spec;
   std::stringstream ss(s);
@@ -49,13 +51,23 @@ SamplerSpec parse_spec(const std::string& s) {
                                                  "ode_euler", "ode_heun", "ode_rk45"};
   LD_CHECK(std::find(kinds.begin(), kinds.end(), spec.kind) != kinds.end(), "sampler spec '", s,
            "': unknown sampler (ddpm, ddpm_tilde, ddim, ddim_quad, em, rd, pc, ode_euler, ode_heun, ode_rk45)");
+  LD_CHECK(parts.size() <= 3, "sampler spec '", s, "': expected NAME:STEPS[:ETA]");
   try {
-    if (parts.size() > 1) spec.steps = std::stoll(parts[1]);
-    if (parts.size() > 2) spec.eta = std::stod(parts[2]);
+    size_t used = 0;
+    if (parts.size() > 1) {
+      spec.steps = std::stoll(parts[1], &used);
+      LD_CHECK(used == parts[1].size(), "");
+    }
+    if (parts.size() > 2) {
+      spec.eta = std::stod(parts[2], &used);
+      LD_CHECK(used == parts[2].size(), "");
+    }
   } catch (...) {
-    LD_FAIL("sampler spec '", s, "': expected NAME:STEPS[:ETA]");
+    LD_FAIL("sampler spec '", s, "': expected NAME:STEPS[:ETA] (an integer, a number)");
   }
   LD_CHECK(spec.kind == "ode_rk45" || spec.steps >= 1, "sampler spec '", s, "' needs a step count (NAME:STEPS)");
+  LD_CHECK(spec.steps <= kMaxSamplerSteps, "sampler spec '", s, "': more than ", kMaxSamplerSteps, " steps");
+  LD_CHECK(std::isfinite(spec.eta) && spec.eta >= 0, "sampler spec '", s, "': eta must be a finite number >= 0");
   return spec;
 }
 
@@ -70,7 +82,8 @@ struct ProcessSet {
 ProcessSet make_process(Config& c) {
   ProcessSet p;
   p.name = c.get<std::string>("diffusion.process", "ddpm");
-  int64_t T = c.get<int64_t>("diffusion.T", 1000);
+  // The schedules and SDEs check their parameters (an error naming them); the number of steps is bounded here.
+  int64_t T = c.get_int("diffusion.T", 1000, 2, int64_t(1) << 20);
   if (p.name == "ddpm") {
     p.discrete = std::make_unique<DiscreteSchedule>(DiscreteSchedule::linear(T, c.get<double>("diffusion.beta_start", 1e-4),
                                                                             c.get<double>("diffusion.beta_end", 0.02)));
@@ -78,14 +91,16 @@ ProcessSet make_process(Config& c) {
     p.sde = std::make_unique<VPSDE>(p.discrete->beta(0) * double(T), p.discrete->beta(T - 1) * double(T));
   } else if (p.name == "ddpm_cosine") {
     p.discrete = std::make_unique<DiscreteSchedule>(DiscreteSchedule::cosine(T));
-  } else if (p.name == "vp") {
-    p.sde = std::make_unique<VPSDE>(c.get<double>("diffusion.beta_min", 0.1), c.get<double>("diffusion.beta_max", 20.0));
-  } else if (p.name == "subvp") {
-    p.sde = std::make_unique<SubVPSDE>(c.get<double>("diffusion.beta_min", 0.1), c.get<double>("diffusion.beta_max", 20.0));
+  } else if (p.name == "vp" || p.name == "subvp") {
+    // Bounds: score_sde's β_max is 20; noise levels past these overflow the f32 data's arithmetic.
+    double lo = c.get_real("diffusion.beta_min", 0.1, 0, 1e4), hi = c.get_real("diffusion.beta_max", 20.0, 0, 1e4);
+    if (p.name == "vp") p.sde = std::make_unique<VPSDE>(lo, hi);
+    else p.sde = std::make_unique<SubVPSDE>(lo, hi);
   } else if (p.name == "ve") {
-    p.sde = std::make_unique<VESDE>(c.get<double>("diffusion.sigma_min", 0.01), c.get<double>("diffusion.sigma_max", 50.0));
+    p.sde = std::make_unique<VESDE>(c.get_real("diffusion.sigma_min", 0.01, 0, 1e6, true),
+                                    c.get_real("diffusion.sigma_max", 50.0, 0, 1e6, true));
   } else {
-    LD_FAIL("config ", c.source(), ": diffusion.process must be ddpm, ddpm_cosine, vp, subvp or ve; got '", p.name, "'");
+    LD_FAIL("config ", c.source(), ": 'diffusion.process' must be ddpm, ddpm_cosine, vp, subvp or ve; got '", p.name, "'");
   }
   return p;
 }
@@ -94,7 +109,7 @@ Prediction parse_prediction(const std::string& s, const std::string& source) {
   if (s == "eps") return Prediction::eps;
   if (s == "x0") return Prediction::x0;
   if (s == "v") return Prediction::v;
-  LD_FAIL("config ", source, ": diffusion.prediction must be eps, x0 or v; got '", s, "'");
+  LD_FAIL("config ", source, ": 'diffusion.prediction' must be eps, x0 or v; got '", s, "'");
 }
 
 // A diffusion task over any network M with forward(x, t).
@@ -105,17 +120,42 @@ class DiffusionTask : public Task {
   void setup_common(Config& c, const TaskContext& ctx) {
     proc_ = make_process(c);
     pred_ = parse_prediction(c.get<std::string>("diffusion.prediction", "eps"), c.source());
-    time_scale_ = c.get<double>("diffusion.time_scale", 999.0);  // SDE label = time_scale·t
+    time_scale_ = c.get_real("diffusion.time_scale", 999.0, 0, 1e12, true);  // SDE label = time_scale·t
     sample_spec_ = c.get<std::string>("sample.sampler", "ddim:50");
-    sample_count_ = c.get<int64_t>("sample.count", 64);
+    sample_count_ = c.get_int("sample.count", 64, 1, 65536);
     clip_ = c.get<bool>("sample.clip", clip_default_);
     eval_specs_ = c.get<std::vector<std::string>>("eval.samplers", {});
-    eval_samples_ = c.get<int64_t>("eval.samples", 256);
+    eval_samples_ = c.get_int("eval.samples", 256, 1, 1 << 20);
     eval_seed_ = uint64_t(c.get<int64_t>("eval.seed", 4242));  // the samplers' generator seed in evaluations
-    batch_ = c.get<int64_t>("batch_size", 64);
-    parse_spec(sample_spec_);
-    for (auto& s : eval_specs_) parse_spec(s);
+    batch_ = c.get_int("batch_size", 64, 1, 1 << 20);
+    ctx.check_batch(batch_);
+    ctx_ = ctx;
+    // Sampling comes at evaluations and at the end: the specs are checked against the process now.
+    check_spec(c, "sample.sampler", sample_spec_);
+    for (auto& s : eval_specs_) check_spec(c, "eval.samplers", s);
     gen_.set_state(ctx.seed + 1, 0);
+  }
+
+  // A sampler spec that parses and that the process can run (discrete samplers: a discrete schedule and at
+  // most T steps; SDE samplers: an SDE and at least 2 steps).
+  void check_spec(Config& c, const char* key, const std::string& text) {
+    SamplerSpec spec;
+    try {
+      spec = parse_spec(text);
+      if (is_discrete(spec.kind)) {
+        LD_CHECK(proc_.discrete, "needs a discrete schedule (diffusion.process ddpm or ddpm_cosine)");
+        LD_CHECK(spec.steps <= proc_.discrete->num_steps(), "has more steps than diffusion.T = ",
+                 proc_.discrete->num_steps());
+      } else {
+        LD_CHECK(proc_.sde, "needs an SDE (diffusion.process ddpm, vp, subvp or ve)");
+        if (spec.kind.rfind("ode_", 0) != 0) LD_CHECK(spec.steps >= 2, "needs at least 2 steps");
+      }
+    } catch (const Error& e) {
+      LD_FAIL("config ", c.source(), ": '", key, "' = '", text, "': ", e.what());
+    }
+  }
+  static bool is_discrete(const std::string& kind) {
+    return kind == "ddpm" || kind == "ddpm_tilde" || kind == "ddim" || kind == "ddim_quad";
   }
 
   // The denoiser for a sampler family: discrete samplers see indices, SDE samplers continuous time.
@@ -123,8 +163,7 @@ class DiffusionTask : public Task {
     SamplerSpec spec = parse_spec(spec_text);
     Generator g(seed);
     Shape shape = sample_shape(n);
-    bool discrete = spec.kind == "ddpm" || spec.kind == "ddpm_tilde" || spec.kind == "ddim" || spec.kind == "ddim_quad";
-    if (discrete) {
+    if (is_discrete(spec.kind)) {
       LD_CHECK(proc_.discrete, "sampler ", spec_text, " needs a discrete schedule (diffusion.process ddpm)");
       ModuleDenoiser<M> d(net_, pred_, 1.0);
       if (nfe) *nfe = spec.steps;
@@ -154,6 +193,18 @@ class DiffusionTask : public Task {
   }
 
   // Samples come back to the host (metrics and image files read them there); batches go to the device.
+  // The training loss of this rank's rows. Data-parallel, each rank draws its noise and times from its own
+  // stretch of gen_'s counter (every rank advances gen_ alike), so the ranks' draws are independent and the
+  // checkpointed state is the same on all of them; one process draws from gen_ directly.
+  Tensor train_loss_of(const Tensor& x0_host) {
+    if (ctx_.world == 1) return loss_of(x0_host, gen_);
+    constexpr uint64_t kBlocksPerStep = uint64_t(1) << 32;
+    uint64_t base = gen_.reserve(kBlocksPerStep);
+    Generator g;
+    g.set_state(gen_.seed(), base + uint64_t(ctx_.rank) * (kBlocksPerStep / uint64_t(ctx_.world)));
+    return loss_of(x0_host, g);
+  }
+
   Tensor loss_of(const Tensor& x0_host, Generator& g) {
     Tensor x0 = x0_host.to(device);
     if (proc_.train_discrete()) {
@@ -189,6 +240,7 @@ class DiffusionTask : public Task {
   uint64_t eval_seed_ = 4242;
   bool clip_ = false, clip_default_ = false;
   Generator gen_;
+  TaskContext ctx_;
   std::shared_ptr<M> net_;
 };
 
@@ -215,8 +267,10 @@ class Toy2dTask : public DiffusionTask<MLPDenoiser> {
   Toy2dTask(Config& c, const TaskContext& ctx) {
     setup_common(c, ctx);
     dataset_ = c.get<std::string>("data.dataset", "ring");
+    LD_CHECK(dataset_ == "ring" || dataset_ == "grid" || dataset_ == "moons" || dataset_ == "swiss_roll", "config ",
+             c.source(), ": 'data.dataset' must be ring, grid, moons or swiss_roll; got '", dataset_, "'");
     Generator dg(ctx.seed + 100);
-    train_ = data::toy2d(dataset_, c.get<int64_t>("data.train_size", 20000), dg);
+    train_ = data::toy2d(dataset_, c.get_int("data.train_size", 20000, 1, 10'000'000), dg);
     val_ = data::toy2d(dataset_, eval_samples_, dg);
     MLPDenoiserConfig m{.dim = 2,
                         .hidden = c.get<int64_t>("model.hidden", 128),
@@ -232,7 +286,7 @@ class Toy2dTask : public DiffusionTask<MLPDenoiser> {
   Tensor train_loss() override {
     std::vector<int64_t> idx;
     for (double i : randint(0, train_.size(0), {batch_}, gen_).to_vector()) idx.push_back(int64_t(i));
-    return loss_of(data::gather_rows(train_, idx), gen_);
+    return train_loss_of(data::gather_rows(train_, ctx_.shard(idx)));
   }
   Metrics evaluate() override {
     Metrics m{{"val_loss", fixed_loss(val_)}};
@@ -273,12 +327,14 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
   MnistDiffusionTask(Config& c, const TaskContext& ctx) {
     clip_default_ = true;  // images live in [−1, 1]
     setup_common(c, ctx);
-    MnistSplits data = load_mnist_splits(ctx.data_dir, c.get<int64_t>("data.train_limit", 0));
+    MnistSplits data = load_mnist_splits(ctx.data_dir, c.get_int("data.train_limit", 0, 0));
     n_train_ = data.train.images.size(0);
+    if (batch_ > n_train_) c.fail_range("batch_size", batch_, "at most the " + std::to_string(n_train_) + " training images");
     test_x0_ = (data.test.images.unsqueeze(1) * 2.0 - 1.0).contiguous();
     loader_.loader = std::make_unique<data::DataLoader>(
-        data::mnist_dataset(data.train), data::LoaderOptions{.batch_size = batch_, .seed = ctx.seed + 7});
-    UNetConfig u;
+        data::mnist_dataset(data.train),
+        data::LoaderOptions{.batch_size = batch_, .seed = ctx.seed + 7, .shard_rank = ctx.rank, .shard_count = ctx.world});
+    UNetConfig u;  // diffusion::UNet's constructor checks the sizes
     u.in_channels = 1;
     u.base_channels = c.get<int64_t>("model.base_channels", 32);
     u.channel_mult = c.get<std::vector<int64_t>>("model.channel_mult", {1, 2, 2});
@@ -288,9 +344,21 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     u.attention_resolutions = c.get<std::vector<int64_t>>("model.attention_resolutions", {});
     u.mid_attention = c.get<bool>("model.mid_attention", false);
     u.dropout = c.get<double>("model.dropout", 0.0);
+    // 28x28 images halve at every level but the last: 28 -> 14 -> 7 takes at most 3 levels.
+    const int64_t levels = int64_t(u.channel_mult.size());
+    LD_CHECK(levels <= 3, "config ", c.source(), ": 'model.channel_mult' has ", levels,
+             " levels; 28x28 images take at most 3 (28, 14, 7)");
+    for (int64_t r : u.attention_resolutions)
+      if (r != 28 && !(r == 14 && levels >= 2) && !(r == 7 && levels >= 3))
+        c.fail_range("model.attention_resolutions", r, "the resolution of a level (28, 14, 7 for 3 levels)");
     Generator init(ctx.seed);
     net_ = std::make_shared<UNet>(u, init);
     classifier_path_ = c.get<std::string>("eval.classifier", "");
+    // FID needs the classifier at the first evaluation: a missing one is reported now, not after training.
+    if (!eval_specs_.empty())
+      LD_CHECK(!classifier_path_.empty() && fs::is_regular_file(classifier_path_), "config ", c.source(),
+               ": eval.samplers needs 'eval.classifier', a mnist_cnn checkpoint (e.g. runs/mnist-cnn/checkpoints/",
+               "best.safetensors); got '", classifier_path_, "'");
     fixed_batch_ = test_x0_.narrow(0, 0, std::min<int64_t>(256, test_x0_.size(0))).contiguous();
   }
   std::string describe() const override {
@@ -299,7 +367,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
   }
   Tensor train_loss() override {
     data::Batch b = loader_.loader->next();
-    return loss_of(b["image"] * 2.0 - 1.0, gen_);
+    return train_loss_of(b["image"] * 2.0 - 1.0);
   }
   Metrics evaluate() override {
     Metrics m{{"val_loss", fixed_loss(fixed_batch_)}};

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numbers>
 
 #include "apps/task.h"
 #include "core/autograd.h"
+#include "core/data/sampler.h"
 #include "core/data/text.h"
 #include "core/error.h"
 #include "core/ops.h"
@@ -19,6 +21,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Bounds of the task's keys beyond which a value is nonsense (and would overflow or exhaust memory).
+constexpr int64_t kMaxLength = int64_t(1) << 20, kMaxBatch = int64_t(1) << 20, kMaxWidth = int64_t(1) << 24;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
 // A few hundred bytes of text so the task runs even without the fortunes package (a fallback only: the
 // real corpora are the fortunes files that scripts/install-deps installs).
 constexpr const char* kEmbeddedText =
@@ -26,25 +32,43 @@ constexpr const char* kEmbeddedText =
     "To be, or not to be, that is the question. All that glitters is not gold. Knowledge is power.\n"
     "Where there is a will, there is a way. Actions speak louder than words. Time is money.\n";
 
+// Debian's fortunes packages all install into one folder, so the corpora are lists of files (dpkg -L):
+// English = `fortunes` + `fortunes-min` (43 files, 2.58 MB), Chinese = `fortunes-zh` (3 files, 2.23 MB).
+// (`fortunes-off` adds an off/ subfolder, in neither list.)
+constexpr const char* kFortunesDir = "/usr/share/games/fortunes";
+const std::vector<std::string> kEnglishFortunes = {
+    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs", "education",
+    "ethnic", "food", "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law", "linux", "linuxcookie",
+    "literature", "love", "magic", "medicine", "men-women", "miscellaneous", "news", "paradoxum", "people", "perl",
+    "pets", "platitudes", "politics", "pratchett", "riddles", "science", "songs-poems", "sports", "startrek", "tao",
+    "translate-me", "wisdom", "work", "zippy"};
+const std::vector<std::string> kChineseFortunes = {"chinese", "song100", "tang300"};
+
+// The entries of the listed files that exist, in list order, joined as fortunes_corpus joins entries.
+std::string fortunes_files(const std::string& corpus, const std::vector<std::string>& names, const std::string& source) {
+  std::string text;
+  int64_t found = 0;
+  for (const auto& name : names) {
+    fs::path f = fs::path(kFortunesDir) / name;
+    if (!fs::is_regular_file(f)) continue;
+    ++found;
+    std::string t = data::fortunes_corpus(f.string());
+    if (t.empty()) continue;
+    if (!text.empty()) text += "\n\n";
+    text += t;
+  }
+  LD_CHECK(found > 0, "config ", source, ": data.corpus '", corpus, "': none of its files are in ", kFortunesDir,
+           " (run scripts/get-data text)");
+  return text;
+}
+
 std::string load_corpus(const std::string& corpus, const std::string& source) {
   if (corpus == "embedded") return kEmbeddedText;
-  std::string path = corpus;
-  if (corpus == "fortunes") path = "/usr/share/games/fortunes";
-  if (corpus == "fortunes-zh") path = "/usr/share/games/fortunes/zh";
-  LD_CHECK(fs::exists(path), "config ", source, ": data.corpus '", corpus, "': ", path,
-           " does not exist (for the fortunes corpora run scripts/get-data text)");
-  if (corpus == "fortunes") {
-    // The English files only: the top-level files of the directory (zh/ and off/ are subdirectories).
-    std::string text;
-    std::vector<fs::path> files;
-    for (auto& e : fs::directory_iterator(path))
-      if (e.is_regular_file() && e.path().extension() != ".dat" && e.path().extension() != ".u8") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    for (auto& f : files) text += data::fortunes_corpus(f.string());
-    return text;
-  }
-  if (corpus == "fortunes-zh") return data::fortunes_corpus(path);
-  return data::read_text(path);
+  if (corpus == "fortunes") return fortunes_files(corpus, kEnglishFortunes, source);
+  if (corpus == "fortunes-zh") return fortunes_files(corpus, kChineseFortunes, source);
+  LD_CHECK(!corpus.empty() && fs::exists(corpus), "config ", source, ": data.corpus '", corpus,
+           "' is neither embedded, fortunes, fortunes-zh nor an existing file or folder");
+  return data::read_text(corpus);
 }
 
 nn::PositionEncoding parse_position(const std::string& s, const std::string& source) {
@@ -52,7 +76,7 @@ nn::PositionEncoding parse_position(const std::string& s, const std::string& sou
   if (s == "sinusoidal") return nn::PositionEncoding::sinusoidal;
   if (s == "learned") return nn::PositionEncoding::learned;
   if (s == "none") return nn::PositionEncoding::none;
-  LD_FAIL("config ", source, ": model.position must be rope, sinusoidal, learned or none; got '", s, "'");
+  LD_FAIL("config ", source, ": 'model.position' must be rope, sinusoidal, learned or none; got '", s, "'");
 }
 
 class LMTask : public Task {
@@ -60,11 +84,14 @@ class LMTask : public Task {
   LMTask(Config& c, const TaskContext& ctx) : gen_(ctx.seed + 1), init_gen_(ctx.seed) {
     std::string corpus = c.get<std::string>("data.corpus", "fortunes");
     std::string mode = c.get<std::string>("data.mode", "bytes");
-    LD_CHECK(mode == "bytes" || mode == "chars", "config ", c.source(), ": data.mode must be bytes or chars");
-    int64_t max_bytes = c.get<int64_t>("data.max_bytes", 0);
-    double val_fraction = c.get<double>("data.val_fraction", 0.05);
-    seq_len_ = c.get<int64_t>("data.seq_len", 128);
-    batch_ = c.get<int64_t>("batch_size", 32);
+    LD_CHECK(mode == "bytes" || mode == "chars", "config ", c.source(), ": 'data.mode' must be bytes or chars; got '",
+             mode, "'");
+    int64_t max_bytes = c.get_int("data.max_bytes", 0, 0);  // 0: the whole corpus
+    double val_fraction = c.get_real("data.val_fraction", 0.05, 0, 1, true, true);
+    seq_len_ = c.get_int("data.seq_len", 128, 1, kMaxLength);
+    batch_ = c.get_int("batch_size", 32, 1, kMaxBatch);
+    ctx.check_batch(batch_);
+    ctx_ = ctx;
     std::string text = load_corpus(corpus, c.source());
     if (max_bytes > 0 && int64_t(text.size()) > max_bytes) text.resize(size_t(max_bytes));
     tok_ = mode == "bytes" ? data::Tokenizer::bytes() : data::Tokenizer::chars(text);
@@ -74,28 +101,47 @@ class LMTask : public Task {
     val_ = split.val.contiguous();
     corpus_desc_ = corpus + " (" + std::to_string(text.size()) + " bytes, " + std::to_string(ids.numel()) + " tokens)";
 
-    nn::RoFormerLMConfig m;
+    nn::RoFormerLMConfig m;  // the model checks its sizes (nn::RoFormerLM's constructor)
     m.vocab_size = tok_.vocab_size();
-    m.d_model = c.get<int64_t>("model.d_model", 128);
+    m.d_model = c.get_int("model.d_model", 128, 1, kMaxWidth);  // bounded here too: d_ff's default is 4 d_model
     m.n_layers = c.get<int64_t>("model.n_layers", 4);
     m.n_heads = c.get<int64_t>("model.n_heads", 4);
     m.d_ff = c.get<int64_t>("model.d_ff", 4 * m.d_model);
     m.position = parse_position(c.get<std::string>("model.position", "rope"), c.source());
     std::string attn = c.get<std::string>("model.attention", "softmax");
-    LD_CHECK(attn == "softmax" || attn == "linear", "config ", c.source(), ": model.attention must be softmax or linear");
+    LD_CHECK(attn == "softmax" || attn == "linear", "config ", c.source(),
+             ": 'model.attention' must be softmax or linear; got '", attn, "'");
     m.kind = attn == "softmax" ? nn::AttentionKind::softmax : nn::AttentionKind::linear;
-    m.rope_base = c.get<double>("model.rope_base", 10000.0);
+    m.rope_base = c.get_real("model.rope_base", 10000.0, 0, kInf, true);
     m.dropout = c.get<double>("model.dropout", 0.0);
-    eval_lengths_ = c.get<std::vector<int64_t>>("eval.lengths", {seq_len_});
-    int64_t max_eval = *std::max_element(eval_lengths_.begin(), eval_lengths_.end());
-    m.max_len = std::max(seq_len_, max_eval);
-    eval_tokens_ = c.get<int64_t>("eval.tokens", 16384);
+    eval_lengths_ = c.get_ints("eval.lengths", {seq_len_}, 1, kMaxLength, 1);
+    m.max_len = std::max(seq_len_, *std::max_element(eval_lengths_.begin(), eval_lengths_.end()));
+    eval_tokens_ = c.get_int("eval.tokens", 16384, 1);
     prompt_ = c.get<std::string>("sample.prompt", "The ");
-    sample_len_ = c.get<int64_t>("sample.length", 400);
-    temperature_ = c.get<double>("sample.temperature", 0.8);
-    top_k_ = c.get<int64_t>("sample.top_k", 0);
+    sample_len_ = c.get_int("sample.length", 400, 0, kMaxLength);
+    // Sampling happens at the end of the run: its options are checked now, not after training.
+    gen_opt_ = nn::GenerateOptions{.greedy = false,
+                                   .temperature = c.get_real("sample.temperature", 0.8, 0, kInf, true),
+                                   .top_k = c.get_int("sample.top_k", 0, 0),
+                                   .seed = 1234};
+    nn::check_generate_options(gen_opt_);
+    try {
+      for (int64_t id : tok_.encode(prompt_)) prompt_ids_.push_back(id);
+    } catch (const Error& e) {
+      LD_FAIL("config ", c.source(), ": 'sample.prompt' cannot be encoded: ", e.what());
+    }
+    if (prompt_ids_.empty()) prompt_ids_.push_back(0);
     LD_CHECK(train_.numel() > seq_len_ + 1, "config ", c.source(), ": the corpus (", train_.numel(),
              " training tokens) is shorter than data.seq_len + 1 = ", seq_len_ + 1);
+    // Every evaluation length needs one whole window (L + 1 tokens) of the evaluated validation tokens.
+    const int64_t evaluated = evaluated_tokens();
+    for (int64_t L : eval_lengths_)
+      LD_CHECK(evaluated >= L + 1, "config ", c.source(), ": 'eval.lengths' holds ", L, ", but a window of ", L + 1,
+               " tokens does not fit in the ", evaluated, " evaluated validation tokens (eval.tokens ", eval_tokens_,
+               " + 1, at most the ", val_.numel(), " tokens that data.val_fraction ", val_fraction, " leaves)");
+    if (m.position == nn::PositionEncoding::learned)
+      LD_CHECK(int64_t(prompt_ids_.size()) <= m.max_len, "config ", c.source(), ": 'sample.prompt' has ",
+               prompt_ids_.size(), " tokens, more than the ", m.max_len, " learned positions");
     model_ = std::make_shared<nn::RoFormerLM>(m, init_gen_);
   }
 
@@ -108,7 +154,10 @@ class LMTask : public Task {
            std::to_string(batch_) + "; corpus " + corpus_desc_;
   }
 
-  Tensor train_loss() override { return model_->loss(data::random_windows(train_, batch_, seq_len_, gen_)); }
+  // Data-parallel: every rank draws the global batch's windows (gen_ stays in step) and keeps its rows.
+  Tensor train_loss() override {
+    return model_->loss(data::shard_rows(data::random_windows(train_, batch_, seq_len_, gen_), ctx_.rank, ctx_.world));
+  }
 
   Metrics evaluate() override {
     Metrics m;
@@ -122,14 +171,10 @@ class LMTask : public Task {
   }
 
   std::vector<std::string> write_samples(const std::string& dir, const std::string& tag) override {
-    std::vector<int64_t> prompt;
-    for (int64_t id : tok_.encode(prompt_)) prompt.push_back(id);
-    if (prompt.empty()) prompt.push_back(0);
-    Tensor p = from_vector(prompt, {1, int64_t(prompt.size())});
-    nn::GenerateOptions g{.greedy = false, .temperature = temperature_, .top_k = top_k_, .seed = 1234};
+    Tensor p = from_vector(prompt_ids_, {1, int64_t(prompt_ids_.size())});
     int64_t room = model_->config.position == nn::PositionEncoding::learned ? model_->config.max_len - p.size(1)
                                                                              : sample_len_;
-    Tensor out = model_->generate(p, std::min(sample_len_, room), g);
+    Tensor out = model_->generate(p, std::max<int64_t>(0, std::min(sample_len_, room)), gen_opt_);
     std::string text = tok_.decode(out);
     if (tok_.mode() == data::TextMode::bytes) text = data::utf8_encode(data::utf8_decode(text));  // valid UTF-8 for the terminal
     fs::path file = fs::path(dir) / (tag + ".txt");
@@ -144,10 +189,13 @@ class LMTask : public Task {
   }
 
  private:
+  // eval.tokens + 1 validation tokens (the +1: the last token is only a target), at most all of them.
+  int64_t evaluated_tokens() const { return eval_tokens_ >= val_.numel() ? val_.numel() : eval_tokens_ + 1; }
+
   // Mean next-token loss over the first eval.tokens validation tokens, cut into windows of length L
   // (one token of overlap, so every token is predicted once).
   double eval_loss(int64_t L) {
-    int64_t n = std::min(val_.numel(), eval_tokens_ + 1);
+    int64_t n = evaluated_tokens();
     int64_t windows = (n - 1) / L;
     LD_CHECK(windows >= 1, "lm: the validation text (", val_.numel(), " tokens) is shorter than one window of ", L + 1);
     double total = 0;
@@ -162,13 +210,15 @@ class LMTask : public Task {
   }
 
   Generator gen_, init_gen_;
+  TaskContext ctx_;
   data::Tokenizer tok_ = data::Tokenizer::bytes();
   Tensor train_, val_;
   std::string corpus_desc_;
-  int64_t seq_len_, batch_, eval_tokens_, sample_len_, top_k_;
+  int64_t seq_len_, batch_, eval_tokens_, sample_len_;
   std::vector<int64_t> eval_lengths_;
   std::string prompt_;
-  double temperature_;
+  std::vector<int64_t> prompt_ids_;
+  nn::GenerateOptions gen_opt_;
   std::shared_ptr<nn::RoFormerLM> model_;
 };
 

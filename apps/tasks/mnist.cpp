@@ -3,6 +3,7 @@
 // vit also measures resolution extrapolation: accuracy on digits pasted at the centre of a larger blank
 // canvas (eval.canvas), where the grid has more patches than in training.
 #include <cmath>
+#include <limits>
 
 #include "apps/tasks/mnist_common.h"
 #include "nn/models.h"
@@ -15,7 +16,7 @@ nn::PositionEncoding vit_position(const std::string& s, const std::string& sourc
   if (s == "rope1d") return nn::PositionEncoding::rope1d;
   if (s == "learned") return nn::PositionEncoding::learned;
   if (s == "none") return nn::PositionEncoding::none;
-  LD_FAIL("config ", source, ": model.position must be rope2d, rope1d, learned or none; got '", s, "'");
+  LD_FAIL("config ", source, ": 'model.position' must be rope2d, rope1d, learned or none; got '", s, "'");
 }
 
 // Images [N, 1, 28, 28] pasted at the centre of a blank [N, 1, size, size] canvas.
@@ -29,28 +30,29 @@ Tensor on_canvas(const Tensor& images, int64_t size) {
 class MnistTask : public Task {
  public:
   MnistTask(Config& c, const TaskContext& ctx, bool vit) : vit_(vit) {
-    int64_t limit = c.get<int64_t>("data.train_limit", 0);
+    int64_t limit = c.get_int("data.train_limit", 0, 0);  // 0: all
     data_ = load_mnist_splits(ctx.data_dir, limit);
     test_images_ = data_.test.images.unsqueeze(1).contiguous();
-    batch_ = c.get<int64_t>("batch_size", 128);
-    data::LoaderOptions lo{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7};
+    batch_ = read_batch_size(c, 128, data_.train.images.size(0), "training images");
+    ctx.check_batch(batch_);
+    data::LoaderOptions lo{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7,
+                           .shard_rank = ctx.rank, .shard_count = ctx.world};
     loader_.loader = std::make_unique<data::DataLoader>(data::mnist_dataset(data_.train), lo);
     Generator init(ctx.seed);
     if (vit_) {
-      nn::ViTConfig v;
+      nn::ViTConfig v;  // nn::ViT's constructor checks the sizes
       v.patch = c.get<int64_t>("model.patch", 4);
-      v.d_model = c.get<int64_t>("model.d_model", 64);
+      v.d_model = c.get_int("model.d_model", 64, 1, int64_t(1) << 24);  // bounded here too: d_ff's default is 4 d_model
       v.n_layers = c.get<int64_t>("model.n_layers", 4);
       v.n_heads = c.get<int64_t>("model.n_heads", 4);
       v.d_ff = c.get<int64_t>("model.d_ff", 4 * v.d_model);
       v.position = vit_position(c.get<std::string>("model.position", "rope2d"), c.source());
-      v.rope_base = c.get<double>("model.rope_base", 100.0);
+      v.rope_base = c.get_real("model.rope_base", 100.0, 0, std::numeric_limits<double>::infinity(), true);
       v.dropout = c.get<double>("model.dropout", 0.0);
-      canvases_ = c.get<std::vector<int64_t>>("eval.canvas", {});
-      for (int64_t s : canvases_)
-        LD_CHECK(s >= 28 && s % v.patch == 0, "config ", c.source(), ": eval.canvas sizes must be >= 28 and multiples of ",
-                 "the patch size ", v.patch, "; got ", s);
+      canvases_ = c.get_ints("eval.canvas", {}, 28, 4096);
       vit_model_ = std::make_shared<nn::ViT>(v, init);
+      for (int64_t s : canvases_)  // after the ViT has checked the patch size
+        if (s % v.patch != 0) c.fail_range("eval.canvas", s, "a multiple of the patch size " + std::to_string(v.patch));
     } else {
       cnn_ = std::make_shared<MnistCNN>(init);
     }

@@ -2,6 +2,7 @@
 // Shared glue of the MNIST tasks (vit, mnist_cnn, multilabel, nxm, ddpm): the data set from
 // data_dir/mnist (scripts/get-data), a shuffling loader whose state goes into checkpoints, and the small
 // CNN used as the classifier for FID features (docs/experiments/diffusion.md documents it).
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,12 +23,22 @@ struct MnistSplits {
 };
 inline MnistSplits load_mnist_splits(const std::string& data_dir, int64_t limit = 0) {
   std::string dir = data_dir + "/mnist";
+  LD_CHECK(!data_dir.empty() && std::filesystem::is_directory(dir), "config: 'data_dir' = '", data_dir, "': ", dir,
+           " is not a folder; run scripts/get-data (it writes data/mnist/), or set data_dir to the folder above mnist/");
   MnistSplits s{data::load_mnist(dir, true), data::load_mnist(dir, false)};
   if (limit > 0 && limit < s.train.images.size(0)) {
     s.train.images = s.train.images.narrow(0, 0, limit).contiguous();
     s.train.labels = s.train.labels.narrow(0, 0, limit).contiguous();
   }
   return s;
+}
+
+// `batch_size` (default `fallback`): at least 1 and at most the `n` examples of the training set (the loaders
+// drop the last incomplete batch, so a larger batch would make no batch at all).
+inline int64_t read_batch_size(Config& c, int64_t fallback, int64_t n, const char* what) {
+  int64_t b = c.get_int("batch_size", fallback, 1);
+  if (b > n) c.fail_range("batch_size", b, "at most the " + std::to_string(n) + " " + what);
+  return b;
 }
 
 // A data loader plus the checkpointable state glue every task needs.

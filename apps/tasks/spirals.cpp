@@ -14,6 +14,8 @@
 namespace liandan::apps {
 namespace {
 
+constexpr int64_t kMaxPoints = 10'000'000;  // per split: 80 MB of points
+
 // Three interleaved arms with noise: x ∈ R², label = arm. Not linearly separable, so the loss only falls
 // if the hidden layers learn.
 std::pair<Tensor, Tensor> make_spirals(int64_t n, double noise, Generator& gen) {
@@ -32,14 +34,15 @@ std::pair<Tensor, Tensor> make_spirals(int64_t n, double noise, Generator& gen) 
 
 class SpiralsTask : public Task {
  public:
-  SpiralsTask(Config& c, const TaskContext& ctx) : gen_(ctx.seed + 1) {
+  SpiralsTask(Config& c, const TaskContext& ctx) : ctx_(ctx), gen_(ctx.seed + 1) {
     Generator data_gen(ctx.seed + 1000);
-    double noise = c.get<double>("data.noise", 0.03);
-    std::tie(x_, y_) = make_spirals(c.get<int64_t>("data.train_size", 3000), noise, data_gen);
-    std::tie(vx_, vy_) = make_spirals(c.get<int64_t>("data.val_size", 1500), noise, data_gen);
-    batch_ = c.get<int64_t>("batch_size", 256);
-    int64_t hidden = c.get<int64_t>("model.hidden", 128), depth = c.get<int64_t>("model.layers", 2);
-    LD_CHECK(hidden >= 1 && depth >= 1, "config ", c.source(), ": model.hidden and model.layers must be >= 1");
+    // Bounds: the arms have radius 1 (more noise than 100 is nonsense), and larger sizes would exhaust memory.
+    double noise = c.get_real("data.noise", 0.03, 0, 100);
+    std::tie(x_, y_) = make_spirals(c.get_int("data.train_size", 3000, 1, kMaxPoints), noise, data_gen);
+    std::tie(vx_, vy_) = make_spirals(c.get_int("data.val_size", 1500, 1, kMaxPoints), noise, data_gen);
+    batch_ = c.get_int("batch_size", 256, 1, kMaxPoints);
+    ctx.check_batch(batch_);
+    int64_t hidden = c.get_int("model.hidden", 128, 1, 1 << 16), depth = c.get_int("model.layers", 2, 1, 1024);
     Generator init(ctx.seed);
     model_ = std::make_shared<nn::Sequential>();
     int64_t in = 2;
@@ -59,6 +62,7 @@ class SpiralsTask : public Task {
   Tensor train_loss() override {
     std::vector<int64_t> idx;
     for (double i : randint(0, x_.size(0), {batch_}, gen_).to_vector()) idx.push_back(int64_t(i));
+    idx = ctx_.shard(idx);  // every rank draws the global batch, keeps its rows
     return losses::cross_entropy(model_->forward(data::gather_rows(x_, idx).to(device)), data::gather_rows(y_, idx));
   }
   Metrics evaluate() override {
@@ -74,6 +78,7 @@ class SpiralsTask : public Task {
   }
 
  private:
+  TaskContext ctx_;
   Generator gen_;
   Tensor x_, y_, vx_, vy_;
   int64_t batch_;

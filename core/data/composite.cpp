@@ -16,7 +16,7 @@ int64_t pick(double u, int64_t m) { return std::min(m - 1, int64_t(u * double(m)
 }  // namespace
 
 std::vector<double> imbalanced_class_probs(double ratio) {
-  LD_CHECK(ratio >= 1, "imbalanced_class_probs: ratio must be >= 1, got ", ratio);
+  LD_CHECK(std::isfinite(ratio) && ratio >= 1, "imbalanced_class_probs: ratio must be a finite number >= 1, got ", ratio);
   std::vector<double> p(kClasses);
   for (int64_t c = 0; c < kClasses; ++c) p[size_t(c)] = std::pow(ratio, -double(c) / double(kClasses - 1));
   double s = std::accumulate(p.begin(), p.end(), 0.0);
@@ -36,7 +36,14 @@ CompositeDigits::CompositeDigits(const Tensor& images, const Tensor& labels, Com
            shape_str(labels.shape()));
   LD_CHECK(opt_.min_digits >= 1 && opt_.max_digits >= opt_.min_digits, op, ": need 1 <= min_digits <= max_digits, got ",
            opt_.min_digits, ", ", opt_.max_digits);
-  LD_CHECK(opt_.size >= 0 && opt_.min_gap >= 0, op, ": size and min_gap must be >= 0");
+  LD_CHECK(opt_.size >= 0 && opt_.min_gap >= 0, op, ": size and min_gap must be >= 0, got ", opt_.size, " and ",
+           opt_.min_gap);
+  // Bounds before the products below (a canvas wider than 2^16 or more digits than it can hold is nonsense).
+  constexpr int64_t kMaxSide = int64_t(1) << 16;
+  LD_CHECK(opt_.height >= 1 && opt_.height <= kMaxSide && opt_.width >= 1 && opt_.width <= kMaxSide, op,
+           ": height and width must be in [1, ", kMaxSide, "], got ", opt_.height, " and ", opt_.width);
+  LD_CHECK(opt_.max_digits <= opt_.width && opt_.min_gap <= opt_.width, op, ": max_digits ", opt_.max_digits,
+           " and min_gap ", opt_.min_gap, " must be at most the width ", opt_.width);
   LD_CHECK(opt_.height >= h_ && opt_.width - w_ - (opt_.max_digits - 1) * opt_.min_gap >= 0, op, ": a ", opt_.height,
            "x", opt_.width, " canvas cannot hold ", opt_.max_digits, " digits of ", h_, "x", w_, " with min_gap ",
            opt_.min_gap);

@@ -252,7 +252,8 @@ Tensor random_windows(const Tensor& tokens, int64_t batch, int64_t length, Gener
   LD_CHECK(tokens.dim() == 1 && tokens.dtype() == DType::i64, "random_windows: expected 1-D i64 tokens, got ",
            dtype_name(tokens.dtype()), " ", shape_str(tokens.shape()));
   int64_t n = tokens.size(0);
-  LD_CHECK(length >= 1 && n >= length + 1, "random_windows: ", n, " tokens are too few for windows of ",
+  LD_CHECK(batch >= 1, "random_windows: batch must be >= 1, got ", batch);
+  LD_CHECK(length >= 1 && n - 1 >= length, "random_windows: ", n, " tokens are too few for windows of ",
            length, " + 1");
   Tensor starts = randint(0, n - length, {batch}, gen);
   Tensor src = tokens.contiguous(), out = empty({batch, length + 1}, DType::i64);
