@@ -392,6 +392,17 @@ def cpu_bf16(on):
     return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
+def norms_in_f32(model):
+    """torch 1.13's CPU autocast leaves layer_norm / group_norm out of its f32 list, so a bf16 conv output (the ViT's
+    patch embedding, every U-Net conv) meeting an f32-weight norm is an error there. Later PyTorch versions (and
+    liandan) run norms in f32: their inputs are cast to f32 here, as those versions do."""
+    nn = torch.nn
+    for m in model.modules():
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+            m.register_forward_pre_hook(lambda mod, inp: tuple(t.float() for t in inp))
+    return model
+
+
 # roformer_lm: config VxDxLxHxFxTxB; one SGD step of the pre-LN RoPE causal LM. roformer_lm_bf16: the same
 # under CPU bf16 autocast.
 def _roformer_lm(bf16):
@@ -491,6 +502,8 @@ def _(d):
 def _vit2d(bf16):
     def setup(d):
         model = _roformer()["ViT"](d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8])
+        if bf16:
+            norms_in_f32(model)
         x, t = rn(d[0], d[2], d[1], d[1]), torch.randint(0, d[8], (d[0], 1))
         params = list(model.parameters())
 
@@ -666,6 +679,8 @@ def _unet_from(d, sdpa=False):
 def _unet_ddpm(bf16):
     def setup(d):
         model, B = _unet_from(d), d[0]
+        if bf16:
+            norms_in_f32(model)
         x0 = rn(B, d[1], d[2], d[3])
         abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
         params = list(model.parameters())

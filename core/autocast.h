@@ -1,9 +1,11 @@
 #pragma once
 // Mixed precision, torch.autocast's way. Inside an `Autocast` scope, matmul rounds f32 operands to bf16
 // (or f16) and multiplies them with f32 accumulation into an f32 result: on a GPU that is cuBLAS's bf16
-// tensor-core GEMM, on the CPU the same numbers by conversion and sgemm (products of two bf16 values are
-// exact in f32). The ops built on matmul follow: nn::Linear, and attention and conv2d, which take their
-// composite (matmul-based) form under autocast so that CPU and GPU compute the same thing. Parameters
+// tensor-core GEMM; on the CPU bf16 runs cpu::gemm_bf16 (AVX512-BF16 vdpbf16ps where the CPU has it, else the
+// f32 sgemm of the widened operands — products of two bf16 values are exact in f32), f16 the widened sgemm. The
+// results agree with the GPU's within f32 summation error (the order of the sums differs), not bit for bit. The
+// ops built on matmul follow: nn::Linear; conv2d, which takes its composite (unfold + matmul) form under autocast;
+// and attention, whose CPU form under bf16 is the fused kernel with bf16 GEMMs (QKᵀ, PV and the backward's). Parameters
 // stay f32 ("master weights"); gradients come back through the casts, rounded to the half format on the
 // way, as in PyTorch. Where a block's consumers have half kernels its large activations stay half, as in
 // PyTorch: autocast_matmul (the product rounded to bf16 by the GEMM) and bias_act (bias + GELU in one pass)
