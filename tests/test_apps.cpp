@@ -15,6 +15,7 @@
 #include "apps/default_config.h"
 #include "apps/trainer.h"
 #include "core/data/mnist.h"
+#include "app_fixtures.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "core/random.h"
@@ -26,12 +27,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("liandan_test_apps_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return liandan::testing::scratch_dir("test_apps", name); }
 
 const char* kSpirals = R"(
 task = "spirals"
@@ -295,23 +291,7 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
 }
 
 namespace {
-// A synthetic MNIST in IDX format (random blobs, labels 0..9) so every task runs without downloads.
-fs::path synthetic_mnist(const fs::path& dir, int64_t n_train, int64_t n_test) {
-  fs::path m = dir / "mnist";
-  fs::create_directories(m);
-  Generator g(1);
-  auto write = [&](const std::string& prefix, int64_t n) {
-    std::vector<uint8_t> img(size_t(n * 28 * 28)), lab(static_cast<size_t>(n));
-    std::vector<double> u = rand({n * 28 * 28}, g, DType::f64).to_vector();
-    for (size_t i = 0; i < img.size(); ++i) img[i] = uint8_t(u[i] > 0.8 ? 255 * u[i] : 0);
-    for (int64_t i = 0; i < n; ++i) lab[size_t(i)] = uint8_t(i % 10);
-    data::write_idx_u8((m / (prefix + "-images-idx3-ubyte")).string(), {n, 28, 28}, img);
-    data::write_idx_u8((m / (prefix + "-labels-idx1-ubyte")).string(), {n}, lab);
-  };
-  write("train", n_train);
-  write("t10k", n_test);
-  return dir;
-}
+using liandan::testing::synthetic_mnist;
 }  // namespace
 
 TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and samples are written") {

@@ -9,6 +9,7 @@
 
 #include "core/dist/comm.h"
 #include "core/serialize.h"
+#include "app_fixtures.h"
 #include "process.h"
 
 using namespace liandan;
@@ -17,12 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("liandan_test_apps_dist_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return liandan::testing::scratch_dir("test_apps_dist", name); }
 
 const std::vector<std::string> kEnv = {"OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE", "OMPI_ALLOW_RUN_AS_ROOT=1",
                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",

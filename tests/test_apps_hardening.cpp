@@ -20,6 +20,7 @@
 #include "nn/models.h"
 #include "core/fileio.h"
 #include "core/serialize.h"
+#include "app_fixtures.h"
 #include "process.h"
 
 using namespace liandan;
@@ -28,12 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("liandan_test_hardening_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return liandan::testing::scratch_dir("test_hardening", name); }
 
 ProcessResult cli(const std::vector<std::string>& args, double timeout = 120, double kill_after = 0,
                   int sig = SIGKILL) {

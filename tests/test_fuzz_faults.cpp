@@ -16,6 +16,7 @@
 #include "core/data/mnist.h"
 #include "core/random.h"
 #include "core/serialize.h"
+#include "app_fixtures.h"
 #include "process.h"
 
 using namespace liandan;
@@ -25,30 +26,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("liandan_test_faults_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return liandan::testing::scratch_dir("test_faults", name); }
 
-// A synthetic MNIST in IDX format (random blobs, labels 0..9).
-fs::path synthetic_mnist(const fs::path& dir, int64_t n_train, int64_t n_test) {
-  fs::path m = dir / "mnist";
-  fs::create_directories(m);
-  Generator g(1);
-  auto write = [&](const std::string& prefix, int64_t n) {
-    std::vector<uint8_t> img(size_t(n * 28 * 28)), lab(static_cast<size_t>(n));
-    std::vector<double> u = rand({n * 28 * 28}, g, DType::f64).to_vector();
-    for (size_t i = 0; i < img.size(); ++i) img[i] = uint8_t(u[i] > 0.8 ? 255 * u[i] : 0);
-    for (int64_t i = 0; i < n; ++i) lab[size_t(i)] = uint8_t(i % 10);
-    data::write_idx_u8((m / (prefix + "-images-idx3-ubyte")).string(), {n, 28, 28}, img);
-    data::write_idx_u8((m / (prefix + "-labels-idx1-ubyte")).string(), {n}, lab);
-  };
-  write("train", n_train);
-  write("t10k", n_test);
-  return dir;
-}
+using liandan::testing::synthetic_mnist;
 
 struct TaskCase {
   std::string name;
