@@ -7,15 +7,14 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "apps/checkpoint.h"
+#include "apps/history.h"
 #include "apps/run_dir.h"
 #include "apps/task.h"
 #include "core/autograd.h"
@@ -193,100 +192,6 @@ RunSettings read_settings(Config& cfg) {
     LD_CHECK(std::isfinite(v) && v >= 0, "config ", cfg.source(), ": '", k, "' must be >= 0 (0: off), got ", v);
   if (r.threads > 0) set_num_threads(int(r.threads));
   return r;
-}
-
-// ---------------------------------------------------------------- progress on a terminal, log lines otherwise
-
-class Progress {
- public:
-  Progress(int64_t total, int64_t start, int64_t log_every)
-      : total_(total), start_(start), log_every_(log_every), tty_(::isatty(2)), t0_(clock::now()) {}
-  void update(int64_t step, double loss, double lr) {
-    double elapsed = std::chrono::duration<double>(clock::now() - t0_).count();
-    double rate = double(step - start_) / std::max(elapsed, 1e-9);
-    double eta = double(total_ - step) / std::max(rate, 1e-9);
-    if (tty_) {
-      int width = 30, filled = int(width * double(step) / double(total_));
-      std::string bar(size_t(filled), '#');
-      bar.resize(size_t(width), '.');
-      std::fprintf(stderr, "\r[%s] %lld/%lld  %.1f it/s  ETA %s  loss %.4f  lr %.2e ", bar.c_str(), (long long)step,
-                   (long long)total_, rate, fmt_time(eta).c_str(), loss, lr);
-      if (step == total_) std::fprintf(stderr, "\n");
-    } else if (step % log_every_ == 0 || step == total_) {
-      spdlog::info("step {}/{}  loss {:.4f}  lr {:.3e}  {:.1f} it/s  ETA {}", step, total_, loss, lr, rate, fmt_time(eta));
-    }
-  }
-  void newline() {
-    if (tty_) std::fprintf(stderr, "\n");
-  }
-
- private:
-  using clock = std::chrono::steady_clock;
-  static std::string fmt_time(double s) {
-    char buf[32];
-    int64_t t = int64_t(s + 0.5);
-    std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)(t / 60), (long long)(t % 60));
-    return buf;
-  }
-  int64_t total_, start_, log_every_;
-  bool tty_;
-  clock::time_point t0_;
-};
-
-// ---------------------------------------------------------------- metrics history (metrics.jsonl + plot)
-
-struct History {
-  std::vector<double> train_x, train_y;
-  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> eval;
-
-  void add(const json& j) {
-    if (!j.contains("step") || !j["step"].is_number_integer()) return;
-    int64_t step = j["step"].get<int64_t>();
-    if (j.contains("loss") && j["loss"].is_number()) {
-      train_x.push_back(double(step));
-      train_y.push_back(j["loss"].get<double>());
-    }
-    if (j.contains("eval") && j["eval"].is_object())
-      for (auto& [k, v] : j["eval"].items())
-        if (v.is_number()) {
-          eval[k].first.push_back(double(step));
-          eval[k].second.push_back(v.get<double>());
-        }
-  }
-  // curves.png: the training loss and every held-out loss (loss, bpc); metrics.png: the other held-out
-  // metrics (accuracy, F1, ...), whose scales differ.
-  void plot(const std::string& dir, const std::string& title) const {
-    std::vector<data::PlotSeries> losses_s, other;
-    if (!train_x.empty()) losses_s.push_back({"train loss", train_x, train_y});
-    for (auto& [k, xy] : eval) {
-      bool is_loss = k.find("loss") != std::string::npos || k.find("bpc") != std::string::npos;
-      (is_loss ? losses_s : other).push_back({k, xy.first, xy.second});
-    }
-    data::PlotOptions o;
-    o.title = title;
-    o.xlabel = "step";
-    if (!losses_s.empty()) data::save_plot(dir + "/curves.png", losses_s, o);
-    if (!other.empty()) data::save_plot(dir + "/metrics.png", other, o);
-  }
-};
-
-// Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the steps after its checkpoint).
-History reload_metrics(const fs::path& path, int64_t step) {
-  History h;
-  if (!fs::exists(path)) return h;
-  std::string kept;
-  std::stringstream in(read_regular_file(path.string()));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer() || j["step"].get<int64_t>() > step)
-      continue;
-    h.add(j);
-    kept += line + "\n";
-  }
-  write_file_atomic(path.string(), kept);
-  return h;
 }
 
 void write_json_atomic(const fs::path& path, const json& j) { write_file_atomic(path.string(), j.dump(2) + "\n"); }

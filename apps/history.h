@@ -1,0 +1,45 @@
+#pragma once
+// What a run shows while it trains: the progress line on a terminal (log lines otherwise), and the metrics
+// history behind curves.png / metrics.png, rebuilt from metrics.jsonl when a run resumes.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace liandan::apps {
+
+// A progress bar on a terminal (stderr a tty); otherwise one log line every `log_every` steps.
+class Progress {
+ public:
+  Progress(int64_t total, int64_t start, int64_t log_every);
+  void update(int64_t step, double loss, double lr);
+  void newline();  // ends the bar's line before other output
+
+ private:
+  using clock = std::chrono::steady_clock;
+  int64_t total_, start_, log_every_;
+  bool tty_;
+  clock::time_point t0_;
+};
+
+// The logged training losses and held-out metrics of a run, by step.
+struct History {
+  std::vector<double> train_x, train_y;
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> eval;
+
+  // One line of metrics.jsonl ({"step","loss",...} or {"step","eval":{...}}); other lines are ignored.
+  void add(const nlohmann::json& j);
+  // curves.png: the training loss and every held-out loss (loss, bpc); metrics.png: the other held-out
+  // metrics (accuracy, F1, ...), whose scales differ.
+  void plot(const std::string& dir, const std::string& title) const;
+};
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the steps after its checkpoint), rewriting the
+// file atomically, and returns their history.
+History reload_metrics(const std::filesystem::path& path, int64_t step);
+
+}  // namespace liandan::apps
