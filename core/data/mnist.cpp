@@ -4,6 +4,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include <zlib.h>
+
+#include "core/fileio.h"
+
 namespace liandan::data {
 
 namespace {
@@ -18,6 +22,66 @@ std::vector<uint8_t> read_file(const std::string& path, const char* op) {
   return bytes;
 }
 
+// A gzip stream (one or more members, as `gzip` writes them) inflated in memory. The output is capped so a
+// corrupt or hostile length cannot exhaust memory: 16 GiB is far more than any IDX set.
+std::vector<uint8_t> gunzip(const std::vector<uint8_t>& in, const std::string& path) {
+  z_stream z{};
+  LD_CHECK(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK, "read_idx: ", path, ": zlib init failed");
+  std::vector<uint8_t> out(std::max<size_t>(in.size() * 4, 1 << 16));
+  z.next_in = const_cast<Bytef*>(in.data());
+  z.avail_in = uInt(in.size());
+  size_t have = 0;
+  int rc = Z_OK;
+  while (true) {
+    if (have == out.size()) {
+      LD_CHECK(out.size() < (size_t(1) << 34), "read_idx: ", path, ": decompresses to more than 16 GiB");
+      out.resize(out.size() * 2);
+    }
+    z.next_out = out.data() + have;
+    z.avail_out = uInt(std::min<size_t>(out.size() - have, 1u << 30));
+    size_t before = z.avail_out;
+    rc = inflate(&z, Z_NO_FLUSH);
+    have += before - z.avail_out;
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0) break;
+      LD_CHECK(inflateReset(&z) == Z_OK, "read_idx: ", path, ": zlib reset failed");  // next gzip member
+      continue;
+    }
+    if (rc != Z_OK) {
+      std::string msg = z.msg ? z.msg : "error " + std::to_string(rc);
+      inflateEnd(&z);
+      LD_FAIL("read_idx: ", path, ": corrupt gzip data (", msg, ")");
+    }
+    if (z.avail_in == 0 && z.avail_out != 0) {
+      inflateEnd(&z);
+      LD_FAIL("read_idx: ", path, ": truncated gzip data");
+    }
+  }
+  inflateEnd(&z);
+  out.resize(have);
+  return out;
+}
+
+std::vector<uint8_t> gzip_bytes(const std::vector<uint8_t>& in, const std::string& path) {
+  z_stream z{};
+  LD_CHECK(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK, "write_idx: ", path,
+           ": zlib init failed");
+  std::vector<uint8_t> out(deflateBound(&z, uLong(in.size())) + 32);
+  z.next_in = const_cast<Bytef*>(in.data());
+  z.avail_in = uInt(in.size());
+  z.next_out = out.data();
+  z.avail_out = uInt(out.size());
+  int rc = deflate(&z, Z_FINISH);
+  deflateEnd(&z);
+  LD_CHECK(rc == Z_STREAM_END, "write_idx: ", path, ": gzip failed");
+  out.resize(out.size() - z.avail_out);
+  return out;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 uint32_t be32(const uint8_t* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
@@ -27,8 +91,8 @@ uint32_t be32(const uint8_t* p) {
 IdxU8 read_idx_u8(const std::string& path) {
   std::vector<uint8_t> b = read_file(path, "read_idx");
   LD_CHECK(b.size() >= 4, "read_idx: ", path, ": truncated: ", b.size(), " bytes, not even a 4-byte header");
-  LD_CHECK(!(b[0] == 0x1f && b[1] == 0x8b), "read_idx: ", path,
-           ": is gzip-compressed; decompress it first (scripts/get-data does)");
+  if (b[0] == 0x1f && b[1] == 0x8b) b = gunzip(b, path);  // recognised by content, whatever the name
+  LD_CHECK(b.size() >= 4, "read_idx: ", path, ": truncated: ", b.size(), " bytes, not even a 4-byte header");
   LD_CHECK(b[0] == 0 && b[1] == 0, "read_idx: ", path, ": bad magic number 0x", std::hex, be32(b.data()),
            " (an IDX file starts with two zero bytes)");
   LD_CHECK(b[2] == 0x08, "read_idx: ", path, ": element type 0x", std::hex, int(b[2]),
@@ -63,11 +127,9 @@ void write_idx_u8(const std::string& path, const Shape& dims, const std::vector<
     LD_CHECK(d >= 0 && d <= 0xffffffffll, "write_idx: ", path, ": dim ", d, " does not fit a u32");
     for (int s = 24; s >= 0; s -= 8) header.push_back(uint8_t(uint64_t(d) >> s));
   }
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  LD_CHECK(f.good(), "write_idx: cannot create ", path);
-  f.write(reinterpret_cast<const char*>(header.data()), std::streamsize(header.size()));
-  f.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size()));
-  LD_CHECK(f.good(), "write_idx: error writing ", path);
+  header.insert(header.end(), data.begin(), data.end());
+  if (ends_with(path, ".gz")) header = gzip_bytes(header, path);
+  write_file_atomic(path, std::string(header.begin(), header.end()));
 }
 
 Tensor read_idx_images(const std::string& path) {
@@ -92,6 +154,9 @@ Tensor read_idx_labels(const std::string& path) {
 Mnist load_mnist(const std::string& dir, bool train) {
   std::string prefix = dir + "/" + (train ? "train" : "t10k");
   std::string images_path = prefix + "-images-idx3-ubyte", labels_path = prefix + "-labels-idx1-ubyte";
+  // The files as downloaded (.gz) are read as well as decompressed ones.
+  for (std::string* p : {&images_path, &labels_path})
+    if (!std::filesystem::exists(*p) && std::filesystem::exists(*p + ".gz")) *p += ".gz";
   for (const auto& p : {images_path, labels_path})
     LD_CHECK(std::filesystem::exists(p), "load_mnist: ", p, " not found; run scripts/get-data (it writes ",
              "data/mnist/)");

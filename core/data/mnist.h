@@ -3,8 +3,8 @@
 //
 // IDX layout: a 4-byte magic (0, 0, element type, number of dims), one big-endian u32 per dim, then the
 // elements in row-major order. MNIST uses type 0x08 (u8): images are [N, 28, 28] (magic 0x00000803),
-// labels [N] (magic 0x00000801). The files must be plain (decompressed); a gzip file is recognised and
-// named as such. Every malformed file — bad magic, wrong dims, a size that disagrees with the header —
+// labels [N] (magic 0x00000801). Files may be gzip-compressed (recognised by their content, inflated in
+// memory with zlib), as they are downloaded. Every malformed file — bad magic, wrong dims, a size that disagrees with the header —
 // is a liandan::Error naming the file and what is wrong.
 #include <cstdint>
 #include <string>
@@ -22,7 +22,8 @@ struct IdxU8 {
 };
 
 IdxU8 read_idx_u8(const std::string& path);
-// Writes `data` (prod(dims) bytes) as an IDX u8 file (used by tests and converters).
+// Writes `data` (prod(dims) bytes) as an IDX u8 file (used by tests and converters), gzipped when `path`
+// ends in ".gz"; atomically.
 void write_idx_u8(const std::string& path, const Shape& dims, const std::vector<uint8_t>& data);
 
 // [N, H, W] images as f32 in [0, 1] (byte / 255).
@@ -35,7 +36,7 @@ struct Mnist {
   Tensor labels;  // i64 [N] in 0..9
 };
 
-// Reads DIR/{train,t10k}-images-idx3-ubyte and -labels-idx1-ubyte and checks that they agree (same N,
+// Reads DIR/{train,t10k}-images-idx3-ubyte and -labels-idx1-ubyte (or the same names + ".gz") and checks that they agree (same N,
 // 28x28 images, labels 0..9). A missing file is an error that says to run scripts/get-data.
 Mnist load_mnist(const std::string& dir, bool train);
 
