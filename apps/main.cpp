@@ -7,6 +7,7 @@
 //   liandan eval RUN_DIR [--checkpoint last|best|ckpt-N]    held-out metrics of a checkpoint
 //   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
 //   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
+//   liandan data digits DIR [--size S] [--train N] ...   a small generated labelled image set (docs/data.md)
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
 // Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
 #include "apps/task.h"
 #include "apps/trainer.h"
+#include "core/data/image_set.h"
 #include "core/device.h"
 #include "core/fileio.h"
 #include "core/threads.h"
@@ -58,6 +60,27 @@ int info() {
   std::printf("liandan 0.1.0\nthreads: %d\nBLAS: %s\nCUDA: %s\ntasks:\n", get_num_threads(), openblas_get_config(),
               cuda_line.c_str());
   for (auto& [name, help] : task_list()) std::printf("  %-12s %s\n", name.c_str(), help.c_str());
+  return 0;
+}
+
+// `liandan data digits`: 10 classes of digit glyphs (core/data/image_set.h synthetic_digits) as gzipped IDX
+// files DIR/{train,t10k}-{images,labels}-*.gz, or with --folder as PNG class folders DIR/{train,test}/<digit>/.
+int make_digits(const std::string& dir, int64_t size, int64_t n_train, int64_t n_test, int64_t channels, bool folder,
+                uint64_t seed) {
+  using namespace liandan;
+  Generator g(seed);
+  data::ImageSet train = data::synthetic_digits(n_train, size, channels, g);
+  data::ImageSet test = data::synthetic_digits(n_test, size, channels, g);
+  if (folder) {
+    data::write_image_folder(train, dir + "/train");
+    data::write_image_folder(test, dir + "/test");
+    std::printf("%s/train, %s/test: %lld + %lld PNGs %lldx%lld in 10 class folders\n", dir.c_str(), dir.c_str(),
+                (long long)n_train, (long long)n_test, (long long)size, (long long)size);
+  } else {
+    std::string a = data::write_idx_image_set(train, dir, "train"), b = data::write_idx_image_set(test, dir, "t10k");
+    std::printf("%s\n%s\n(labels next to them): %lld + %lld images %lldx%lldx%lld\n", a.c_str(), b.c_str(),
+                (long long)n_train, (long long)n_test, (long long)channels, (long long)size, (long long)size);
+  }
   return 0;
 }
 
@@ -118,6 +141,19 @@ int main(int argc, char** argv) {
   std::string report_plot;
   report_cmd->add_option("--plot", report_plot, "also write a PNG of every variant's training-loss curve");
 
+  auto* data_cmd = app.add_subcommand("data", "Write a small generated data set (for examples and tests)");
+  data_cmd->require_subcommand(1);
+  auto* digits_cmd = data_cmd->add_subcommand("digits", "10 classes of noisy digit glyphs as gzipped IDX files or PNG folders");
+  std::string digits_dir;
+  int64_t digits_size = 12, digits_train = 2000, digits_test = 500, digits_channels = 1, digits_seed = 0;
+  bool digits_folder = false;
+  digits_cmd->add_option("dir", digits_dir, "output folder")->required();
+  digits_cmd->add_option("--size", digits_size, "image size")->capture_default_str()->check(CLI::Range(8, 1024));
+  digits_cmd->add_option("--train", digits_train, "training images")->capture_default_str()->check(CLI::Range(1, 10000000));
+  digits_cmd->add_option("--test", digits_test, "test images")->capture_default_str()->check(CLI::Range(1, 10000000));
+  digits_cmd->add_option("--channels", digits_channels, "1 (gray) or 3 (tinted colour)")->capture_default_str()->check(CLI::IsMember({1, 3}));
+  digits_cmd->add_option("--seed", digits_seed, "random seed")->capture_default_str()->check(CLI::NonNegativeNumber);
+  digits_cmd->add_flag("--folder", digits_folder, "PNG class folders (ImageFolder) instead of IDX files");
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
   // A file-size limit (ulimit -f) then fails the write with EFBIG, which is reported and keeps the last good
@@ -127,6 +163,9 @@ int main(int argc, char** argv) {
   if (threads > 0) liandan::set_num_threads(threads);
   try {
     if (*info_cmd) return info();
+    if (*digits_cmd)
+      return make_digits(digits_dir, digits_size, digits_train, digits_test, digits_channels, digits_folder,
+                         uint64_t(digits_seed));
     if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics, report_plot);
     if (*train) {
       Config cfg = load_config(config_path, sets);

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -14,8 +15,10 @@
 #include "apps/config.h"
 #include "apps/default_config.h"
 #include "apps/trainer.h"
+#include "core/data/image_set.h"
 #include "core/data/mnist.h"
 #include "app_fixtures.h"
+#include "tests/process.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "core/random.h"
@@ -357,4 +360,49 @@ TEST_CASE("The embedded default config (configs/default.toml, scripts/run) is va
   CHECK(cfg.get<std::string>("task", "") == "lm");
   Config again = Config::from_string(kDefaultConfig, "<default>");
   CHECK(bench(again, 1) == 0);  // builds the task, optimizer and schedule (unknown keys would throw), runs 2 steps
+}
+
+TEST_CASE("Own image data by config keys alone: a gzipped 12x12 IDX set and a colour ImageFolder train vit, mnist_cnn and image_cls") {
+  // 10 separable digit-like classes (core/data/image_set.h synthetic_digits), not 28x28: before #25 the tasks
+  // refused them ("expected 28x28 images") and gzip ("decompress it first").
+  fs::path dir = scratch("own_images");
+  Generator g(21);
+  std::string train_idx = data::write_idx_image_set(data::synthetic_digits(600, 12, 1, g), (dir / "idx").string(), "train");
+  std::string test_idx = data::write_idx_image_set(data::synthetic_digits(200, 12, 1, g), (dir / "idx").string(), "t10k");
+  data::write_image_folder(data::synthetic_digits(400, 8, 3, g), (dir / "folder" / "train").string());
+  data::write_image_folder(data::synthetic_digits(150, 8, 3, g), (dir / "folder" / "test").string());
+  const std::string idx_data = "[data]\ntrain = \"" + train_idx + "\"\ntest = \"" + test_idx + "\"\n";
+  const std::string folder_data = "[data]\ntrain = \"" + (dir / "folder" / "train").string() + "\"\ntest = \"" +
+                                  (dir / "folder" / "test").string() + "\"\n";
+  const bool small = liandan::testing::small_mode();
+  struct Case {
+    std::string name, config;
+    double min_accuracy;
+  } cases[] = {
+      // vit at the data's 12x12 (patch 4: a 3x3 grid)
+      {"vit", "task = \"vit\"\nsteps = 1000\n" + idx_data + "image_size = 12\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\n", 0.7},
+      // mnist_cnn: resized to its 28x28 (the default), normalised
+      {"mnist_cnn", "task = \"mnist_cnn\"\nsteps = 200\n" + idx_data + "mean = [0.1]\nstd = [0.3]\n", 0.8},
+      // image_cls: the CNN at 12x12 with augmentation, the MLP and a ViT on colour 8x8 PNG folders (padded to 12)
+      {"image_cls_cnn", "task = \"image_cls\"\nsteps = 300\n" + idx_data + "crop_padding = 1\n[model]\nname = \"cnn\"\n", 0.8},
+      {"image_cls_mlp", "task = \"image_cls\"\nsteps = 300\n" + folder_data + "[model]\nname = \"mlp\"\nhidden = [64]\n", 0.8},
+      {"image_cls_vit", "task = \"image_cls\"\nsteps = 800\n" + folder_data + "image_size = 12\nfit = \"pad\"\nchannels = 1\n"
+                        "[model]\nname = \"vit\"\nd_model = 32\nn_layers = 1\nn_heads = 2\n", 0.7},
+  };
+  for (auto& c : cases) {
+    if (small && c.name != "image_cls_mlp") continue;
+    CAPTURE(c.name);
+    // The case's top-level keys, the shared ones, then its tables (a TOML table runs to the next one).
+    std::string text = c.config.substr(0, c.config.find('[')) + "seed = 1\nbatch_size = 32\neval_every = 1000\nlog_every = 1000\n"
+           "checkpoint_every = 1000\n[optim]\nname = \"adamw\"\nlr = 3e-3\n" + c.config.substr(c.config.find('['));
+    Config cfg = Config::from_string(text, c.name + ".toml");
+    fs::path run = dir / c.name;
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(train(cfg, {.run_dir = run.string()}) == 0);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto summary = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+    double acc = summary["eval"]["val_accuracy"].get<double>();
+    MESSAGE(c.name << ": val_accuracy " << acc << " in " << secs << " s");
+    CHECK(acc >= c.min_accuracy);  // chance is 0.1
+  }
 }

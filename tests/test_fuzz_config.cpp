@@ -33,6 +33,7 @@
 #include <toml++/toml.h>
 
 #include "apps/config.h"
+#include "core/data/image_set.h"
 #include "core/data/mnist.h"
 #include "app_fixtures.h"
 #include "core/error.h"
@@ -155,6 +156,11 @@ std::vector<Base> bases(const std::string& data_dir) {
                    "[model]\nd_model = 16\nn_layers = 1\nn_heads = 2\n[eval]\nlengths = [16]\ntokens = 40\n[sample]\nlength = 4\n"},
       {"vit", mnist + "task = \"vit\"\n[model]\nd_model = 8\nn_layers = 1\nn_heads = 2\n"},
       {"mnist_cnn", mnist + "task = \"mnist_cnn\"\n"},
+      // Own data (#25): a gzipped 8x8 IDX set by path, every image key given so arrays have elements.
+      {"image_cls", mnist + "task = \"image_cls\"\n[data]\ntrain = \"" + data_dir + "/digits/train-images-idx3-ubyte.gz\"\n"
+                    "test = \"" + data_dir + "/digits/t10k-images-idx3-ubyte.gz\"\nimage_size = 8\nmean = [0.1]\nstd = [0.3]\n"
+                    "crop_padding = 1\nhflip = true\n[model]\nname = \"mlp\"\nhidden = [8]\n"},
+      {"image_cls-vit", mnist + "task = \"image_cls\"\n[model]\nname = \"vit\"\nd_model = 8\nn_layers = 1\nn_heads = 2\n"},
       {"multilabel", mnist + "task = \"multilabel\"\n[data]\ntrain_size = 32\ntest_size = 16\n"},
       {"nxm", mnist + "task = \"nxm\"\n[data]\ntrain_size = 32\ntest_size = 16\n"},
       {"ddpm", top + "task = \"ddpm\"\nbatch_size = 4\n[model]\nbase_channels = 8\nchannel_mult = [1, 2]\ngroups = 4\n"
@@ -328,6 +334,9 @@ TEST_CASE("Config fuzzer: every key of every task, boundary values: exit 0 or an
 
   fs::path dir = scratch("fuzz");
   const std::string data_dir = synthetic_mnist(dir / "data", 64, 32).string();
+  Generator digits(2);
+  data::write_idx_image_set(data::synthetic_digits(64, 8, 1, digits), data_dir + "/digits", "train");
+  data::write_idx_image_set(data::synthetic_digits(32, 8, 1, digits), data_dir + "/digits", "t10k");
 
   // One base run per configuration: it must succeed, and its resolved config lists the keys.
   std::map<std::string, fs::path> base_config;  // name -> resolved config.toml (the fuzz runs' config)
@@ -447,7 +456,7 @@ TEST_CASE("Config fuzzer: every key of every task, boundary values: exit 0 or an
                                          << ", \"pending_trainer_keys\": " << n_pending << "}\n";
   }
   CHECK(runs.size() > 0);
-  CHECK(tasks.size() == 8);
+  CHECK(tasks.size() == 9);
   fs::remove_all(dir.parent_path());
 }
 

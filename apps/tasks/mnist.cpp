@@ -1,11 +1,12 @@
-// tasks "vit" (a ViT with 2-D RoPE, 1-D RoPE on the flattened patches, learned or no positions) and
-// "mnist_cnn" (the small CNN whose features score diffusion samples) on MNIST.
+// tasks "vit" (a ViT with 2-D RoPE, 1-D RoPE on the flattened patches, learned or no positions),
+// "mnist_cnn" (the small CNN whose features score diffusion samples) and "image_cls" (an MLP, that CNN or a
+// ViT by `model.name`) on MNIST or any labelled image set given by path (apps/tasks/image_data.h, docs/data.md).
 // vit also measures resolution extrapolation: accuracy on digits pasted at the centre of a larger blank
 // canvas (eval.canvas), where the grid has more patches than in training.
 #include <cmath>
 #include <limits>
 
-#include "apps/tasks/mnist_common.h"
+#include "apps/tasks/image_data.h"
 #include "nn/models.h"
 
 namespace liandan::apps {
@@ -19,28 +20,63 @@ nn::PositionEncoding vit_position(const std::string& s, const std::string& sourc
   LD_FAIL("config ", source, ": 'model.position' must be rope2d, rope1d, learned or none; got '", s, "'");
 }
 
-// Images [N, 1, 28, 28] pasted at the centre of a blank [N, 1, size, size] canvas.
+// Images [N, C, S, S] pasted at the centre of a blank [N, C, size, size] canvas.
 Tensor on_canvas(const Tensor& images, int64_t size) {
-  int64_t off = (size - 28) / 2;
-  Tensor out = zeros({images.size(0), 1, size, size});
-  out.narrow(2, off, 28).narrow(3, off, 28).copy_(images);
+  int64_t s = images.size(2), off = (size - s) / 2;
+  Tensor out = zeros({images.size(0), images.size(1), size, size});
+  out.narrow(2, off, s).narrow(3, off, s).copy_(images);
   return out;
 }
 
+// Flatten → Linear ReLU … → Linear: the plain baseline classifier.
+class MLPClassifier : public nn::Module {
+ public:
+  MLPClassifier(int64_t inputs, const std::vector<int64_t>& hidden, int64_t classes, Generator& gen)
+      : nn::Module("MLPClassifier") {
+    int64_t d = inputs;
+    for (size_t i = 0; i < hidden.size(); ++i) {
+      layers.push_back(register_module("fc" + std::to_string(i), std::make_shared<nn::Linear>(d, hidden[i], true, gen)));
+      d = hidden[i];
+    }
+    head = register_module("head", std::make_shared<nn::Linear>(d, classes, true, gen));
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor h = x.flatten(1);
+    for (auto& l : layers) h = relu(l->forward(h));
+    return head->forward(h);
+  }
+  std::vector<std::shared_ptr<nn::Linear>> layers;
+  std::shared_ptr<nn::Linear> head;
+};
+
+enum class Kind { mlp, cnn, vit };
+
 class MnistTask : public Task {
  public:
-  MnistTask(Config& c, const TaskContext& ctx, bool vit) : vit_(vit) {
-    int64_t limit = c.get_int("data.train_limit", 0, 0);  // 0: all
-    data_ = load_mnist_splits(ctx.data_dir, limit);
-    test_images_ = data_.test.images.unsqueeze(1).contiguous();
+  // `kind_key`: image_cls picks the model by model.name; vit and mnist_cnn have theirs fixed.
+  MnistTask(Config& c, const TaskContext& ctx, Kind kind, bool kind_key) : kind_(kind), aug_gen_(ctx.seed + 17) {
+    if (kind_key) {
+      std::string m = c.get<std::string>("model.name", "cnn");
+      if (m == "mlp") kind_ = Kind::mlp;
+      else if (m == "cnn") kind_ = Kind::cnn;
+      else if (m == "vit") kind_ = Kind::vit;
+      else c.fail_range("model.name", "'" + m + "'", "\"mlp\", \"cnn\" or \"vit\"");
+    }
+    data_ = load_image_data(c, ctx, kind_key ? 0 : 28);
+    test_images_ = data_.eval.images;
     batch_ = read_batch_size(c, 128, data_.train.images.size(0), "training images");
     ctx.check_batch(batch_);
     data::LoaderOptions lo{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7,
                            .shard_rank = ctx.rank, .shard_count = ctx.world};
-    loader_.loader = std::make_unique<data::DataLoader>(data::mnist_dataset(data_.train), lo);
+    loader_.loader = std::make_unique<data::DataLoader>(
+        std::make_shared<data::TensorDataset>(data::Batch{{{"image", data_.train.images}, {"label", data_.train.labels}}}),
+        lo);
     Generator init(ctx.seed);
-    if (vit_) {
+    if (kind_ == Kind::vit) {
       nn::ViTConfig v;  // nn::ViT's constructor checks the sizes
+      v.image_size = data_.size;
+      v.channels = data_.channels;
+      v.n_classes = data_.n_classes;
       v.patch = c.get<int64_t>("model.patch", 4);
       v.d_model = c.get_int("model.d_model", 64, 1, int64_t(1) << 24);  // bounded here too: d_ff's default is 4 d_model
       v.n_layers = c.get<int64_t>("model.n_layers", 4);
@@ -49,61 +85,89 @@ class MnistTask : public Task {
       v.position = vit_position(c.get<std::string>("model.position", "rope2d"), c.source());
       v.rope_base = c.get_real("model.rope_base", 100.0, 0, std::numeric_limits<double>::infinity(), true);
       v.dropout = c.get<double>("model.dropout", 0.0);
-      canvases_ = c.get_ints("eval.canvas", {}, 28, 4096);
+      canvases_ = c.get_ints("eval.canvas", {}, 1, 4096);
       vit_model_ = std::make_shared<nn::ViT>(v, init);
-      for (int64_t s : canvases_)  // after the ViT has checked the patch size
+      for (int64_t s : canvases_) {  // after the ViT has checked the patch size
+        if (s < data_.size) c.fail_range("eval.canvas", s, "at least the image size " + std::to_string(data_.size));
         if (s % v.patch != 0) c.fail_range("eval.canvas", s, "a multiple of the patch size " + std::to_string(v.patch));
+      }
+    } else if (kind_ == Kind::cnn) {
+      if (data_.size % 4 != 0) c.fail_range("data.image_size", data_.size, "a multiple of 4 for the CNN (two 2x2 pools)");
+      cnn_ = std::make_shared<MnistCNN>(init, data_.channels, data_.size, data_.n_classes);
     } else {
-      cnn_ = std::make_shared<MnistCNN>(init);
+      std::vector<int64_t> hidden = c.get_ints("model.hidden", {256}, 1, int64_t(1) << 20);
+      mlp_ = std::make_shared<MLPClassifier>(data_.channels * data_.size * data_.size, hidden, data_.n_classes, init);
     }
   }
-  nn::Module& model() override { return vit_ ? static_cast<nn::Module&>(*vit_model_) : *cnn_; }
+  nn::Module& model() override {
+    if (kind_ == Kind::vit) return *vit_model_;
+    if (kind_ == Kind::cnn) return *cnn_;
+    return *mlp_;
+  }
   bool runs_on_devices() const override { return true; }
   std::string describe() const override {
-    return std::string(vit_ ? "ViT" : "CNN") + " with " +
-           std::to_string(const_cast<MnistTask*>(this)->model().num_parameters()) + " parameters on MNIST (" +
-           std::to_string(data_.train.images.size(0)) + " train / " + std::to_string(data_.test.images.size(0)) +
-           " test images), batch " + std::to_string(batch_);
+    const char* names[] = {"MLP", "CNN", "ViT"};
+    return std::string(names[int(kind_)]) + " with " +
+           std::to_string(const_cast<MnistTask*>(this)->model().num_parameters()) + " parameters on " + data_.source +
+           " (" + std::to_string(data_.train.images.size(0)) + " train / " + std::to_string(data_.eval.images.size(0)) +
+           " eval images, " + std::to_string(data_.channels) + "x" + std::to_string(data_.size) + "x" +
+           std::to_string(data_.size) + ", " + std::to_string(data_.n_classes) + " classes), batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
     data::Batch b = loader_.loader->next();
-    return losses::cross_entropy(logits(b["image"]), b["label"]);
+    Tensor x = data_.augment.active() ? data::augment_images(b["image"], data_.augment, aug_gen_) : b["image"];
+    return losses::cross_entropy(logits(x), b["label"]);
   }
   Metrics evaluate() override {
-    auto [acc, loss] = classify_eval(test_images_, data_.test.labels, [&](const Tensor& x) { return logits(x); });
+    auto [acc, loss] = classify_eval(test_images_, data_.eval.labels, [&](const Tensor& x) { return logits(x); });
     Metrics m{{"val_loss", loss}, {"val_accuracy", acc}};
-    if (vit_ && vit_model_->config.position != nn::PositionEncoding::learned)
+    if (kind_ == Kind::vit && vit_model_->config.position != nn::PositionEncoding::learned)
       for (int64_t s : canvases_) {
-        auto [a, l] = classify_eval(test_images_, data_.test.labels,
+        auto [a, l] = classify_eval(test_images_, data_.eval.labels,
                                     [&](const Tensor& x) { return vit_model_->forward(on_canvas(x, s).to(device)); }, 250);
         m.emplace_back("val_accuracy@" + std::to_string(s), a);
       }
     return m;
   }
   std::pair<std::string, bool> best_metric() const override { return {"val_accuracy", false}; }
-  std::vector<int64_t> state() const override { return loader_.state(); }
-  void set_state(const std::vector<int64_t>& s) override { loader_.set_state(s); }
+  // The loader's state, then (with augmentation only, so older checkpoints still resume) the augmentation
+  // generator's offset (its seed is the run's).
+  std::vector<int64_t> state() const override {
+    std::vector<int64_t> s = loader_.state();
+    if (data_.augment.active()) s.push_back(int64_t(aug_gen_.offset()));
+    return s;
+  }
+  void set_state(const std::vector<int64_t>& s) override {
+    if (!data_.augment.active()) return loader_.set_state(s);
+    LD_CHECK(!s.empty(), "image task state: empty (a checkpoint of a run without augmentation?)");
+    loader_.set_state({s.begin(), s.end() - 1});
+    aug_gen_.set_state(aug_gen_.seed(), uint64_t(s.back()));
+  }
 
  private:
   Tensor logits(const Tensor& x) {
     Tensor xd = x.to(device);
-    return vit_ ? vit_model_->forward(xd) : cnn_->forward(xd);
+    return model().forward(xd);
   }
 
-  bool vit_;
-  MnistSplits data_;
+  Kind kind_;
+  Generator aug_gen_;
+  ImageData data_;
   Tensor test_images_;
   int64_t batch_;
   LoaderState loader_;
   std::vector<int64_t> canvases_;
   std::shared_ptr<nn::ViT> vit_model_;
   std::shared_ptr<MnistCNN> cnn_;
+  std::shared_ptr<MLPClassifier> mlp_;
 };
 
 TaskRegistration reg_vit("vit", "ViT on MNIST (2-D / 1-D RoPE, learned or no positions; larger-canvas evaluation)",
-                         [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistTask>(c, ctx, true); });
+                         [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistTask>(c, ctx, Kind::vit, false); });
 TaskRegistration reg_cnn("mnist_cnn", "small CNN on MNIST (the FID feature classifier for diffusion)",
-                         [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistTask>(c, ctx, false); });
+                         [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistTask>(c, ctx, Kind::cnn, false); });
+TaskRegistration reg_cls("image_cls", "image classifier (model.name = mlp | cnn | vit) on IDX files or class folders",
+                         [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistTask>(c, ctx, Kind::mlp, true); });
 
 }  // namespace
 }  // namespace liandan::apps

@@ -50,15 +50,18 @@ struct LoaderState {
 
 // The classifier whose penultimate features define the FID of MNIST samples:
 //   conv3×3(1→32) ReLU avgpool2 → conv3×3(32→64) ReLU avgpool2 → Linear(3136→128) ReLU → Linear(128→10).
+// image_cls / mnist_cnn on other data build it for their channels, size (a multiple of 4) and classes.
 class MnistCNN : public nn::Module {
  public:
-  explicit MnistCNN(Generator& gen) : nn::Module("MnistCNN") {
-    conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(1, 32, 3, nn::Conv2dOptions{.padding = 1}, gen));
+  explicit MnistCNN(Generator& gen, int64_t channels = 1, int64_t size = 28, int64_t classes = 10)
+      : nn::Module("MnistCNN") {
+    LD_CHECK(size >= 4 && size % 4 == 0, "MnistCNN: image size ", size, " must be a positive multiple of 4 (two 2x2 pools)");
+    conv1 = register_module("conv1", std::make_shared<nn::Conv2d>(channels, 32, 3, nn::Conv2dOptions{.padding = 1}, gen));
     conv2 = register_module("conv2", std::make_shared<nn::Conv2d>(32, 64, 3, nn::Conv2dOptions{.padding = 1}, gen));
-    fc1 = register_module("fc1", std::make_shared<nn::Linear>(64 * 7 * 7, 128, true, gen));
-    fc2 = register_module("fc2", std::make_shared<nn::Linear>(128, 10, true, gen));
+    fc1 = register_module("fc1", std::make_shared<nn::Linear>(64 * (size / 4) * (size / 4), 128, true, gen));
+    fc2 = register_module("fc2", std::make_shared<nn::Linear>(128, classes, true, gen));
   }
-  // The 128-d features (after the ReLU) of images [B, 1, 28, 28] in [0, 1].
+  // The 128-d features (after the ReLU) of images [B, C, S, S].
   Tensor features(const Tensor& x) {
     Tensor h = avg_pool2d(relu(conv1->forward(x)), 2);
     h = avg_pool2d(relu(conv2->forward(h)), 2);
