@@ -406,3 +406,73 @@ TEST_CASE("Own image data by config keys alone: a gzipped 12x12 IDX set and a co
     CHECK(acc >= c.min_accuracy);  // chance is 0.1
   }
 }
+
+namespace {
+// A labelled corpus: 4 topics with 6 words each, 10 filler words shared by all; a text is 4-12 words, of which
+// 1-3 come from its topic(s). `multi`: a text has one or two topics (`a,b<TAB>text`).
+void write_topic_corpus(const fs::path& path, int64_t n, bool multi, uint64_t seed) {
+  const std::vector<std::vector<std::string>> topics = {
+      {"goal", "match", "team", "score", "coach", "league"}, {"stock", "market", "bank", "price", "trade", "fund"},
+      {"rain", "storm", "cloud", "wind", "snow", "sunny"},   {"pixel", "kernel", "code", "server", "cache", "bug"}};
+  const std::vector<std::string> filler = {"the", "a", "of", "today", "very", "and", "new", "big", "was", "it"};
+  const std::vector<std::string> names = {"sport", "money", "weather", "tech"};
+  Generator g(seed);
+  std::vector<double> u = rand({n, 40}, g, DType::f64).to_vector();
+  std::ofstream f(path);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* r = &u[size_t(40 * i)];
+    int64_t a = std::min<int64_t>(int64_t(r[0] * 4), 3), b = (a + 1 + std::min<int64_t>(int64_t(r[1] * 3), 2)) % 4;
+    bool two = multi && r[2] < 0.5;
+    int64_t words = 4 + std::min<int64_t>(int64_t(r[3] * 9), 8);
+    std::string text;
+    for (int64_t w = 0; w < words; ++w) {
+      double q = r[4 + w * 2], z = r[5 + w * 2];
+      const auto& pool = w < (two ? 2 : 1) + int64_t(r[30] * 2) ? topics[size_t(two && w % 2 ? b : a)] : filler;
+      (void)q;
+      text += (text.empty() ? "" : " ") + pool[std::min<size_t>(size_t(z * double(pool.size())), pool.size() - 1)];
+    }
+    // Shuffle the words a little: the topic words are not always first.
+    size_t cut = size_t(r[31] * double(text.size()));
+    size_t sp = text.find(' ', cut);
+    if (sp != std::string::npos) text = text.substr(sp + 1) + " " + text.substr(0, sp);
+    std::string labels = names[size_t(a)];
+    if (two) labels = names[size_t(std::min(a, b))] + "," + names[size_t(std::max(a, b))];
+    f << labels << '\t' << text << '\n';
+  }
+}
+}  // namespace
+
+TEST_CASE("text_cls learns a generated labelled corpus: softmax CE (4 classes) and ZLPR multi-label") {
+  fs::path dir = scratch("text_cls");
+  write_topic_corpus(dir / "train.tsv", 800, false, 1);
+  write_topic_corpus(dir / "test.tsv", 200, false, 2);
+  write_topic_corpus(dir / "train_multi.tsv", 800, true, 3);
+  write_topic_corpus(dir / "test_multi.tsv", 200, true, 4);
+  struct Case {
+    std::string name, files, metric;
+    double min;
+  } cases[] = {{"ce", "train = \"" + (dir / "train.tsv").string() + "\"\ntest = \"" + (dir / "test.tsv").string() + "\"\n",
+                "val_accuracy", 0.9},  // chance 0.25
+               {"zlpr", "train = \"" + (dir / "train_multi.tsv").string() + "\"\ntest = \"" + (dir / "test_multi.tsv").string() + "\"\n",
+                "val_micro_f1", 0.8}};  // random scores: about 0.4
+  for (auto& c : cases) {
+    CAPTURE(c.name);
+    Config cfg = Config::from_string("task = \"text_cls\"\nseed = 1\nsteps = 300\nbatch_size = 32\neval_every = 1000\n"
+                                     "log_every = 1000\ncheckpoint_every = 1000\n[data]\n" + c.files +
+                                     "max_len = 96\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\n"
+                                     "[optim]\nname = \"adamw\"\nlr = 3e-3\n", c.name + ".toml");
+    fs::path run = dir / c.name;
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(train(cfg, {.run_dir = run.string()}) == 0);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto summary = nlohmann::json::parse(std::ifstream(run / "summary.json"));
+    double v = summary["eval"][c.metric].get<double>();
+    MESSAGE("text_cls " << c.name << ": " << c.metric << " " << v << " in " << secs << " s");
+    CHECK(v >= c.min);
+  }
+  // Bad data: a line without a TAB, a test label the training set has not got.
+  std::ofstream(dir / "bad.tsv") << "sport\tgoal\nno tab here\n";
+  Config bad = Config::from_string("task = \"text_cls\"\n[data]\ntrain = \"" + (dir / "bad.tsv").string() + "\"\ntest = \"" +
+                                   (dir / "test.tsv").string() + "\"\n", "bad.toml");
+  CHECK_THROWS_WITH_AS(train(bad, {.run_dir = (dir / "bad").string()}), doctest::Contains("bad.tsv:2: no TAB"), Error);
+}

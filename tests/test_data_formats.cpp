@@ -12,6 +12,7 @@
 #include "core/data/image.h"
 #include "core/data/image_set.h"
 #include "core/data/mnist.h"
+#include "core/data/text_cls.h"
 #include "core/error.h"
 #include "core/ops.h"
 
@@ -174,4 +175,39 @@ TEST_CASE("synthetic_digits: 10 classes, the written gzipped IDX set reads back 
   CHECK(r.images.shape() == Shape{200, 1, 12, 12});
   CHECK(r.labels.to_vector() == s.labels.to_vector());
   CHECK(max(abs(r.images - s.images)).item() <= 0.5 / 255 + 1e-6);
+}
+
+TEST_CASE("pad_sequences: ids padded to the longest (or cut at max_len) and a key mask of the real tokens") {
+  PaddedBatch b = pad_sequences({{5, 6, 7}, {8}, {}}, 0);
+  CHECK(b.ids.shape() == Shape{3, 3});
+  CHECK(b.ids.to_vector() == std::vector<double>{5, 6, 7, 8, 0, 0, 0, 0, 0});
+  CHECK(b.key_valid.to_vector() == std::vector<double>{1, 1, 1, 1, 0, 0, 1, 0, 0});  // an empty row keeps one key
+  PaddedBatch c = pad_sequences({{5, 6, 7}, {8}}, -1, 2);
+  CHECK(c.ids.to_vector() == std::vector<double>{5, 6, 8, -1});
+  CHECK(c.key_valid.to_vector() == std::vector<double>{1, 1, 1, 0});
+  CHECK_THROWS_WITH_AS(pad_sequences({}, 0), doctest::Contains("no sequences"), Error);
+  CHECK(multi_hot({{0, 2}, {1}}, 3).to_vector() == std::vector<double>{1, 0, 1, 0, 1, 0});
+  CHECK_THROWS_WITH_AS(multi_hot({{3}}, 3), doctest::Contains("label 3"), Error);
+}
+
+TEST_CASE("read_labelled_text: label<TAB>text lines (multi-label a,b) and class folders; errors name file and line") {
+  fs::path d = scratch("text");
+  std::ofstream(d / "t.tsv") << "b\tsecond\n\na,b\tboth\r\nc\tthird\n";
+  LabelledText t = read_labelled_text((d / "t.tsv").string());
+  CHECK(t.classes == std::vector<std::string>{"a", "b", "c"});
+  CHECK(t.texts == std::vector<std::string>{"second", "both", "third"});
+  CHECK(t.labels == std::vector<std::vector<int64_t>>{{1}, {0, 1}, {2}});
+  CHECK(t.multi_label());
+  CHECK_THROWS_WITH_AS(read_labelled_text((d / "t.tsv").string(), {"a", "b"}),
+                       doctest::Contains("t.tsv:4: label 'c' is not one of the 2 training classes"), Error);
+  fs::create_directories(d / "f" / "neg");
+  fs::create_directories(d / "f" / "pos");
+  std::ofstream(d / "f" / "pos" / "1.txt") << "good";
+  std::ofstream(d / "f" / "neg" / "1.txt") << "bad";
+  LabelledText f = read_labelled_text((d / "f").string());
+  CHECK(f.classes == std::vector<std::string>{"neg", "pos"});
+  CHECK(f.labels == std::vector<std::vector<int64_t>>{{0}, {1}});
+  CHECK_FALSE(f.multi_label());
+  std::ofstream(d / "bad.tsv") << "a\tok\nnotab\n";
+  CHECK_THROWS_WITH_AS(read_labelled_text((d / "bad.tsv").string()), doctest::Contains("bad.tsv:2: no TAB"), Error);
 }

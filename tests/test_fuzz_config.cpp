@@ -160,6 +160,8 @@ std::vector<Base> bases(const std::string& data_dir) {
       {"image_cls", mnist + "task = \"image_cls\"\n[data]\ntrain = \"" + data_dir + "/digits/train-images-idx3-ubyte.gz\"\n"
                     "test = \"" + data_dir + "/digits/t10k-images-idx3-ubyte.gz\"\nimage_size = 8\nmean = [0.1]\nstd = [0.3]\n"
                     "crop_padding = 1\nhflip = true\n[model]\nname = \"mlp\"\nhidden = [8]\n"},
+      {"text_cls", mnist + "task = \"text_cls\"\n[data]\ntrain = \"" + data_dir + "/text/train.tsv\"\ntest = \"" + data_dir +
+                   "/text/test.tsv\"\nmax_len = 16\n[model]\nd_model = 8\nn_layers = 1\nn_heads = 2\n"},
       {"image_cls-vit", mnist + "task = \"image_cls\"\n[model]\nname = \"vit\"\nd_model = 8\nn_layers = 1\nn_heads = 2\n"},
       {"multilabel", mnist + "task = \"multilabel\"\n[data]\ntrain_size = 32\ntest_size = 16\n"},
       {"nxm", mnist + "task = \"nxm\"\n[data]\ntrain_size = 32\ntest_size = 16\n"},
@@ -337,6 +339,11 @@ TEST_CASE("Config fuzzer: every key of every task, boundary values: exit 0 or an
   Generator digits(2);
   data::write_idx_image_set(data::synthetic_digits(64, 8, 1, digits), data_dir + "/digits", "train");
   data::write_idx_image_set(data::synthetic_digits(32, 8, 1, digits), data_dir + "/digits", "t10k");
+  fs::create_directories(data_dir + "/text");
+  for (const char* split : {"train", "test"}) {
+    std::ofstream f(data_dir + "/text/" + split + ".tsv");
+    for (int i = 0; i < 16; ++i) f << (i % 3 ? "a" : "a,b") << "\t" << (i % 2 ? "some words" : "other text here") << "\n";
+  }
 
   // One base run per configuration: it must succeed, and its resolved config lists the keys.
   std::map<std::string, fs::path> base_config;  // name -> resolved config.toml (the fuzz runs' config)
@@ -456,7 +463,7 @@ TEST_CASE("Config fuzzer: every key of every task, boundary values: exit 0 or an
                                          << ", \"pending_trainer_keys\": " << n_pending << "}\n";
   }
   CHECK(runs.size() > 0);
-  CHECK(tasks.size() == 9);
+  CHECK(tasks.size() == 10);
   fs::remove_all(dir.parent_path());
 }
 
