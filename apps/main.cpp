@@ -3,7 +3,8 @@
 //                                                        train (no config: the embedded default, configs/default.toml)
 //   liandan resume RUN_DIR [--checkpoint last|best|ckpt-N] [--set steps=N ...]
 //                                                        continue a run from a checkpoint, bit-identically
-//   liandan sample RUN_DIR [--checkpoint last|best|ckpt-N]  write the task's samples (text, image grids)
+//   liandan sample RUN_DIR [--checkpoint last|best|ckpt-N] [--seed N] [--prompt TEXT] [--sampler S --steps N]
+//                                                        write the task's samples (text, image grids, predictions)
 //   liandan eval RUN_DIR [--checkpoint last|best|ckpt-N]    held-out metrics of a checkpoint
 //   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
 //   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
@@ -44,6 +45,20 @@ void add_sets(CLI::App* cmd, std::vector<std::string>& sets) {
   cmd->add_option("--set", sets, "override a config key: --set optim.lr=3e-4 (repeatable; values are TOML)")
       ->take_all()
       ->allow_extra_args(false);
+}
+
+// A TOML basic string of `s` (quotes, backslashes and control characters escaped) for --set.
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\', out += char(ch);
+    else if (ch < 0x20 || ch == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+      out += buf;
+    } else out += char(ch);
+  }
+  return out + "\"";
 }
 
 int info() {
@@ -123,6 +138,13 @@ int main(int argc, char** argv) {
   sample->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
   sample->add_option("--checkpoint", checkpoint, "last (default), best or ckpt-N")->check(checkpoint_name);
   add_sets(sample, sets);
+  // Shorthands for the task's sample.* keys (a key the run's task does not read is refused as unknown).
+  std::string sample_prompt, sample_sampler;
+  int64_t sample_seed = -1, sample_steps = 0;
+  sample->add_option("--seed", sample_seed, "sampling seed (lm: sample.seed)")->check(CLI::NonNegativeNumber);
+  sample->add_option("--prompt", sample_prompt, "text to continue (lm: sample.prompt)");
+  sample->add_option("--sampler", sample_sampler, "ddpm/toy2d sampler: ddpm, ddim, pc, ode_heun, ... (sample.sampler)");
+  sample->add_option("--steps", sample_steps, "sampler steps (with --sampler)")->check(CLI::Range(1, 1000000));
 
   auto* eval = app.add_subcommand("eval", "Print a checkpoint's held-out metrics");
   eval->add_option("run_dir", run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
@@ -176,7 +198,14 @@ int main(int argc, char** argv) {
       for (auto& s : sets) cfg.set(s);
       return liandan::apps::train(cfg, {.run_dir = run_dir, .resume = true, .checkpoint = checkpoint});
     }
-    if (*sample) return liandan::apps::sample(run_dir, checkpoint, sets);
+    if (*sample) {
+      if (sample_seed >= 0) sets.push_back("sample.seed=" + std::to_string(sample_seed));
+      if (!sample->get_option("--prompt")->empty()) sets.push_back("sample.prompt=" + toml_string(sample_prompt));
+      if (!sample_sampler.empty())
+        sets.push_back("sample.sampler=" + toml_string(sample_sampler + (sample_steps ? ":" + std::to_string(sample_steps) : "")));
+      else if (sample_steps) throw liandan::Error("sample: --steps needs --sampler (e.g. --sampler ddim --steps 20)");
+      return liandan::apps::sample(run_dir, checkpoint, sets);
+    }
     if (*eval) return liandan::apps::evaluate(run_dir, checkpoint, sets);
     if (*bench) {
       Config cfg = load_config(config_path, sets);

@@ -476,3 +476,29 @@ TEST_CASE("text_cls learns a generated labelled corpus: softmax CE (4 classes) a
                                    (dir / "test.tsv").string() + "\"\n", "bad.toml");
   CHECK_THROWS_WITH_AS(train(bad, {.run_dir = (dir / "bad").string()}), doctest::Contains("bad.tsv:2: no TAB"), Error);
 }
+
+TEST_CASE("liandan sample: --seed and --prompt for lm (same seed, same text), --steps needs --sampler, predictions for classifiers") {
+  fs::path dir = scratch("sample_cli");
+  Config cfg = Config::from_string("task = \"lm\"\nsteps = 2\nbatch_size = 4\nlog_every = 1\neval_every = 2\ncheckpoint_every = 2\n"
+                                   "[data]\ncorpus = \"embedded\"\nseq_len = 16\nval_fraction = 0.3\n[model]\nd_model = 16\n"
+                                   "n_layers = 1\n[eval]\nlengths = [16]\ntokens = 40\n[sample]\nlength = 30\n", "lm.toml");
+  fs::path run = dir / "lm";
+  REQUIRE(train(cfg, {.run_dir = run.string()}) == 0);
+  auto text_with = [&](const std::string& seed) {
+    REQUIRE(run_cli({"sample", run.string(), "--seed", seed, "--prompt", "Zq \"x\""}) == 0);
+    std::ifstream f(run / "samples" / "last.txt");
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  std::string a = text_with("1"), b = text_with("2"), a2 = text_with("1");
+  CHECK(a.find("Zq \"x\"") != std::string::npos);  // the prompt, quotes and all
+  CHECK(a == a2);
+  CHECK(a != b);
+  CHECK(WEXITSTATUS(run_cli({"sample", run.string(), "--steps", "3"})) == 1);
+  // A classifier's samples are its predictions.
+  fs::path data_dir = synthetic_mnist(dir / "data", 64, 32);
+  Config cls = Config::from_string("task = \"image_cls\"\nsteps = 2\nbatch_size = 8\ndata_dir = \"" + data_dir.string() +
+                                   "\"\n[model]\nname = \"mlp\"\nhidden = [8]\n", "cls.toml");
+  REQUIRE(train(cls, {.run_dir = (dir / "cls").string()}) == 0);
+  REQUIRE(run_cli({"sample", (dir / "cls").string()}) == 0);
+  CHECK(fs::exists(dir / "cls" / "samples" / "last-predictions.png"));
+}

@@ -123,7 +123,7 @@ class LMTask : public Task {
     gen_opt_ = nn::GenerateOptions{.greedy = false,
                                    .temperature = c.get_real("sample.temperature", 0.8, 0, kInf, true),
                                    .top_k = c.get_int("sample.top_k", 0, 0),
-                                   .seed = 1234};
+                                   .seed = uint64_t(c.get_int("sample.seed", 1234, 0))};
     nn::check_generate_options(gen_opt_);
     try {
       for (int64_t id : tok_.encode(prompt_)) prompt_ids_.push_back(id);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "apps/tasks/image_data.h"
+#include "core/data/image.h"
 #include "nn/models.h"
 
 namespace liandan::apps {
@@ -130,6 +131,21 @@ class MnistTask : public Task {
     return m;
   }
   std::pair<std::string, bool> best_metric() const override { return {"val_accuracy", false}; }
+  // Predictions on the first evaluation images: a grid PNG (row-major, as listed) and "predicted/true" lines.
+  std::vector<std::string> write_samples(const std::string& dir, const std::string& tag) override {
+    int64_t n = std::min<int64_t>(32, test_images_.size(0));
+    Tensor x = test_images_.narrow(0, 0, n).contiguous();
+    std::vector<double> pred = argmax(logits(x).cpu(), 1).to_vector(), truth = data_.eval.labels.narrow(0, 0, n).to_vector();
+    std::string path = dir + "/" + tag + "-predictions.png", line = "predicted/true:";
+    int64_t right = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      line += " " + label_name(pred[size_t(i)]) + "/" + label_name(truth[size_t(i)]);
+      right += pred[size_t(i)] == truth[size_t(i)];
+    }
+    double lo = min(x).item(), hi = std::max(max(x).item(), lo + 1e-6);  // normalised images too
+    data::save_image_grid(path, x, {.nrow = 8, .lo = lo, .hi = hi});
+    return {line, std::to_string(right) + "/" + std::to_string(n) + " right; images: " + path};
+  }
   // The loader's state, then (with augmentation only, so older checkpoints still resume) the augmentation
   // generator's offset (its seed is the run's).
   std::vector<int64_t> state() const override {
@@ -148,6 +164,11 @@ class MnistTask : public Task {
   Tensor logits(const Tensor& x) {
     Tensor xd = x.to(device);
     return model().forward(xd);
+  }
+
+  std::string label_name(double l) const {
+    size_t i = size_t(l);
+    return i < data_.train.classes.size() ? data_.train.classes[i] : std::to_string(int64_t(l));
   }
 
   Kind kind_;

@@ -4,7 +4,10 @@
 //          cut at data.max_len tokens and padded per batch (core/data/text_cls.h pad_sequences: key masks).
 //   loss:  "ce" (softmax cross-entropy, one label per text) or "zlpr" (multi-label; the default when a text
 //          has several labels). Metrics: accuracy (ce), micro/macro F1 and exact match (zlpr, threshold 0).
+#include <algorithm>
 #include <limits>
+
+#include "core/fileio.h"
 
 #include "apps/tasks/mnist_common.h"
 #include "core/data/text.h"
@@ -114,6 +117,29 @@ class TextClsTask : public Task {
   }
   std::pair<std::string, bool> best_metric() const override {
     return {loss_ == "ce" ? "val_accuracy" : "val_micro_f1", false};
+  }
+  // Predictions for the first evaluation texts: "predicted <- true: text" lines (also written to TAG-predictions.txt).
+  std::vector<std::string> write_samples(const std::string& dir, const std::string& tag) override {
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < std::min<int64_t>(16, int64_t(eval_ids_.size())); ++i) rows.push_back(i);
+    Tensor scores = forward(eval_ids_, rows).cpu();
+    std::vector<double> s = scores.to_vector();
+    std::vector<std::string> lines;
+    std::string all;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::string pred, truth;
+      const double* row = &s[i * size_t(n_classes_)];
+      int64_t best = int64_t(std::max_element(row, row + n_classes_) - row);
+      for (int64_t k = 0; k < n_classes_; ++k)  // ce: the argmax; zlpr: every score above 0
+        if (loss_ == "ce" ? k == best : row[k] > 0) pred += (pred.empty() ? "" : ",") + train_.classes[size_t(k)];
+      for (int64_t k : eval_.labels[i]) truth += (truth.empty() ? "" : ",") + train_.classes[size_t(k)];
+      std::string text = eval_.texts[i].substr(0, 60);
+      std::replace(text.begin(), text.end(), '\n', ' ');
+      lines.push_back((pred.empty() ? "-" : pred) + " <- " + truth + ": " + text);
+      all += lines.back() + "\n";
+    }
+    write_file_atomic(dir + "/" + tag + "-predictions.txt", all);
+    return lines;
   }
   std::vector<int64_t> state() const override { return loader_.state(); }
   void set_state(const std::vector<int64_t>& s) override { loader_.set_state(s); }
