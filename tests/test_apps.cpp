@@ -15,6 +15,7 @@
 #include "apps/config.h"
 #include "apps/default_config.h"
 #include "apps/trainer.h"
+#include "core/data/image.h"
 #include "core/data/image_set.h"
 #include "core/data/mnist.h"
 #include "app_fixtures.h"
@@ -405,6 +406,16 @@ TEST_CASE("Own image data by config keys alone: a gzipped 12x12 IDX set and a co
     MESSAGE(c.name << ": val_accuracy " << acc << " in " << secs << " s");
     CHECK(acc >= c.min_accuracy);  // chance is 0.1
   }
+  // ddpm takes the same data keys (not normalisation / augmentation): colour 8x8 images at their own size.
+  Config ddpm = Config::from_string("task = \"ddpm\"\nsteps = 2\nbatch_size = 8\neval_every = 2\ncheckpoint_every = 2\n[data]\n"
+                                    "train = \"" + (dir / "folder" / "train").string() + "\"\ntest = \"" +
+                                    (dir / "folder" / "test").string() + "\"\nimage_size = 8\n[model]\nbase_channels = 8\n"
+                                    "channel_mult = [1, 2]\ngroups = 4\n[eval]\nsamplers = []\n[sample]\nsampler = \"ddim:2\"\n"
+                                    "count = 4\n", "ddpm.toml");
+  REQUIRE(train(ddpm, {.run_dir = (dir / "ddpm").string()}) == 0);
+  data::Image grid = data::read_png((dir / "ddpm" / "samples" / "final.png").string());
+  CHECK(grid.channels == 3);
+  CHECK(grid.height == 8 + 2 * 2);  // one row of 4 samples, padding 2
 }
 
 namespace {

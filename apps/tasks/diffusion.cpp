@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <sstream>
 
-#include "apps/tasks/mnist_common.h"
+#include "apps/tasks/image_data.h"
 #include "core/autograd.h"
 #include "core/data/image.h"
 #include "core/data/toy2d.h"
@@ -327,34 +327,44 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
   MnistDiffusionTask(Config& c, const TaskContext& ctx) {
     clip_default_ = true;  // images live in [−1, 1]
     setup_common(c, ctx);
-    MnistSplits data = load_mnist_splits(ctx.data_dir, c.get_int("data.train_limit", 0, 0));
+    // MNIST, or own images by path at data.image_size (docs/data.md; no normalisation or augmentation keys here).
+    ImageData data = load_image_data(c, ctx, 28, false);
     n_train_ = data.train.images.size(0);
     if (batch_ > n_train_) c.fail_range("batch_size", batch_, "at most the " + std::to_string(n_train_) + " training images");
-    test_x0_ = (data.test.images.unsqueeze(1) * 2.0 - 1.0).contiguous();
+    test_x0_ = (data.eval.images * 2.0 - 1.0).contiguous();
+    channels_ = data.channels;
+    size_ = data.size;
     loader_.loader = std::make_unique<data::DataLoader>(
-        data::mnist_dataset(data.train),
+        std::make_shared<data::TensorDataset>(data::Batch{{{"image", data.train.images}, {"label", data.train.labels}}}),
         data::LoaderOptions{.batch_size = batch_, .seed = ctx.seed + 7, .shard_rank = ctx.rank, .shard_count = ctx.world});
     UNetConfig u;  // diffusion::UNet's constructor checks the sizes
-    u.in_channels = 1;
+    u.in_channels = channels_;
     u.base_channels = c.get<int64_t>("model.base_channels", 32);
     u.channel_mult = c.get<std::vector<int64_t>>("model.channel_mult", {1, 2, 2});
     u.num_res_blocks = c.get<int64_t>("model.num_res_blocks", 1);
     u.groups = c.get<int64_t>("model.groups", 8);
-    u.image_size = 28;
+    u.image_size = size_;
     u.attention_resolutions = c.get<std::vector<int64_t>>("model.attention_resolutions", {});
     u.mid_attention = c.get<bool>("model.mid_attention", false);
     u.dropout = c.get<double>("model.dropout", 0.0);
-    // 28x28 images halve at every level but the last: 28 -> 14 -> 7 takes at most 3 levels.
+    // Images halve at every level but the last (28 -> 14 -> 7): the size must divide evenly that often.
     const int64_t levels = int64_t(u.channel_mult.size());
-    LD_CHECK(levels <= 3, "config ", c.source(), ": 'model.channel_mult' has ", levels,
-             " levels; 28x28 images take at most 3 (28, 14, 7)");
+    std::vector<int64_t> sizes{size_};
+    while (int64_t(sizes.size()) < levels && sizes.back() % 2 == 0) sizes.push_back(sizes.back() / 2);
+    std::string listed;
+    for (int64_t r : sizes) listed += (listed.empty() ? "" : ", ") + std::to_string(r);
+    LD_CHECK(levels <= int64_t(sizes.size()), "config ", c.source(), ": 'model.channel_mult' has ", levels, " levels; ",
+             size_, "x", size_, " images take at most ", sizes.size(), " (", listed, ")");
     for (int64_t r : u.attention_resolutions)
-      if (r != 28 && !(r == 14 && levels >= 2) && !(r == 7 && levels >= 3))
-        c.fail_range("model.attention_resolutions", r, "the resolution of a level (28, 14, 7 for 3 levels)");
+      if (std::find(sizes.begin(), sizes.end(), r) == sizes.end())
+        c.fail_range("model.attention_resolutions", r, "the resolution of a level (" + listed + ")");
     Generator init(ctx.seed);
     net_ = std::make_shared<UNet>(u, init);
     classifier_path_ = c.get<std::string>("eval.classifier", "");
     // FID needs the classifier at the first evaluation: a missing one is reported now, not after training.
+    if (!eval_specs_.empty())
+      LD_CHECK(size_ == 28 && channels_ == 1, "config ", c.source(), ": eval.samplers (FID) needs 28x28 gray images ",
+               "(the mnist_cnn classifier's), got ", channels_, "x", size_, "x", size_, "; set eval.samplers = []");
     if (!eval_specs_.empty())
       LD_CHECK(!classifier_path_.empty() && fs::is_regular_file(classifier_path_), "config ", c.source(),
                ": eval.samplers needs 'eval.classifier', a mnist_cnn checkpoint (e.g. runs/mnist-cnn/checkpoints/",
@@ -400,7 +410,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
   }
 
  protected:
-  Shape sample_shape(int64_t n) const override { return {n, 1, 28, 28}; }
+  Shape sample_shape(int64_t n) const override { return {n, channels_, size_, size_}; }
 
  private:
   // The FID classifier: a mnist_cnn run's checkpoint (its "model." tensors).
@@ -427,6 +437,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
 
   int64_t n_train_ = 0;
   Tensor test_x0_, fixed_batch_, real_features_;
+  int64_t channels_ = 1, size_ = 28;
   LoaderState loader_;
   std::string classifier_path_;
   std::shared_ptr<MnistCNN> classifier_;

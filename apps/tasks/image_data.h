@@ -45,7 +45,8 @@ inline void keep_first(data::ImageSet& s, int64_t limit) {
 }  // namespace image_data_detail
 
 // `default_size`: the image size when data.image_size is 0 (0: the data's own).
-inline ImageData load_image_data(Config& c, const TaskContext& ctx, int64_t default_size) {
+// `classifier`: false for ddpm, which reads neither normalisation (its images are [-1, 1]) nor augmentation.
+inline ImageData load_image_data(Config& c, const TaskContext& ctx, int64_t default_size, bool classifier = true) {
   using namespace image_data_detail;
   ImageData d;
   std::string train = c.get<std::string>("data.train", ""), test = c.get<std::string>("data.test", "");
@@ -73,7 +74,8 @@ inline ImageData load_image_data(Config& c, const TaskContext& ctx, int64_t defa
   if (d.size == 0) d.size = default_size ? default_size : std::max(d.train.images.size(2), d.train.images.size(3));
   std::string fit = c.get<std::string>("data.fit", "resize");
   if (fit != "resize" && fit != "pad") c.fail_range("data.fit", "'" + fit + "'", "\"resize\" or \"pad\"");
-  std::vector<double> mean = c.get<std::vector<double>>("data.mean", {}), sd = c.get<std::vector<double>>("data.std", {});
+  std::vector<double> mean, sd;
+  if (classifier) mean = c.get<std::vector<double>>("data.mean", {}), sd = c.get<std::vector<double>>("data.std", {});
   if (mean.size() != sd.size() || (mean.size() > 1 && int64_t(mean.size()) != d.channels))
     c.fail_range("data.mean", mean.size(), "as many values as 'data.std' (" + std::to_string(sd.size()) +
                                                "): one, or one per channel (" + std::to_string(d.channels) + ")");
@@ -81,8 +83,10 @@ inline ImageData load_image_data(Config& c, const TaskContext& ctx, int64_t defa
     if (!std::isfinite(v)) c.fail_range("data.mean", v, "finite numbers");
   for (double v : sd)
     if (!(std::isfinite(v) && v > 0)) c.fail_range("data.std", v, "positive finite numbers");
-  d.augment.crop_padding = c.get_int("data.crop_padding", 0, 0, d.size);
-  d.augment.hflip = c.get<bool>("data.hflip", false);
+  if (classifier) {
+    d.augment.crop_padding = c.get_int("data.crop_padding", 0, 0, d.size);
+    d.augment.hflip = c.get<bool>("data.hflip", false);
+  }
 
   for (data::ImageSet* s : {&d.train, &d.eval}) {
     s->images = data::fit_images(data::to_channels(s->images, d.channels), d.size, d.size, fit);
