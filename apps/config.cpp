@@ -255,11 +255,39 @@ bool Config::read_any_in(const std::string& table) const {
   return it != used_.end() && it->rfind(table + ".", 0) == 0;
 }
 
+namespace {
+// Levenshtein distance (insert, delete, substitute), for the did-you-mean of an unknown key.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
+
 void Config::check_all_used() const {
   std::vector<std::string> keys;
   collect_leaves(given_, "", keys);
-  for (auto& k : keys)
-    LD_CHECK(used_.count(k), "config ", source_, ": unknown key '", k, "' (not used by this task; check the spelling)");
+  for (auto& k : keys) {
+    if (used_.count(k)) continue;
+    // The closest key the task read, if it is close (at most 2 edits, and less than a third of the key).
+    std::string best;
+    size_t best_d = 3;
+    for (auto& u : used_) {
+      size_t d = edit_distance(k, u);
+      if (d < best_d && d * 3 < std::max<size_t>(k.size(), 3)) best = u, best_d = d;
+    }
+    LD_FAIL("config ", source_, ": unknown key '", k, "' (not used by this task; ",
+            best.empty() ? std::string("check the spelling") : "did you mean '" + best + "'?", ")");
+  }
 }
 
 int64_t Config::get_int(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {

@@ -256,7 +256,7 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
   Config typo = Config::from_string(kSpirals, "typo.toml");
   typo.set("model.hiden=3");
   CHECK_THROWS_WITH_AS(train(typo, {.run_dir = (dir / "c").string()}),
-                       "config typo.toml: unknown key 'model.hiden' (not used by this task; check the spelling)", Error);
+                       "config typo.toml: unknown key 'model.hiden' (not used by this task; did you mean 'model.hidden'?)", Error);
 
   // The device key: a bad spelling, and a GPU that is not there (this machine, or a CPU-only build).
   Config bad_dev = Config::from_string(kSpirals, "dev.toml");
