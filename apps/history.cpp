@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "apps/tensorboard.h"
 #include "core/data/image.h"
 #include "core/fileio.h"
 
@@ -60,8 +61,14 @@ void History::add(const json& j) {
       if (v.is_number()) {
         eval[k].first.push_back(double(step));
         eval[k].second.push_back(v.get<double>());
+        if (tensorboard) tensorboard->add_scalar("eval/" + k, v.get<double>(), step);
       }
+  if (tensorboard)
+    for (auto& [k, v] : j.items())
+      if (k != "step" && v.is_number()) tensorboard->add_scalar("train/" + k, v.get<double>(), step);
 }
+
+void History::open_tensorboard(const std::string& dir) { tensorboard = std::make_shared<TensorBoardWriter>(dir); }
 
 void History::plot(const std::string& dir, const std::string& title) const {
   std::vector<data::PlotSeries> losses_s, other;

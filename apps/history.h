@@ -5,12 +5,15 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace liandan::apps {
+
+class TensorBoardWriter;
 
 // A progress bar on a terminal (stderr a tty); otherwise one log line every `log_every` steps.
 class Progress {
@@ -30,6 +33,10 @@ class Progress {
 struct History {
   std::vector<double> train_x, train_y;
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> eval;
+  // `[log] tensorboard = true`: every line added from now on also goes to RUN_DIR/tensorboard as scalars
+  // (train/<key>, eval/<metric>).
+  std::shared_ptr<TensorBoardWriter> tensorboard;
+  void open_tensorboard(const std::string& dir);
 
   // One line of metrics.jsonl ({"step","loss",...} or {"step","eval":{...}}); other lines are ignored.
   void add(const nlohmann::json& j);

@@ -8,6 +8,7 @@
 //   liandan eval RUN_DIR [--checkpoint last|best|ckpt-N]    held-out metrics of a checkpoint
 //   liandan bench [CONFIG.toml] [--steps N]              time training steps of a config
 //   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
+//   liandan board [RUNS...] [--port N] [--host H]         live view of runs in the browser (apps/board.h)
 //   liandan data digits DIR [--size S] [--train N] ...   a small generated labelled image set (docs/data.md)
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
 // Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
@@ -17,6 +18,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "apps/board.h"
 #include "apps/config.h"
 #include "apps/report.h"
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
@@ -163,6 +165,13 @@ int main(int argc, char** argv) {
   std::string report_plot;
   report_cmd->add_option("--plot", report_plot, "also write a PNG of every variant's training-loss curve");
 
+  std::vector<std::string> board_dirs{"runs"};
+  std::string board_host = "127.0.0.1";
+  int board_port = 6060;
+  auto* board_cmd = app.add_subcommand("board", "Live view of runs in the browser (curves, config differences, samples)");
+  board_cmd->add_option("runs", board_dirs, "run directories or folders of them (default: runs)");
+  board_cmd->add_option("--host", board_host, "address to listen on")->capture_default_str();
+  board_cmd->add_option("--port", board_port, "port (0: any free one)")->capture_default_str()->check(CLI::Range(0, 65535));
   auto* data_cmd = app.add_subcommand("data", "Write a small generated data set (for examples and tests)");
   data_cmd->require_subcommand(1);
   auto* digits_cmd = data_cmd->add_subcommand("digits", "10 classes of noisy digit glyphs as gzipped IDX files or PNG folders");
@@ -188,6 +197,7 @@ int main(int argc, char** argv) {
     if (*digits_cmd)
       return make_digits(digits_dir, digits_size, digits_train, digits_test, digits_channels, digits_folder,
                          uint64_t(digits_seed));
+    if (*board_cmd) return liandan::apps::board(board_dirs, board_host, board_port);
     if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics, report_plot);
     if (*train) {
       Config cfg = load_config(config_path, sets);
