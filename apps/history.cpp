@@ -70,18 +70,59 @@ void History::add(const json& j) {
 
 void History::open_tensorboard(const std::string& dir) { tensorboard = std::make_shared<TensorBoardWriter>(dir); }
 
-void History::plot(const std::string& dir, const std::string& title) const {
-  std::vector<data::PlotSeries> losses_s, other;
-  if (!train_x.empty()) losses_s.push_back({"train loss", train_x, train_y});
+namespace {
+// The unit of a held-out metric, from its name: one chart per unit, never nats and bits on one axis.
+std::string unit_of(const std::string& k) {
+  if (k.find("bpc") != std::string::npos || k.find("bits") != std::string::npos) return "bits";
+  if (k.find("loss") != std::string::npos || k.find("nll") != std::string::npos) return "nats";
+  if (k.find("nfe") != std::string::npos) return "evaluations";
+  for (const char* d : {"sw1", "fid", "dist", "mmd", "wasserstein"})
+    if (k.find(d) != std::string::npos) return "distance";
+  if (k.find("acc") != std::string::npos || k.find("f1") != std::string::npos || k.find("precision") != std::string::npos ||
+      k.find("recall") != std::string::npos)
+    return "fraction";
+  return "value";
+}
+}  // namespace
+
+std::vector<double> smooth_ema(const std::vector<double>& y, double a) {
+  std::vector<double> out;
+  double m = 0, w = 1;
+  for (double v : y) {  // debiased exponential moving average (TensorBoard's smoothing)
+    m = a * m + (1 - a) * v;
+    w *= a;
+    out.push_back(m / (1 - w));
+  }
+  return out;
+}
+
+void History::plot(const std::string& dir, const std::string& task) const {
+  // Title: run name, its variant (the name less "-s<seed>") and the task.
+  std::string run = std::filesystem::path(dir).lexically_normal().filename().string();
+  if (run.empty()) run = std::filesystem::path(dir).lexically_normal().parent_path().filename().string();
+  std::string variant = run;
+  if (auto p = variant.rfind("-s"); p != std::string::npos && p + 2 < variant.size() &&
+                                    variant.find_first_not_of("0123456789", p + 2) == std::string::npos)
+    variant.resize(p);
+  std::string title = run + (variant != run ? " (variant " + variant + ")" : "") + " - " + task;
+  std::map<std::string, std::vector<data::PlotSeries>> by_unit;
+  if (!train_x.empty()) {
+    by_unit["nats"].push_back({"", train_x, train_y, 0, true});  // raw, faint, under the smoothed curve
+    by_unit["nats"].push_back({"train loss (smoothed)", train_x, smooth_ema(train_y, 0.9), 0, false});
+  }
   for (auto& [k, xy] : eval) {
-    bool is_loss = k.find("loss") != std::string::npos || k.find("bpc") != std::string::npos;
-    (is_loss ? losses_s : other).push_back({k, xy.first, xy.second});
+    auto& v = by_unit[unit_of(k)];
+    v.push_back({k, xy.first, xy.second, int64_t(v.size() + 1), false});
   }
   data::PlotOptions o;
   o.title = title;
   o.xlabel = "step";
-  if (!losses_s.empty()) data::save_plot(dir + "/curves.png", losses_s, o);
-  if (!other.empty()) data::save_plot(dir + "/metrics.png", other, o);
+  // curves.png: losses in nats; metrics.png: fractions (accuracy, F1); metrics-<unit>.png: the others.
+  for (auto& [unit, series] : by_unit) {
+    o.ylabel = unit;
+    std::string file = unit == "nats" ? "curves.png" : unit == "fraction" ? "metrics.png" : "metrics-" + unit + ".png";
+    data::save_plot(dir + "/" + file, series, o);
+  }
 }
 
 History reload_metrics(const fs::path& path, int64_t step) {

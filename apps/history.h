@@ -40,10 +40,14 @@ struct History {
 
   // One line of metrics.jsonl ({"step","loss",...} or {"step","eval":{...}}); other lines are ignored.
   void add(const nlohmann::json& j);
-  // curves.png: the training loss and every held-out loss (loss, bpc); metrics.png: the other held-out
-  // metrics (accuracy, F1, ...), whose scales differ.
-  void plot(const std::string& dir, const std::string& title) const;
+  // One PNG per unit, titled "<run> (variant <v>) - <task>", legends right of the axes: curves.png (nats: the
+  // training loss raw and smoothed, held-out losses), metrics.png (fractions: accuracy, F1),
+  // metrics-<unit>.png for the others (bits for bpc, evaluations for NFE, values such as distances).
+  void plot(const std::string& dir, const std::string& task) const;
 };
+
+// Debiased exponential moving average with weight `a` (0: the values themselves).
+std::vector<double> smooth_ema(const std::vector<double>& y, double a);
 
 // Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the steps after its checkpoint), rewriting the
 // file atomically, and returns their history.

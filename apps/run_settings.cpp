@@ -129,6 +129,15 @@ RunSettings read_settings(Config& cfg) {
   r.dist_bucket_mb = cfg.get<int64_t>("dist.bucket_mb", 4);
   r.dist_timeout = cfg.get<double>("dist.timeout", 300.0);
   r.dist_find_unused = cfg.get<bool>("dist.find_unused_parameters", false);
+  r.dist_zero = cfg.get<bool>("dist.zero", false);
+  r.dist_deterministic = cfg.get<bool>("dist.deterministic", false);
+  r.dist_chunks = cfg.get<int64_t>("dist.chunks", 4);  // used in deterministic mode only
+  LD_CHECK(r.dist_chunks >= 1 && r.dist_chunks <= 65536 && (r.dist_chunks & (r.dist_chunks - 1)) == 0, "config ",
+           cfg.source(), ": 'dist.chunks' must be a power of two in [1, 65536] (the chunks are the leaves of a ",
+           "balanced binary reduction tree), got ", r.dist_chunks);
+  if (r.dist_deterministic)
+    LD_CHECK(r.accumulate == 1, "config ", cfg.source(), ": 'dist.deterministic' with 'optim.accumulate' = ",
+             r.accumulate, " is not supported: the chunks already accumulate; set dist.chunks (a power of two) instead");
   LD_CHECK(r.dist_backend == "auto" || r.dist_backend == "single" || r.dist_backend == "mpi" || r.dist_backend == "nccl",
            "config ", cfg.source(), ": 'dist.backend' must be auto, single, mpi or nccl, got \"", r.dist_backend, "\"");
   LD_CHECK(r.dist_bucket_mb >= 1 && r.dist_bucket_mb <= 4096, "config ", cfg.source(),

@@ -28,6 +28,9 @@ struct RunSettings {
   int64_t dist_bucket_mb;
   double dist_timeout;
   bool dist_find_unused;
+  bool dist_zero;           // ZeRO-1: AdamW/Adam/SGD state sharded over the ranks (optim/zero.h)
+  bool dist_deterministic;  // bit-identical weights on any power-of-two world size (nn/parallel.h)
+  int64_t dist_chunks;      // deterministic mode: the global batch in this many fixed chunks (a power of two)
 };
 
 // Reads and checks the run settings; sets the thread count when `threads` > 0.

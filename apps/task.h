@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "apps/config.h"
+#include "core/data/loader.h"
+#include "core/data/sampler.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "nn/module.h"
@@ -25,20 +27,40 @@ using Metrics = std::vector<std::pair<std::string, double>>;
 struct TaskContext {
   uint64_t seed = 0;
   std::string data_dir = "data";  // where scripts/get-data puts downloads
-  // Data-parallel runs (docs/distributed.md): this process's rank of `world`. A task's training batches are the
-  // same global batch of `batch_size` on every rank, of which rank r takes rows [r·B/W, (r+1)·B/W), so W ranks
-  // train on exactly the batches one process would (batch_size must be divisible by the world size).
+  // Data-parallel runs (docs/distributed.md): this process's rank of `world`.
   int rank = 0, world = 1;
-  // The global batch must split evenly over the ranks.
+  // The share of each global batch the next train_loss() computes: its rows [index·B/count, (index+1)·B/count).
+  // Every rank draws the same global batch of `batch_size` (same data order, same random draws) and keeps its
+  // share, so N ranks train on exactly the batches one process would. Fast data-parallel mode: (rank, world).
+  // Deterministic mode: `count` is dist.chunks and the trainer points `index` at each of this rank's chunks in
+  // turn, restoring the task's state() between them, so a chunk's loss does not depend on which rank computes it.
+  // Shared (a pointer) between the trainer and the task's copy of this context.
+  struct Share {
+    int64_t index = 0, count = 1;
+  };
+  std::shared_ptr<Share> share = std::make_shared<Share>();
+  std::string share_reason;  // why the batch must split into share->count parts (for the error below)
+
+  // The global batch must split evenly into the shares.
   void check_batch(int64_t batch) const {
-    LD_CHECK(batch % world == 0, "batch_size ", batch, " does not split over ", world,
-             " processes (data-parallel: each takes batch_size / world rows; make it a multiple of ", world, ")");
+    LD_CHECK(batch % share->count == 0, "batch_size ", batch, " does not split into ", share->count, " equal parts (",
+             share_reason.empty() ? "data-parallel: each process takes batch_size / world rows" : share_reason,
+             "; make it a multiple of ", share->count, ")");
   }
-  // This rank's share of a global batch's row indices.
+  // The current share of a global batch's row indices.
   std::vector<int64_t> shard(const std::vector<int64_t>& rows) const {
-    size_t n = rows.size() / size_t(world);
-    return {rows.begin() + long(n * size_t(rank)), rows.begin() + long(n * size_t(rank + 1))};
+    size_t n = rows.size() / size_t(share->count), i = size_t(share->index);
+    return {rows.begin() + long(n * i), rows.begin() + long(n * (i + 1))};
   }
+  // The current share of a global batch's rows (dim 0), of one tensor or of every field of a batch.
+  Tensor shard(const Tensor& x) const { return data::shard_rows(x, share->index, share->count); }
+  data::Batch shard(const data::Batch& b) const {
+    data::Batch out;
+    for (auto& [name, t] : b.fields) out.add(name, shard(t));
+    return out;
+  }
+  // Whether this share is the whole batch (one process, fast mode).
+  bool whole() const { return share->count == 1; }
 };
 
 class Task {

@@ -37,6 +37,7 @@
 #include "optim/grad_scaler.h"
 #include "optim/schedule.h"
 #include "optim/sgd.h"
+#include "optim/zero.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -52,13 +53,29 @@ std::string default_run_dir(const Config& cfg, const std::string& task) {
   return (fs::path("runs") / stem).string();
 }
 
+// What ZeRO-1 cannot do, refused before anything is built (optim/zero.h says why).
+void check_zero_supported(Config& cfg, const RunSettings& rs) {
+  std::string opt = cfg.get<std::string>("optim.name", "adamw");
+  LD_CHECK(opt != "amos", "config ", cfg.source(), ": dist.zero shards AdamW, Adam and SGD; Amos's factored slots ",
+           "span whole rows (and its state is < 1 % of AdamW's): train Amos with dist.zero = false (replicated)");
+  LD_CHECK(rs.precision != DType::f16, "config ", cfg.source(), ": dist.zero with precision = \"f16\" is not ",
+           "supported (the loss scaler would have to unscale sharded gradients); use precision = \"bf16\", which needs ",
+           "no scaler");
+  LD_CHECK(rs.clip_value == 0, "config ", cfg.source(), ": dist.zero clips by the global norm only (optim.clip_norm); ",
+           "optim.clip_value = ", rs.clip_value, " is not supported with it");
+}
+
 // Everything a run needs, built from a config: shared by train, sample, eval and bench.
 struct Setup {
   RunSettings rs;
   std::shared_ptr<dist::Communicator> comm;            // world 1 without mpirun
-  std::unique_ptr<nn::DistributedDataParallel> ddp;   // world > 1: gradients averaged over the ranks
+  std::unique_ptr<nn::DistributedDataParallel> ddp;   // world > 1 (or deterministic): gradients averaged over ranks
+  std::shared_ptr<TaskContext::Share> share;          // the part of the global batch the task computes next
   std::unique_ptr<Task> task;
-  std::unique_ptr<optim::Optimizer> opt;
+  std::unique_ptr<optim::Optimizer> opt;              // null with ZeRO: `zero` owns the shard's optimizer
+  std::unique_ptr<optim::ZeroRedundancyOptimizer> zero;  // dist.zero
+  // The optimizer the schedule drives and the step's learning rate comes from.
+  optim::Optimizer& optimizer() const { return zero ? zero->shard_optimizer() : *opt; }
   std::unique_ptr<optim::Scheduler> sched;
   std::unique_ptr<optim::EMA> ema;
   std::unique_ptr<optim::GradScaler> scaler;  // enabled for precision = "f16" only
@@ -93,7 +110,17 @@ Setup build(Config& cfg) {
       auto [bytes, why] = model_budget(cfg, s.rs);
       budget.emplace(bytes, why);
     }
-    s.task = make_task(s.rs.task, cfg, TaskContext{s.rs.seed, s.rs.data_dir, rank, world});
+    TaskContext ctx{s.rs.seed, s.rs.data_dir, rank, world};
+    s.share = ctx.share;
+    if (s.rs.dist_deterministic) {  // the chunks, whatever the world size; the trainer points at each in turn
+      s.share->count = s.rs.dist_chunks;
+      ctx.share_reason = "deterministic mode: the global batch in dist.chunks = " + std::to_string(s.rs.dist_chunks) +
+                         " equal chunks";
+    } else {
+      s.share->index = rank;
+      s.share->count = world;
+    }
+    s.task = make_task(s.rs.task, cfg, ctx);
   } catch (const Error& e) {
     // A mistyped key is the likely cause when the task fails before reading every given key (a misspelled
     // data key shows up as "data not found"): name the unread keys of the sections it had read from.
@@ -118,12 +145,26 @@ Setup build(Config& cfg) {
     s.task->device = s.rs.device;
     s.task->model().to(s.rs.device);
   }
-  if (world > 1)  // rank 0's weights on every rank; buckets reduced during backward
+  if (s.rs.dist_deterministic)
+    LD_CHECK(s.rs.dist_chunks % world == 0, "config ", cfg.source(), ": deterministic mode needs a power-of-two number ",
+             "of processes that divides dist.chunks = ", s.rs.dist_chunks, "; got ", world, " processes");
+  if (s.rs.dist_zero) check_zero_supported(cfg, s.rs);
+  // Fast ZeRO reduce-scatters the gradients itself: no DDP, only rank 0's weights on every rank. Otherwise DDP
+  // (rank 0's weights; buckets reduced during backward, or the chunk tree in deterministic mode).
+  if (s.rs.dist_zero && !s.rs.dist_deterministic)
+    nn::broadcast_module(s.task->model(), *s.comm);
+  else if (world > 1 || s.rs.dist_deterministic)
     s.ddp = std::make_unique<nn::DistributedDataParallel>(
         s.task->model(), s.comm,
-        nn::DDPOptions{.bucket_bytes = s.rs.dist_bucket_mb << 20, .find_unused_parameters = s.rs.dist_find_unused});
-  s.opt = make_optimizer(cfg, s.task->param_groups());
-  s.sched = std::make_unique<optim::Scheduler>(*s.opt, make_schedule(cfg, s.rs.steps));
+        nn::DDPOptions{.bucket_bytes = s.rs.dist_bucket_mb << 20, .find_unused_parameters = s.rs.dist_find_unused,
+                       .deterministic = s.rs.dist_deterministic});
+  if (s.rs.dist_zero)
+    s.zero = std::make_unique<optim::ZeroRedundancyOptimizer>(
+        s.task->param_groups(), s.comm, [&cfg](std::vector<optim::ParamGroup> g) { return make_optimizer(cfg, std::move(g)); },
+        optim::ZeroOptions{.clip_norm = s.rs.clip_norm, .grads_averaged = s.rs.dist_deterministic});
+  else
+    s.opt = make_optimizer(cfg, s.task->param_groups());
+  s.sched = std::make_unique<optim::Scheduler>(s.optimizer(), make_schedule(cfg, s.rs.steps));
   if (s.rs.ema_decay > 0)
     s.ema = std::make_unique<optim::EMA>(s.task->model().named_parameters(), s.rs.ema_decay, s.rs.ema_warmup);
   s.scaler = std::make_unique<optim::GradScaler>(optim::GradScalerOptions{.enabled = s.rs.precision == DType::f16});
@@ -137,9 +178,15 @@ Tensor train_loss(Setup& s) {
   return s.task->train_loss();
 }
 
+std::string optimizer_name(const Setup& s) {
+  if (!s.zero) return s.opt->type_name();
+  return fmt::format("{} (ZeRO-1, state sharded over {} processes)", s.optimizer().type_name(), s.comm->world_size());
+}
+
+// Collective with ZeRO (the shards are gathered into the unsharded optimizer's state): every rank calls it.
 NamedTensors checkpoint_tensors(const Setup& s) {
   NamedTensors t = prefixed("model.", s.task->model().state_dict());
-  for (auto& kv : prefixed("optim.", s.opt->state_dict())) t.push_back(kv);
+  for (auto& kv : prefixed("optim.", s.zero ? s.zero->state_dict() : s.opt->state_dict())) t.push_back(kv);
   if (s.ema)
     for (auto& kv : s.ema->state_dict()) t.push_back(kv);
   if (s.scaler->enabled())
@@ -154,7 +201,10 @@ int64_t load_checkpoint(Setup& s, const ReadCheckpoint& ck) {
   const SafetensorsContents& c = ck.contents;
   try {
     s.task->model().load_state_dict(with_prefix_removed("model.", c.tensors), true);
-    s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
+    if (s.zero)
+      s.zero->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
+    else
+      s.opt->load_state_dict(with_prefix_removed("optim.", c.tensors), path);
     if (s.ema) s.ema->load_state_dict(c.tensors, path);
     if (s.scaler->enabled()) s.scaler->load_state_dict(c.tensors, path);
   } catch (const Error& e) {
@@ -216,27 +266,77 @@ struct StepResult {
 
 // One optimizer step: `accumulate` micro-batches' forward and backward, the non-finite checks, clipping, the
 // (scaled) optimizer step, the schedule and the EMA. `step` is the number of the step being taken (for errors).
+// The loss's value, checked: a non-finite loss stops training with the first non-finite parameter named.
+double checked_loss(const Tensor& loss, const optim::NamedParams& named, int64_t step) {
+  double lv = loss.item();
+  if (!std::isfinite(lv)) {
+    auto bad = optim::first_nonfinite_param(named);
+    LD_FAIL("step ", step, ": the loss is ", lv, " (not finite)",
+            bad ? "; first non-finite parameter: '" + *bad + "'" : std::string("; all parameters are finite"),
+            "; training stopped");
+  }
+  return lv;
+}
+
+// Deterministic mode: this rank's chunks of the global batch, each from the same task state (so each draws the same
+// global batch and takes its chunk of it) and with dropout keyed by the chunk's number, never by the rank; DDP sums
+// the chunk gradients in a fixed tree. Returns the sum of the local chunks' losses.
+double deterministic_chunks(Setup& s, const optim::NamedParams& named, int64_t step) {
+  const int64_t C = s.rs.dist_chunks, per = C / s.comm->world_size(), first = s.comm->rank() * per;
+  const std::vector<int64_t> start = s.task->state();
+  Generator& gen = default_generator();
+  const uint64_t seed = gen.seed(), base = gen.offset();
+  constexpr uint64_t kBlocksPerChunk = uint64_t(1) << 32;
+  double loss_sum = 0;
+  for (int64_t c = first; c < first + per; ++c) {
+    if (c != first) s.task->set_state(start);
+    s.share->index = c;
+    gen.set_state(seed, base + uint64_t(c) * kBlocksPerChunk);
+    Tensor loss = train_loss(s);
+    loss_sum += checked_loss(loss, named, step);
+    s.scaler->scale(loss).backward();
+    s.ddp->accumulate_chunk();
+  }
+  gen.set_state(seed, base + uint64_t(C) * kBlocksPerChunk);  // past every chunk's stretch, on every rank
+  return loss_sum / double(per);
+}
+
+// The rest of a ZeRO-1 step (no loss scaler, no clip_value: check_zero_supported): the gradients checked on this
+// rank, reduce-scattered (unless DDP's deterministic tree already averaged them), clipped by the global norm, the
+// shard updated and the parameters all-gathered (optim/zero.h).
+StepResult zero_step(Setup& s, const optim::NamedParams& named, int64_t step, StepResult r) {
+  if (auto bad = optim::first_nonfinite_grad(named))
+    LD_FAIL("step ", step, ": the gradient of parameter '", *bad, "' is not finite; training stopped");
+  r.lr = s.optimizer().param_groups()[0].lr;
+  double norm = s.zero->step();
+  if (s.rs.clip_norm > 0) r.grad_norm = norm;
+  s.zero->zero_grad();
+  s.sched->step();
+  if (s.ema) s.ema->update();
+  return r;
+}
+
 StepResult train_step(Setup& s, optim::GradAccumulation& acc, const optim::NamedParams& named, int64_t step) {
   const RunSettings& rs = s.rs;
   StepResult r;
   double loss_sum = 0;
-  for (int64_t m = 0; m < rs.accumulate; ++m) {
-    // Data-parallel: the micro-batches before the last only accumulate; the last one's backward reduces the sum.
-    std::optional<nn::DistributedDataParallel::NoSync> accumulate_only;
-    if (s.ddp && m + 1 < rs.accumulate) accumulate_only.emplace(s.ddp->no_sync());
-    Tensor loss = train_loss(s);
-    double lv = loss.item();
-    if (!std::isfinite(lv)) {
-      auto bad = optim::first_nonfinite_param(named);
-      LD_FAIL("step ", step, ": the loss is ", lv, " (not finite)",
-              bad ? "; first non-finite parameter: '" + *bad + "'" : std::string("; all parameters are finite"),
-              "; training stopped");
+  if (rs.dist_deterministic) {
+    loss_sum = deterministic_chunks(s, named, step);
+  } else {
+    for (int64_t m = 0; m < rs.accumulate; ++m) {
+      // Data-parallel: the micro-batches before the last only accumulate; the last one's backward reduces the sum.
+      std::optional<nn::DistributedDataParallel::NoSync> accumulate_only;
+      if (s.ddp && m + 1 < rs.accumulate) accumulate_only.emplace(s.ddp->no_sync());
+      Tensor loss = train_loss(s);
+      loss_sum += checked_loss(loss, named, step);
+      s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
+      acc.micro_step();
     }
-    loss_sum += lv;
-    s.scaler->scale(rs.accumulate > 1 ? loss * acc.loss_scale() : loss).backward();
-    acc.micro_step();
+    loss_sum /= double(rs.accumulate);
   }
   if (s.ddp) s.ddp->finish_gradient_sync();  // .grad = the mean over the ranks: the global batch's gradient
+  r.loss = loss_sum;
+  if (s.zero) return zero_step(s, named, step, r);
   s.scaler->unscale_(*s.opt);
   // f16: an Inf/NaN gradient means the loss scale was too large: the scaler skips the step and halves
   // the scale. Only when that keeps happening down to a scale of 1 is it the model's fault.
@@ -259,7 +359,6 @@ StepResult train_step(Setup& s, optim::GradAccumulation& acc, const optim::Named
   s.opt->zero_grad();
   s.sched->step();
   if (s.ema) s.ema->update();
-  r.loss = loss_sum / double(rs.accumulate);
   return r;
 }
 
@@ -270,8 +369,9 @@ void check_memory_fits(const Setup& s, const std::string& source) {
   if (!s.rs.device.is_cpu()) return;
   size_t weights = 0;
   for (auto& [n, p] : s.task->model().named_parameters()) weights += size_t(p.numel()) * dtype_size(p.dtype());
-  const std::string& opt = s.opt->type_name();
+  const std::string& opt = s.optimizer().type_name();
   double slots = opt == "SGD" ? 1 : opt == "Amos" ? 0.5 : 2;  // momentum; Amos's factored slots; Adam's m, v
+  if (s.zero) slots /= s.comm->world_size();                  // ZeRO-1: this rank's shard of the state
   double need = double(weights) * (1 /* gradients */ + slots + (s.ema ? 1 : 0));
   MemoryInfo m = system_memory();
   if (m.available && need > double(m.available))
@@ -341,8 +441,10 @@ int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
   std::string config_text = cfg.resolved_text();
   if (comm.world_size() > 1) {  // ranks started with other configs or another build are refused
     dist::check_same_config(comm, config_text, "config " + cfg.source());
-    spdlog::info("data-parallel: {} processes ({} backend), rank 0 writes {}", comm.world_size(), comm.backend(),
-                 run.string());
+    spdlog::info("data-parallel: {} processes ({} backend{}{}), rank 0 writes {}", comm.world_size(), comm.backend(),
+                 rs.dist_deterministic ? fmt::format(", deterministic: {} chunks of the global batch", rs.dist_chunks)
+                                       : std::string(", fast"),
+                 rs.dist_zero ? ", ZeRO-1 optimizer state" : "", run.string());
   }
   if (main_rank) fs::create_directories(run / "samples");
 
@@ -365,8 +467,8 @@ int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
   if (main_rank && (!is_regular_file(cfg_file.string()) || read_regular_file(cfg_file.string()) != config_text))
     write_file_atomic(cfg_file.string(), config_text);
   spdlog::info("task {}: {}", rs.task, s.task->describe());
-  spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", s.opt->type_name(),
-               s.opt->param_groups().size(), rs.steps, get_num_threads(), run.string());
+  spdlog::info("optimizer {} ({} parameter groups), {} steps, {} threads, run directory {}", optimizer_name(s),
+               s.optimizer().param_groups().size(), rs.steps, get_num_threads(), run.string());
   if (rs.precision != DType::f32 || !rs.device.is_cpu())
     spdlog::info("device {}, precision {}{}", rs.device.str(), dtype_name(rs.precision),
                  rs.precision == DType::f32 ? "" : " mixed (autocast GEMMs, f32 weights)");
@@ -388,26 +490,35 @@ int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
   };
   // Never a checkpoint with a non-finite tensor (lr = 1e39 makes every weight Inf without a NaN loss yet).
   auto save = [&](int64_t at) {
+    NamedTensors t = checkpoint_tensors(s);  // on every rank: collective with ZeRO
     if (!main_rank) return;
-    NamedTensors t = checkpoint_tensors(s);
     check_all_finite(t, "step " + std::to_string(at));
     ck.save(at, t, meta_for(at));
   };
   auto run_eval = [&](int64_t at) {
     Metrics m = with_eval_weights(s, [&] { return s.task->evaluate(); });
     json j{{"step", at}, {"eval", metrics_json(m)}};
-    if (!main_rank) return m;  // every rank evaluates (the same numbers); rank 0 records
-    metrics->write_line(j.dump());
-    hist.add(j);
-    hist.plot(run.string(), rs.task);
-    spdlog::info("step {} eval: {}", at, metrics_line(m));
+    if (main_rank) {  // every rank evaluates (the same numbers); rank 0 records
+      metrics->write_line(j.dump());
+      hist.add(j);
+      hist.plot(run.string(), rs.task);
+      spdlog::info("step {} eval: {}", at, metrics_line(m));
+    }
+    bool improved = false;
     for (auto& [k, v] : m)
-      if (k == best_name && (std::isnan(best) || (lower_better ? v < best : v > best))) {
-        best = v;
-        NamedTensors t = checkpoint_tensors(s);
+      if (k == best_name && (std::isnan(best) || (lower_better ? v < best : v > best))) best = v, improved = true;
+    if (s.zero && comm.world_size() > 1) {  // the save below is collective: rank 0's decision, on every rank
+      Tensor flag = from_vector(std::vector<double>{improved ? 1.0 : 0.0}, {1});
+      comm.broadcast(flag, 0).wait();
+      improved = flag.to_vector()[0] > 0;
+    }
+    if (improved) {
+      NamedTensors t = checkpoint_tensors(s);
+      if (main_rank) {
         check_all_finite(t, "step " + std::to_string(at));
         ck.save_best(t, meta_for(at));
       }
+    }
     return m;
   };
   auto write_summary = [&](const json& j) {
@@ -490,8 +601,8 @@ int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
                {"eval", metrics_json(final_m)},
                {"best", {{best_name, best}}},
                {"parameters", s.task->model().num_parameters()},
-               {"optimizer", s.opt->type_name()},
-               {"optimizer_state_bytes", s.opt->state_bytes()},
+               {"optimizer", optimizer_name(s)},
+               {"optimizer_state_bytes", s.optimizer().state_bytes()},  // per process with ZeRO
                {"wall_s", wall()},
                {"threads", get_num_threads()},
                {"device", rs.device.str()},

@@ -177,3 +177,128 @@ TEST_CASE("mpirun: a rank that dies or was started with another config stops eve
   CHECK(contains(r.output, "config"));
   CHECK(contains(r.output, "rank 1"));
 }
+
+TEST_CASE("mpirun: deterministic mode is bit-identical on 1, 2 and 4 processes, dropout and resume included") {
+  if (!have_mpirun()) {
+    MESSAGE("skipped: no MPI in this build or no mpirun on PATH");
+    return;
+  }
+  fs::path dir = scratch("deterministic");
+  fs::path cfg = dir / "lm.toml";
+  std::ofstream(cfg) << kLM;
+  // Dropout on (keyed by chunk, not rank), no accumulation (the chunks accumulate), 4 chunks of 2 rows.
+  std::vector<std::string> det{"--set", "steps=20", "--set", "optim.accumulate=1", "--set", "model.dropout=0.1",
+                               "--set", "dist.deterministic=true", "--set", "dist.chunks=4"};
+  auto train = [&](int np, const std::string& name, std::vector<std::string> extra = {}) {
+    std::vector<std::string> a{"train", cfg.string(), "--run-dir", (dir / name).string()};
+    a.insert(a.end(), det.begin(), det.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return launch(np, a);
+  };
+  ProcessResult one = train(0, "one");
+  INFO(one.output);
+  REQUIRE(one.exit_code == 0);
+  for (int np : {2, 4}) {
+    CAPTURE(np);
+    ProcessResult r = train(np, "np" + std::to_string(np));
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK(contains(r.output, "deterministic: 4 chunks"));
+    CHECK(max_abs_diff(dir / ("np" + std::to_string(np)), dir / "one") == 0);  // bit-identical
+  }
+  // The fast mode on 2 processes differs in the last bits (and in its dropout draws): the check above is not vacuous.
+  ProcessResult fast = launch(2, {"train", cfg.string(), "--run-dir", (dir / "fast").string(), "--set", "steps=20", "--set",
+                                  "optim.accumulate=1", "--set", "model.dropout=0.1"});
+  REQUIRE(fast.exit_code == 0);
+  CHECK(max_abs_diff(dir / "fast", dir / "one") > 0);
+  // Killed after step 5 in one process, resumed on 2 (from the step-4 checkpoint): bit-identical.
+  ProcessResult k = train(0, "moved", {"--die-after-step", "5"});
+  REQUIRE(k.signaled);
+  ProcessResult r = launch(2, {"resume", (dir / "moved").string()});
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(max_abs_diff(dir / "moved", dir / "one") == 0);
+  // 3 processes do not divide 4 chunks: refused, naming the rule.
+  ProcessResult bad = train(3, "three");
+  CHECK(bad.exit_code != 0);
+  CHECK(contains(bad.output, "power-of-two number of processes"));
+}
+
+TEST_CASE("mpirun: ZeRO-1 (dist.zero) trains as unsharded AdamW, and its checkpoints resume on any world size") {
+  if (!have_mpirun()) {
+    MESSAGE("skipped: no MPI in this build or no mpirun on PATH");
+    return;
+  }
+  fs::path dir = scratch("zero");
+  fs::path cfg = dir / "lm.toml";
+  std::ofstream(cfg) << kLM;
+  auto run = [&](int np, const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> a{"train", cfg.string(), "--run-dir", (dir / name).string()};
+    a.insert(a.end(), extra.begin(), extra.end());
+    ProcessResult r = launch(np, a);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    return r;
+  };
+  // Fast mode (accumulation and global-norm clipping included) against one unsharded process: f32 rounding.
+  run(0, "one", {});
+  ProcessResult z = run(2, "zero2", {"--set", "dist.zero=true"});
+  CHECK(contains(z.output, "ZeRO-1"));
+  CHECK(max_abs_diff(dir / "zero2", dir / "one") < 2e-5);
+  // Deterministic mode without clipping: the shard update is AdamW's element for element, so ZeRO on 2 and 4
+  // processes equals unsharded AdamW on 1 bit for bit.
+  std::vector<std::string> det{"--set", "optim.accumulate=1", "--set", "optim.clip_norm=0", "--set",
+                               "dist.deterministic=true"};
+  run(0, "det1", det);
+  for (int np : {2, 4}) {
+    CAPTURE(np);
+    std::vector<std::string> e = det;
+    e.insert(e.end(), {"--set", "dist.zero=true"});
+    run(np, "detzero" + std::to_string(np), e);
+    CHECK(max_abs_diff(dir / ("detzero" + std::to_string(np)), dir / "det1") == 0);
+  }
+  // A ZeRO checkpoint holds the gathered (unsharded) state: it resumes in one process without ZeRO.
+  ProcessResult r = launch(0, {"resume", (dir / "zero2").string(), "--set", "dist.zero=false", "--set", "steps=10"});
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  // What ZeRO cannot shard is refused by name.
+  ProcessResult amos = launch(0, {"train", cfg.string(), "--run-dir", (dir / "amos").string(), "--set",
+                                  "dist.zero=true", "--set", "optim.name=amos"});
+  CHECK(amos.exit_code != 0);
+  CHECK(contains(amos.output, "Amos"));
+}
+
+TEST_CASE("mpirun: deterministic mode on every kind of task's randomness: 1 process = 2 processes, bit for bit") {
+  if (!have_mpirun()) {
+    MESSAGE("skipped: no MPI in this build or no mpirun on PATH");
+    return;
+  }
+  fs::path dir = scratch("det_tasks");
+  std::string data = liandan::testing::synthetic_mnist(dir / "data", 64, 16).string();
+  const std::string top = "steps = 3\nlog_every = 1\neval_every = 3\ncheckpoint_every = 3\nthreads = 1\ndata_dir = \"" +
+                          data + "\"\n";
+  // What each draws besides the data order: spirals (row indices), toy2d (noise and times from the task's own
+  // generator, per chunk), ddpm (the same through the U-Net), image_cls (augmentation of the global batch),
+  // multilabel (a shuffling loader), each with dropout from the default generator where the model has it.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"spirals", top + "task = \"spirals\"\nbatch_size = 16\n[data]\ntrain_size = 64\nval_size = 32\n[model]\nhidden = 8\n"},
+      {"toy2d", top + "task = \"toy2d\"\nbatch_size = 16\n[data]\ntrain_size = 64\n[model]\nhidden = 8\nblocks = 1\n"
+                      "[eval]\nsamples = 16\nsamplers = []\n[sample]\nsampler = \"ddim:2\"\n"},
+      {"ddpm", top + "task = \"ddpm\"\nbatch_size = 4\n[model]\nbase_channels = 8\nchannel_mult = [1, 2]\ngroups = 4\n"
+                     "[sample]\nsampler = \"ddim:2\"\ncount = 2\n[eval]\nsamplers = []\n"},
+      {"image_cls", top + "task = \"image_cls\"\nbatch_size = 8\n[data]\ncrop_padding = 2\nhflip = true\n"
+                          "[model]\nname = \"vit\"\nd_model = 8\nn_layers = 1\nn_heads = 2\ndropout = 0.1\n"},
+      {"multilabel", top + "task = \"multilabel\"\nbatch_size = 8\n[data]\ntrain_size = 32\ntest_size = 16\n"},
+  };
+  for (auto& [name, toml] : cases) {
+    CAPTURE(name);
+    fs::path cfg = dir / (name + ".toml");
+    std::ofstream(cfg) << toml << "[dist]\ndeterministic = true\nchunks = 4\ntimeout = 30\n";
+    for (int np : {0, 2}) {
+      ProcessResult r = launch(np, {"train", cfg.string(), "--run-dir", (dir / (name + std::to_string(np))).string()});
+      INFO(r.output);
+      REQUIRE(r.exit_code == 0);
+    }
+    CHECK(max_abs_diff(dir / (name + "2"), dir / (name + "0")) == 0);
+  }
+}

@@ -15,6 +15,7 @@
 
 #include "app_fixtures.h"
 #include "apps/board.h"
+#include "apps/history.h"
 #include "apps/run_dir.h"
 #include "process.h"
 
@@ -200,4 +201,22 @@ TEST_CASE("board: the server answers JSON to everything, damaged files included 
   }
   CHECK(answered == trials);
   CHECK(b.alive());
+}
+
+TEST_CASE("plots: one PNG per unit, smoothed training loss") {
+  // smooth_ema: a constant stays constant (debiased), and a step moves by (1 - a) per value
+  auto c = apps::smooth_ema({2, 2, 2}, 0.9);
+  for (double v : c) CHECK(v == doctest::Approx(2.0));
+  auto st = apps::smooth_ema({0, 1}, 0.5);  // m1 = 0, m2 = 0.5 / (1 - 0.25)
+  CHECK(st[1] == doctest::Approx(0.5 / 0.75));
+  fs::path d = testing::scratch_dir("board", "plots") / "lm-s3";
+  fs::create_directories(d);
+  apps::History h;
+  for (int i = 1; i <= 20; ++i) h.add(json{{"step", i * 10}, {"loss", 3.0 / i}});
+  h.add(json{{"step", 200}, {"eval", {{"val_loss", 1.0}, {"val_bpc", 1.4}, {"accuracy", 0.5}, {"ode/nfe", 40}}}});
+  h.plot(d.string(), "lm");
+  CHECK(fs::exists(d / "curves.png"));             // nats: training and held-out loss
+  CHECK(fs::exists(d / "metrics.png"));            // fractions
+  CHECK(fs::exists(d / "metrics-bits.png"));       // bpc on its own axis
+  CHECK(fs::exists(d / "metrics-evaluations.png"));  // NFE apart from distances
 }

@@ -35,7 +35,7 @@ class CanvasNet : public nn::Module {
 
 class CompositeTask : public Task {
  public:
-  CompositeTask(Config& c, const TaskContext& ctx, bool nxm) : nxm_(nxm) {
+  CompositeTask(Config& c, const TaskContext& ctx, bool nxm) : nxm_(nxm), ctx_(ctx) {
     MnistSplits mn = load_mnist_splits(ctx.data_dir);
     data::CompositeOptions o;
     // Bounds: the canvas holds 28x28 digits and the CNN pools by 8; beyond these, sizes are nonsense.
@@ -69,8 +69,7 @@ class CompositeTask : public Task {
     batch_ = read_batch_size(c, 64, o.size, "composite training examples (data.train_size)");
     ctx.check_batch(batch_);
     loader_.loader = std::make_unique<data::DataLoader>(
-        train_, data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 13,
-                                    .shard_rank = ctx.rank, .shard_count = ctx.world});
+        train_, data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 13});
     Generator init(ctx.seed);
     net_ = std::make_shared<CanvasNet>(o.height, o.width, nxm ? n_ * 10 : 10, init);
     desc_ = std::to_string(o.min_digits) + "-" + std::to_string(o.max_digits) + " digits on " + std::to_string(o.height) +
@@ -82,7 +81,7 @@ class CompositeTask : public Task {
     return "CNN " + std::to_string(net_->num_parameters()) + " parameters; " + desc_ + "; batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
-    data::Batch b = loader_.loader->next();
+    data::Batch b = loader_.next(ctx_);
     return loss(net_->forward(b["image"].to(device)), b);
   }
   Metrics evaluate() override {
@@ -130,6 +129,7 @@ class CompositeTask : public Task {
   std::string loss_, desc_;
   std::shared_ptr<data::CompositeDigits> train_, test_;
   LoaderState loader_;
+  TaskContext ctx_;
   std::shared_ptr<CanvasNet> net_;
 };
 

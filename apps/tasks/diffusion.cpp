@@ -197,11 +197,12 @@ class DiffusionTask : public Task {
   // stretch of gen_'s counter (every rank advances gen_ alike), so the ranks' draws are independent and the
   // checkpointed state is the same on all of them; one process draws from gen_ directly.
   Tensor train_loss_of(const Tensor& x0_host) {
-    if (ctx_.world == 1) return loss_of(x0_host, gen_);
+    if (ctx_.whole()) return loss_of(x0_host, gen_);
     constexpr uint64_t kBlocksPerStep = uint64_t(1) << 32;
     uint64_t base = gen_.reserve(kBlocksPerStep);
     Generator g;
-    g.set_state(gen_.seed(), base + uint64_t(ctx_.rank) * (kBlocksPerStep / uint64_t(ctx_.world)));
+    const TaskContext::Share& sh = *ctx_.share;
+    g.set_state(gen_.seed(), base + uint64_t(sh.index) * (kBlocksPerStep / uint64_t(sh.count)));
     return loss_of(x0_host, g);
   }
 
@@ -336,7 +337,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     size_ = data.size;
     loader_.loader = std::make_unique<data::DataLoader>(
         std::make_shared<data::TensorDataset>(data::Batch{{{"image", data.train.images}, {"label", data.train.labels}}}),
-        data::LoaderOptions{.batch_size = batch_, .seed = ctx.seed + 7, .shard_rank = ctx.rank, .shard_count = ctx.world});
+        data::LoaderOptions{.batch_size = batch_, .seed = ctx.seed + 7});
     UNetConfig u;  // diffusion::UNet's constructor checks the sizes
     u.in_channels = channels_;
     u.base_channels = c.get<int64_t>("model.base_channels", 32);
@@ -376,7 +377,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
            " images), process " + proc_.name + ", prediction " + prediction_name(pred_) + ", batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
-    data::Batch b = loader_.loader->next();
+    data::Batch b = loader_.next(ctx_);
     return train_loss_of(b["image"] * 2.0 - 1.0);
   }
   Metrics evaluate() override {

@@ -156,7 +156,7 @@ class LMTask : public Task {
 
   // Data-parallel: every rank draws the global batch's windows (gen_ stays in step) and keeps its rows.
   Tensor train_loss() override {
-    return model_->loss(data::shard_rows(data::random_windows(train_, batch_, seq_len_, gen_), ctx_.rank, ctx_.world));
+    return model_->loss(ctx_.shard(data::random_windows(train_, batch_, seq_len_, gen_)));
   }
 
   Metrics evaluate() override {

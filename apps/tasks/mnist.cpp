@@ -55,7 +55,7 @@ enum class Kind { mlp, cnn, vit };
 class MnistTask : public Task {
  public:
   // `kind_key`: image_cls picks the model by model.name; vit and mnist_cnn have theirs fixed.
-  MnistTask(Config& c, const TaskContext& ctx, Kind kind, bool kind_key) : kind_(kind), aug_gen_(ctx.seed + 17) {
+  MnistTask(Config& c, const TaskContext& ctx, Kind kind, bool kind_key) : kind_(kind), ctx_(ctx), aug_gen_(ctx.seed + 17) {
     if (kind_key) {
       std::string m = c.get<std::string>("model.name", "cnn");
       if (m == "mlp") kind_ = Kind::mlp;
@@ -67,8 +67,7 @@ class MnistTask : public Task {
     test_images_ = data_.eval.images;
     batch_ = read_batch_size(c, 128, data_.train.images.size(0), "training images");
     ctx.check_batch(batch_);
-    data::LoaderOptions lo{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7,
-                           .shard_rank = ctx.rank, .shard_count = ctx.world};
+    data::LoaderOptions lo{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7};
     loader_.loader = std::make_unique<data::DataLoader>(
         std::make_shared<data::TensorDataset>(data::Batch{{{"image", data_.train.images}, {"label", data_.train.labels}}}),
         lo);
@@ -115,9 +114,10 @@ class MnistTask : public Task {
            std::to_string(data_.size) + ", " + std::to_string(data_.n_classes) + " classes), batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
+    // The global batch is augmented (one draw per image, whatever the sharing), then this share taken.
     data::Batch b = loader_.loader->next();
     Tensor x = data_.augment.active() ? data::augment_images(b["image"], data_.augment, aug_gen_) : b["image"];
-    return losses::cross_entropy(logits(x), b["label"]);
+    return losses::cross_entropy(logits(ctx_.shard(x)), ctx_.shard(b["label"]));
   }
   Metrics evaluate() override {
     auto [acc, loss] = classify_eval(test_images_, data_.eval.labels, [&](const Tensor& x) { return logits(x); });
@@ -172,6 +172,7 @@ class MnistTask : public Task {
   }
 
   Kind kind_;
+  TaskContext ctx_;
   Generator aug_gen_;
   ImageData data_;
   Tensor test_images_;

@@ -45,6 +45,8 @@ inline int64_t read_batch_size(Config& c, int64_t fallback, int64_t n, const cha
 struct LoaderState {
   std::unique_ptr<data::DataLoader> loader;
   std::vector<int64_t> state() const { return loader->state(); }
+  // The next global batch (the loader is not sharded) and `ctx`'s share of it.
+  data::Batch next(const TaskContext& ctx) { return ctx.shard(loader->next()); }
   void set_state(const std::vector<int64_t>& s) { loader->set_state(s); }
 };
 

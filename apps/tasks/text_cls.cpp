@@ -20,7 +20,7 @@ namespace {
 
 class TextClsTask : public Task {
  public:
-  TextClsTask(Config& c, const TaskContext& ctx) {
+  TextClsTask(Config& c, const TaskContext& ctx) : ctx_(ctx) {
     std::string train = c.get<std::string>("data.train", ""), test = c.get<std::string>("data.test", "");
     std::string val = c.get<std::string>("data.validation", "");
     if (train.empty()) c.fail_range("data.train", "\"\"", "a labelled text file (`label<TAB>text` lines) or a folder per class");
@@ -60,8 +60,7 @@ class TextClsTask : public Task {
     for (size_t i = 0; i < idx.size(); ++i) idx[i] = int64_t(i);
     loader_.loader = std::make_unique<data::DataLoader>(
         std::make_shared<data::TensorDataset>(data::Batch{{{"index", from_vector(idx, {int64_t(idx.size())})}}}),
-        data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7,
-                            .shard_rank = ctx.rank, .shard_count = ctx.world});
+        data::LoaderOptions{.batch_size = batch_, .shuffle = true, .drop_last = true, .seed = ctx.seed + 7});
     nn::RoFormerEncoderConfig m;
     m.vocab_size = tok_.vocab_size() + 1;
     m.max_len = max_len_;
@@ -84,7 +83,7 @@ class TextClsTask : public Task {
            std::to_string(n_classes_) + " classes, loss " + loss_ + ", batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
-    std::vector<double> rows = loader_.loader->next()["index"].to_vector();
+    std::vector<double> rows = loader_.next(ctx_)["index"].to_vector();
     std::vector<int64_t> r(rows.begin(), rows.end());
     return loss(forward(train_ids_, r), train_.labels, r);
   }
@@ -174,6 +173,7 @@ class TextClsTask : public Task {
   int64_t max_len_ = 0, n_classes_ = 0, batch_ = 0;
   std::string loss_;
   LoaderState loader_;
+  TaskContext ctx_;
   std::shared_ptr<nn::RoFormerEncoder> net_;
 };
 

@@ -243,10 +243,24 @@ Image plot_lines(const std::vector<PlotSeries>& series, const PlotOptions& opt) 
   int64_t left = gap + (opt.ylabel.empty() ? 0 : ch + 2 * gap) + label_w + gap + 3 * s;
   int64_t top = gap * 2 + (opt.title.empty() ? 0 : ch + gap);
   int64_t bottom = opt.height - (gap + ch + gap + 3 * s + (opt.xlabel.empty() ? 0 : ch + gap) + gap);
-  int64_t right = opt.width - 4 * gap;
+  // The legend goes right of the axes, outside the data (inside, it covered rising accuracy curves).
+  int64_t name_w = 0, n = 0;
+  for (const auto& sr : series)
+    if (!sr.name.empty()) name_w = std::max(name_w, text_width(sr.name, s)), ++n;
+  int64_t legend_w = n > 0 ? gap * 3 + 6 * s * 3 + name_w : 0;
+  int64_t right = opt.width - 4 * gap - (n > 0 ? legend_w + gap : 0);
+  LD_CHECK(right - left >= 50, "plot_lines: legend names too long for a ", opt.width, " pixel wide plot");
   auto px = [&](double x) { return left + int64_t(std::lround((x - xlo) / (xhi - xlo) * double(right - left))); };
   auto py = [&](double y) { return bottom - int64_t(std::lround((y - ylo) / (yhi - ylo) * double(bottom - top))); };
 
+  // A series' tab10 colour; `faint` ones (raw values under their smoothed curve) mixed 65% with white.
+  auto colour = [&](size_t k) {
+    const uint8_t* c = kTab10[size_t(series[k].color >= 0 ? series[k].color : int64_t(k)) % 10];
+    static thread_local uint8_t mixed[3];
+    if (!series[k].faint) return c;
+    for (int i = 0; i < 3; ++i) mixed[i] = uint8_t(c[i] + (255 - c[i]) * 65 / 100);
+    return static_cast<const uint8_t*>(mixed);
+  };
   Image img(opt.width, opt.height, 3, 255);
   for (double v : yt) {  // grid lines and tick labels
     int64_t y = py(v);
@@ -283,17 +297,15 @@ Image plot_lines(const std::vector<PlotSeries>& series, const PlotOptions& opt) 
         continue;
       }
       int64_t x = px(sr.x[i]), y = py(opt.log_y ? std::log10(sr.y[i]) : sr.y[i]);
-      line(img, have ? lx : x, have ? ly : y, x, y, kTab10[k % 10], left, top, right, bottom);
+      line(img, have ? lx : x, have ? ly : y, x, y, colour(k), left, top, right, bottom);
+      if (sr.x.size() <= 40)  // sparse series (evaluations): a marker per point, so even one point shows
+        fill_rect(img, x - s - 1, y - s - 1, 2 * s + 3, 2 * s + 3, colour(k));
       have = true, lx = x, ly = y;
     }
   }
-  // legend, top right inside the axes
-  int64_t name_w = 0, n = 0;
-  for (const auto& sr : series)
-    if (!sr.name.empty()) name_w = std::max(name_w, text_width(sr.name, s)), ++n;
-  if (n > 0) {
-    int64_t row = ch + gap, w = gap * 3 + 6 * s * 3 + name_w, h = gap + n * row;
-    int64_t x0 = right - gap - w, y0 = top + gap;
+  if (n > 0) {  // legend, right of the axes
+    int64_t row = ch + gap, w = legend_w, h = gap + n * row;
+    int64_t x0 = right + 2 * gap, y0 = top;
     fill_rect(img, x0, y0, w, h, kWhite);
     for (auto [x, y, ww, hh] : std::vector<std::array<int64_t, 4>>{{x0, y0, w, 1}, {x0, y0 + h, w + 1, 1},
                                                                    {x0, y0, 1, h}, {x0 + w, y0, 1, h}})
@@ -302,7 +314,7 @@ Image plot_lines(const std::vector<PlotSeries>& series, const PlotOptions& opt) 
     for (size_t k = 0; k < series.size(); ++k) {
       if (series[k].name.empty()) continue;
       int64_t y = y0 + gap + r++ * row;
-      fill_rect(img, x0 + gap, y + ch / 2 - s / 2, 6 * s * 3 - gap, std::max<int64_t>(2, s), kTab10[k % 10]);
+      fill_rect(img, x0 + gap, y + ch / 2 - s / 2, 6 * s * 3 - gap, std::max<int64_t>(2, s), colour(k));
       draw_text(img, x0 + gap * 2 + 6 * s * 3 - gap, y, series[k].name, kBlack, s);
     }
   }

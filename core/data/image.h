@@ -41,13 +41,15 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
 struct PlotSeries {
   std::string name;
   std::vector<double> x, y;  // same length; non-finite y (and y <= 0 on a log axis) break the line
+  int64_t color = -1;        // tab10 index; -1: the series' position
+  bool faint = false;        // drawn lighter (raw values under a smoothed curve); an empty name: not in the legend
 };
 struct PlotOptions {
   int64_t width = 800, height = 480;
   std::string title, xlabel = "step", ylabel;
   bool log_y = false;
 };
-// An RGB image of the series as lines (tab10 colours), with ticks at 1-2-5 steps and a legend.
+// An RGB image of the series as lines (tab10 colours), with ticks at 1-2-5 steps and a legend right of the axes.
 Image plot_lines(const std::vector<PlotSeries>& series, const PlotOptions& opt = {});
 void save_plot(const std::string& path, const std::vector<PlotSeries>& series, const PlotOptions& opt = {});
 
