@@ -121,6 +121,7 @@ RunSettings read_settings(Config& cfg) {
   r.ema_decay = cfg.get<double>("ema.decay", 0.0);
   r.ema_warmup = cfg.get<bool>("ema.warmup", false);
   r.data_dir = cfg.get<std::string>("data_dir", "data");
+  r.log_tensorboard = cfg.get<bool>("log.tensorboard", false);
   r.device = parse_device(cfg.get<std::string>("device", "cpu"), cfg.source());
   r.precision = parse_precision(cfg.get<std::string>("precision", "f32"), cfg.source());
   r.dist_backend = cfg.get<std::string>("dist.backend", "auto");

@@ -21,6 +21,7 @@ struct RunSettings {
   double clip_norm, clip_value, ema_decay;
   bool ema_warmup;
   std::string data_dir;
+  bool log_tensorboard;  // [log] tensorboard: also write TensorBoard event files into RUN_DIR/tensorboard
   Device device;
   DType precision;  // f32, or the half format of mixed precision (autocast): bf16 or f16
   // [dist]: data-parallel training when launched by mpirun (docs/distributed.md)

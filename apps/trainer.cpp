@@ -473,6 +473,7 @@ int train_on(Config& cfg, const TrainOptions& topt, dist::Communicator& comm) {
     spdlog::info("device {}, precision {}{}", rs.device.str(), dtype_name(rs.precision),
                  rs.precision == DType::f32 ? "" : " mixed (autocast GEMMs, f32 weights)");
 
+  if (main_rank && rs.log_tensorboard) hist.open_tensorboard((run / "tensorboard").string());
   auto named = s.task->model().named_parameters();
   std::optional<AppendFile> metrics;
   if (main_rank) metrics.emplace((run / "metrics.jsonl").string());

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "app_fixtures.h"
@@ -55,4 +56,39 @@ TEST_CASE("tensorboard: scalars and images read back by protobuf") {
   CHECK(recs[4]["scalars"]["eval/val_loss"] == 0.5);
   CHECK(recs[5]["images"]["samples/grid"] == json::array({28, 56, 1, 9}));
   CHECK(std::abs(recs[1]["wall_time"].get<double>() - double(std::time(nullptr))) < 600);
+}
+
+TEST_CASE("tensorboard: `[log] tensorboard = true` in a training run writes the run's scalars") {
+  fs::path dir = testing::scratch_dir("tensorboard", "run");
+  fs::path cfg = dir / "spirals.toml";
+  std::ofstream(cfg) << "task = \"spirals\"\nsteps = 6\nlog_every = 2\neval_every = 3\ncheckpoint_every = 6\n"
+                        "batch_size = 16\n[data]\ntrain_size = 64\nval_size = 32\n[model]\nhidden = 8\n[log]\n"
+                        "tensorboard = true\n";
+  auto t = testing::run_process(testing::liandan_bin(), {"train", cfg.string(), "--run-dir", (dir / "r").string()}, 120,
+                                {"OMP_NUM_THREADS=1"});
+  INFO(t.output);
+  REQUIRE(t.exit_code == 0);
+  std::vector<fs::path> files;
+  for (auto& e : fs::directory_iterator(dir / "r" / "tensorboard")) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  auto r = testing::run_process(python, {LIANDAN_SOURCE_DIR "/tests/tensorboard/read_events.py", files[0].string(),
+                                         dir.string()}, 60);
+  if (r.exit_code == 3) {
+    MESSAGE("SKIPPED the independent reader: " << r.output);
+    return;
+  }
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  std::set<int64_t> loss_steps;
+  bool eval_seen = false;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    json j = json::parse(line);
+    if (j.contains("scalars") && j["scalars"].contains("train/loss")) loss_steps.insert(j["step"].get<int64_t>());
+    if (j.contains("scalars") && j["scalars"].contains("eval/val_loss")) eval_seen = true;
+  }
+  CHECK(loss_steps == std::set<int64_t>{2, 4, 6});  // log_every = 2
+  CHECK(eval_seen);
 }
