@@ -1,5 +1,7 @@
 #include "core/data/text.h"
 
+#include "core/data/bpe.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -188,7 +190,19 @@ Tokenizer Tokenizer::from_vocab(std::string_view vocab_utf8) {
   return t;
 }
 
-std::string Tokenizer::vocab() const { return mode_ == TextMode::bytes ? std::string() : utf8_encode(chars_); }
+Tokenizer Tokenizer::bpe(std::shared_ptr<const BPE> model) {
+  LD_CHECK(model != nullptr, "Tokenizer::bpe: no BPE model");
+  Tokenizer t;
+  t.mode_ = TextMode::bpe;
+  t.bpe_ = std::move(model);
+  return t;
+}
+
+int64_t Tokenizer::vocab_size() const {
+  return mode_ == TextMode::bytes ? 256 : mode_ == TextMode::bpe ? bpe_->vocab_size() : int64_t(chars_.size());
+}
+
+std::string Tokenizer::vocab() const { return mode_ == TextMode::chars ? utf8_encode(chars_) : std::string(); }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int64_t> ids;
@@ -196,6 +210,7 @@ std::vector<int64_t> Tokenizer::encode(std::string_view text) const {
     for (char c : text) ids.push_back(uint8_t(c));
     return ids;
   }
+  if (mode_ == TextMode::bpe) return bpe_->encode(text);
   std::u32string cps = utf8_decode(text);
   ids.reserve(cps.size());
   size_t offset = 0;  // byte offset of the character, for the error message
@@ -221,6 +236,7 @@ Tensor Tokenizer::encode_tensor(std::string_view text) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (mode_ == TextMode::bpe) return bpe_->decode(ids);
   std::string out;
   for (int64_t id : ids) {
     LD_CHECK(id >= 0 && id < vocab_size(), "Tokenizer::decode: id ", id, " out of range for vocab size ",

@@ -6,6 +6,7 @@
 // Debian's `fortunes` and `fortunes-zh` packages (scripts/get-data text) are real English and Chinese
 // corpora in /usr/share/games/fortunes; read_fortunes() parses their '%'-separated format.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -34,7 +35,9 @@ std::u32string utf8_decode(std::string_view s);
 std::string utf8_encode(std::u32string_view cps);
 void utf8_append(std::string& out, char32_t cp);
 
-enum class TextMode { bytes, chars };
+enum class TextMode { bytes, chars, bpe };
+
+class BPE;  // core/data/bpe.h
 
 class Tokenizer {
  public:
@@ -44,12 +47,16 @@ class Tokenizer {
   static Tokenizer chars(std::string_view corpus);
   // Characters with the vocabulary given as a UTF-8 string of its characters in id order (vocab()).
   static Tokenizer from_vocab(std::string_view vocab_utf8);
+  // Byte-level BPE (core/data/bpe.h): every string encodes, and decode(encode(s)) == s.
+  static Tokenizer bpe(std::shared_ptr<const BPE> model);
 
   TextMode mode() const { return mode_; }
-  int64_t vocab_size() const { return mode_ == TextMode::bytes ? 256 : int64_t(chars_.size()); }
-  // Chars mode: the vocabulary as a UTF-8 string in id order (store it to rebuild the tokenizer); bytes: "".
+  int64_t vocab_size() const;
+  // Chars mode: the vocabulary as a UTF-8 string in id order (store it to rebuild the tokenizer); bytes, bpe: "".
   std::string vocab() const;
-  bool contains(char32_t cp) const { return mode_ == TextMode::bytes ? cp < 256 : index_.count(cp) > 0; }
+  bool contains(char32_t cp) const {
+    return mode_ == TextMode::bpe ? true : mode_ == TextMode::bytes ? cp < 256 : index_.count(cp) > 0;
+  }
 
   // Chars mode: a character outside the vocabulary is an error naming it and its byte offset.
   std::vector<int64_t> encode(std::string_view text) const;
@@ -62,6 +69,7 @@ class Tokenizer {
   TextMode mode_ = TextMode::bytes;
   std::u32string chars_;
   std::unordered_map<char32_t, int64_t> index_;
+  std::shared_ptr<const BPE> bpe_;
 };
 
 // Train/validation split by position: train = tokens[0, n - v), val = tokens[n - v, n) with
