@@ -10,6 +10,8 @@
 //   liandan report RUN_DIR... [--metrics a,b]            Markdown table of finished runs (mean ± std over seeds)
 //   liandan board [RUNS...] [--port N] [--host H]         live view of runs in the browser (apps/board.h)
 //   liandan data digits DIR [--size S] [--train N] ...   a small generated labelled image set (docs/data.md)
+//   liandan tokenizer train CORPUS --vocab N [--out F]   learn a byte-level BPE (apps/tokenizer_cmd.h)
+//   liandan tokenizer encode FILE TEXT                   a BPE file's ids and tokens of TEXT
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
 // Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
 #include <CLI/CLI.hpp>
@@ -17,12 +19,14 @@
 
 #include <csignal>
 #include <cstdio>
+#include <limits>
 
 #include "apps/board.h"
 #include "apps/config.h"
 #include "apps/report.h"
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)
 #include "apps/task.h"
+#include "apps/tokenizer_cmd.h"
 #include "apps/trainer.h"
 #include "core/data/image_set.h"
 #include "core/device.h"
@@ -185,6 +189,20 @@ int main(int argc, char** argv) {
   digits_cmd->add_option("--channels", digits_channels, "1 (gray) or 3 (tinted colour)")->capture_default_str()->check(CLI::IsMember({1, 3}));
   digits_cmd->add_option("--seed", digits_seed, "random seed")->capture_default_str()->check(CLI::NonNegativeNumber);
   digits_cmd->add_flag("--folder", digits_folder, "PNG class folders (ImageFolder) instead of IDX files");
+  auto* tok_cmd = app.add_subcommand("tokenizer", "Byte-level BPE tokenizers (data.tokenizer of lm and text_cls)");
+  tok_cmd->require_subcommand(1);
+  std::string tok_corpus, tok_out = "tokenizer.json", tok_file, tok_text;
+  int64_t tok_vocab = 0, tok_min_freq = 2;
+  auto* tok_train = tok_cmd->add_subcommand("train", "Learn a BPE from a text file or folder, save it as JSON");
+  tok_train->add_option("corpus", tok_corpus, "text file or folder of text files")->required()->check(CLI::ExistingPath);
+  tok_train->add_option("--vocab", tok_vocab, "vocabulary size (256 bytes + merges)")->required()
+      ->check(CLI::Range(int64_t(256), int64_t(1) << 22));
+  tok_train->add_option("--out", tok_out, "output JSON file")->capture_default_str();
+  tok_train->add_option("--min-frequency", tok_min_freq, "stop when no pair occurs this often")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), std::numeric_limits<int64_t>::max()));
+  auto* tok_encode = tok_cmd->add_subcommand("encode", "Print a BPE file's ids and tokens of TEXT");
+  tok_encode->add_option("file", tok_file, "BPE JSON file (liandan tokenizer train)")->required();
+  tok_encode->add_option("text", tok_text, "text to encode")->required();
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
   // A file-size limit (ulimit -f) then fails the write with EFBIG, which is reported and keeps the last good
@@ -194,6 +212,8 @@ int main(int argc, char** argv) {
   if (threads > 0) liandan::set_num_threads(threads);
   try {
     if (*info_cmd) return info();
+    if (*tok_train) return liandan::apps::tokenizer_train(tok_corpus, tok_vocab, tok_out, tok_min_freq);
+    if (*tok_encode) return liandan::apps::tokenizer_encode(tok_file, tok_text);
     if (*digits_cmd)
       return make_digits(digits_dir, digits_size, digits_train, digits_test, digits_channels, digits_folder,
                          uint64_t(digits_seed));

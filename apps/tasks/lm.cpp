@@ -1,5 +1,6 @@
 // task "lm": a RoFormer character-level language model (nn/models.h) on any text — by default Debian's
-// `fortunes` corpus. Metrics: validation loss and bits per character (bits per byte in bytes mode), also
+// `fortunes` corpus. Metrics: validation loss and bits per character (bits per byte in bytes mode, per token
+// with a BPE tokenizer, data.tokenizer), also
 // at longer lengths than trained on (length extrapolation, eval.lengths). Samples: generated text.
 #include <cmath>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include <numbers>
 
 #include "apps/task.h"
+#include "apps/tokenizer_cmd.h"
 #include "core/autograd.h"
 #include "core/data/sampler.h"
 #include "core/data/text.h"
@@ -86,6 +88,7 @@ class LMTask : public Task {
     std::string mode = c.get<std::string>("data.mode", "bytes");
     LD_CHECK(mode == "bytes" || mode == "chars", "config ", c.source(), ": 'data.mode' must be bytes or chars; got '",
              mode, "'");
+    std::optional<data::Tokenizer> bpe = bpe_tokenizer_from_config(c, mode);  // data.tokenizer: a BPE file
     int64_t max_bytes = c.get_int("data.max_bytes", 0, 0);  // 0: the whole corpus
     double val_fraction = c.get_real("data.val_fraction", 0.05, 0, 1, true, true);
     seq_len_ = c.get_int("data.seq_len", 128, 1, kMaxLength);
@@ -94,7 +97,7 @@ class LMTask : public Task {
     ctx_ = ctx;
     std::string text = load_corpus(corpus, c.source());
     if (max_bytes > 0 && int64_t(text.size()) > max_bytes) text.resize(size_t(max_bytes));
-    tok_ = mode == "bytes" ? data::Tokenizer::bytes() : data::Tokenizer::chars(text);
+    tok_ = bpe ? *bpe : mode == "bytes" ? data::Tokenizer::bytes() : data::Tokenizer::chars(text);
     Tensor ids = tok_.encode_tensor(text);
     auto split = data::split_tokens(ids, val_fraction);
     train_ = split.train.contiguous();
@@ -176,7 +179,7 @@ class LMTask : public Task {
                                                                              : sample_len_;
     Tensor out = model_->generate(p, std::max<int64_t>(0, std::min(sample_len_, room)), gen_opt_);
     std::string text = tok_.decode(out);
-    if (tok_.mode() == data::TextMode::bytes) text = data::utf8_encode(data::utf8_decode(text));  // valid UTF-8 for the terminal
+    if (tok_.mode() != data::TextMode::chars) text = data::utf8_encode(data::utf8_decode(text));  // valid UTF-8 for the terminal
     fs::path file = fs::path(dir) / (tag + ".txt");
     std::ofstream(file) << text << "\n";
     return {"generated text (" + file.string() + "):", "----", text, "----"};

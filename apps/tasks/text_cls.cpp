@@ -1,6 +1,7 @@
 // task "text_cls": a RoFormer encoder (nn/models.h, bidirectional, RoPE) classifying texts, docs/data.md.
 //   data:  data.train / data.validation / data.test: `labels<TAB>text` lines (`a,b<TAB>text`: several labels)
-//          or one folder per class (each file one example); tokenised as bytes or characters (data.mode),
+//          or one folder per class (each file one example); tokenised as bytes or characters (data.mode) or
+//          by a byte-level BPE file (data.tokenizer),
 //          cut at data.max_len tokens and padded per batch (core/data/text_cls.h pad_sequences: key masks).
 //   loss:  "ce" (softmax cross-entropy, one label per text) or "zlpr" (multi-label; the default when a text
 //          has several labels). Metrics: accuracy (ce), micro/macro F1 and exact match (zlpr, threshold 0).
@@ -10,6 +11,7 @@
 #include "core/fileio.h"
 
 #include "apps/tasks/mnist_common.h"
+#include "apps/tokenizer_cmd.h"
 #include "core/data/text.h"
 #include "core/data/text_cls.h"
 #include "losses/metrics.h"
@@ -30,13 +32,14 @@ class TextClsTask : public Task {
     eval_ = load(c, val.empty() ? "data.test" : "data.validation", eval_path, train_.classes);
     std::string mode = c.get<std::string>("data.mode", "bytes");
     if (mode != "bytes" && mode != "chars") c.fail_range("data.mode", "'" + mode + "'", "\"bytes\" or \"chars\"");
+    std::optional<data::Tokenizer> bpe = bpe_tokenizer_from_config(c, mode);  // data.tokenizer: a BPE file
     max_len_ = c.get_int("data.max_len", 128, 1, 1 << 16);
     // Characters: the vocabulary of every split (a character first seen in the test split still has an id;
     // its embedding is untrained). Id 0 is kept for padding.
     std::string all;
     for (auto* s : {&train_, &eval_})
       for (auto& t : s->texts) all += t;
-    tok_ = mode == "bytes" ? data::Tokenizer::bytes() : data::Tokenizer::chars(all);
+    tok_ = bpe ? *bpe : mode == "bytes" ? data::Tokenizer::bytes() : data::Tokenizer::chars(all);
     for (auto* s : {&train_, &eval_}) {
       std::vector<std::vector<int64_t>> ids;
       for (auto& t : s->texts) {
