@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
 #include "core/error.h"
@@ -224,11 +225,23 @@ void Config::record(const std::string& key, const T& value) {
   put(parent_table(resolved_, parts, key), parts.back(), value);
 }
 
+template <class T> const char* short_type();
+template <> const char* short_type<int64_t>() { return "integer"; }
+template <> const char* short_type<double>() { return "number"; }
+template <> const char* short_type<bool>() { return "boolean"; }
+template <> const char* short_type<std::string>() { return "string"; }
+template <> const char* short_type<std::vector<int64_t>>() { return "integers"; }
+template <> const char* short_type<std::vector<double>>() { return "numbers"; }
+template <> const char* short_type<std::vector<std::string>>() { return "strings"; }
+
 template <class T>
 T Config::get(const std::string& key, const T& fallback) {
   const toml::node* n = find(key);
   T v = n ? convert<T>(*n, key) : fallback;
   record(key, v);
+  auto parts = split_key(key);
+  put(parent_table(defaults_, parts, key), parts.back(), fallback);
+  types_[key] = short_type<T>();
   return v;
 }
 
@@ -238,7 +251,63 @@ T Config::require(const std::string& key) {
   LD_CHECK(n, "config ", source_, ": missing required key '", key, "'");
   T v = convert<T>(*n, key);
   record(key, v);
+  types_[key] = short_type<T>();
+  ranges_[key] = "required";
   return v;
+}
+
+std::vector<std::string> Config::given_keys() const {
+  std::vector<std::string> keys;
+  collect_leaves(given_, "", keys);
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+namespace {
+std::string fmt_integral(double d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", d);
+  return buf;
+}
+
+// A value as TOML source: numbers in their shortest round-trip form (0.05, not 0.050000000000000003), strings quoted.
+std::string toml_text(const toml::node& n) {
+  if (auto d = n.value_exact<double>()) {
+    if (std::isfinite(*d) && *d == std::floor(*d) && std::abs(*d) < 1e15) return fmt_integral(*d);
+    std::ostringstream os;
+    for (int p = 1; p <= 17; ++p) {  // the fewest digits that read back as the same double
+      os.str("");
+      os.precision(p);
+      os << *d;
+      if (std::stod(os.str()) == *d || !std::isfinite(*d)) break;
+    }
+    std::string t = os.str();
+    if (!std::isfinite(*d)) return std::isnan(*d) ? "nan" : (*d > 0 ? "inf" : "-inf");
+    if (t.find_first_of(".e") == std::string::npos) t += ".0";
+    return t;
+  }
+  if (auto str = n.value_exact<std::string>()) return toml_quote(*str);
+  if (auto a = n.as_array()) {
+    std::string t = "[";
+    for (size_t i = 0; i < a->size(); ++i) t += (i ? ", " : "") + toml_text(*a->get(i));
+    return t + "]";
+  }
+  std::ostringstream os;
+  n.visit([&](auto& v) { os << v; });
+  return os.str();
+}
+}  // namespace
+
+std::vector<Config::KeyInfo> Config::read_keys() const {
+  std::vector<KeyInfo> out;
+  for (const std::string& k : used_) {
+    KeyInfo info{k, types_.count(k) ? types_.at(k) : "", "", ranges_.count(k) ? ranges_.at(k) : ""};
+    if (const toml::node* n = defaults_.at_path(k).node()) {
+      info.default_value = toml_text(*n);
+    }
+    out.push_back(info);
+  }
+  return out;
 }
 
 std::vector<std::string> Config::unread_keys() const {
@@ -273,18 +342,40 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 }  // namespace
 
+std::string toml_quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += char(ch);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+      out += buf;
+    } else {
+      out += char(ch);
+    }
+  }
+  return out + "\"";
+}
+
+std::string closest_key(const std::string& key, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = 3;
+  for (auto& u : candidates) {
+    size_t d = edit_distance(key, u);
+    if (d < best_d && d * 3 < std::max<size_t>(key.size(), 3)) best = u, best_d = d;
+  }
+  return best;
+}
+
 void Config::check_all_used() const {
   std::vector<std::string> keys;
   collect_leaves(given_, "", keys);
+  std::vector<std::string> read(used_.begin(), used_.end());
   for (auto& k : keys) {
     if (used_.count(k)) continue;
-    // The closest key the task read, if it is close (at most 2 edits, and less than a third of the key).
-    std::string best;
-    size_t best_d = 3;
-    for (auto& u : used_) {
-      size_t d = edit_distance(k, u);
-      if (d < best_d && d * 3 < std::max<size_t>(k.size(), 3)) best = u, best_d = d;
-    }
+    std::string best = closest_key(k, read);  // the closest key the task read
     LD_FAIL("config ", source_, ": unknown key '", k, "' (not used by this task; ",
             best.empty() ? std::string("check the spelling") : "did you mean '" + best + "'?", ")");
   }
@@ -292,6 +383,8 @@ void Config::check_all_used() const {
 
 int64_t Config::get_int(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
   int64_t v = get<int64_t>(key, fallback);
+  ranges_[key] = hi == std::numeric_limits<int64_t>::max() ? ">= " + std::to_string(lo)
+                                                           : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
   if (v < lo || v > hi) {
     if (hi == std::numeric_limits<int64_t>::max()) fail_range(key, v, ">= " + std::to_string(lo));
     fail_range(key, v, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -313,6 +406,7 @@ std::string interval(double lo, double hi, bool lo_open, bool hi_open) {
 
 double Config::get_real(const std::string& key, double fallback, double lo, double hi, bool lo_open, bool hi_open) {
   double v = get<double>(key, fallback);
+  ranges_[key] = interval(lo, hi, lo_open, hi_open);
   bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
   if (!ok) fail_range(key, v, "a finite number " + interval(lo, hi, lo_open, hi_open));
   return v;
@@ -321,6 +415,8 @@ double Config::get_real(const std::string& key, double fallback, double lo, doub
 std::vector<int64_t> Config::get_ints(const std::string& key, const std::vector<int64_t>& fallback, int64_t lo,
                                       int64_t hi, size_t min_size) {
   auto v = get<std::vector<int64_t>>(key, fallback);
+  ranges_[key] = hi == std::numeric_limits<int64_t>::max() ? "each >= " + std::to_string(lo)
+                                                           : "each in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
   auto show = [&] {
     std::string s = "[";
     for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);

@@ -10,6 +10,7 @@
 // allowed range and the value, so that nonsense is refused before it reaches the library.
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -57,6 +58,15 @@ class Config {
   std::vector<std::string> unread_keys() const;
   // Whether any key under `table` ("data") has been read.
   bool read_any_in(const std::string& table) const;
+  // The given keys (file and --set), sorted.
+  std::vector<std::string> given_keys() const;
+  // Every key read so far: its type, the default its reader passed (TOML text; empty for a required key) and the
+  // range the range-checked getters enforce — what `liandan config TASK` prints.
+  struct KeyInfo {
+    std::string key, type, default_value, range;
+    std::string when;  // set by `liandan config` for keys read only under another setting: 'optim.name = "amos"'
+  };
+  std::vector<KeyInfo> read_keys() const;
   const toml::table& resolved() const { return resolved_; }
   std::string resolved_text() const;
   const std::string& source() const { return source_; }
@@ -68,9 +78,17 @@ class Config {
 
   toml::table given_;
   toml::table resolved_;
+  toml::table defaults_;                          // the fallbacks of get()
+  std::map<std::string, std::string> types_, ranges_;
   std::set<std::string> used_;
   std::string source_ = "<default>";
 };
+
+// A TOML basic string of `s` (quotes, backslashes and control characters escaped): for --set and generated TOML.
+std::string toml_quote(const std::string& s);
+
+// The candidate closest to `key` if it is close (at most 2 edits and under a third of the key), else "".
+std::string closest_key(const std::string& key, const std::vector<std::string>& candidates);
 
 extern template int64_t Config::get(const std::string&, const int64_t&);
 extern template double Config::get(const std::string&, const double&);

@@ -53,20 +53,6 @@ void add_sets(CLI::App* cmd, std::vector<std::string>& sets) {
       ->allow_extra_args(false);
 }
 
-// A TOML basic string of `s` (quotes, backslashes and control characters escaped) for --set.
-std::string toml_string(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char ch : s) {
-    if (ch == '"' || ch == '\\') out += '\\', out += char(ch);
-    else if (ch < 0x20 || ch == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-      out += buf;
-    } else out += char(ch);
-  }
-  return out + "\"";
-}
-
 int info() {
   using namespace liandan;
   std::string cuda_line = cuda::is_available()
@@ -132,6 +118,9 @@ int main(int argc, char** argv) {
   add_sets(train, sets);
   train->add_option("--run-dir", run_dir, "run directory (default: runs/<config name>)");
   train->add_flag("--overwrite", overwrite, "replace the run that RUN_DIR already holds (default: refuse)");
+  bool dry_run = false;
+  train->add_flag("--dry-run", dry_run, "build the task and model, print the parameter count, a memory estimate and the "
+                                        "resolved config; train nothing, write nothing");
   train->add_option("--die-after-step", die_after, "testing: SIGKILL the process after this step")->group("");
 
   auto* resume = app.add_subcommand("resume", "Continue a run from its last checkpoint (bit-identical to an uninterrupted run)");
@@ -203,6 +192,11 @@ int main(int argc, char** argv) {
   auto* tok_encode = tok_cmd->add_subcommand("encode", "Print a BPE file's ids and tokens of TEXT");
   tok_encode->add_option("file", tok_file, "BPE JSON file (liandan tokenizer train)")->required();
   tok_encode->add_option("text", tok_text, "text to encode")->required();
+  std::string config_task;
+  bool config_json = false;
+  auto* config_cmd = app.add_subcommand("config", "Print every key a task reads: type, default, range and meaning, as a TOML file to start from");
+  config_cmd->add_option("task", config_task, "task name (`liandan info` lists them)")->required();
+  config_cmd->add_flag("--json", config_json, "one JSON array instead of TOML");
   auto* info_cmd = app.add_subcommand("info", "Print versions, threads, BLAS, CUDA and the tasks");
   CLI11_PARSE(app, argc, argv);
   // A file-size limit (ulimit -f) then fails the write with EFBIG, which is reported and keeps the last good
@@ -212,6 +206,7 @@ int main(int argc, char** argv) {
   if (threads > 0) liandan::set_num_threads(threads);
   try {
     if (*info_cmd) return info();
+    if (*config_cmd) return liandan::apps::print_config_schema(config_task, config_json);
     if (*tok_train) return liandan::apps::tokenizer_train(tok_corpus, tok_vocab, tok_out, tok_min_freq);
     if (*tok_encode) return liandan::apps::tokenizer_encode(tok_file, tok_text);
     if (*digits_cmd)
@@ -221,6 +216,7 @@ int main(int argc, char** argv) {
     if (*report_cmd) return liandan::apps::report(report_dirs, report_metrics, report_plot);
     if (*train) {
       Config cfg = load_config(config_path, sets);
+      if (dry_run) return liandan::apps::dry_run(cfg);
       return liandan::apps::train(cfg, {.run_dir = run_dir, .overwrite = overwrite, .die_after_step = die_after});
     }
     if (*resume) {
@@ -230,9 +226,9 @@ int main(int argc, char** argv) {
     }
     if (*sample) {
       if (sample_seed >= 0) sets.push_back("sample.seed=" + std::to_string(sample_seed));
-      if (!sample->get_option("--prompt")->empty()) sets.push_back("sample.prompt=" + toml_string(sample_prompt));
+      if (!sample->get_option("--prompt")->empty()) sets.push_back("sample.prompt=" + liandan::apps::toml_quote(sample_prompt));
       if (!sample_sampler.empty())
-        sets.push_back("sample.sampler=" + toml_string(sample_sampler + (sample_steps ? ":" + std::to_string(sample_steps) : "")));
+        sets.push_back("sample.sampler=" + liandan::apps::toml_quote(sample_sampler + (sample_steps ? ":" + std::to_string(sample_steps) : "")));
       else if (sample_steps) throw liandan::Error("sample: --steps needs --sampler (e.g. --sampler ddim --steps 20)");
       return liandan::apps::sample(run_dir, checkpoint, sets);
     }

@@ -30,6 +30,7 @@
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
 #include "apps/config.h"
@@ -362,6 +363,41 @@ TEST_CASE("Config fuzzer: every key of every task, boundary values: exit 0 or an
     toml::table resolved = toml::parse_file((run / "config.toml").string());
     leaves(resolved, "", base_keys[b.name]);
     tasks.insert(resolved["task"].value_or(std::string()));
+  }
+
+  // The tasks' own schema (`liandan config TASK --json`, what users read): every key a base run of the task resolved
+  // is in it, and its keys that the base runs did not resolve are fuzzed on the task's first base too.
+  for (const std::string& task : tasks) {
+    CAPTURE(task);
+    ProcessResult r = run_process(bin, {"config", task, "--json"}, timeout_s, child_env);
+    REQUIRE(r.exit_code == 0);
+    nlohmann::json schema = nlohmann::json::parse(r.output.substr(r.output.find('[')));
+    std::set<std::string> in_schema;
+    for (auto& k : schema) in_schema.insert(k["key"].get<std::string>());
+    if (base_keys.count(task))
+      for (const Key& k : base_keys[task]) {
+        CAPTURE(k.name);
+        CHECK(in_schema.count(k.name));
+      }
+    std::string first;
+    for (const Base& b : all_bases)
+      if (first.empty() && b.name.substr(0, b.name.find('-')) == task) first = b.name;
+    std::set<std::string> have;
+    for (const Key& k : base_keys[first]) have.insert(k.name);
+    const std::map<std::string, std::pair<toml::node_type, toml::node_type>> types = {
+        {"integer", {toml::node_type::integer, toml::node_type::none}},
+        {"number", {toml::node_type::floating_point, toml::node_type::none}},
+        {"boolean", {toml::node_type::boolean, toml::node_type::none}},
+        {"string", {toml::node_type::string, toml::node_type::none}},
+        {"integers", {toml::node_type::array, toml::node_type::integer}},
+        {"numbers", {toml::node_type::array, toml::node_type::floating_point}},
+        {"strings", {toml::node_type::array, toml::node_type::string}}};
+    for (auto& k : schema) {
+      std::string name = k["key"];
+      if (have.count(name) || !k["when"].get<std::string>().empty() || !types.count(k["type"])) continue;
+      auto [type, element] = types.at(k["type"]);
+      base_keys[first].push_back(Key{name, type, element});
+    }
   }
 
   // Every (base, key, value); variants fuzz only the keys their base run does not have.
