@@ -331,6 +331,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     // MNIST, or own images by path at data.image_size (docs/data.md; no normalisation or augmentation keys here).
     ImageData data = load_image_data(c, ctx, 28, false);
     n_train_ = data.train.images.size(0);
+    source_ = data.source;
     if (batch_ > n_train_) c.fail_range("batch_size", batch_, "at most the " + std::to_string(n_train_) + " training images");
     test_x0_ = (data.eval.images * 2.0 - 1.0).contiguous();
     channels_ = data.channels;
@@ -373,8 +374,9 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     fixed_batch_ = test_x0_.narrow(0, 0, std::min<int64_t>(256, test_x0_.size(0))).contiguous();
   }
   std::string describe() const override {
-    return "U-Net " + std::to_string(net_->num_parameters()) + " parameters on MNIST (" + std::to_string(n_train_) +
-           " images), process " + proc_.name + ", prediction " + prediction_name(pred_) + ", batch " + std::to_string(batch_);
+    return "U-Net " + std::to_string(net_->num_parameters()) + " parameters on " + source_ + " (" +
+           std::to_string(n_train_) + " images, " + std::to_string(channels_) + "x" + std::to_string(size_) + "x" +
+           std::to_string(size_) + "), process " + proc_.name + ", prediction " + prediction_name(pred_) + ", batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
     data::Batch b = loader_.next(ctx_);
@@ -437,6 +439,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
   }
 
   int64_t n_train_ = 0;
+  std::string source_;  // MNIST, or the data.train path
   Tensor test_x0_, fixed_batch_, real_features_;
   int64_t channels_ = 1, size_ = 28;
   LoaderState loader_;
@@ -446,7 +449,7 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
 
 TaskRegistration reg_toy("toy2d", "diffusion on 2-D toy data with an MLP denoiser (every sampler; sliced W1)",
                          [](Config& c, const TaskContext& ctx) { return std::make_unique<Toy2dTask>(c, ctx); });
-TaskRegistration reg_ddpm("ddpm", "DDPM U-Net on MNIST (every sampler; FID on a liandan-trained CNN's features)",
+TaskRegistration reg_ddpm("ddpm", "DDPM U-Net on MNIST or own images (every sampler; FID on a liandan-trained CNN's features)",
                           [](Config& c, const TaskContext& ctx) { return std::make_unique<MnistDiffusionTask>(c, ctx); });
 
 }  // namespace
