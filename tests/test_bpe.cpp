@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 
@@ -98,6 +99,42 @@ std::vector<int64_t> naive_encode(const BPE& bpe, std::string_view text) {
   return out;
 }
 
+// The definition of BPE training, slowly: every step recounts all adjacent pairs (overlaps included) of the
+// distinct chunks, weighted by their counts, and merges the most frequent (ties: the smallest pair).
+std::vector<std::pair<int32_t, int32_t>> naive_train(std::string_view corpus, int64_t vocab, int64_t min_freq = 2) {
+  std::map<std::string_view, int64_t> counts;
+  for (auto c : bpe_pretokenize(corpus)) ++counts[c];
+  std::vector<std::vector<int32_t>> words;
+  std::vector<int64_t> freq;
+  for (auto& [c, n] : counts) {
+    words.emplace_back();
+    for (unsigned char b : c) words.back().push_back(b);
+    freq.push_back(n);
+  }
+  std::vector<std::pair<int32_t, int32_t>> merges;
+  while (int64_t(merges.size()) + 256 < vocab) {
+    std::map<std::pair<int32_t, int32_t>, int64_t> pc;
+    for (size_t w = 0; w < words.size(); ++w)
+      for (size_t i = 0; i + 1 < words[w].size(); ++i) pc[{words[w][i], words[w][i + 1]}] += freq[w];
+    std::pair<int32_t, int32_t> best{-1, -1};
+    int64_t bc = 0;
+    for (auto& [p, c] : pc)
+      if (c > bc) bc = c, best = p;  // std::map order: the first of equal counts is the smallest pair
+    if (bc < min_freq) break;
+    int32_t id = 256 + int32_t(merges.size());
+    merges.push_back(best);
+    for (auto& s : words) {
+      std::vector<int32_t> t;
+      for (size_t i = 0; i < s.size();) {
+        if (i + 1 < s.size() && s[i] == best.first && s[i + 1] == best.second) t.push_back(id), i += 2;
+        else t.push_back(s[i++]);
+      }
+      s.swap(t);
+    }
+  }
+  return merges;
+}
+
 const std::string kChinese =
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n"
     "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n红豆生南国，春来发几枝。愿君多采撷，此物最相思。\n";
@@ -162,6 +199,21 @@ TEST_CASE("BPE::train: the classic aaabdaaabac example, merge by merge") {
   CHECK(words.encode("ab ab") == std::vector<int64_t>{256, 257});
   check_error([] { BPE::train("x", {.vocab_size = 255}); }, {"vocab_size", "255"});
   check_error([] { BPE::train("x", {.vocab_size = 300, .min_frequency = 0}); }, {"min_frequency"});
+}
+
+TEST_CASE("BPE::train = the definition (naive recount every step), repeated letters and ties included") {
+  std::mt19937 rng(13);
+  for (int t = 0; t < 6; ++t) {
+    std::string corpus;
+    if (t % 2 == 0) {
+      corpus = english_corpus(4000, uint32_t(t));
+    } else {  // few letters: long runs (aaaa: overlapping pairs), back-to-back pairs (abab), many ties
+      for (int i = 0; i < 3000; ++i) corpus += rng() % 7 == 0 ? ' ' : "aab"[rng() % (t == 1 ? 1 : 3)];
+    }
+    INFO(t);
+    CHECK(BPE::train(corpus, {.vocab_size = 400}).merges() == naive_train(corpus, 400));
+    CHECK(BPE::train(corpus, {.vocab_size = 300, .min_frequency = 1}).merges() == naive_train(corpus, 300, 1));
+  }
 }
 
 TEST_CASE("BPE::train: the vocabulary size is reached, deterministically, and encode agrees with the reference") {

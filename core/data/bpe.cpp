@@ -2,10 +2,12 @@
 #include "core/data/bpe.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstring>
 #include <filesystem>
 #include <queue>
 #include <sstream>
-#include <unordered_set>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -103,13 +105,51 @@ BPE::BPE() {
   for (int i = 0; i < 256; ++i) tokens_.emplace_back(1, char(uint8_t(i)));
 }
 
+namespace {
+constexpr uint64_t kEmptySlot = ~uint64_t(0);
+inline size_t slot_hash(uint64_t k, size_t mask) {  // both halves of the pair mixed into the low bits
+  k *= 0x9E3779B97F4A7C15ull;
+  return size_t(k ^ (k >> 29) ^ (k >> 47)) & mask;
+}
+}  // namespace
+
+int32_t BPE::rank_of(int32_t a, int32_t b) const {
+  if (slot_keys_.empty()) return -1;
+  const uint64_t k = key(a, b);
+  const size_t mask = slot_keys_.size() - 1;
+  for (size_t i = slot_hash(k, mask);; i = (i + 1) & mask) {
+    if (slot_keys_[i] == k) return slot_ranks_[i];
+    if (slot_keys_[i] == kEmptySlot) return -1;
+  }
+}
+
 void BPE::add_merge(int32_t a, int32_t b) {
   const int32_t id = int32_t(tokens_.size());
   LD_CHECK(id < kMaxVocab, "BPE: more than ", kMaxVocab, " tokens");
   LD_CHECK(a >= 0 && a < id && b >= 0 && b < id, "BPE: merge ", merges_.size(), " [", a, ", ", b,
            "] uses an id not defined before it (ids so far: 0..", id - 1, ")");
-  bool fresh = rank_.emplace(key(a, b), int32_t(merges_.size())).second;
-  LD_CHECK(fresh, "BPE: merge ", merges_.size(), " [", a, ", ", b, "] repeats merge ", rank_.at(key(a, b)));
+  const int32_t earlier = rank_of(a, b);
+  LD_CHECK(earlier < 0, "BPE: merge ", merges_.size(), " [", a, ", ", b, "] repeats merge ", earlier);
+  if (2 * (merges_.size() + 1) > slot_keys_.size()) {  // grow (and rehash) to keep the table at most half full
+    std::vector<uint64_t> keys(std::max<size_t>(64, 2 * slot_keys_.size()), kEmptySlot);
+    std::vector<int32_t> ranks(keys.size(), -1);
+    const size_t mask = keys.size() - 1;
+    for (size_t r = 0; r < merges_.size(); ++r) {
+      uint64_t k = key(merges_[r].first, merges_[r].second);
+      size_t i = slot_hash(k, mask);
+      while (keys[i] != kEmptySlot) i = (i + 1) & mask;
+      keys[i] = k, ranks[i] = int32_t(r);
+    }
+    slot_keys_.swap(keys);
+    slot_ranks_.swap(ranks);
+  }
+  {
+    const uint64_t k = key(a, b);
+    const size_t mask = slot_keys_.size() - 1;
+    size_t i = slot_hash(k, mask);
+    while (slot_keys_[i] != kEmptySlot) i = (i + 1) & mask;
+    slot_keys_[i] = k, slot_ranks_[i] = int32_t(merges_.size());
+  }
   merges_.emplace_back(a, b);
   tokens_.push_back(tokens_[size_t(a)] + tokens_[size_t(b)]);
 }
@@ -204,34 +244,46 @@ BPE BPE::train(std::string_view corpus, const BPETrainOptions& opt, BPETrainStat
       stamp[size_t(w)] = m;
       auto& s = words[size_t(w)];
       const int64_t f = freq[size_t(w)];
-      bool has = false;
-      for (size_t i = 0; i + 1 < s.size() && !has; ++i) has = s[i] == a && s[i + 1] == b;
-      if (!has) continue;
+      // Rebuild the word with the pair merged, and update only the pairs around each occurrence: (p, a) ->
+      // (p, id) and (b, n) -> (id, n). Back-to-back occurrences (a b a b) see the merged id as p, which undoes
+      // the (id, a) counted by the occurrence before: the counts end as those of the new word.
       merged.clear();
+      bool hit = false;
       for (size_t i = 0; i < s.size();) {
-        if (i + 1 < s.size() && s[i] == a && s[i + 1] == b) merged.push_back(id), i += 2;
-        else merged.push_back(s[i]), i += 1;
-      }
-      for (size_t i = 0; i + 1 < s.size(); ++i) {
-        uint64_t p = key(s[i], s[i + 1]);
-        count[p] -= f;
-        changed.push_back(p);
-      }
-      for (size_t i = 0; i + 1 < merged.size(); ++i) {
-        uint64_t p = key(merged[i], merged[i + 1]);
-        count[p] += f;
-        changed.push_back(p);
-        if (merged[i] == id || merged[i + 1] == id) {
-          auto& v = where[p];
-          if (v.empty() || v.back() != w) v.push_back(w);
+        if (i + 1 < s.size() && s[i] == a && s[i + 1] == b) {
+          hit = true;
+          if (!merged.empty()) {
+            const int32_t q = merged.back();
+            count[key(q, a)] -= f;
+            count[key(q, id)] += f;
+            changed.push_back(key(q, a));
+            changed.push_back(key(q, id));
+            auto& v = where[key(q, id)];
+            if (v.empty() || v.back() != w) v.push_back(w);
+          }
+          if (i + 2 < s.size()) {
+            const int32_t n = s[i + 2];
+            count[key(b, n)] -= f;
+            count[key(id, n)] += f;
+            changed.push_back(key(b, n));
+            changed.push_back(key(id, n));
+            auto& v = where[key(id, n)];
+            if (v.empty() || v.back() != w) v.push_back(w);
+          }
+          merged.push_back(id);
+          i += 2;
+        } else {
+          merged.push_back(s[i++]);
         }
       }
-      s.swap(merged);
+      if (hit) s.swap(merged);
     }
+    count.erase(k);  // every occurrence is merged
     std::sort(changed.begin(), changed.end());
     changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
     for (uint64_t p : changed) {
       auto ci = count.find(p);
+      if (ci == count.end()) continue;
       if (ci->second <= 0) count.erase(ci);
       else heap.emplace(ci->second, p);
     }
@@ -251,32 +303,44 @@ void BPE::encode_chunk(std::string_view chunk, std::vector<int32_t>& out) const 
     for (size_t i = 0; i < n; ++i) out.push_back(int32_t(p[i]));
     return;
   }
-  auto rank_of = [&](int32_t x, int32_t y) -> int32_t {
-    auto it = rank_.find(key(x, y));
-    return it == rank_.end() ? -1 : it->second;
-  };
-  if (n <= 24) {
-    // Short chunks: find the lowest-ranked pair, merge its occurrences left to right, repeat.
-    int32_t s[24];
+  constexpr size_t kShortChunk = 64;
+  if (n <= kShortChunk) {
+    // Short chunks: the rank of every adjacent pair in r[]; merge the lowest-ranked pair's occurrences left to
+    // right, recompute the ranks beside each merged symbol, repeat.
+    constexpr int32_t kNone = INT32_MAX;
+    int32_t sy[kShortChunk], r[kShortChunk], merged_at[kShortChunk];
     size_t len = n;
-    for (size_t i = 0; i < n; ++i) s[i] = int32_t(p[i]);
+    for (size_t i = 0; i < n; ++i) sy[i] = int32_t(p[i]);
+    for (size_t i = 0; i + 1 < n; ++i) {
+      int32_t q = rank_of(sy[i], sy[i + 1]);
+      r[i] = q < 0 ? kNone : q;
+    }
+    r[n - 1] = kNone;
+    auto rank_or_none = [&](size_t i) {
+      int32_t q = rank_of(sy[i], sy[i + 1]);
+      return q < 0 ? kNone : q;
+    };
     for (;;) {
-      int32_t best = -1;
-      for (size_t i = 0; i + 1 < len; ++i) {
-        int32_t r = rank_of(s[i], s[i + 1]);
-        if (r >= 0 && (best < 0 || r < best)) best = r;
-      }
-      if (best < 0) break;
-      auto [a, b] = merges_[size_t(best)];
+      int32_t best = kNone;
+      for (size_t i = 0; i + 1 < len; ++i) best = std::min(best, r[i]);
+      if (best == kNone) break;
       const int32_t id = 256 + best;
-      size_t o = 0;
+      size_t o = 0, m = 0;
       for (size_t i = 0; i < len;) {
-        if (i + 1 < len && s[i] == a && s[i + 1] == b) s[o++] = id, i += 2;
-        else s[o++] = s[i++];
+        if (r[i] == best && i + 1 < len) {
+          sy[o] = id, merged_at[m++] = int32_t(o++), i += 2;
+        } else {
+          sy[o] = sy[i], r[o] = r[i], ++o, ++i;
+        }
       }
       len = o;
+      for (size_t k = 0; k < m; ++k) {
+        size_t j = size_t(merged_at[k]);
+        if (j > 0) r[j - 1] = rank_or_none(j - 1);
+        r[j] = j + 1 < len ? rank_or_none(j) : kNone;
+      }
     }
-    out.insert(out.end(), s, s + len);
+    out.insert(out.end(), sy, sy + len);
     return;
   }
   // Long chunks: a linked list of symbols and a min-heap of (rank, position); an entry is stale when its
@@ -310,21 +374,77 @@ void BPE::encode_chunk(std::string_view chunk, std::vector<int32_t>& out) const 
   for (int32_t i = 0; i >= 0; i = next[size_t(i)]) out.push_back(sym[size_t(i)]);
 }
 
+namespace {
+
+inline uint64_t chunk_hash(std::string_view c) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ c.size();
+  size_t i = 0;
+  for (; i + 8 <= c.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, c.data() + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  uint64_t w = 0;
+  std::memcpy(&w, c.data() + i, c.size() - i);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 29);
+}
+
+}  // namespace
+
 std::vector<int64_t> BPE::encode(std::string_view text) const {
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3 + 16);
-  // Cache of the chunks seen in this call: (offset, length) into `store`.
-  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;
+  // Cache of the chunks seen in this call (open addressing on the chunk's hash): where the chunk is in `text`,
+  // and where its ids are in `store`.
+  struct Slot {
+    uint64_t hash = 0;
+    size_t pos = 0;
+    uint32_t len = 0, at = 0, count = 0;
+    bool used = false;
+  };
+  std::vector<Slot> table(1024);
+  size_t used = 0;
   std::vector<int32_t> store;
+  auto insert = [](std::vector<Slot>& t, const Slot& s) {
+    const size_t mask = t.size() - 1;
+    size_t i = size_t(s.hash) & mask;
+    while (t[i].used) i = (i + 1) & mask;
+    t[i] = s;
+  };
   for_each_chunk(text, [&](std::string_view c) {
-    auto it = cache.find(c);
-    if (it == cache.end()) {
+    if (c.size() > (size_t(1) << 31) || store.size() > (size_t(1) << 31)) {  // beyond the cache's 32-bit fields
       size_t at = store.size();
       encode_chunk(c, store);
-      it = cache.emplace(c, std::make_pair(uint32_t(at), uint32_t(store.size() - at))).first;
+      ids.insert(ids.end(), store.begin() + ptrdiff_t(at), store.end());
+      store.resize(at);
+      return;
     }
-    const int32_t* s = store.data() + it->second.first;
-    ids.insert(ids.end(), s, s + it->second.second);
+    const uint64_t h = chunk_hash(c);
+    const size_t mask = table.size() - 1;
+    size_t i = size_t(h) & mask;
+    for (; table[i].used; i = (i + 1) & mask) {
+      const Slot& s = table[i];
+      if (s.hash == h && s.len == c.size() && std::memcmp(text.data() + s.pos, c.data(), c.size()) == 0) {
+        const int32_t* p = store.data() + s.at;
+        ids.insert(ids.end(), p, p + s.count);
+        return;
+      }
+    }
+    Slot s;
+    s.hash = h, s.pos = size_t(c.data() - text.data()), s.len = uint32_t(c.size()), s.at = uint32_t(store.size());
+    s.used = true;
+    encode_chunk(c, store);
+    s.count = uint32_t(store.size() - s.at);
+    ids.insert(ids.end(), store.begin() + ptrdiff_t(s.at), store.end());
+    table[i] = s;
+    if (2 * ++used > table.size()) {
+      std::vector<Slot> bigger(2 * table.size());
+      for (const Slot& x : table)
+        if (x.used) insert(bigger, x);
+      table.swap(bigger);
+    }
   });
   return ids;
 }

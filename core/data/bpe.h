@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -75,10 +74,13 @@ class BPE {
  private:
   static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   void add_merge(int32_t a, int32_t b);
+  int32_t rank_of(int32_t a, int32_t b) const;  // the merge index of (a, b), or -1
 
   std::vector<std::pair<int32_t, int32_t>> merges_;
-  std::vector<std::string> tokens_;              // id -> bytes
-  std::unordered_map<uint64_t, int32_t> rank_;   // pair -> merge index (new id = 256 + index)
+  std::vector<std::string> tokens_;  // id -> bytes
+  // pair -> merge index (new id = 256 + index): open addressing, linear probing, at most half full.
+  std::vector<uint64_t> slot_keys_;
+  std::vector<int32_t> slot_ranks_;
 };
 
 }  // namespace liandan::data
