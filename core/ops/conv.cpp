@@ -829,20 +829,26 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
            " larger than padded input ", g.H + 2 * padding, "x", g.W + 2 * padding);
   // (empty shapes take the composite: no GEMM of zero size goes to cuBLAS)
   if (!x.device().is_cpu() && groups == 1 && g.N * g.C * g.O * g.Ho * g.Wo > 0) return conv2d_device(x, weight, bias, g);
-  if (!x.device().is_cpu() || autocast_enabled()) return composite::conv2d(x, weight, bias, stride, padding, groups);
-  Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = bias.defined() ? bias.contiguous() : bias;
-  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, x.dtype());
+  // CPU autocast: a convolution the direct kernels take (3x3 and 1x1, stride 1) stays in f32 — on the CPU they beat
+  // the half unfold + GEMM composite at the U-Net's 32-128 channels (unet_ddpm_bf16: 1634 -> see docs/benchmarks.md),
+  // and f32 operands lose nothing; a half input (a norm's autocast output) is widened first. Others take the
+  // composite in the half format, as on a GPU.
   const bool fast = direct_path(g);
-  LD_DISPATCH_FLOAT(x.dtype(), "conv2d", [&] {
+  if (!x.device().is_cpu() || (autocast_enabled() && !fast))
+    return composite::conv2d(x, weight, bias, stride, padding, groups);
+  const Tensor xin = x.dtype() == weight.dtype() ? x : x.to(weight.dtype());
+  Tensor xc = xin.contiguous(), wc = weight.contiguous(), bc = bias.defined() ? bias.contiguous() : bias;
+  Tensor y = empty({g.N, g.O, g.Ho, g.Wo}, xin.dtype());
+  LD_DISPATCH_FLOAT(xin.dtype(), "conv2d", [&] {
     const scalar_t* b = bc.defined() ? bc.data_ptr<scalar_t>() : nullptr;
     if (fast)
-      direct_forward<scalar_t>(g, xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>(), x.dtype());
+      direct_forward<scalar_t>(g, xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>(), xin.dtype());
     else conv_forward(g, xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), b, y.data_ptr<scalar_t>());
   });
-  if (needs_grad({&x, &weight, &bias})) {
+  if (needs_grad({&xin, &weight, &bias})) {
     SavedTensor sx(xc, "conv2d"), sw(wc, "conv2d");
-    bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-    record("conv2d", y, {x, weight, bias}, [=](const Tensor& g_in) {
+    bool gx = xin.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+    record("conv2d", y, {xin, weight, bias}, [=](const Tensor& g_in) {
       Tensor dy = g_in.contiguous();
       const Tensor &xv = sx.get(), &wv = sw.get();
       Tensor dx = gx ? empty(xv.shape(), dy.dtype()) : Tensor(), dw = gw ? empty(wv.shape(), dy.dtype()) : Tensor(),
