@@ -361,13 +361,18 @@ TEST_CASE("BPE JSON: damaged files are errors naming the file and the fault, nev
   bad("{" + F + R"(, "vocab_size": 257, "merges": [97]})", {"merge 0 must be a pair"});
   bad("{" + F + R"(, "vocab_size": 257, "merges": [["a", 98]]})", {"merge 0", "\"a\"", "[0, 255]"});
   bad("{" + F + R"(, "vocab_size": 257, "merges": [[97.0, 98]]})", {"merge 0", "not an id"});
-  bad("{" + F + R"(, "vocab_size": 257, "merges": [[256, 98]]})", {"merge 0 [256,98]", "256 is not an id defined before it", "[0, 255]"});
+  bad("{" + F + R"(, "vocab_size": 257, "merges": [[256, 98]]})", {"merge 0 [256, 98]", "256 is not an id defined before it", "[0, 255]"});
   bad("{" + F + R"(, "vocab_size": 257, "merges": [[-1, 98]]})", {"-1 is not an id"});
   bad("{" + F + R"(, "vocab_size": 258, "merges": [[97, 98], [97, 258]]})", {"merge 1", "258", "[0, 256]"});
   bad("{" + F + R"(, "vocab_size": 258, "merges": [[97, 98], [97, 18446744073709551615]]})", {"merge 1", "18446744073709551615"});
   bad("{" + F + R"(, "vocab_size": 258, "merges": [[97, 98], [97, 98]]})", {"merge 1 [97, 98] repeats merge 0"});
   bad("{" + F + R"(, "vocab_size": 256, "merges": [], "extra": 1})", {"unknown key 'extra'"});
-  bad(std::string(100000, '[') , {"invalid JSON"});
+  bad(std::string(100000, '['), {"invalid JSON"});
+  // Deeply nested values that parse: refused by kind and size, without recursing into them.
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  bad("{" + F + R"(, "vocab_size": )" + deep + R"(, "merges": []})", {"'vocab_size' must be an integer, got [an array of 1]"});
+  bad("{" + F + R"(, "vocab_size": 257, "merges": [)" + deep + "]}", {"merge 0 must be a pair [a, b], got [an array of 1]"});
+  bad("{" + F + R"(, "vocab_size": 257, "merges": [[)" + deep + ", 1]]}", {"merge 0 [an array of 1, 1]: [an array of 1] is not an id"});
   check_error([&] { BPE::load(dir / "missing.json"); }, {"missing.json"});
   check_error([&] { BPE::load(dir.path.string()); }, {"not a regular file"});
   check_error([] { BPE::from_merges({{97, 300}}); }, {"merge 0", "300"});

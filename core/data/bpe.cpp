@@ -471,6 +471,26 @@ std::string BPE::to_json() const {
 
 void BPE::save(const std::string& path) const { write_file_atomic(path, to_json()); }
 
+namespace {
+
+// A JSON value for an error message, short and without recursion: scalars as written (cut at 40 characters),
+// arrays and objects by their kind and size (dump() of a deeply nested value would recurse once per level).
+std::string brief(const nlohmann::json& v, bool top = true) {
+  if (v.is_array()) {
+    if (top && v.size() <= 3) {  // a short array: its elements, one level deep
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + brief(v[i], false);
+      return out + "]";
+    }
+    return "an array of " + std::to_string(v.size());
+  }
+  if (v.is_object()) return "an object of " + std::to_string(v.size()) + " keys";
+  std::string d = v.dump();
+  return d.size() > 40 ? d.substr(0, 40) + "..." : d;
+}
+
+}  // namespace
+
 BPE BPE::from_json(std::string_view text, const std::string& source) {
   using nlohmann::json;
   json j;
@@ -490,10 +510,10 @@ BPE BPE::from_json(std::string_view text, const std::string& source) {
   LD_CHECK(format == kFormat, source, ": format '", format, "' is not ", kFormat);
   LD_CHECK(j.contains("vocab_size"), source, ": 'vocab_size' is missing");
   const json& vs = j["vocab_size"];
-  LD_CHECK(vs.is_number_integer(), source, ": 'vocab_size' must be an integer, got ", vs.dump());
+  LD_CHECK(vs.is_number_integer(), source, ": 'vocab_size' must be an integer, got ", brief(vs));
   const bool too_big = vs.is_number_unsigned() ? vs.get<uint64_t>() > uint64_t(kMaxVocab) : vs.get<int64_t>() > kMaxVocab;
   LD_CHECK(!too_big && vs.get<int64_t>() >= 256, source, ": 'vocab_size' must be in [256, ", kMaxVocab, "], got ",
-           vs.dump());
+           brief(vs));
   const int64_t vocab = vs.get<int64_t>();
   LD_CHECK(j.contains("merges") && j["merges"].is_array(), source, ": 'merges' is missing or not an array");
   const json& ms = j["merges"];
@@ -503,15 +523,14 @@ BPE BPE::from_json(std::string_view text, const std::string& source) {
   merges.reserve(ms.size());
   for (size_t i = 0; i < ms.size(); ++i) {
     const json& m = ms[i];
-    LD_CHECK(m.is_array() && m.size() == 2, source, ": merge ", i, " must be a pair [a, b], got ",
-             m.dump().substr(0, 80));
+    LD_CHECK(m.is_array() && m.size() == 2, source, ": merge ", i, " must be a pair [a, b], got ", brief(m));
     int64_t ab[2];
     for (int k = 0; k < 2; ++k) {
       const json& x = m[size_t(k)];
       const int64_t limit = 256 + int64_t(i);  // ids defined before merge i
       bool ok = x.is_number_integer() &&
                 (x.is_number_unsigned() ? x.get<uint64_t>() < uint64_t(limit) : x.get<int64_t>() >= 0 && x.get<int64_t>() < limit);
-      LD_CHECK(ok, source, ": merge ", i, " ", m.dump().substr(0, 80), ": ", x.dump().substr(0, 40),
+      LD_CHECK(ok, source, ": merge ", i, " ", brief(m), ": ", brief(x),
                " is not an id defined before it (an integer in [0, ", limit - 1, "])");
       ab[k] = x.get<int64_t>();
     }
