@@ -278,14 +278,14 @@ TEST_CASE("mpirun: deterministic mode on every kind of task's randomness: 1 proc
   const std::string top = "steps = 3\nlog_every = 1\neval_every = 3\ncheckpoint_every = 3\nthreads = 1\ndata_dir = \"" +
                           data + "\"\n";
   // What each draws besides the data order: spirals (row indices), toy2d (noise and times from the task's own
-  // generator, per chunk), ddpm (the same through the U-Net), image_cls (augmentation of the global batch),
+  // generator, per chunk), ddpm (the same through the U-Net, flips of the global batch), image_cls (augmentation of the global batch),
   // multilabel (a shuffling loader), each with dropout from the default generator where the model has it.
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"spirals", top + "task = \"spirals\"\nbatch_size = 16\n[data]\ntrain_size = 64\nval_size = 32\n[model]\nhidden = 8\n"},
       {"toy2d", top + "task = \"toy2d\"\nbatch_size = 16\n[data]\ntrain_size = 64\n[model]\nhidden = 8\nblocks = 1\n"
                       "[eval]\nsamples = 16\nsamplers = []\n[sample]\nsampler = \"ddim:2\"\n"},
       {"ddpm", top + "task = \"ddpm\"\nbatch_size = 4\n[model]\nbase_channels = 8\nchannel_mult = [1, 2]\ngroups = 4\n"
-                     "[sample]\nsampler = \"ddim:2\"\ncount = 2\n[eval]\nsamplers = []\n"},
+                     "[sample]\nsampler = \"ddim:2\"\ncount = 2\n[eval]\nsamplers = []\n[data]\nhflip = true\n"},
       {"image_cls", top + "task = \"image_cls\"\nbatch_size = 8\n[data]\ncrop_padding = 2\nhflip = true\n"
                           "[model]\nname = \"vit\"\nd_model = 8\nn_layers = 1\nn_heads = 2\ndropout = 0.1\n"},
       {"multilabel", top + "task = \"multilabel\"\nbatch_size = 8\n[data]\ntrain_size = 32\ntest_size = 16\n"},

@@ -332,6 +332,9 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     ImageData data = load_image_data(c, ctx, 28, false);
     n_train_ = data.train.images.size(0);
     source_ = data.source;
+    // Augmentation: a random left-right flip (DDPM's for CIFAR-10); no crop, which would teach the model borders.
+    hflip_ = c.get<bool>("data.hflip", false);
+    aug_gen_.set_state(ctx.seed + 17, 0);
     if (batch_ > n_train_) c.fail_range("batch_size", batch_, "at most the " + std::to_string(n_train_) + " training images");
     test_x0_ = (data.eval.images * 2.0 - 1.0).contiguous();
     channels_ = data.channels;
@@ -379,8 +382,10 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
            std::to_string(size_) + "), process " + proc_.name + ", prediction " + prediction_name(pred_) + ", batch " + std::to_string(batch_);
   }
   Tensor train_loss() override {
-    data::Batch b = loader_.next(ctx_);
-    return train_loss_of(b["image"] * 2.0 - 1.0);
+    // The global batch is flipped (one draw per image, whatever the sharing), then this share taken.
+    Tensor x = loader_.loader->next()["image"];
+    if (hflip_) x = data::augment_images(x, {.hflip = true}, aug_gen_);
+    return train_loss_of(ctx_.shard(x) * 2.0 - 1.0);
   }
   Metrics evaluate() override {
     Metrics m{{"val_loss", fixed_loss(fixed_batch_)}};
@@ -400,15 +405,20 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
     data::save_image_grid(path, clamp(x, -1.0, 1.0), data::GridOptions{.lo = -1.0, .hi = 1.0});
     return {"samples (" + sample_spec_ + "): " + path};
   }
+  // The loader's state, the flips' generator offset (with data.hflip only, so older checkpoints still resume) and
+  // the noise generator's seed and offset.
   std::vector<int64_t> state() const override {
     auto s = loader_.state();
+    if (hflip_) s.push_back(int64_t(aug_gen_.offset()));
     s.push_back(int64_t(gen_.seed()));
     s.push_back(int64_t(gen_.offset()));
     return s;
   }
   void set_state(const std::vector<int64_t>& s) override {
-    LD_CHECK(s.size() >= 2, "ddpm: task state too short");
-    loader_.set_state(std::vector<int64_t>(s.begin(), s.end() - 2));
+    const size_t extra = hflip_ ? 3 : 2;
+    LD_CHECK(s.size() >= extra, "ddpm: task state too short");
+    loader_.set_state(std::vector<int64_t>(s.begin(), s.end() - long(extra)));
+    if (hflip_) aug_gen_.set_state(aug_gen_.seed(), uint64_t(s[s.size() - 3]));
     set_state_gen(s, s.size() - 2);
   }
 
@@ -440,6 +450,8 @@ class MnistDiffusionTask : public DiffusionTask<UNet> {
 
   int64_t n_train_ = 0;
   std::string source_;  // MNIST, or the data.train path
+  bool hflip_ = false;
+  Generator aug_gen_;  // the flips' draws (seeded from the run's seed in the constructor)
   Tensor test_x0_, fixed_batch_, real_features_;
   int64_t channels_ = 1, size_ = 28;
   LoaderState loader_;
