@@ -12,6 +12,8 @@
 //   liandan data digits DIR [--size S] [--train N] ...   a small generated labelled image set (docs/data.md)
 //   liandan tokenizer train CORPUS --vocab N [--out F]   learn a byte-level BPE (apps/tokenizer_cmd.h)
 //   liandan tokenizer encode FILE TEXT                   a BPE file's ids and tokens of TEXT
+//   liandan config TASK [--json]                         every key of a task: type, default, range, meaning
+//   liandan train CONFIG --dry-run                       the model, its parameter count and memory; trains nothing
 //   liandan info                                         versions, threads, BLAS, CUDA, tasks
 // Everything else — tasks, the training loop, checkpoints — is in apps/trainer.cpp and apps/tasks/.
 #include <CLI/CLI.hpp>
