@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "apps/board.h"
+#include "apps/config_schema.h"
 #include "apps/config.h"
 #include "apps/report.h"
 #include "apps/default_config.h"  // generated from configs/default.toml (kDefaultConfig)

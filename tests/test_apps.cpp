@@ -256,7 +256,16 @@ TEST_CASE("Trainer: bad configs and checkpoints are errors naming the file and t
   Config typo = Config::from_string(kSpirals, "typo.toml");
   typo.set("model.hiden=3");
   CHECK_THROWS_WITH_AS(train(typo, {.run_dir = (dir / "c").string()}),
-                       "config typo.toml: unknown key 'model.hiden' (not used by this task; did you mean 'model.hidden'?)", Error);
+                       "config typo.toml: unknown key 'model.hiden' (no task reads it; did you mean 'model.hidden'?)", Error);
+  // A key another task reads (lm's model.d_model) is refused after the build, naming this task's closest key.
+  Config other = Config::from_string(kSpirals, "other.toml");
+  other.set("model.layer=3");
+  CHECK_THROWS_WITH_AS(train(other, {.run_dir = (dir / "c2").string()}),
+                       "config other.toml: unknown key 'model.layer' (no task reads it; did you mean 'model.layers'?)", Error);
+  Config foreign = Config::from_string(kSpirals, "foreign.toml");
+  foreign.set("model.d_model=3");
+  CHECK_THROWS_WITH_AS(train(foreign, {.run_dir = (dir / "c3").string()}),
+                       "config foreign.toml: unknown key 'model.d_model' (not used by this task; check the spelling)", Error);
 
   // The device key: a bad spelling, and a GPU that is not there (this machine, or a CPU-only build).
   Config bad_dev = Config::from_string(kSpirals, "dev.toml");

@@ -80,9 +80,10 @@ inline ImageData load_image_data(Config& c, const TaskContext& ctx, int64_t defa
     c.fail_range("data.mean", mean.size(), "as many values as 'data.std' (" + std::to_string(sd.size()) +
                                                "): one, or one per channel (" + std::to_string(d.channels) + ")");
   for (double v : mean)
-    if (!std::isfinite(v)) c.fail_range("data.mean", v, "finite numbers");
+    if (!(std::isfinite(v) && std::abs(v) <= 1e3)) c.fail_range("data.mean", v, "numbers in [-1000, 1000] (pixels are in [0, 1])");
   for (double v : sd)
-    if (!(std::isfinite(v) && v > 0)) c.fail_range("data.std", v, "positive finite numbers");
+    // bounded so that normalised pixels stay far inside f32 (the prediction grids scale them back)
+    if (!(std::isfinite(v) && v >= 1e-3 && v <= 1e3)) c.fail_range("data.std", v, "numbers in [0.001, 1000]");
   if (classifier) {
     d.augment.crop_padding = c.get_int("data.crop_padding", 0, 0, d.size);
     d.augment.hflip = c.get<bool>("data.hflip", false);
