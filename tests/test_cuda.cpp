@@ -17,6 +17,7 @@
 
 #include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/composite.h"
 #include "op_test_helpers.h"
 #include "core/random.h"
 #include "diffusion/mlp_denoiser.h"
@@ -175,6 +176,13 @@ void check_same_grads(const nn::Module& cpu_model, const nn::Module& gpu_model) 
     CHECK(max(abs(sub(pg[i].second.grad().cpu(), pc[i].second.grad()))).item() <=
           1e-4 * std::max(1.0, max(abs(pc[i].second.grad())).item()));
   }
+}
+
+// A conv under autocast, on the CPU in its reference form: the half-operand composite (unfold + GEMM), what a GPU's
+// autocast conv computes. (The CPU's own conv2d keeps 3x3/1x1 stride-1 convolutions on its direct f32 kernels under
+// autocast, core/ops/conv.cpp: faster there, and no comparison for the GPU's half arithmetic.)
+Tensor autocast_conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t pad) {
+  return x.device().is_cpu() ? composite::conv2d(x, w, b, stride, pad, 1) : conv2d(x, w, b, stride, pad);
 }
 
 // f on CPU leaves and on GPU copies of `inputs` (i64 inputs are passed as they are, on the CPU: ops move
@@ -1270,13 +1278,13 @@ TEST_CASE("cuda: conv2d (im2col + cuBLAS) and unfold match the CPU: strides, pad
     // gradient in f32, where the CPU's composite rounds it to the half format (as PyTorch's) — within 1e-2
     check_op_on_gpu({x, w}, [h](auto& t) {
       Autocast ac(h);
-      return conv2d(t[0], t[1], Tensor(), 1, 1);
+      return autocast_conv2d(t[0], t[1], Tensor(), 1, 1);
     }, 1e-5, 1e-2);
     // with a bias: the GPU adds it inside the GEMM (a row of ones), so it is rounded to the half format as in
     // PyTorch's autocast convolution, where the CPU's composite adds it in f32 after the GEMM
     check_op_on_gpu({x, w, b}, [h](auto& t) {
       Autocast ac(h);
-      return conv2d(t[0], t[1], t[2], 1, 1);
+      return autocast_conv2d(t[0], t[1], t[2], 1, 1);
     }, 4e-3, 1e-2);
   }
   // an empty batch: an empty output (the composite: no zero-size GEMM reaches cuBLAS)
@@ -1308,22 +1316,22 @@ TEST_CASE("cuda: conv2d under autocast runs as an implicit GEMM on tensor cores 
       Tensor x = randn({c.N, c.C, c.H, c.W}, g), w = mul(randn({c.O, c.C, c.kh, c.kw}, g), 0.3), b = randn({c.O}, g);
       check_op_on_gpu({x, w, b}, [&](auto& t) {
         Autocast ac(h);
-        return conv2d(t[0], t[1], t[2], c.stride, c.pad);
+        return autocast_conv2d(t[0], t[1], t[2], c.stride, c.pad);
       }, 4e-3, 1e-2);
       check_op_on_gpu({x, w}, [&](auto& t) {
         Autocast ac(h);
-        return conv2d(t[0], t[1], Tensor(), c.stride, c.pad);
+        return autocast_conv2d(t[0], t[1], Tensor(), c.stride, c.pad);
       }, 1e-5, 1e-2);
     }
   // half images (a GroupNorm's bf16 output) and a strided view, read in place by the gathers
   Tensor x = randn({3, 12, 10, 12}, g), w = randn({20, 12, 3, 3}, g), b = randn({20}, g);
   check_op_on_gpu({x, w, b}, [](auto& t) {
     Autocast ac(DType::bf16);
-    return conv2d(t[0].to(DType::bf16), t[1], t[2], 1, 1);
+    return autocast_conv2d(t[0].to(DType::bf16), t[1], t[2], 1, 1);
   }, 4e-3, 1e-2);
   check_op_on_gpu({x.permute({0, 1, 3, 2}).contiguous(), w, b}, [](auto& t) {
     Autocast ac(DType::bf16);
-    return conv2d(t[0].transpose(2, 3), t[1], t[2], 1, 1);
+    return autocast_conv2d(t[0].transpose(2, 3), t[1], t[2], 1, 1);
   }, 4e-3, 1e-2);
   // the implicit kernels ran: no column matrix
   cuda::profile_start();
