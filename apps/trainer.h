@@ -1,15 +1,17 @@
 #pragma once
 // The generic training loop behind `liandan train` and `liandan resume`: read from `main` down,
-//   make_task → make_optimizer/scheduler/EMA → for each step: micro-batches' train_loss().backward(),
-//   non-finite check, clipping, opt.step(), schedule, EMA → log / evaluate / checkpoint → samples,
-//   plot, summary.
+//   build (apps/setup.h: settings, task, DDP/ZeRO, optimizer, schedule, EMA) → for each step train_step
+//   (apps/train_step.h: micro-batches' or chunks' train_loss().backward(), gradient sync, non-finite checks,
+//   clipping, opt.step(), schedule, EMA) → log / evaluate / checkpoint → samples, plots, summary.
 //
 // The run directory:
 //   config.toml        the resolved configuration (every key, defaults included)
 //   metrics.jsonl      one JSON object per logged step ({"step","loss","lr",...}) or evaluation ({"eval":...})
 //   checkpoints/       ckpt-<step>.safetensors (the last `keep_checkpoints`), last.safetensors, best.safetensors
 //   samples/           the task's outputs (generated text, sample grids)
-//   curves.png         training and held-out losses; metrics.png: the other held-out metrics (accuracy, F1)
+//   curves.png         training loss (raw and smoothed) and held-out losses, in nats; metrics.png: fractions
+//                      (accuracy, F1); metrics-<unit>.png: bits, evaluations, distances (apps/history.h)
+//   tensorboard/       event files, with [log] tensorboard = true
 //   summary.json       final metrics, wall time, parameter count, status
 //
 // A checkpoint holds the model ("model.*"), optimizer ("optim.*"), EMA ("ema.*") and, in its metadata,
