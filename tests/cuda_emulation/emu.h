@@ -83,7 +83,17 @@ inline std::unordered_map<void*, size_t>& allocations() {
 inline const char* cudaGetErrorString(cudaError_t e) { return e ? "out of memory (emulated)" : "no error (emulated)"; }
 inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+namespace emu {
+// The dynamic shared memory each kernel was allowed beyond the default 48 KB (cudaFuncSetAttribute), by address.
+inline std::unordered_map<const void*, int>& shared_opt_in() {
+  static std::unordered_map<const void*, int> m;
+  return m;
+}
+}  // namespace emu
+template <class F> cudaError_t cudaFuncSetAttribute(F f, cudaFuncAttribute, int bytes) {
+  ::emu::shared_opt_in()[reinterpret_cast<const void*>(f)] = bytes;
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
@@ -503,8 +513,13 @@ inline bool reversed() {
 
 // Runs one block's threads as coroutines until all are done, releasing barriers when every live thread of the
 // block (or of a warp) waits at one.
+// A block's dynamic shared memory starts as garbage on a GPU: here every byte is 0xFF (a NaN in f32, f64, bf16 and f16),
+// refilled for each block, so a kernel that reads shared memory it did not write computes NaNs the tests see.
+inline void poison_shared() { std::fill(rt().dynamic_shared.begin(), rt().dynamic_shared.end(), (unsigned char)0xFF); }
+
 inline void run_block(const dim3& b) {
   Runtime& r = rt();
+  poison_shared();
   size_t n = size_t(r.current.block.x) * r.current.block.y * r.current.block.z;
   r.threads.resize(n);
   r.shfl_slots.assign(n, 0.0);
@@ -560,6 +575,28 @@ inline int configure(dim3 grid, dim3 block, size_t shared = 0, cudaStream_t = nu
   return 0;
 }
 
+// A launch the GPU would refuse is an error here too: at most 1024 threads per block (x, y <= 1024, z <= 64), a grid
+// of at most 2^31 - 1 x 65535 x 65535 blocks, and dynamic shared memory above 48 KB only after
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) with bytes >= the launch's, and
+// never above the H100's 227 KB per block.
+inline void check_launch(const void* fn, const Grid& g) {
+  auto fail = [](const std::string& why) { throw std::logic_error("emulated CUDA: invalid launch: " + why); };
+  const size_t threads = size_t(g.block.x) * g.block.y * g.block.z;
+  if (threads == 0 || threads > 1024 || g.block.x > 1024 || g.block.y > 1024 || g.block.z > 64)
+    fail("block " + std::to_string(g.block.x) + "x" + std::to_string(g.block.y) + "x" + std::to_string(g.block.z) +
+         " (at most 1024 threads, z <= 64)");
+  if (g.grid.x == 0 || g.grid.y == 0 || g.grid.z == 0 || g.grid.x > 2147483647u || g.grid.y > 65535 || g.grid.z > 65535)
+    fail("grid " + std::to_string(g.grid.x) + "x" + std::to_string(g.grid.y) + "x" + std::to_string(g.grid.z));
+  constexpr size_t kDefault = 48 * 1024, kMax = 227 * 1024;
+  if (g.shared_bytes > kMax) fail(std::to_string(g.shared_bytes) + " bytes of dynamic shared memory (at most 227 KB)");
+  if (g.shared_bytes > kDefault) {
+    auto it = shared_opt_in().find(fn);
+    if (it == shared_opt_in().end() || size_t(it->second) < g.shared_bytes)
+      fail(std::to_string(g.shared_bytes) + " bytes of dynamic shared memory without cudaFuncSetAttribute(" +
+           "MaxDynamicSharedMemorySize) allowing them (above 48 KB)");
+  }
+}
+
 // emu::kernel(k)(args...) runs the configured grid of k.
 template <class... P>
 struct Launch {
@@ -569,7 +606,8 @@ struct Launch {
     Runtime& r = rt();
     ++r.launches;
     r.current = r.pending;
-    r.dynamic_shared.assign(r.current.shared_bytes + 16, 0);
+    check_launch(reinterpret_cast<const void*>(fn), r.current);
+    r.dynamic_shared.assign(r.current.shared_bytes + 16, (unsigned char)0xFF);
     std::tuple<std::decay_t<P>...> a(std::forward<A>(args)...);
     auto f = fn;
     r.body = [f, &a] { std::apply(f, a); };
@@ -596,6 +634,7 @@ struct Launch {
       }
       r.direct = true;
       r.direct_block = b;
+      poison_shared();
       for (size_t k2 = 0; k2 < nthreads; ++k2) {
         size_t t = reversed() ? nthreads - 1 - k2 : k2;
         r.direct_thread = dim3(unsigned(t % bl.x), unsigned(t / bl.x % bl.y), unsigned(t / (size_t(bl.x) * bl.y)));
