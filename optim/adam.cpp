@@ -3,11 +3,13 @@
 #include <map>
 
 #include "core/cpu/loops.h"
-#include "core/device.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "optim/kernels.h"
 
 namespace liandan::optim {
+
+LD_DEFINE_KERNEL(adam_step);  // optim/kernels.h; CUDA's in optim/adam.cu
 
 Adam::Adam(const NamedParams& params, AdamOptions opt) : Adam({ParamGroup{.params = params}}, opt) {}
 Adam::Adam(std::vector<ParamGroup> groups, AdamOptions opt) : Adam("Adam", std::move(groups), opt, false) {}
@@ -42,7 +44,7 @@ void Adam::init_state(ParamState& s, const ParamGroup&) {
 
 namespace {
 
-using AdamStep = AdamStepArgs;  // core/device.h: the same scalars drive the device kernels
+using AdamStep = AdamStepArgs;  // optim/kernels.h: the same scalars drive the device kernels
 
 // One fused pass: decay, moments, and either the update itself or — for the per-tensor-lr strategy,
 // which needs the direction's norm first — the direction m̂/denom into `u`. Every line mirrors torch's
@@ -119,7 +121,7 @@ AdamStep Adam::step_args(const ParamState& s, const ParamGroup& g) const {
   return a;
 }
 
-// The device's multi-tensor kernel (core/cuda/optim.cu) takes the update unless tensor ops are asked for, or
+// The device's multi-tensor kernel (optim/adam.cu) takes the update unless tensor ops are asked for, or
 // the per-tensor-lr strategy needs each direction's norm first (the kernel has no norm pass).
 bool Adam::on_device_kernel(const ParamState& s) const {
   return !s.param.device().is_cpu() && opt_.fused && !opt_.strategy.per_tensor_lr;
@@ -137,7 +139,7 @@ void Adam::update_all(std::vector<PendingUpdate>& due) {
     batches[{s.param.device().str(), s.param.dtype()}].push_back(
         {s.param, u.grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, step_args(s, *u.group)});
   }
-  for (auto& [key, list] : batches) device_backend(list[0].p.device()).adam_step(list);
+  for (auto& [key, list] : batches) adam_step(list[0].p.device(), list);
 }
 
 void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {

@@ -24,12 +24,14 @@
 #include "diffusion/unet.h"
 #include "nn/layers.h"
 #include "nn/models.h"
+#include "losses/kernels.h"
 #include "losses/losses.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
 #include "optim/clip.h"
 #include "optim/ema.h"
 #include "optim/grad_scaler.h"
+#include "optim/kernels.h"
 #include "optim/sgd.h"
 
 using namespace liandan;
@@ -478,6 +480,15 @@ TEST_CASE("cuda: Module::to(Device) moves a model in place; the same code then t
   gpu_fc.to(Device::cpu());
   CHECK(gpu_fc.weight.device() == Device::cpu());
   CHECK(max_rel_err(gpu_fc.weight, cpu_fc.weight) == 0);
+}
+
+// The optimizer and loss kernels are registered from optim/*.cu and losses/*.cu (core/dispatch.h): static
+// constructors that a static library would let the linker drop without the anchors CMakeLists.txt links in.
+TEST_CASE("cuda: the kernels of optim/ and losses/ are registered for CUDA (their files were linked)" *
+          doctest::skip(!kGpu)) {
+  CHECK(optim::adam_step.has(DeviceType::CUDA));
+  CHECK(optim::amos_step.has(DeviceType::CUDA));
+  CHECK(losses::zlpr_rows.has(DeviceType::CUDA));
 }
 
 TEST_CASE("cuda: the fused AdamW kernel follows the CPU's AdamW (with and without amsgrad)" * doctest::skip(!kGpu)) {

@@ -136,6 +136,10 @@ class CudaBackend final : public DeviceBackend {
     cudaEventDestroy(static_cast<cudaEvent_t>(e));
   }
 
+  // A registered kernel's call (core/dispatch.h): the same scope as the table's own calls.
+  void* op_begin(const char* op) override { return new OpScope(*this, op); }
+  void op_end(void* token) override { delete static_cast<OpScope*>(token); }
+
   std::string check_tensor_core_layouts() override {
     DeviceGuard g(index_);
     return cuda_impl::check_tensor_core_layouts(stream_);
@@ -318,11 +322,6 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "attention_backward");
     return cuda_impl::attention_backward(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   }
-  void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
-                 bool soft, double eps, const Tensor& bad) override {
-    OpScope scope(*this, "zlpr_rows");
-    cuda_impl::zlpr_rows(s, t, loss, grad, rows, C, soft, eps, bad);
-  }
   void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
     OpScope scope(*this, "fill_uniform");
     cuda_impl::fill_uniform(out, lo, hi, seed, first);
@@ -330,14 +329,6 @@ class CudaBackend final : public DeviceBackend {
   void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) override {
     OpScope scope(*this, "fill_normal");
     cuda_impl::fill_normal(out, mean, std, seed, first);
-  }
-  void adam_step(const std::vector<AdamTensor>& ts) override {
-    OpScope scope(*this, "adam_step");
-    cuda_impl::adam_step(ts);
-  }
-  void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) override {
-    OpScope scope(*this, "amos_step");
-    cuda_impl::amos_step(ts, a);
   }
 
  private:

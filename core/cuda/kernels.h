@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu,
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, random.cu,
 // and mma_check.cu (the tensor-core instruction wrappers of mma.cuh against their documented layouts). Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
@@ -78,16 +78,8 @@ bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& 
                         const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv);
 
-// losses.cu
-void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
-               bool soft, double eps, const Tensor& bad);
-
 // random.cu
 void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first);
 void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first);
-
-// optim.cu
-void adam_step(const std::vector<AdamTensor>& ts);
-void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a);
 
 }  // namespace liandan::cuda_impl
