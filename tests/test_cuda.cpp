@@ -301,6 +301,7 @@ TEST_CASE("cuda: unary ops and their derivatives match the CPU" * doctest::skip(
         {"silu", [](const Tensor& t) { return silu(t); }, false},
         {"elu", [](const Tensor& t) { return elu(t, 0.7); }, false},
         {"softplus", [](const Tensor& t) { return softplus(t, 2.0, 3.0); }, false},
+        {"softsign", [](const Tensor& t) { return softsign(t); }, false},
         {"clamp", [](const Tensor& t) { return clamp(t, -0.5, 0.8); }, false},
         {"add_scalar", [](const Tensor& t) { return add(t, 1.5); }, false},
         {"mul_scalar", [](const Tensor& t) { return mul(t, -2.5); }, false},

@@ -238,6 +238,7 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
   LD_CHECK(beta > 0, "softplus: beta must be positive, got ", beta);
   return unary<Softplus>(x, beta, threshold);
 }
+Tensor softsign(const Tensor& x) { return unary<Softsign>(x); }
 
 // ---- comparisons (no gradient)
 Tensor eq(const Tensor& a, const Tensor& b) { return compare("eq", a, b, [](auto u, auto v) { return u == v; }); }

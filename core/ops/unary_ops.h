@@ -151,13 +151,21 @@ struct Softplus {
   }
 };
 
+struct Softsign {  // x / (1 + |x|); d/dx = 1 / (1 + |x|)²
+  LD_UNARY_FWD { return x / (1 + M::abs(x)); }
+  LD_UNARY_BWD {
+    T a = 1 + M::abs(x);
+    return g / (a * a);
+  }
+};
+
 // Every op: X(name, Functor). The name is the op's (errors, autograd nodes, the GPU profile); the CUDA kernel
 // table is generated from this list, so an op here runs on every device.
 #define LD_UNARY_OPS(X)                                                                                     \
   X(add_scalar, AddScalar) X(mul_scalar, MulScalar) X(rsub, Rsub) X(rdiv, Rdiv) X(pow_scalar, PowScalar)   \
   X(neg, Neg) X(exp, Exp) X(log, Log) X(log1p, Log1p) X(sqrt, Sqrt) X(rsqrt, Rsqrt) X(abs, Abs) X(sin, Sin) \
   X(cos, Cos) X(square, Square) X(clamp, Clamp) X(tanh, Tanh) X(sigmoid, Sigmoid) X(relu, Relu)            \
-  X(gelu, Gelu) X(gelu_tanh, GeluTanh) X(silu, Silu) X(elu, Elu) X(softplus, Softplus)
+  X(gelu, Gelu) X(gelu_tanh, GeluTanh) X(silu, Silu) X(elu, Elu) X(softplus, Softplus) X(softsign, Softsign)
 
 // name<F>: the op's name from the list.
 template <class F>
