@@ -1,9 +1,10 @@
 // The multi-tensor AdamW/Adam update on CUDA (optim::adam_step, optim/kernels.h): one launch updates up to
 // kListMax parameters (a model's ~150 tensors take a handful of launches, not ~150 — launch overhead dominates
 // the small ones). The tensors travel in the kernel's arguments (4 KiB) as a TensorList (core/cuda/common.cuh).
-// Elementwise, line for line the CPU pass in optim/adam.cpp (same order of operations, in the parameter's
-// precision), so a GPU run follows the CPU trajectory up to fused multiply-adds.
+// Elementwise, with the CPU pass's own element formula (optim/adam_row.h), so a GPU run follows the CPU
+// trajectory up to fused multiply-adds.
 #include "core/cuda/common.cuh"
+#include "optim/adam_row.h"
 #include "optim/kernels.h"
 
 namespace liandan::optim {
@@ -21,7 +22,7 @@ struct AdamItem {
   const T* g;
   T *m, *v, *vmax;
   int64_t n;
-  T keep, w1, b2, w2, l2, bc2_sqrt, eps, neg_step;
+  AdamCoefs<T> c;
 };
 
 static_assert(sizeof(TensorList<AdamItem<double>>) <= 4096, "a kernel's arguments are at most 4 KiB");
@@ -34,15 +35,9 @@ __global__ void adam_kernel(TensorList<AdamItem<T>> l) {
   int64_t end = begin + kAdamChunk < a.n ? begin + kAdamChunk : a.n;
   T *p = a.p, *m = a.m, *v = a.v;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    T gi = a.g[i] + a.l2 * p[i];
-    T pi = p[i] * a.keep;
-    T mi = m[i] + a.w1 * (gi - m[i]);  // lerp(m, g, 1−β1)
-    T vi = v[i] * a.b2 + a.w2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    if (kAmsgrad) vi = a.vmax[i] = a.vmax[i] > vi ? a.vmax[i] : vi;
-    T denom = ::sqrt(vi) / a.bc2_sqrt + a.eps;
-    p[i] = pi + a.neg_step * mi / denom;
+    T pi, mi;
+    T denom = adam_element<T, kAmsgrad>(p[i], a.g[i], m[i], v[i], kAmsgrad ? a.vmax + i : nullptr, a.c, pi, mi);
+    p[i] = pi + a.c.neg_step * mi / denom;
   }
 }
 
@@ -51,9 +46,7 @@ void launch_adam(const std::vector<AdamTensor>& ts, bool amsgrad) {
   cudaStream_t stream = stream_of(ts[0].p);
   auto ptr = [](const Tensor& t) { return t.defined() ? static_cast<T*>(t.device_data()) : nullptr; };
   auto make = [&](const AdamTensor& t, AdamItem<T>& it) -> int64_t {
-    const AdamStepArgs& a = t.args;
-    it = {ptr(t.p), ptr(t.g), ptr(t.m), ptr(t.v), ptr(t.vmax), t.p.numel(), T(1 - a.decay), T(1 - a.beta1),
-          T(a.beta2), T(1 - a.beta2), T(a.l2), T(a.bc2_sqrt), T(a.eps), T(-(a.lr / a.bc1))};
+    it = {ptr(t.p), ptr(t.g), ptr(t.m), ptr(t.v), ptr(t.vmax), t.p.numel(), adam_coefs<T>(t.args)};
     return (it.n + kAdamChunk - 1) / kAdamChunk;
   };
   auto launch = [&](const TensorList<AdamItem<T>>& l, int blocks) {

@@ -10,17 +10,12 @@
 // and threshold, elu's alpha), converted to T where the formula uses them. Included by .cu files: C++17.
 #include "core/host_device.h"
 
-// Always inlined: an out-of-line call per element would keep the CPU loops from vectorizing.
-#if defined(__CUDACC__)
-#define LD_UNARY_INLINE __host__ __device__ __forceinline__
-#else
-#define LD_UNARY_INLINE inline __attribute__((always_inline))
-#endif
+// Always inlined (LD_HOST_DEVICE_INLINE): an out-of-line call per element would keep the CPU loops from vectorizing.
 #define LD_UNARY_FWD \
-  template <class M, class T> LD_UNARY_INLINE static T f(T x, [[maybe_unused]] double p0, [[maybe_unused]] double p1)
+  template <class M, class T> LD_HOST_DEVICE_INLINE static T f(T x, [[maybe_unused]] double p0, [[maybe_unused]] double p1)
 #define LD_UNARY_BWD                                                                                 \
   template <class M, class T>                                                                        \
-  LD_UNARY_INLINE static T d([[maybe_unused]] T x, [[maybe_unused]] T y, T g, [[maybe_unused]] double p0, \
+  LD_HOST_DEVICE_INLINE static T d([[maybe_unused]] T x, [[maybe_unused]] T y, T g, [[maybe_unused]] double p0, \
                              [[maybe_unused]] double p1)
 
 namespace liandan::unary_ops {
