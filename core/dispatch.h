@@ -33,7 +33,8 @@ inline constexpr int kDeviceTypes = 2;  // DeviceType::CPU, DeviceType::CUDA
 // the device becomes current and, while the profiler runs, the call is timed under the op's name.
 class KernelScope {
  public:
-  KernelScope(Device d, const char* op) : backend_(device_backend(d)), token_(backend_.op_begin(op)) {}
+  KernelScope(Device d, const char* op, const char* suffix = "")
+      : backend_(device_backend(d)), token_(backend_.op_begin(op, suffix)) {}
   ~KernelScope() { backend_.op_end(token_); }
   KernelScope(const KernelScope&) = delete;
   KernelScope& operator=(const KernelScope&) = delete;
@@ -73,10 +74,16 @@ class KernelSlot<R(Args...)> {
   // touched, so it is the same with or without a GPU.
   template <class... A>
   R operator()(Device d, A&&... args) const {
+    return labelled(name_, "", d, std::forward<A>(args)...);
+  }
+  // The same, profiled (and named in the error) as `label` + `suffix` instead of the slot's name: the ops that
+  // share one slot ("exp" and "softplus backward" in kernels::unary / unary_backward) stay apart in a GPU profile.
+  template <class... A>
+  R labelled(const char* label, const char* suffix, Device d, A&&... args) const {
     Fn fn = fns_[size_t(d.type)];
-    if (!fn) no_device_kernel(name_, d);
+    if (!fn) no_device_kernel(label, d);
     if (d.is_cpu()) return fn(std::forward<A>(args)...);
-    KernelScope scope(d, name_);
+    KernelScope scope(d, label, suffix);
     return fn(std::forward<A>(args)...);
   }
 

@@ -17,6 +17,7 @@
 
 #include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/elementwise_kernels.h"
 #include "op_test_helpers.h"
 #include "core/random.h"
 #include "diffusion/mlp_denoiser.h"
@@ -483,10 +484,15 @@ TEST_CASE("cuda: Module::to(Device) moves a model in place; the same code then t
   CHECK(max_rel_err(gpu_fc.weight, cpu_fc.weight) == 0);
 }
 
-// The optimizer and loss kernels are registered from optim/*.cu and losses/*.cu (core/dispatch.h): static
-// constructors that a static library would let the linker drop without the anchors CMakeLists.txt links in.
-TEST_CASE("cuda: the kernels of optim/ and losses/ are registered for CUDA (their files were linked)" *
+// Registry kernels (core/dispatch.h) are registered from core/cuda/elementwise.cu, optim/*.cu and losses/*.cu:
+// static constructors that a static library would let the linker drop without the anchors CMakeLists.txt links in.
+TEST_CASE("cuda: the registry's kernels (elementwise, optim/, losses/) are registered for CUDA (their files were linked)" *
           doctest::skip(!kGpu)) {
+  for (bool has : {kernels::unary.has(DeviceType::CUDA), kernels::unary_backward.has(DeviceType::CUDA),
+                   kernels::binary.has(DeviceType::CUDA), kernels::binary_backward.has(DeviceType::CUDA),
+                   kernels::where.has(DeviceType::CUDA), kernels::foreach_axpby.has(DeviceType::CUDA),
+                   kernels::bias_act.has(DeviceType::CUDA), kernels::bias_act_backward.has(DeviceType::CUDA)})
+    CHECK(has);
   CHECK(optim::adam_step.has(DeviceType::CUDA));
   CHECK(optim::amos_step.has(DeviceType::CUDA));
   CHECK(losses::zlpr_rows.has(DeviceType::CUDA));

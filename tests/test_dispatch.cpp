@@ -42,6 +42,10 @@ TEST_CASE("kernel registry: a registered kernel runs with its arguments; the slo
 TEST_CASE("kernel registry: an empty slot is an Error naming the op and the device, before any device is touched") {
   std::string msg = error_of([] { scale_sum(Device::cuda(1), std::vector<double>{1}, 1.0); });
   CHECK(msg == "op 'scale_sum' has no kernel on cuda:1 yet; move its inputs to the CPU with .to(Device::cpu())");
+  // A labelled call (ops sharing a slot: kernels::unary for "exp", "softplus", ...) names its label instead.
+  CHECK(error_of([] { scale_sum.labelled("exp", " backward", Device::cuda(0), std::vector<double>{1}, 1.0); }) ==
+        "op 'exp' has no kernel on cuda:0 yet; move its inputs to the CPU with .to(Device::cpu())");
+  CHECK(scale_sum.labelled("scaled", "", Device::cpu(), std::vector<double>{2, 4}, 0.25) == 1.5);
   // The layers' slots run their CPU code directly (the fused passes), so their CPU entries stay empty, and a call
   // for the CPU says so by the op's name.
   CHECK(!optim::adam_step.has(DeviceType::CPU));

@@ -10,6 +10,7 @@
 
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
+#include "core/ops/elementwise_kernels.h"
 #include "core/ops/unary_ops.h"
 
 namespace liandan::cuda_impl {
@@ -283,6 +284,10 @@ __global__ void fill_kernel(T* dst, StridedIndex id, int64_t n, T v) {
     }                                                                                               \
   }()
 
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
+}
+
 // A contiguous operand of the output's shape reads as one flat run.
 StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) {
   if (t.shape() == shape && t.is_contiguous()) return strided_index({shape_numel(shape)}, {1}, op);
@@ -343,6 +348,7 @@ void unary_backward(const Elementwise& e, const Tensor& x, const Tensor& y, cons
 }
 
 void binary(const char* name, const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_device(name, a, b);
   B op = binary_code(name, a.device());
   int64_t n = out.numel();
   if (n == 0) return;
@@ -400,6 +406,8 @@ void fill(const Tensor& dst, double value) {
 }
 
 void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_device("where", cond, a);
+  check_same_device("where", a, b);
   int64_t n = out.numel();
   if (n == 0) return;
   StridedIndex ic = operand_index(cond, out.shape(), "where"), ia = operand_index(a, out.shape(), "where"),
@@ -469,5 +477,15 @@ void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs,
     for_lists<AxpbyItem<T>>(srcs, make, launch);
   });
 }
+
+LD_KERNEL_FILE(core_elementwise);
+LD_REGISTER_KERNEL(kernels::unary, CUDA, unary);
+LD_REGISTER_KERNEL(kernels::unary_backward, CUDA, unary_backward);
+LD_REGISTER_KERNEL(kernels::binary, CUDA, binary);
+LD_REGISTER_KERNEL(kernels::binary_backward, CUDA, binary_backward);
+LD_REGISTER_KERNEL(kernels::where, CUDA, where);
+LD_REGISTER_KERNEL(kernels::foreach_axpby, CUDA, foreach_axpby);
+LD_REGISTER_KERNEL(kernels::bias_act, CUDA, bias_act);
+LD_REGISTER_KERNEL(kernels::bias_act_backward, CUDA, bias_act_backward);
 
 }  // namespace liandan::cuda_impl

@@ -8,9 +8,21 @@
 #include "core/cpu/vecmath.h"
 #include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/elementwise_kernels.h"
 #include "core/ops/unary_ops.h"
 
 namespace liandan {
+
+namespace kernels {  // core/ops/elementwise_kernels.h; CUDA's in core/cuda/elementwise.cu
+LD_DEFINE_KERNEL(unary);
+LD_DEFINE_KERNEL(unary_backward);
+LD_DEFINE_KERNEL(binary);
+LD_DEFINE_KERNEL(binary_backward);
+LD_DEFINE_KERNEL(where);
+LD_DEFINE_KERNEL(foreach_axpby);
+LD_DEFINE_KERNEL(bias_act);
+LD_DEFINE_KERNEL(bias_act_backward);
+}  // namespace kernels
 
 using cpu::map;
 
@@ -37,7 +49,7 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 // ---- unary ops: y = F::f(x), dx = F::d(x, y, g) (core/ops/unary_ops.h). On a device the kernel is found by the
-// op's name from that list, with the scalar parameters p0, p1 (core/device.h's Elementwise).
+// op's name from that list, with the scalar parameters p0, p1 (core/ops/elementwise_kernels.h's Elementwise).
 
 // The math the formulas call on the CPU: the f32 polynomials of core/cpu/vecmath.h (they vectorize; glibc's
 // calls do not), libm for f64 and for the functions without a polynomial.
@@ -67,7 +79,7 @@ Tensor unary(const Tensor& x, double p0 = 0, double p1 = 0) {
     });
   } else {
     y = empty_like(x);
-    device_backend(x.device()).unary(op, x.contiguous(), y);
+    kernels::unary.labelled(name, "", x.device(), op, x.contiguous(), y);
   }
   if (needs_grad({&x})) {
     SavedTensor sx(x, name), sy(y, name);
@@ -75,7 +87,7 @@ Tensor unary(const Tensor& x, double p0 = 0, double p1 = 0) {
       const Tensor &xv = sx.get(), &yv = sy.get();
       if (!g.device().is_cpu()) {
         Tensor dx = empty_like(g);
-        device_backend(g.device()).unary_backward(op, xv.contiguous(), yv, g.contiguous(), dx);
+        kernels::unary_backward.labelled(name, " backward", g.device(), op, xv.contiguous(), yv, g.contiguous(), dx);
         return std::vector<Tensor>{dx};
       }
       const double p0 = op.p0, p1 = op.p1;
@@ -97,7 +109,7 @@ Tensor binary_forward(const char* name, const Tensor& a, const Tensor& b, Fwd fw
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
   if (!a.device().is_cpu()) {
     Tensor out = empty(s, {a.dtype(), a.device()});
-    device_backend(a.device()).binary(name, a, b, out);
+    kernels::binary.labelled(name, "", a.device(), name, a, b, out);
     return out;
   }
   return LD_DISPATCH_FLOAT(a.dtype(), name, [&] {
@@ -111,7 +123,7 @@ Tensor binary_grad(const char* name, int which, const Tensor& a, const Tensor& b
                    D d) {
   if (!g.device().is_cpu()) {
     Tensor full = empty_like(g);
-    device_backend(g.device()).binary_backward(name, which, a, b, g, full);
+    kernels::binary_backward.labelled(name, " backward", g.device(), name, which, a, b, g, full);
     return sum_to(full, to);
   }
   Tensor full = LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
@@ -259,7 +271,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Tensor y;
   if (!a.device().is_cpu()) {
     y = empty(s, {a.dtype(), a.device()});
-    device_backend(a.device()).where(cond, a, b, y);
+    kernels::where(a.device(), cond, a, b, y);
   } else {
     y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
       return map<scalar_t, 3>(s, {&cond, &a, &b}, [](scalar_t c, scalar_t u, scalar_t v) { return c != 0 ? u : v; });
@@ -385,7 +397,7 @@ Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const T
   Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
   Tensor y = empty(h.shape(), {residual.defined() ? wide : h.dtype(), h.device()});
   if (!h.device().is_cpu()) {
-    device_backend(h.device()).bias_act(hc, bc, bias_act_name(act), rc, y);
+    kernels::bias_act(h.device(), hc, bc, bias_act_name(act), rc, y);
   } else {
     with_bias_act_types(h.dtype(), rc.defined(), [&](auto t, auto b, auto w, auto yt) {
       using T = decltype(t);
@@ -407,7 +419,7 @@ Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const T
       const Tensor &hv = sh.get(), &bv = sb.get();
       Tensor dh = empty(hv.shape(), {hv.dtype(), hv.device()}), db = empty(bv.shape(), {bv.dtype(), bv.device()});
       if (!hv.device().is_cpu()) {
-        device_backend(hv.device()).bias_act_backward(hv, bv, g, bias_act_name(act), dh, db);
+        kernels::bias_act_backward.labelled("bias_act", " backward", hv.device(), hv, bv, g, bias_act_name(act), dh, db);
       } else {
         with_bias_act_types(hv.dtype(), has_res, [&](auto t, auto b, auto w, auto yt) {
           using T = decltype(t);
