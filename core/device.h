@@ -1,6 +1,9 @@
 #pragma once
-// Devices other than the CPU. A device provides memory, copies and kernels behind one table (DeviceBackend);
-// an op asks the table of its tensor's device instead of containing `#ifdef CUDA`. The CPU's kernels are
+// Devices other than the CPU. A device provides memory, copies and the core's kernels behind one table
+// (DeviceBackend); an op asks the table of its tensor's device instead of containing `#ifdef CUDA`. Kernels that
+// moved to the registry (core/dispatch.h) are not in this table: the elementwise family's
+// (core/ops/elementwise_kernels.h) and those of the layers above the core (optim/kernels.h, losses/kernels.h),
+// registered in slots next to their CPU code. The CPU's kernels are
 // the ops' own loops (core/cpu/), so the CPU needs no table: ops run them directly.
 //
 // A kernel a device does not have is an Error naming the op and the device ("op 'softplus' has no kernel on
@@ -12,43 +15,6 @@
 #include "core/tensor.h"
 
 namespace liandan {
-
-// Elementwise kernels are named by their op ("exp", "mul_scalar", "clamp", …) and carry up to two scalar
-// parameters (a scalar operand, clamp's bounds, softplus's beta and threshold, elu's alpha).
-struct Elementwise {
-  const char* name;
-  double p0 = 0, p1 = 0;
-};
-
-// One AdamW/Adam step's scalars (optim/adam.cpp): θ ← θ·(1 − decay) − lr/bc1 · m / (√v / bc2_sqrt + eps),
-// with g ← g + l2·θ first.
-struct AdamStepArgs {
-  double lr, beta1, beta2, eps;
-  double l2;     // added to the gradient (Adam's weight decay)
-  double decay;  // decoupled: θ ← θ·(1 − decay)
-  double bc1, bc2_sqrt;
-};
-
-// One parameter of a multi-tensor Adam/AdamW step: its tensors (contiguous, one dtype; vmax undefined without
-// amsgrad) and its scalars (bias corrections differ between parameters that skipped steps; lr and decay between
-// groups).
-struct AdamTensor {
-  Tensor p, g, m, v, vmax;
-  AdamStepArgs args;
-};
-
-// One parameter of a multi-tensor Amos step (optim/amos.h): θ, its gradient, the slots v and b ([rows]: one
-// entry per row of θ viewed as [rows, inner]) and momentum u (undefined without), with its group's lr ξ and
-// weight decay λ, its expected scale η̃ and 1 − β^t.
-struct AmosTensor {
-  Tensor p, g, v, b, u;
-  int64_t rows, inner;
-  double xi, eta, lambda, bias_correction;
-};
-// The options every row reads (optim/amos_row.h's AmosRowOptions, with momentum and clipping).
-struct AmosStepArgs {
-  double beta, epsilon, c_coef, d_coef, finetune_rate, momentum, clip_value;
-};
 
 // Where row i of head bh (= b·H + h) of an attention operand starts, in elements from its data pointer: a
 // [B, H, T, D] tensor with any strides on B, H and T and a contiguous last dim — the heads split out of a fused
@@ -115,6 +81,10 @@ class DeviceBackend {
   // The op profiler (cuda::profile_start / profile_stop).
   virtual void profile_start() = 0;
   virtual std::vector<OpTime> profile_stop() = 0;  // by GPU time, largest first
+  // Brackets the call of a kernel from the registry (core/dispatch.h, KernelScope): makes the device current and,
+  // while the profiler runs, times the call under `op` + `suffix`. op_begin's token goes back to op_end.
+  virtual void* op_begin(const char* op, const char* suffix = "") = 0;
+  virtual void op_end(void* token) = 0;
   // cuda::check_tensor_core_layouts: "" when the device's tensor-core instructions match their documented layouts.
   virtual std::string check_tensor_core_layouts() = 0;
 
@@ -123,21 +93,6 @@ class DeviceBackend {
   // converting between any two of f32, f64, i64, bf16, f16 (half formats rounded as core/half.h does).
   virtual void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides) = 0;
   virtual void fill(const Tensor& dst, double value) = 0;  // dst strided
-  // out = cond != 0 ? a : b, all three broadcast to out's shape (any strides; cond in a's dtype).
-  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
-  // ys[i] ← a·ys[i] + b·xs[i] for every i (xs empty: ys[i] ← a·ys[i]), all in a few multi-tensor launches; pairs
-  // contiguous, of one dtype. (EMA updates, gradient unscaling and clipping of a whole model.)
-  virtual void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) = 0;
-  // y = f(x); x contiguous with y's shape.
-  virtual void unary(const Elementwise& op, const Tensor& x, const Tensor& y) = 0;
-  // dx = f'(x, y, g) for y = f(x); all contiguous, one shape.
-  virtual void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& g,
-                              const Tensor& dx) = 0;
-  // out = f(a, b) with a and b broadcast to out's shape (any strides).
-  virtual void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
-  // out = ∂f/∂(a if which == 0 else b) · g, at out's shape (= g's shape; a and b broadcast to it).
-  virtual void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& g,
-                               const Tensor& out) = 0;
   // out[o, j] = Σ_r x[o, r, j] for a contiguous x viewed as [outer, R, inner]; deterministic (a fixed
   // summation tree, no atomics), accumulated in double for f32 as on the CPU.
   virtual void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) = 0;
@@ -193,13 +148,6 @@ class DeviceBackend {
                             const Tensor& out) = 0;
   virtual void index_add_rows(const Tensor& g, const Tensor& order, const Tensor& starts, const Tensor& rows,
                               int64_t outer, int64_t n, int64_t inner, const Tensor& dx) = 0;
-  // y = [residual +] act(h + bias) over contiguous rows of N (bias_act, core/ops.h; act "none", "gelu" or
-  // "gelu_tanh"; residual may be undefined), and its backward: dh, and dbias as deterministic sums over the rows
-  // (g in y's dtype).
-  virtual void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual,
-                        const Tensor& y) = 0;
-  virtual void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act,
-                                 const Tensor& dh, const Tensor& dbias) = 0;
   // im2col (unfold and conv2d, core/ops/conv.cpp): col [N, C·kh·kw, Ho·Wo] (any strides for its first two dims,
   // contiguous along the last; its own dtype: a half col from an f32 x is rounded once) from x [N, C, H, W]
   // (strided); and its adjoint, dx = Σ over the windows that cover each pixel, in window order (i, j) with f32/f64
@@ -229,20 +177,10 @@ class DeviceBackend {
   virtual bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& valid, const Tensor& out, const Tensor& lse, const Tensor& g,
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv) = 0;
-  // ZLPR over `rows` rows of C contiguous logits s with targets t (s's dtype and shape): the loss per row into
-  // loss [rows] and dL/ds into grad (undefined: no gradient), as the fused CPU kernel of losses/zlpr.cpp; soft
-  // targets use the eps masking fix. A target outside {0, 1} (hard) or [0, 1] (soft) makes the i64 scalar
-  // `bad` (zeroed by the caller) non-zero; the caller reads it back and reports the entry.
-  virtual void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows,
-                         int64_t C, bool soft, double eps, const Tensor& bad) = 0;
   // Random fills of a contiguous f32/f64 tensor from Philox blocks first, first + 1, ... of `seed`: element for
   // element the CPU's numbers (the formulas are core/philox.h's, compiled for both).
   virtual void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) = 0;
   virtual void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first) = 0;
-  // Optimizer updates of many parameters in place, a few kernel launches for all of them (core/cuda/optim.cu):
-  // Adam/AdamW elementwise as optim/adam.cpp's fused pass; Amos with each row's mean g² reduced in a fixed order.
-  virtual void adam_step(const std::vector<AdamTensor>& ts) = 0;
-  virtual void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) = 0;
 };
 
 // The backend of a non-CPU device; an Error saying why when it is not there (no CUDA in this build, no GPU,

@@ -6,3 +6,11 @@
 #else
 #define LD_HOST_DEVICE
 #endif
+
+// LD_HOST_DEVICE, always inlined: per-element formulas called inside loops (core/ops/unary_ops.h,
+// optim/adam_row.h), where an out-of-line call would keep the CPU loop from vectorizing.
+#if defined(__CUDACC__)
+#define LD_HOST_DEVICE_INLINE __host__ __device__ __forceinline__
+#else
+#define LD_HOST_DEVICE_INLINE inline __attribute__((always_inline))
+#endif

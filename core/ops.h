@@ -57,6 +57,7 @@ Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::none);
 Tensor silu(const Tensor& x);
 Tensor elu(const Tensor& x, double alpha = 1.0);
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+Tensor softsign(const Tensor& x);  // x / (1 + |x|)
 
 // y = act(h + bias) in one pass, computed in f32 (f64 for f64) and stored in h's dtype: h [.., N], bias [N] in
 // h's dtype or f32 when h is bf16/f16 (undefined: none). With a residual (h's shape, the bias's dtype), y =

@@ -12,6 +12,7 @@
 #include "core/device.h"
 #include "core/cpu/loops.h"
 #include "core/ops.h"
+#include "core/ops/elementwise_kernels.h"
 
 namespace liandan {
 
@@ -372,7 +373,7 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
     NoGradGuard ng;
     Tensor o = alpha == 1.0 ? other : liandan::mul(other, alpha);
     broadcast_strides(o, shape(), "add_");  // o must broadcast to x's shape
-    device_backend(device()).binary("add", *this, o, *this);
+    kernels::binary.labelled("add", "", device(), "add", *this, o, *this);
     bump_version();
     return *this;
   }

@@ -18,10 +18,12 @@
 
 #include "core/cpu/loops.h"
 #include "core/cpu/vecmath.h"
-#include "core/device.h"
+#include "losses/kernels.h"
 #include "losses/losses.h"
 
 namespace liandan::losses {
+
+LD_DEFINE_KERNEL(zlpr_rows);  // losses/kernels.h; CUDA's in losses/zlpr.cu
 
 namespace {
 
@@ -185,10 +187,10 @@ Tensor zlpr_fused(const Tensor& logits, const Tensor& targets, bool soft, double
   Tensor loss = empty(batch, o);
   Tensor G = grad ? empty({R, C}, o) : Tensor();
   std::atomic<bool> bad{false};
-  if (!dev.is_cpu()) {  // the same row kernel on the device (core/cuda/losses.cu); one flag read back
+  if (!dev.is_cpu()) {  // the same row kernel on the device (losses/zlpr.cu); one flag read back
     if (tc.device() != dev) tc = tc.to(dev);
     Tensor flag = zeros({}, {DType::i64, dev});
-    device_backend(dev).zlpr_rows(xc, tc, loss, G, R, C, soft, eps, flag);
+    zlpr_rows(dev, xc, tc, loss, G, R, C, soft, eps, flag);
     bad = flag.item() != 0;
   } else LD_DISPATCH_FLOAT(logits.dtype(), op, [&] {
     const scalar_t *ps = xc.data_ptr<scalar_t>(), *pt = tc.data_ptr<scalar_t>();
@@ -337,7 +339,7 @@ Tensor lse_with_zero(const Tensor& e) {
 
 // ------------------------------------------------------------------------------ public API
 
-// The fused row kernel, on the CPU (above) or a device's (core/cuda/losses.cu); the composite is the reference.
+// The fused row kernel, on the CPU (above) or a device's (losses/zlpr.cu); the composite is the reference.
 Tensor zlpr(const Tensor& logits, const Tensor& targets, Reduction r) {
   return reduce(zlpr_fused(logits, targets, false, 0.0), r);
 }

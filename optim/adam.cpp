@@ -3,11 +3,14 @@
 #include <map>
 
 #include "core/cpu/loops.h"
-#include "core/device.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "optim/adam_row.h"
+#include "optim/kernels.h"
 
 namespace liandan::optim {
+
+LD_DEFINE_KERNEL(adam_step);  // optim/kernels.h; CUDA's in optim/adam.cu
 
 Adam::Adam(const NamedParams& params, AdamOptions opt) : Adam({ParamGroup{.params = params}}, opt) {}
 Adam::Adam(std::vector<ParamGroup> groups, AdamOptions opt) : Adam("Adam", std::move(groups), opt, false) {}
@@ -42,34 +45,22 @@ void Adam::init_state(ParamState& s, const ParamGroup&) {
 
 namespace {
 
-using AdamStep = AdamStepArgs;  // core/device.h: the same scalars drive the device kernels
+using AdamStep = AdamStepArgs;  // optim/kernels.h: the same scalars drive the device kernels
 
-// One fused pass: decay, moments, and either the update itself or — for the per-tensor-lr strategy,
-// which needs the direction's norm first — the direction m̂/denom into `u`. Every line mirrors torch's
-// tensor ops in the same order and precision (T), so trajectories agree with torch.optim to the last
-// ulp. (Multiplying by keep = 1 or adding l2·θ = 0 when a decay is off changes no value, and keeps one
-// branch-free loop that vectorizes.)
+// One fused pass: decay, moments (optim/adam_row.h, the CUDA kernel's own formula), and either the update itself
+// or — for the per-tensor-lr strategy, which needs the direction's norm first — the direction m̂/denom into `u`.
 template <class T, bool kAmsgrad, bool kDirection>
 void adam_pass(T* p, const T* g, T* m, T* v, T* vmax, T* u, int64_t n, const AdamStep& a) {
-  const T keep = T(1 - a.decay);
-  const T w1 = T(1 - a.beta1), b2 = T(a.beta2), w2 = T(1 - a.beta2), l2 = T(a.l2);
-  const T bc2_sqrt = T(a.bc2_sqrt), eps = T(a.eps), neg_step = T(-(a.lr / a.bc1));
-  const T inv_bc1 = T(1.0 / a.bc1);
+  const AdamCoefs<T> c = adam_coefs<T>(a);
   cpu::parallel_range(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      T gi = g[i] + l2 * p[i];
-      T pi = p[i] * keep;
-      T mi = m[i] + w1 * (gi - m[i]);  // lerp(m, g, 1−β1)
-      T vi = v[i] * b2 + w2 * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      if constexpr (kAmsgrad) vi = vmax[i] = std::max(vmax[i], vi);
-      T denom = std::sqrt(vi) / bc2_sqrt + eps;
+      T pi, mi;
+      T denom = adam_element<T, kAmsgrad>(p[i], g[i], m[i], v[i], kAmsgrad ? vmax + i : nullptr, c, pi, mi);
       if constexpr (kDirection) {
-        u[i] = (mi * inv_bc1) / denom;
+        u[i] = (mi * c.inv_bc1) / denom;
         p[i] = pi;
       } else {
-        p[i] = pi + neg_step * mi / denom;
+        p[i] = pi + c.neg_step * mi / denom;
       }
     }
   });
@@ -119,7 +110,7 @@ AdamStep Adam::step_args(const ParamState& s, const ParamGroup& g) const {
   return a;
 }
 
-// The device's multi-tensor kernel (core/cuda/optim.cu) takes the update unless tensor ops are asked for, or
+// The device's multi-tensor kernel (optim/adam.cu) takes the update unless tensor ops are asked for, or
 // the per-tensor-lr strategy needs each direction's norm first (the kernel has no norm pass).
 bool Adam::on_device_kernel(const ParamState& s) const {
   return !s.param.device().is_cpu() && opt_.fused && !opt_.strategy.per_tensor_lr;
@@ -137,7 +128,7 @@ void Adam::update_all(std::vector<PendingUpdate>& due) {
     batches[{s.param.device().str(), s.param.dtype()}].push_back(
         {s.param, u.grad, s.slot("exp_avg"), s.slot("exp_avg_sq"), vmax, step_args(s, *u.group)});
   }
-  for (auto& [key, list] : batches) device_backend(list[0].p.device()).adam_step(list);
+  for (auto& [key, list] : batches) adam_step(list[0].p.device(), list);
 }
 
 void Adam::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {

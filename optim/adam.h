@@ -7,7 +7,7 @@
 //   θ ← θ − (lr / (1−β1^t)) · m / denom
 // Each update is one fused pass over the parameter (all four arrays read once), split over threads; on a GPU
 // one multi-tensor kernel updates all of a device's parameters in a few launches.
-#include "core/device.h"
+#include "optim/kernels.h"
 #include "optim/optimizer.h"
 
 namespace liandan::optim {

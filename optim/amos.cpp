@@ -5,11 +5,13 @@
 #include <vector>
 
 #include "core/cpu/loops.h"
-#include "core/device.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "optim/kernels.h"
 
 namespace liandan::optim {
+
+LD_DEFINE_KERNEL(amos_step);  // optim/kernels.h; CUDA's in optim/amos.cu
 
 Amos::Amos(const NamedParams& params, AmosOptions opt) : Amos({ParamGroup{.params = params}}, opt) {}
 
@@ -144,7 +146,7 @@ void amos_update_tensors(const Tensor& p, const Tensor& grad, const Tensor& v, c
 
 }  // namespace
 
-// On a device, the fused update is the multi-tensor kernel (core/cuda/optim.cu): all of a device's parameters
+// On a device, the fused update is the multi-tensor kernel (optim/amos.cu): all of a device's parameters
 // of one dtype in a few launches.
 void Amos::update_all(std::vector<PendingUpdate>& due) {
   std::map<std::pair<std::string, DType>, std::vector<AmosTensor>> batches;
@@ -161,7 +163,7 @@ void Amos::update_all(std::vector<PendingUpdate>& due) {
          1 - std::pow(opt_.beta, double(s.step))});
   }
   AmosStepArgs a{opt_.beta, opt_.epsilon, opt_.c_coef, opt_.d_coef, opt_.finetune_rate, opt_.momentum, opt_.clip_value};
-  for (auto& [key, list] : batches) device_backend(list[0].p.device()).amos_step(list, a);
+  for (auto& [key, list] : batches) amos_step(list[0].p.device(), list, a);
 }
 
 void Amos::update(ParamState& s, const ParamGroup& g, const Tensor& grad) {

@@ -1,6 +1,6 @@
 #pragma once
 // The scalar part of an Amos step for one slot entry (a row of the parameter), in double: shared word for word
-// by the CPU pass (optim/amos.cpp) and the multi-tensor CUDA kernel (core/cuda/optim.cu), which nvcc compiles
+// by the CPU pass (optim/amos.cpp) and the multi-tensor CUDA kernel (optim/amos.cu), which nvcc compiles
 // for the device. Math: optim/amos.h.
 #include <cmath>
 

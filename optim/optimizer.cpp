@@ -7,6 +7,7 @@
 #include "core/cpu/loops.h"
 #include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/elementwise_kernels.h"
 #include "core/error.h"
 
 namespace liandan::optim {
@@ -75,7 +76,7 @@ void foreach_axpby_(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs
     y.bump_version();
   }
   for (auto& [key, lists] : on_device) {
-    device_backend(lists.first[0].device()).foreach_axpby(lists.first, lists.second, a, b);
+    kernels::foreach_axpby(lists.first[0].device(), lists.first, lists.second, a, b);
     for (const Tensor& y : lists.first) y.bump_version();
   }
 }

@@ -5,15 +5,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "apps/config.h"
 #include "apps/default_config.h"
+#include "apps/task.h"
 #include "apps/trainer.h"
 #include "core/data/image.h"
 #include "core/data/image_set.h"
@@ -330,6 +333,17 @@ TEST_CASE("Every task trains a few steps end to end: metrics, checkpoints and sa
                                    "sample.count=4"},
        {"val_loss"}, {"samples/final.png"}},
   };
+  // The cases are written by hand (each needs its own small settings), but the registry says which tasks exist: a
+  // registered task needs a case here or a test case of its own, named below, so a new task cannot go untrained.
+  const std::map<std::string, std::string> trained_elsewhere = {
+      {"spirals", "the Trainer cases (resume, precision, divergence)"},
+      {"image_cls", "\"Own image data by config keys alone\""},
+      {"text_cls", "\"text_cls learns a generated labelled corpus\""}};
+  for (const auto& [task, help] : task_list()) {
+    CAPTURE(task);
+    bool here = std::any_of(std::begin(cases), std::end(cases), [&](const Case& c) { return c.name == task; });
+    CHECK_MESSAGE((here || trained_elsewhere.count(task) == 1), "task '" << task << "' is registered but trained by no test");
+  }
   // Every task on the CPU, and on the GPU too when there is one (device = "cuda"). On the emulated GPU
   // (test_apps_emulated, tests/cuda_emulation) only the GPU leg runs, without vit and ddpm: their kernels are
   // test_cuda_emulated's, and emulated convolutions on these canvases take minutes.

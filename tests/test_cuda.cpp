@@ -18,6 +18,7 @@
 #include "core/device.h"
 #include "core/ops.h"
 #include "core/ops/composite.h"
+#include "core/ops/elementwise_kernels.h"
 #include "op_test_helpers.h"
 #include "core/random.h"
 #include "diffusion/mlp_denoiser.h"
@@ -25,12 +26,14 @@
 #include "diffusion/unet.h"
 #include "nn/layers.h"
 #include "nn/models.h"
+#include "losses/kernels.h"
 #include "losses/losses.h"
 #include "optim/adam.h"
 #include "optim/amos.h"
 #include "optim/clip.h"
 #include "optim/ema.h"
 #include "optim/grad_scaler.h"
+#include "optim/kernels.h"
 #include "optim/sgd.h"
 
 using namespace liandan;
@@ -307,6 +310,7 @@ TEST_CASE("cuda: unary ops and their derivatives match the CPU" * doctest::skip(
         {"silu", [](const Tensor& t) { return silu(t); }, false},
         {"elu", [](const Tensor& t) { return elu(t, 0.7); }, false},
         {"softplus", [](const Tensor& t) { return softplus(t, 2.0, 3.0); }, false},
+        {"softsign", [](const Tensor& t) { return softsign(t); }, false},
         {"clamp", [](const Tensor& t) { return clamp(t, -0.5, 0.8); }, false},
         {"add_scalar", [](const Tensor& t) { return add(t, 1.5); }, false},
         {"mul_scalar", [](const Tensor& t) { return mul(t, -2.5); }, false},
@@ -486,6 +490,22 @@ TEST_CASE("cuda: Module::to(Device) moves a model in place; the same code then t
   gpu_fc.to(Device::cpu());
   CHECK(gpu_fc.weight.device() == Device::cpu());
   CHECK(max_rel_err(gpu_fc.weight, cpu_fc.weight) == 0);
+}
+
+// Registry kernels (core/dispatch.h) are registered from core/cuda/elementwise.cu, optim/*.cu and losses/*.cu:
+// static constructors that a static library would let the linker drop without the anchors CMakeLists.txt links in.
+// Checked in every build, GPU or not: a CUDA build has them all (also where no GPU is present, as on the machines
+// that build the device pack), a build without CUDA none.
+TEST_CASE("cuda: the registry's kernels (elementwise, optim/, losses/) are registered in a CUDA build (their files were linked)") {
+  const bool cuda_build = cuda::is_available() || cuda::unavailable_reason().find("built without CUDA") == std::string::npos;
+  CAPTURE(cuda::unavailable_reason());
+  for (bool has : {kernels::unary.has(DeviceType::CUDA), kernels::unary_backward.has(DeviceType::CUDA),
+                   kernels::binary.has(DeviceType::CUDA), kernels::binary_backward.has(DeviceType::CUDA),
+                   kernels::where.has(DeviceType::CUDA), kernels::foreach_axpby.has(DeviceType::CUDA),
+                   kernels::bias_act.has(DeviceType::CUDA), kernels::bias_act_backward.has(DeviceType::CUDA),
+                   optim::adam_step.has(DeviceType::CUDA), optim::amos_step.has(DeviceType::CUDA),
+                   losses::zlpr_rows.has(DeviceType::CUDA)})
+    CHECK(has == cuda_build);
 }
 
 TEST_CASE("cuda: the fused AdamW kernel follows the CPU's AdamW (with and without amsgrad)" * doctest::skip(!kGpu)) {

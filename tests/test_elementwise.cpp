@@ -185,6 +185,8 @@ std::vector<UnaryCase> unary_cases() {
        [](double x) { return softplus_ref(x, 1, 20); }, nullptr},
       {"softplus(beta=2, threshold=3)", [](const Tensor& x) { return softplus(x, 2.0, 3.0); },
        [](double x) { return softplus_ref(x, 2, 3); }, away_from({1.5})},
+      {"softsign", [](const Tensor& x) { return softsign(x); }, [](double x) { return x / (1 + std::fabs(x)); },
+       nullptr},
       {"add(scalar)", [](const Tensor& x) { return add(x, 1.5); }, [](double x) { return x + 1.5; }, nullptr},
       {"mul(scalar)", [](const Tensor& x) { return mul(x, -2.5); }, [](double x) { return x * -2.5; }, nullptr},
       {"rsub", [](const Tensor& x) { return rsub(x, 3.0); }, [](double x) { return 3.0 - x; }, nullptr},
@@ -359,6 +361,23 @@ TEST_CASE("unary ops: the gradient flows through a chain and accumulates into a 
     double want = (1 - t * t) * s + t * s * (1 - s);
     CHECK(x.grad().at(i) == doctest::Approx(want).epsilon(1e-12));
   });
+}
+
+TEST_CASE("softsign: values and gradient in closed form (f32 and f64), including 0 and large |x|") {
+  for (DType dt : {DType::f32, DType::f64}) {
+    std::vector<double> xs{-1e6, -3.0, -0.5, 0.0, 0.25, 2.0, 1e6};
+    Tensor x = from_vector(xs, {int64_t(xs.size())}, dt).requires_grad_();
+    Tensor y = softsign(x);
+    sum(y).backward();
+    double tol = dt == DType::f64 ? 1e-15 : 1e-7;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      CAPTURE(xs[i]);
+      double a = 1 + std::fabs(xs[i]);
+      CHECK(y.at({int64_t(i)}) == doctest::Approx(xs[i] / a).epsilon(tol));
+      CHECK(x.grad().at({int64_t(i)}) == doctest::Approx(1 / (a * a)).epsilon(tol));
+      CHECK(std::fabs(y.at({int64_t(i)})) < 1.0);
+    }
+  }
 }
 
 TEST_CASE("special cases: softplus above threshold is linear, clamp/abs/relu at kinks, pow(0, b)") {

@@ -136,6 +136,10 @@ class CudaBackend final : public DeviceBackend {
     cudaEventDestroy(static_cast<cudaEvent_t>(e));
   }
 
+  // A registered kernel's call (core/dispatch.h): the same scope as the table's own calls.
+  void* op_begin(const char* op, const char* suffix) override { return new OpScope(*this, op, suffix); }
+  void op_end(void* token) override { delete static_cast<OpScope*>(token); }
+
   std::string check_tensor_core_layouts() override {
     DeviceGuard g(index_);
     return cuda_impl::check_tensor_core_layouts(stream_);
@@ -176,16 +180,6 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "fill");
     cuda_impl::fill(dst, v);
   }
-  void where(const Tensor& c, const Tensor& a, const Tensor& b, const Tensor& out) override {
-    OpScope scope(*this, "where");
-    check_same_device("where", c, a);
-    check_same_device("where", a, b);
-    cuda_impl::where(c, a, b, out);
-  }
-  void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b) override {
-    OpScope scope(*this, "foreach_axpby");
-    cuda_impl::foreach_axpby(ys, xs, a, b);
-  }
   void gather_scatter(bool gather, const Tensor& idx, const Tensor& src, const Tensor& dst, int64_t dim) override {
     OpScope scope(*this, gather ? "gather" : "scatter_add");
     cuda_impl::gather_scatter(gather, idx, src, dst, dim);
@@ -199,16 +193,6 @@ class CudaBackend final : public DeviceBackend {
                       int64_t n, int64_t inner, const Tensor& dx) override {
     OpScope scope(*this, "index_select backward");
     cuda_impl::index_add_rows(g, order, starts, rows, outer, n, inner, dx);
-  }
-  void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual,
-                const Tensor& y) override {
-    OpScope scope(*this, "bias_act");
-    cuda_impl::bias_act(h, bias, act, residual, y);
-  }
-  void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
-                         const Tensor& dbias) override {
-    OpScope scope(*this, "bias_act backward");
-    cuda_impl::bias_act_backward(h, bias, g, act, dh, dbias);
   }
   void im2col(const Tensor& x, const Tensor& col, const ConvShape& s) override {
     OpScope scope(*this, "im2col");
@@ -227,25 +211,6 @@ class CudaBackend final : public DeviceBackend {
                                  DType half) override {
     OpScope scope(*this, "conv_implicit_weight_grad");
     return cuda_impl::conv_implicit_weight_grad(dy, x, part, s, half);
-  }
-  void unary(const Elementwise& op, const Tensor& x, const Tensor& y) override {
-    OpScope scope(*this, op.name);
-    cuda_impl::unary(op, x, y);
-  }
-  void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& gr,
-                      const Tensor& dx) override {
-    OpScope scope(*this, op.name, " backward");
-    cuda_impl::unary_backward(op, x, y, gr, dx);
-  }
-  void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out) override {
-    OpScope scope(*this, op);
-    check_same_device(op, a, b);
-    cuda_impl::binary(op, a, b, out);
-  }
-  void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& gr,
-                       const Tensor& out) override {
-    OpScope scope(*this, op, " backward");
-    cuda_impl::binary_backward(op, which, a, b, gr, out);
   }
   void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out) override {
     OpScope scope(*this, "sum_run");
@@ -318,11 +283,6 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "attention_backward");
     return cuda_impl::attention_backward(a, q, k, v, valid, out, lse, g, dq, dk, dv);
   }
-  void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
-                 bool soft, double eps, const Tensor& bad) override {
-    OpScope scope(*this, "zlpr_rows");
-    cuda_impl::zlpr_rows(s, t, loss, grad, rows, C, soft, eps, bad);
-  }
   void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first) override {
     OpScope scope(*this, "fill_uniform");
     cuda_impl::fill_uniform(out, lo, hi, seed, first);
@@ -331,19 +291,8 @@ class CudaBackend final : public DeviceBackend {
     OpScope scope(*this, "fill_normal");
     cuda_impl::fill_normal(out, mean, std, seed, first);
   }
-  void adam_step(const std::vector<AdamTensor>& ts) override {
-    OpScope scope(*this, "adam_step");
-    cuda_impl::adam_step(ts);
-  }
-  void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a) override {
-    OpScope scope(*this, "amos_step");
-    cuda_impl::amos_step(ts, a);
-  }
 
  private:
-  static void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
-    LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
-  }
   // Makes the device current for a kernel-table call and, while the profiler is on, brackets it with events
   // (the profiler records the calls of the thread that runs the step: data loaders only build CPU batches).
   class OpScope {

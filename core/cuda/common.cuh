@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -155,6 +156,25 @@ void for_lists(const std::vector<Src>& ts, Make make, Launch launch) {
     }
   }
   if (l.count > 0) launch(l, l.block_start[l.count]);
+}
+
+// A multi-tensor kernel's entries (one parameter each: Entry's Tensor fields `fields`) all on the first entry's
+// parameter's device and in its dtype, contiguous, and that dtype f32 or f64; returns it. Undefined tensors (an
+// absent optional slot) are skipped.
+template <class Entry>
+DType checked_list_dtype(const std::vector<Entry>& ts, const char* op, std::initializer_list<Tensor Entry::*> fields) {
+  const Tensor& p0 = ts[0].p;
+  for (const Entry& e : ts)
+    for (Tensor Entry::*f : fields) {
+      const Tensor& t = e.*f;
+      if (!t.defined()) continue;
+      LD_CHECK(t.device() == p0.device() && t.dtype() == p0.dtype() && t.is_contiguous(), op, " on CUDA: a tensor on ",
+               t.device().str(), " / ", dtype_name(t.dtype()), " (contiguous: ", t.is_contiguous(),
+               ") among parameters on ", p0.device().str(), " / ", dtype_name(p0.dtype()));
+    }
+  LD_CHECK(p0.dtype() == DType::f32 || p0.dtype() == DType::f64, op, " on CUDA: expected f32 or f64 parameters, got ",
+           dtype_name(p0.dtype()));
+  return p0.dtype();
 }
 
 // Maps a linear index over `shape` (row-major) to an element offset through `stride`. Every element of every

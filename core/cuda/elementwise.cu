@@ -1,6 +1,7 @@
 // Elementwise kernels on CUDA: strided copies and fills, and the unary and binary ops of
-// core/ops/elementwise.cpp found by name. Each device formula transcribes the CPU lambda beside its op
-// (same NaN rules, same torch conventions for ties and zeros), forward and derivative together.
+// core/ops/elementwise.cpp found by name. The unary formulas are core/ops/unary_ops.h's functors, the CPU's own,
+// run by one generic kernel; each binary formula transcribes the CPU lambda beside its op (same NaN rules, same
+// torch conventions for ties and zeros), forward and derivative together.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,126 +10,78 @@
 
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
+#include "core/ops/elementwise_kernels.h"
+#include "core/ops/unary_ops.h"
 
 namespace liandan::cuda_impl {
 namespace {
 
 // ---------------------------------------------------------------- unary ops
 
-enum class U : int {
-  add_scalar, mul_scalar, rsub, rdiv, pow_scalar, neg, exp, log, log1p, sqrt, rsqrt, abs, sin, cos, square,
-  clamp, tanh, sigmoid, relu, gelu_tanh, gelu, silu, elu, softplus
+// The math core/ops/unary_ops.h's formulas call on the device: CUDA's libm.
+struct DeviceMath {
+  template <class T> __host__ __device__ static T exp(T x) { return ::exp(x); }
+  template <class T> __host__ __device__ static T tanh(T x) { return ::tanh(x); }
+  template <class T> __host__ __device__ static T sigmoid(T x) { return T(1) / (T(1) + ::exp(-x)); }
+  template <class T> __host__ __device__ static T erf(T x) { return ::erf(x); }
+  template <class T> __host__ __device__ static T log(T x) { return ::log(x); }
+  template <class T> __host__ __device__ static T log1p(T x) { return ::log1p(x); }
+  template <class T> __host__ __device__ static T sqrt(T x) { return ::sqrt(x); }
+  template <class T> __host__ __device__ static T abs(T x) { return ::fabs(x); }
+  template <class T> __host__ __device__ static T sin(T x) { return ::sin(x); }
+  template <class T> __host__ __device__ static T cos(T x) { return ::cos(x); }
+  template <class T> __host__ __device__ static T pow(T x, T e) { return ::pow(x, e); }
 };
-struct UnaryName { const char* name; U op; };
-constexpr UnaryName kUnary[] = {
-    {"add_scalar", U::add_scalar}, {"mul_scalar", U::mul_scalar}, {"rsub", U::rsub}, {"rdiv", U::rdiv},
-    {"pow_scalar", U::pow_scalar}, {"neg", U::neg}, {"exp", U::exp}, {"log", U::log}, {"log1p", U::log1p},
-    {"sqrt", U::sqrt}, {"rsqrt", U::rsqrt}, {"abs", U::abs}, {"sin", U::sin}, {"cos", U::cos},
-    {"square", U::square}, {"clamp", U::clamp}, {"tanh", U::tanh}, {"sigmoid", U::sigmoid}, {"relu", U::relu},
-    {"gelu_tanh", U::gelu_tanh}, {"gelu", U::gelu}, {"silu", U::silu}, {"elu", U::elu}, {"softplus", U::softplus}};
 
-U unary_code(const char* name, Device d) {
+template <class F, class T>
+__global__ void unary_kernel(const T* x, T* y, int64_t n, double p0, double p1) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = F::template f<DeviceMath>(x[i], p0, p1);
+}
+
+template <class F, class T>
+__global__ void unary_backward_kernel(const T* x, const T* y, const T* g, T* dx, int64_t n, double p0, double p1) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = F::template d<DeviceMath>(x[i], y[i], g[i], p0, p1);
+}
+
+template <class F>
+void launch_unary(const Elementwise& e, const Tensor& x, const Tensor& y) {
+  int64_t n = y.numel();
+  if (n == 0) return;
+  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
+    unary_kernel<F, scalar_t><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
+        static_cast<const scalar_t*>(x.device_data()), static_cast<scalar_t*>(y.device_data()), n, e.p0, e.p1);
+  });
+  LD_CUDA_LAUNCHED(e.name);
+}
+
+template <class F>
+void launch_unary_backward(const Elementwise& e, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& dx) {
+  int64_t n = dx.numel();
+  if (n == 0) return;
+  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
+    unary_backward_kernel<F, scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dx)>>>(
+        static_cast<const scalar_t*>(x.device_data()), static_cast<const scalar_t*>(y.device_data()),
+        static_cast<const scalar_t*>(g.device_data()), static_cast<scalar_t*>(dx.device_data()), n, e.p0, e.p1);
+  });
+  LD_CUDA_LAUNCHED(e.name);
+}
+
+// Every op of unary_ops.h's list, by name.
+struct UnaryKernels {
+  const char* name;
+  void (*forward)(const Elementwise&, const Tensor&, const Tensor&);
+  void (*backward)(const Elementwise&, const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+};
+#define LD_UNARY_ENTRY(op, F) {#op, launch_unary<unary_ops::F>, launch_unary_backward<unary_ops::F>},
+const UnaryKernels kUnary[] = {LD_UNARY_OPS(LD_UNARY_ENTRY)};
+#undef LD_UNARY_ENTRY
+
+const UnaryKernels& unary_kernels(const char* name, Device d) {
   for (const auto& u : kUnary)
-    if (std::strcmp(u.name, name) == 0) return u.op;
+    if (std::strcmp(u.name, name) == 0) return u;
   no_device_kernel(name, d);
-}
-
-template <class T> __device__ T sigm(T v) { return T(1) / (T(1) + ::exp(-v)); }
-
-template <class T>
-__device__ T unary_f(U op, T v, T p0, T p1) {
-  switch (op) {
-    case U::add_scalar: return v + p0;
-    case U::mul_scalar: return v * p0;
-    case U::rsub: return p0 - v;
-    case U::rdiv: return p0 / v;
-    case U::pow_scalar: return ::pow(v, p0);
-    case U::neg: return -v;
-    case U::exp: return ::exp(v);
-    case U::log: return ::log(v);
-    case U::log1p: return ::log1p(v);
-    case U::sqrt: return ::sqrt(v);
-    case U::rsqrt: return T(1) / ::sqrt(v);
-    case U::abs: return ::fabs(v);
-    case U::sin: return ::sin(v);
-    case U::cos: return ::cos(v);
-    case U::square: return v * v;
-    case U::clamp: return v != v ? v : v < p0 ? p0 : v > p1 ? p1 : v;
-    case U::tanh: return ::tanh(v);
-    case U::sigmoid: return sigm(v);
-    case U::relu: return (v > 0 || v != v) ? v : T(0);
-    case U::gelu_tanh: {
-      T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
-      return T(0.5) * v * (1 + ::tanh(u));
-    }
-    case U::gelu: return T(0.5) * v * (1 + ::erf(v * T(0.7071067811865476)));
-    case U::silu: return v * sigm(v);
-    case U::elu: return v > 0 ? v : p0 * (::exp(v) - 1);
-    case U::softplus: {
-      T bx = p0 * v;
-      return bx > p1 ? v : ::log1p(::exp(bx)) / p0;
-    }
-  }
-  return v;
-}
-
-// d/dx given x, y = f(x) and the incoming gradient g.
-template <class T>
-__device__ T unary_d(U op, T x, T y, T g, T p0, T p1) {
-  switch (op) {
-    case U::add_scalar: return g;
-    case U::mul_scalar: return g * p0;
-    case U::rsub: return -g;
-    case U::rdiv: return -g * y / x;
-    case U::pow_scalar: return p0 == 0 ? T(0) : g * p0 * ::pow(x, p0 - 1);
-    case U::neg: return -g;
-    case U::exp: return g * y;
-    case U::log: return g / x;
-    case U::log1p: return g / (1 + x);
-    case U::sqrt: return g / (2 * y);
-    case U::rsqrt: return -g * y / (2 * x);
-    case U::abs: return x > 0 ? g : x < 0 ? -g : T(0);
-    case U::sin: return g * ::cos(x);
-    case U::cos: return -g * ::sin(x);
-    case U::square: return 2 * g * x;
-    case U::clamp: return (x >= p0 && x <= p1) ? g : T(0);
-    case U::tanh: return g * (1 - y * y);
-    case U::sigmoid: return g * y * (1 - y);
-    case U::relu: return x > 0 ? g : T(0);
-    case U::gelu_tanh: {
-      T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
-      T th = ::tanh(u);
-      T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * x * x);
-      return g * (T(0.5) * (1 + th) + T(0.5) * x * (1 - th * th) * du);
-    }
-    case U::gelu: {
-      T cdf = T(0.5) * (1 + ::erf(x * T(0.7071067811865476)));
-      T pdf = T(0.3989422804014327) * ::exp(T(-0.5) * x * x);
-      return g * (cdf + x * pdf);
-    }
-    case U::silu: {
-      T s = sigm(x);
-      return g * s * (1 + x * (1 - s));
-    }
-    case U::elu: return x > 0 ? g : g * (y + p0);
-    case U::softplus: {
-      T bx = p0 * x;
-      return bx > p1 ? g : g * sigm(bx);
-    }
-  }
-  return g;
-}
-
-template <class T>
-__global__ void unary_kernel(U op, const T* x, T* y, int64_t n, T p0, T p1) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = unary_f(op, x[i], p0, p1);
-}
-
-template <class T>
-__global__ void unary_backward_kernel(U op, const T* x, const T* y, const T* g, T* dx, int64_t n, T p0, T p1) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dx[i] = unary_d(op, x[i], y[i], g[i], p0, p1);
 }
 
 // ---------------------------------------------------------------- binary ops
@@ -202,18 +155,20 @@ __global__ void binary_backward_kernel(B op, int which, const T* a, StridedIndex
 }
 
 // ---------------------------------------------------------------- bias + activation (bias_act in core/ops.h)
-// T: h's element type, B: the bias's, W: the arithmetic's (float; double for f64). act: U::gelu, U::gelu_tanh,
-// or U::neg standing for "none" (the identity; neg itself is never a bias activation).
-template <class W> __device__ W act_value(U act, W z) { return act == U::neg ? z : unary_f(act, z, W(0), W(0)); }
-template <class W> __device__ W act_slope(U act, W z) {
-  return act == U::neg ? W(1) : unary_d(act, z, W(0), W(1), W(0), W(0));
-}
+// T: h's element type, B: the bias's, W: the arithmetic's (float; double for f64). Act: unary_ops::Gelu,
+// GeluTanh, or Identity for "none"; its value and its slope (d with g = 1), as the CPU's bias_act.
+struct Identity {
+  template <class M, class W> __device__ static W f(W z, double, double) { return z; }
+  template <class M, class W> __device__ static W d(W, W, W, double, double) { return W(1); }
+};
+template <class Act, class W> __device__ W act_value(W z) { return Act::template f<DeviceMath>(z, 0, 0); }
+template <class Act, class W> __device__ W act_slope(W z) { return Act::template d<DeviceMath>(z, z, W(1), 0, 0); }
 
 // Y: the output's (and its gradient's) element type: T, or B with a residual res (y = res + act(h + bias)).
-template <class T, class B, class W, class Y>
-__global__ void bias_act_kernel(U act, const T* h, const B* bias, const B* res, Y* y, int64_t n, int64_t N) {
+template <class Act, class T, class B, class W, class Y>
+__global__ void bias_act_kernel(const T* h, const B* bias, const B* res, Y* y, int64_t n, int64_t N) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    W v = act_value<W>(act, W(widen(h[i])) + W(widen(bias[i % N])));
+    W v = act_value<Act, W>(W(widen(h[i])) + W(widen(bias[i % N])));
     y[i] = narrow<Y>(res ? W(res[i]) + v : v);
   }
 }
@@ -222,8 +177,8 @@ __global__ void bias_act_kernel(U act, const T* h, const B* bias, const B* res, 
 // kBiasRows rows; its 32 × 8 threads walk the chunk's rows (a warp reads 32 consecutive columns of a row) and
 // sum their column in a fixed order, then the 8 partials of a column are added in order into partial[y][col].
 constexpr int kBiasRows = 256;
-template <class T, class B, class W, class Y>
-__global__ void bias_act_backward_kernel(U act, const T* h, const B* bias, const Y* g, T* dh, W* partial, int64_t rows,
+template <class Act, class T, class B, class W, class Y>
+__global__ void bias_act_backward_kernel(const T* h, const B* bias, const Y* g, T* dh, W* partial, int64_t rows,
                                          int64_t N) {
   __shared__ W sums[8][33];
   int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
@@ -233,7 +188,7 @@ __global__ void bias_act_backward_kernel(U act, const T* h, const B* bias, const
     W b = W(widen(bias[col]));
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
       int64_t i = r * N + col;
-      W dz = W(widen(g[i])) * act_slope<W>(act, W(widen(h[i])) + b);
+      W dz = W(widen(g[i])) * act_slope<Act, W>(W(widen(h[i])) + b);
       dh[i] = narrow<T>(dz);
       acc += dz;
     }
@@ -257,7 +212,14 @@ __global__ void bias_sum_kernel(const W* partial, B* dbias, int64_t chunks, int6
   }
 }
 
-U bias_act_code(const char* act, Device d) { return std::strcmp(act, "none") == 0 ? U::neg : unary_code(act, d); }
+// f(Act()) for the activation's name.
+template <class F>
+void with_act(const char* act, Device d, F&& f) {
+  if (std::strcmp(act, "none") == 0) return f(Identity());
+  if (std::strcmp(act, "gelu") == 0) return f(unary_ops::Gelu());
+  if (std::strcmp(act, "gelu_tanh") == 0) return f(unary_ops::GeluTanh());
+  no_device_kernel(act, d);
+}
 
 // f(T, B, W, Y) for h's dtype: f64 / f64 / double, f32 / f32 / float, bf16 | f16 / f32 / float; Y = B when
 // wide_out (a residual), else T.
@@ -322,6 +284,10 @@ __global__ void fill_kernel(T* dst, StridedIndex id, int64_t n, T v) {
     }                                                                                               \
   }()
 
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
+}
+
 // A contiguous operand of the output's shape reads as one flat run.
 StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) {
   if (t.shape() == shape && t.is_contiguous()) return strided_index({shape_numel(shape)}, {1}, op);
@@ -331,72 +297,58 @@ StridedIndex operand_index(const Tensor& t, const Shape& shape, const char* op) 
 }  // namespace
 
 void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual, const Tensor& y) {
-  U op = bias_act_code(act, h.device());
   int64_t n = h.numel(), N = h.size(-1);
   if (n == 0) return;
-  with_bias_act_types(h.dtype(), residual.defined(), [&](auto t, auto b, auto w, auto yt) {
-    using T = decltype(t);
-    using B = decltype(b);
-    using W = decltype(w);
-    using Y = decltype(yt);
-    const B* res = residual.defined() ? static_cast<const B*>(residual.device_data()) : nullptr;
-    bias_act_kernel<T, B, W, Y><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
-        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()), res,
-        static_cast<Y*>(y.device_data()), n, N);
+  with_act(act, h.device(), [&](auto a) {
+    using Act = decltype(a);
+    with_bias_act_types(h.dtype(), residual.defined(), [&](auto t, auto b, auto w, auto yt) {
+      using T = decltype(t);
+      using B = decltype(b);
+      using W = decltype(w);
+      using Y = decltype(yt);
+      const B* res = residual.defined() ? static_cast<const B*>(residual.device_data()) : nullptr;
+      bias_act_kernel<Act, T, B, W, Y><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
+          static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()), res,
+          static_cast<Y*>(y.device_data()), n, N);
+    });
   });
   LD_CUDA_LAUNCHED("bias_act");
 }
 
 void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
                        const Tensor& dbias) {
-  U op = bias_act_code(act, h.device());
   int64_t N = h.size(-1), rows = N ? h.numel() / N : 0;
   if (N == 0) return;
   int64_t chunks = std::max<int64_t>(1, (rows + kBiasRows - 1) / kBiasRows);
   LD_CHECK(chunks <= 65535, "bias_act on CUDA: ", rows, " rows exceed the grid (", 65535 * int64_t(kBiasRows), ")");
-  with_bias_act_types(h.dtype(), g.dtype() != h.dtype(), [&](auto t, auto b, auto w, auto yt) {
-    using T = decltype(t);
-    using B = decltype(b);
-    using W = decltype(w);
-    using Y = decltype(yt);
-    Tensor partial = empty({chunks, N}, {bias.dtype() == DType::f64 ? DType::f64 : DType::f32, h.device()});
-    dim3 grid(unsigned((N + 31) / 32), unsigned(chunks)), block(32, 8);
-    bias_act_backward_kernel<T, B, W, Y><<<grid, block, 0, stream_of(dh)>>>(
-        op, static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
-        static_cast<const Y*>(g.device_data()), static_cast<T*>(dh.device_data()), static_cast<W*>(partial.device_data()),
-        rows, N);
-    bias_sum_kernel<B, W><<<blocks_for(N), kThreads, 0, stream_of(dh)>>>(
-        static_cast<const W*>(partial.device_data()), static_cast<B*>(dbias.device_data()), chunks, N);
+  with_act(act, h.device(), [&](auto a) {
+    using Act = decltype(a);
+    with_bias_act_types(h.dtype(), g.dtype() != h.dtype(), [&](auto t, auto b, auto w, auto yt) {
+      using T = decltype(t);
+      using B = decltype(b);
+      using W = decltype(w);
+      using Y = decltype(yt);
+      Tensor partial = empty({chunks, N}, {bias.dtype() == DType::f64 ? DType::f64 : DType::f32, h.device()});
+      dim3 grid(unsigned((N + 31) / 32), unsigned(chunks)), block(32, 8);
+      bias_act_backward_kernel<Act, T, B, W, Y><<<grid, block, 0, stream_of(dh)>>>(
+          static_cast<const T*>(h.device_data()), static_cast<const B*>(bias.device_data()),
+          static_cast<const Y*>(g.device_data()), static_cast<T*>(dh.device_data()),
+          static_cast<W*>(partial.device_data()), rows, N);
+      bias_sum_kernel<B, W><<<blocks_for(N), kThreads, 0, stream_of(dh)>>>(
+          static_cast<const W*>(partial.device_data()), static_cast<B*>(dbias.device_data()), chunks, N);
+    });
   });
   LD_CUDA_LAUNCHED("bias_act backward");
 }
 
-void unary(const Elementwise& e, const Tensor& x, const Tensor& y) {
-  U op = unary_code(e.name, x.device());
-  int64_t n = y.numel();
-  if (n == 0) return;
-  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
-    unary_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(y)>>>(
-        op, static_cast<const scalar_t*>(x.device_data()), static_cast<scalar_t*>(y.device_data()), n,
-        scalar_t(e.p0), scalar_t(e.p1));
-  });
-  LD_CUDA_LAUNCHED(e.name);
-}
+void unary(const Elementwise& e, const Tensor& x, const Tensor& y) { unary_kernels(e.name, x.device()).forward(e, x, y); }
 
 void unary_backward(const Elementwise& e, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& dx) {
-  U op = unary_code(e.name, x.device());
-  int64_t n = dx.numel();
-  if (n == 0) return;
-  LD_CUDA_FLOAT(x.dtype(), e.name, [&] {
-    unary_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream_of(dx)>>>(
-        op, static_cast<const scalar_t*>(x.device_data()), static_cast<const scalar_t*>(y.device_data()),
-        static_cast<const scalar_t*>(g.device_data()), static_cast<scalar_t*>(dx.device_data()), n,
-        scalar_t(e.p0), scalar_t(e.p1));
-  });
-  LD_CUDA_LAUNCHED(e.name);
+  unary_kernels(e.name, x.device()).backward(e, x, y, g, dx);
 }
 
 void binary(const char* name, const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_device(name, a, b);
   B op = binary_code(name, a.device());
   int64_t n = out.numel();
   if (n == 0) return;
@@ -454,6 +406,8 @@ void fill(const Tensor& dst, double value) {
 }
 
 void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  check_same_device("where", cond, a);
+  check_same_device("where", a, b);
   int64_t n = out.numel();
   if (n == 0) return;
   StridedIndex ic = operand_index(cond, out.shape(), "where"), ia = operand_index(a, out.shape(), "where"),
@@ -523,5 +477,15 @@ void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs,
     for_lists<AxpbyItem<T>>(srcs, make, launch);
   });
 }
+
+LD_KERNEL_FILE(core_elementwise);
+LD_REGISTER_KERNEL(kernels::unary, CUDA, unary);
+LD_REGISTER_KERNEL(kernels::unary_backward, CUDA, unary_backward);
+LD_REGISTER_KERNEL(kernels::binary, CUDA, binary);
+LD_REGISTER_KERNEL(kernels::binary_backward, CUDA, binary_backward);
+LD_REGISTER_KERNEL(kernels::where, CUDA, where);
+LD_REGISTER_KERNEL(kernels::foreach_axpby, CUDA, foreach_axpby);
+LD_REGISTER_KERNEL(kernels::bias_act, CUDA, bias_act);
+LD_REGISTER_KERNEL(kernels::bias_act_backward, CUDA, bias_act_backward);
 
 }  // namespace liandan::cuda_impl

@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA kernels behind CudaBackend (core/cuda/backend.cu), one file per family:
-// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, losses.cu, random.cu, optim.cu,
+// elementwise.cu, reduce.cu, matmul.cu, softmax.cu, norm.cu, conv.cu, rope.cu, attention.cu, random.cu,
 // and mma_check.cu (the tensor-core instruction wrappers of mma.cuh against their documented layouts). Arguments as in DeviceBackend (core/device.h).
 #include <cublas_v2.h>
 
@@ -11,15 +11,10 @@ namespace liandan::cuda_impl {
 // mma_check.cu
 std::string check_tensor_core_layouts(cudaStream_t stream);
 
-// elementwise.cu
-void unary(const Elementwise& op, const Tensor& x, const Tensor& y);
-void unary_backward(const Elementwise& op, const Tensor& x, const Tensor& y, const Tensor& g, const Tensor& dx);
-void binary(const char* op, const Tensor& a, const Tensor& b, const Tensor& out);
-void binary_backward(const char* op, int which, const Tensor& a, const Tensor& b, const Tensor& g, const Tensor& out);
+// elementwise.cu (its unary, binary, where, foreach_axpby and bias_act kernels fill core/ops/elementwise_kernels.h's
+// registry slots)
 void copy_strided(const Tensor& dst, const Tensor& src, const Shape& src_strides);
 void fill(const Tensor& dst, double value);
-void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
-void foreach_axpby(const std::vector<Tensor>& ys, const std::vector<Tensor>& xs, double a, double b);
 
 // reduce.cu
 void sum_run(const Tensor& x, int64_t outer, int64_t R, int64_t inner, const Tensor& out);
@@ -33,11 +28,6 @@ void gather_scatter(bool gather, const Tensor& idx, const Tensor& src, const Ten
 void index_select(const Tensor& x, const Tensor& idx, int64_t outer, int64_t n, int64_t inner, const Tensor& out);
 void index_add_rows(const Tensor& g, const Tensor& order, const Tensor& starts, const Tensor& rows, int64_t outer,
                     int64_t n, int64_t inner, const Tensor& dx);
-
-// elementwise.cu (bias + activation)
-void bias_act(const Tensor& h, const Tensor& bias, const char* act, const Tensor& residual, const Tensor& y);
-void bias_act_backward(const Tensor& h, const Tensor& bias, const Tensor& g, const char* act, const Tensor& dh,
-                       const Tensor& dbias);
 
 // matmul.cu
 void gemm_batched(cublasHandle_t h, DType dt, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
@@ -78,16 +68,8 @@ bool attention_backward(const AttentionShape& a, const Tensor& q, const Tensor& 
                         const Tensor& out, const Tensor& lse, const Tensor& g, const Tensor& dq, const Tensor& dk,
                         const Tensor& dv);
 
-// losses.cu
-void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
-               bool soft, double eps, const Tensor& bad);
-
 // random.cu
 void fill_uniform(const Tensor& out, double lo, double hi, uint64_t seed, uint64_t first);
 void fill_normal(const Tensor& out, double mean, double std, uint64_t seed, uint64_t first);
-
-// optim.cu
-void adam_step(const std::vector<AdamTensor>& ts);
-void amos_step(const std::vector<AmosTensor>& ts, const AmosStepArgs& a);
 
 }  // namespace liandan::cuda_impl

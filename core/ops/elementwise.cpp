@@ -1,5 +1,6 @@
-// Elementwise ops. Each op is a forward lambda and its derivative, side by side; the derivative
-// runs as one fused pass over (x, y, grad) instead of a chain of tensor ops.
+// Elementwise ops. Each op is a forward formula and its derivative, side by side (a unary op's pair is a functor
+// in core/ops/unary_ops.h, shared with the CUDA kernel); the derivative runs as one fused pass over (x, y, grad)
+// instead of a chain of tensor ops.
 #include <cmath>
 #include <type_traits>
 
@@ -7,8 +8,21 @@
 #include "core/cpu/vecmath.h"
 #include "core/device.h"
 #include "core/ops.h"
+#include "core/ops/elementwise_kernels.h"
+#include "core/ops/unary_ops.h"
 
 namespace liandan {
+
+namespace kernels {  // core/ops/elementwise_kernels.h; CUDA's in core/cuda/elementwise.cu
+LD_DEFINE_KERNEL(unary);
+LD_DEFINE_KERNEL(unary_backward);
+LD_DEFINE_KERNEL(binary);
+LD_DEFINE_KERNEL(binary_backward);
+LD_DEFINE_KERNEL(where);
+LD_DEFINE_KERNEL(foreach_axpby);
+LD_DEFINE_KERNEL(bias_act);
+LD_DEFINE_KERNEL(bias_act_backward);
+}  // namespace kernels
 
 using cpu::map;
 
@@ -34,34 +48,53 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   LD_CHECK(a.device() == b.device(), op, ": device mismatch: ", a.device().str(), " vs ", b.device().str());
 }
 
-// ---- unary ops: y = F(x), dx = D(x, y, g). On a device the kernel is found by the op's name, with the
-// scalar parameters p0, p1 that the CPU lambdas capture (core/device.h).
+// ---- unary ops: y = F::f(x), dx = F::d(x, y, g) (core/ops/unary_ops.h). On a device the kernel is found by the
+// op's name from that list, with the scalar parameters p0, p1 (core/ops/elementwise_kernels.h's Elementwise).
 
-template <class Fwd, class Bwd>
-Tensor unary(const char* name, const Tensor& x, Fwd fwd, Bwd bwd, double p0 = 0, double p1 = 0) {
+// The math the formulas call on the CPU: the f32 polynomials of core/cpu/vecmath.h (they vectorize; glibc's
+// calls do not), libm for f64 and for the functions without a polynomial.
+struct CpuMath {
+  template <class T> static LD_VINLINE T exp(T x) { return cpu::vexp(x); }
+  template <class T> static LD_VINLINE T tanh(T x) { return cpu::vtanh(x); }
+  template <class T> static LD_VINLINE T sigmoid(T x) { return cpu::vsigmoid(x); }
+  template <class T> static LD_VINLINE T erf(T x) { return cpu::verf(x); }
+  template <class T> static LD_VINLINE T log(T x) { return std::log(x); }
+  template <class T> static LD_VINLINE T log1p(T x) { return std::log1p(x); }
+  template <class T> static LD_VINLINE T sqrt(T x) { return std::sqrt(x); }
+  template <class T> static LD_VINLINE T abs(T x) { return std::abs(x); }
+  template <class T> static LD_VINLINE T sin(T x) { return std::sin(x); }
+  template <class T> static LD_VINLINE T cos(T x) { return std::cos(x); }
+  template <class T> static LD_VINLINE T pow(T x, T e) { return std::pow(x, e); }
+};
+
+template <class F>
+Tensor unary(const Tensor& x, double p0 = 0, double p1 = 0) {
+  const char* name = unary_ops::name<F>;
   LD_CHECK(x.defined(), name, ": undefined tensor argument");
   Elementwise op{name, p0, p1};
   Tensor y;
   if (x.device().is_cpu()) {
     y = LD_DISPATCH_FLOAT(x.dtype(), name, [&] {
-      return map<scalar_t, 1>(x.shape(), {&x}, [fwd](scalar_t v) { return scalar_t(fwd(v)); });
+      return map<scalar_t, 1>(x.shape(), {&x}, [p0, p1](scalar_t v) { return F::template f<CpuMath>(v, p0, p1); });
     });
   } else {
     y = empty_like(x);
-    device_backend(x.device()).unary(op, x.contiguous(), y);
+    kernels::unary.labelled(name, "", x.device(), op, x.contiguous(), y);
   }
   if (needs_grad({&x})) {
     SavedTensor sx(x, name), sy(y, name);
-    record(name, y, {x}, [sx, sy, bwd, name, op](const Tensor& g) {
+    record(name, y, {x}, [sx, sy, name, op](const Tensor& g) {
       const Tensor &xv = sx.get(), &yv = sy.get();
       if (!g.device().is_cpu()) {
         Tensor dx = empty_like(g);
-        device_backend(g.device()).unary_backward(op, xv.contiguous(), yv, g.contiguous(), dx);
+        kernels::unary_backward.labelled(name, " backward", g.device(), op, xv.contiguous(), yv, g.contiguous(), dx);
         return std::vector<Tensor>{dx};
       }
+      const double p0 = op.p0, p1 = op.p1;
       return std::vector<Tensor>{LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
-        return map<scalar_t, 3>(xv.shape(), {&xv, &yv, &g},
-                                [bwd](scalar_t a, scalar_t b, scalar_t c) { return scalar_t(bwd(a, b, c)); });
+        return map<scalar_t, 3>(xv.shape(), {&xv, &yv, &g}, [p0, p1](scalar_t a, scalar_t b, scalar_t c) {
+          return F::template d<CpuMath>(a, b, c, p0, p1);
+        });
       })};
     });
   }
@@ -76,7 +109,7 @@ Tensor binary_forward(const char* name, const Tensor& a, const Tensor& b, Fwd fw
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
   if (!a.device().is_cpu()) {
     Tensor out = empty(s, {a.dtype(), a.device()});
-    device_backend(a.device()).binary(name, a, b, out);
+    kernels::binary.labelled(name, "", a.device(), name, a, b, out);
     return out;
   }
   return LD_DISPATCH_FLOAT(a.dtype(), name, [&] {
@@ -90,7 +123,7 @@ Tensor binary_grad(const char* name, int which, const Tensor& a, const Tensor& b
                    D d) {
   if (!g.device().is_cpu()) {
     Tensor full = empty_like(g);
-    device_backend(g.device()).binary_backward(name, which, a, b, g, full);
+    kernels::binary_backward.labelled(name, " backward", g.device(), name, which, a, b, g, full);
     return sum_to(full, to);
   }
   Tensor full = LD_DISPATCH_FLOAT(g.dtype(), name, [&] {
@@ -177,145 +210,47 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
 
 // ---- scalar forms
 
-Tensor add(const Tensor& a, double s) {
-  return unary("add_scalar", a, [s](auto x) { return x + decltype(x)(s); },
-               [](auto, auto, auto g) { return g; }, s);
-}
-Tensor mul(const Tensor& a, double s) {
-  return unary("mul_scalar", a, [s](auto x) { return x * decltype(x)(s); },
-               [s](auto, auto, auto g) { return g * decltype(g)(s); }, s);
-}
-Tensor rsub(const Tensor& a, double s) {
-  return unary("rsub", a, [s](auto x) { return decltype(x)(s) - x; }, [](auto, auto, auto g) { return -g; }, s);
-}
-Tensor rdiv(const Tensor& a, double s) {
-  return unary("rdiv", a, [s](auto x) { return decltype(x)(s) / x; },
-               [](auto x, auto y, auto g) { return -g * y / x; }, s);
-}
+using namespace unary_ops;
+
+Tensor add(const Tensor& a, double s) { return unary<AddScalar>(a, s); }
+Tensor mul(const Tensor& a, double s) { return unary<MulScalar>(a, s); }
+Tensor rsub(const Tensor& a, double s) { return unary<Rsub>(a, s); }
+Tensor rdiv(const Tensor& a, double s) { return unary<Rdiv>(a, s); }
 Tensor pow(const Tensor& a, double e) {
   if (e == 2.0) return square(a);
-  return unary("pow_scalar", a, [e](auto x) { return std::pow(x, decltype(x)(e)); },
-               [e](auto x, auto, auto g) {
-                 using T = decltype(x);
-                 return e == 0 ? T(0) : g * T(e) * std::pow(x, T(e - 1));
-               }, e);
+  return unary<PowScalar>(a, e);
 }
 
 // ---- unary math
 
-Tensor neg(const Tensor& x) {
-  return unary("neg", x, [](auto v) { return -v; }, [](auto, auto, auto g) { return -g; });
-}
-Tensor exp(const Tensor& x) {
-  return unary("exp", x, [](auto v) { return cpu::vexp(v); }, [](auto, auto y, auto g) { return g * y; });
-}
-Tensor log(const Tensor& x) {
-  return unary("log", x, [](auto v) { return std::log(v); }, [](auto v, auto, auto g) { return g / v; });
-}
-Tensor log1p(const Tensor& x) {
-  return unary("log1p", x, [](auto v) { return std::log1p(v); },
-               [](auto v, auto, auto g) { return g / (1 + v); });
-}
-Tensor sqrt(const Tensor& x) {
-  return unary("sqrt", x, [](auto v) { return std::sqrt(v); }, [](auto, auto y, auto g) { return g / (2 * y); });
-}
-Tensor rsqrt(const Tensor& x) {
-  return unary("rsqrt", x, [](auto v) { return 1 / std::sqrt(v); },
-               [](auto v, auto y, auto g) { return -g * y / (2 * v); });
-}
-Tensor abs(const Tensor& x) {
-  return unary("abs", x, [](auto v) { return std::abs(v); },
-               [](auto v, auto, auto g) { return v > 0 ? g : v < 0 ? -g : decltype(g)(0); });
-}
-Tensor sin(const Tensor& x) {
-  return unary("sin", x, [](auto v) { return std::sin(v); }, [](auto v, auto, auto g) { return g * std::cos(v); });
-}
-Tensor cos(const Tensor& x) {
-  return unary("cos", x, [](auto v) { return std::cos(v); }, [](auto v, auto, auto g) { return -g * std::sin(v); });
-}
-Tensor square(const Tensor& x) {
-  return unary("square", x, [](auto v) { return v * v; }, [](auto v, auto, auto g) { return 2 * g * v; });
-}
-// Gradient flows where lo <= x <= hi (inclusive, as torch).
+Tensor neg(const Tensor& x) { return unary<Neg>(x); }
+Tensor exp(const Tensor& x) { return unary<Exp>(x); }
+Tensor log(const Tensor& x) { return unary<Log>(x); }
+Tensor log1p(const Tensor& x) { return unary<Log1p>(x); }
+Tensor sqrt(const Tensor& x) { return unary<Sqrt>(x); }
+Tensor rsqrt(const Tensor& x) { return unary<Rsqrt>(x); }
+Tensor abs(const Tensor& x) { return unary<Abs>(x); }
+Tensor sin(const Tensor& x) { return unary<Sin>(x); }
+Tensor cos(const Tensor& x) { return unary<Cos>(x); }
+Tensor square(const Tensor& x) { return unary<Square>(x); }
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
   double l = lo.value_or(-INFINITY), h = hi.value_or(INFINITY);
   LD_CHECK(l <= h, "clamp: min ", l, " > max ", h);
-  return unary("clamp", x, [l, h](auto v) {
-    using T = decltype(v);
-    return v != v ? v : v < T(l) ? T(l) : v > T(h) ? T(h) : v;
-  }, [l, h](auto v, auto, auto g) {
-    using T = decltype(v);
-    return (v >= T(l) && v <= T(h)) ? g : T(0);
-  }, l, h);
+  return unary<Clamp>(x, l, h);
 }
-Tensor tanh(const Tensor& x) {
-  return unary("tanh", x, [](auto v) { return cpu::vtanh(v); },
-               [](auto, auto y, auto g) { return g * (1 - y * y); });
-}
-Tensor sigmoid(const Tensor& x) {
-  return unary("sigmoid", x, [](auto v) { return cpu::vsigmoid(v); },
-               [](auto, auto y, auto g) { return g * y * (1 - y); });
-}
-Tensor relu(const Tensor& x) {
-  return unary("relu", x, [](auto v) { return v > 0 || v != v ? v : decltype(v)(0); },  // NaN stays NaN
-               [](auto v, auto, auto g) { return v > 0 ? g : decltype(g)(0); });
-}
-namespace {
-// GELU and its slope, shared by gelu and bias_act (always inlined: the gelu loops stay vectorized,
-// with the numbers they had). Exact: x Phi(x), d/dx = Phi(x) + x phi(x). Tanh form:
-// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
-template <class T> LD_VINLINE T gelu_value(T v) { return T(0.5) * v * (1 + cpu::verf(v * T(0.7071067811865476))); }
-template <class T> LD_VINLINE T gelu_slope(T v) {
-  T cdf = T(0.5) * (1 + cpu::verf(v * T(0.7071067811865476)));
-  T pdf = T(0.3989422804014327) * cpu::vexp(T(-0.5) * v * v);
-  return cdf + v * pdf;
-}
-template <class T> LD_VINLINE T gelu_tanh_value(T v) {
-  T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
-  return T(0.5) * v * (1 + cpu::vtanh(u));
-}
-template <class T> LD_VINLINE T gelu_tanh_slope(T v) {
-  T u = T(0.7978845608028654) * (v + T(0.044715) * v * v * v);
-  T th = cpu::vtanh(u);
-  T du = T(0.7978845608028654) * (1 + T(3 * 0.044715) * v * v);
-  return T(0.5) * (1 + th) + T(0.5) * v * (1 - th * th) * du;
-}
-}  // namespace
-
+Tensor tanh(const Tensor& x) { return unary<Tanh>(x); }
+Tensor sigmoid(const Tensor& x) { return unary<Sigmoid>(x); }
+Tensor relu(const Tensor& x) { return unary<Relu>(x); }
 Tensor gelu(const Tensor& x, GeluApprox approx) {
-  if (approx == GeluApprox::tanh)
-    return unary("gelu_tanh", x, [](auto v) { return gelu_tanh_value(v); },
-                 [](auto v, auto, auto g) { return g * gelu_tanh_slope(v); });
-  return unary("gelu", x, [](auto v) { return gelu_value(v); }, [](auto v, auto, auto g) { return g * gelu_slope(v); });
+  return approx == GeluApprox::tanh ? unary<GeluTanh>(x) : unary<Gelu>(x);
 }
-Tensor silu(const Tensor& x) {
-  return unary("silu", x, [](auto v) { return v * cpu::vsigmoid(v); }, [](auto v, auto, auto g) {
-    auto s = cpu::vsigmoid(v);
-    return g * s * (1 + v * (1 - s));
-  });
-}
-Tensor elu(const Tensor& x, double alpha) {
-  return unary("elu", x, [alpha](auto v) {
-    using T = decltype(v);
-    return v > 0 ? v : T(alpha) * (cpu::vexp(v) - 1);
-  }, [alpha](auto v, auto y, auto g) {
-    using T = decltype(v);
-    return v > 0 ? g : g * (y + T(alpha));
-  }, alpha);
-}
-// (1/beta) log(1 + e^{beta x}); linear above `threshold` (as torch) for stability.
+Tensor silu(const Tensor& x) { return unary<Silu>(x); }
+Tensor elu(const Tensor& x, double alpha) { return unary<Elu>(x, alpha); }
 Tensor softplus(const Tensor& x, double beta, double threshold) {
   LD_CHECK(beta > 0, "softplus: beta must be positive, got ", beta);
-  return unary("softplus", x, [beta, threshold](auto v) {
-    using T = decltype(v);
-    T bx = T(beta) * v;
-    return bx > T(threshold) ? v : std::log1p(cpu::vexp(bx)) / T(beta);
-  }, [beta, threshold](auto v, auto, auto g) {
-    using T = decltype(v);
-    T bx = T(beta) * v;
-    return bx > T(threshold) ? g : g * cpu::vsigmoid(bx);
-  }, beta, threshold);
+  return unary<Softplus>(x, beta, threshold);
 }
+Tensor softsign(const Tensor& x) { return unary<Softsign>(x); }
 
 // ---- comparisons (no gradient)
 Tensor eq(const Tensor& a, const Tensor& b) { return compare("eq", a, b, [](auto u, auto v) { return u == v; }); }
@@ -336,7 +271,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Tensor y;
   if (!a.device().is_cpu()) {
     y = empty(s, {a.dtype(), a.device()});
-    device_backend(a.device()).where(cond, a, b, y);
+    kernels::where(a.device(), cond, a, b, y);
   } else {
     y = LD_DISPATCH_FLOAT(a.dtype(), "where", [&] {
       return map<scalar_t, 3>(s, {&cond, &a, &b}, [](scalar_t c, scalar_t u, scalar_t v) { return c != 0 ? u : v; });
@@ -367,19 +302,19 @@ const char* bias_act_name(BiasActivation a) {
   return a == BiasActivation::gelu ? "gelu" : a == BiasActivation::gelu_tanh ? "gelu_tanh" : "none";
 }
 
-// act(z) and act'(z): gelu()'s formulas. The activation is a template parameter (with_act picks it once per call),
+// act(z) and act'(z): gelu()'s formulas (core/ops/unary_ops.h). The activation is a template parameter (with_act picks it once per call),
 // so that the element loops inline it and vectorize (a per-element branch on it kept them scalar: 27% of a bf16 LM
 // step in act_value/act_slope calls).
 template <BiasActivation A, class W>
 LD_VINLINE W act_value(W z) {
-  if constexpr (A == BiasActivation::gelu) return gelu_value(z);
-  else if constexpr (A == BiasActivation::gelu_tanh) return gelu_tanh_value(z);
+  if constexpr (A == BiasActivation::gelu) return Gelu::f<CpuMath>(z, 0, 0);
+  else if constexpr (A == BiasActivation::gelu_tanh) return GeluTanh::f<CpuMath>(z, 0, 0);
   else return z;
 }
 template <BiasActivation A, class W>
-LD_VINLINE W act_slope(W z) {
-  if constexpr (A == BiasActivation::gelu) return gelu_slope(z);
-  else if constexpr (A == BiasActivation::gelu_tanh) return gelu_tanh_slope(z);
+LD_VINLINE W act_slope(W z) {  // the derivative at z, as d(z, ·, g = 1)
+  if constexpr (A == BiasActivation::gelu) return Gelu::d<CpuMath>(z, z, W(1), 0, 0);
+  else if constexpr (A == BiasActivation::gelu_tanh) return GeluTanh::d<CpuMath>(z, z, W(1), 0, 0);
   else return W(1);
 }
 template <class F>
@@ -462,7 +397,7 @@ Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const T
   Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
   Tensor y = empty(h.shape(), {residual.defined() ? wide : h.dtype(), h.device()});
   if (!h.device().is_cpu()) {
-    device_backend(h.device()).bias_act(hc, bc, bias_act_name(act), rc, y);
+    kernels::bias_act(h.device(), hc, bc, bias_act_name(act), rc, y);
   } else {
     with_bias_act_types(h.dtype(), rc.defined(), [&](auto t, auto b, auto w, auto yt) {
       using T = decltype(t);
@@ -484,7 +419,7 @@ Tensor bias_act(const Tensor& h, const Tensor& bias, BiasActivation act, const T
       const Tensor &hv = sh.get(), &bv = sb.get();
       Tensor dh = empty(hv.shape(), {hv.dtype(), hv.device()}), db = empty(bv.shape(), {bv.dtype(), bv.device()});
       if (!hv.device().is_cpu()) {
-        device_backend(hv.device()).bias_act_backward(hv, bv, g, bias_act_name(act), dh, db);
+        kernels::bias_act_backward.labelled("bias_act", " backward", hv.device(), hv, bv, g, bias_act_name(act), dh, db);
       } else {
         with_bias_act_types(hv.dtype(), has_res, [&](auto t, auto b, auto w, auto yt) {
           using T = decltype(t);

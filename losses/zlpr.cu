@@ -1,4 +1,5 @@
-// ZLPR (hard and soft targets) on CUDA: the fused row kernel of losses/zlpr.cpp, one warp per row of C logits.
+// ZLPR (hard and soft targets) on CUDA (losses::zlpr_rows, losses/kernels.h): the fused row kernel of
+// losses/zlpr.cpp, one warp per row of C logits.
 // Per row, the exponent sets a_i = s_i + log(1 − t_i) and b_i = −s_i + log t_i (−inf outside a set) are
 // recomputed in each of three passes rather than stored: their maxima (with the appended 0 logit), the sums
 // of e^{a − max} and e^{b − max}, and — when a gradient is wanted — dL/ds_i = e^{a_i − lse_a} − e^{b_i − lse_b}.
@@ -9,10 +10,12 @@
 #include <cmath>
 
 #include "core/cuda/common.cuh"
-#include "core/cuda/kernels.h"
+#include "losses/kernels.h"
 
-namespace liandan::cuda_impl {
+namespace liandan::losses {
 namespace {
+
+using namespace cuda_impl;
 
 constexpr double kMaskedLogit = -1e11;  // logits <= this are invalid (losses/zlpr.cpp)
 
@@ -71,9 +74,7 @@ __global__ void zlpr_rows_kernel(const T* s, const T* t, T* loss, T* grad, int64
   }
 }
 
-}  // namespace
-
-void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
+void zlpr_rows_cuda(const Tensor& s, const Tensor& t, const Tensor& loss, const Tensor& grad, int64_t rows, int64_t C,
                bool soft, double eps, const Tensor& bad) {
   if (rows == 0) return;
   constexpr int kRowsPerBlock = kThreads / 32;
@@ -91,4 +92,9 @@ void zlpr_rows(const Tensor& s, const Tensor& t, const Tensor& loss, const Tenso
   LD_CUDA_LAUNCHED("zlpr");
 }
 
-}  // namespace liandan::cuda_impl
+}  // namespace
+
+LD_KERNEL_FILE(losses_zlpr);
+LD_REGISTER_KERNEL(zlpr_rows, CUDA, zlpr_rows_cuda);
+
+}  // namespace liandan::losses
