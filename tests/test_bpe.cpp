@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "tests/temp_dir.h"
 #include "core/data/bpe.h"
 #include "core/data/text.h"
 #include "core/error.h"
@@ -22,17 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int n = 0;
-    path = fs::temp_directory_path() / ("liandan_test_bpe_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using liandan::testing::TempDir;
 
 void write_bytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
