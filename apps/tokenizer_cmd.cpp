@@ -67,6 +67,20 @@ int tokenizer_encode(const std::string& file, const std::string& text) {
   return 0;
 }
 
+std::vector<int64_t> with_bpe_fingerprint(const data::Tokenizer& tok, std::vector<int64_t> s) {
+  if (const data::BPE* m = tok.bpe_model()) s.push_back(m->fingerprint());
+  return s;
+}
+
+std::vector<int64_t> without_bpe_fingerprint(const data::Tokenizer& tok, std::vector<int64_t> s) {
+  const data::BPE* m = tok.bpe_model();
+  if (!m) return s;
+  LD_CHECK(!s.empty() && s.back() == m->fingerprint(), "the data.tokenizer BPE file is not the one this checkpoint was ",
+           "trained with (its merges differ; vocab ", m->vocab_size(), "): use the run's own tokenizer file");
+  s.pop_back();
+  return s;
+}
+
 std::optional<data::Tokenizer> bpe_tokenizer_from_config(Config& c, const std::string& mode) {
   std::string path = c.get<std::string>("data.tokenizer", "");
   if (path.empty()) return std::nullopt;

@@ -23,4 +23,11 @@ int tokenizer_encode(const std::string& file, const std::string& text);
 // that does not load is an error naming the key, the path and what is wrong with it.
 std::optional<data::Tokenizer> bpe_tokenizer_from_config(Config& c, const std::string& mode);
 
+// A run that trains with a BPE keeps its fingerprint (data::BPE::fingerprint) as the last entry of the task's state,
+// so that a checkpoint resumed or sampled with another file of the same vocab size is refused, not silently decoded
+// with other merges. with_bpe_fingerprint appends it (no BPE: `s` as it is); without_bpe_fingerprint checks and
+// removes it (an Error naming data.tokenizer on a mismatch).
+std::vector<int64_t> with_bpe_fingerprint(const data::Tokenizer& tok, std::vector<int64_t> s);
+std::vector<int64_t> without_bpe_fingerprint(const data::Tokenizer& tok, std::vector<int64_t> s);
+
 }  // namespace liandan::apps

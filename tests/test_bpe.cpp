@@ -456,6 +456,21 @@ TEST_CASE("liandan tokenizer train + liandan train lm and text_cls with data.tok
   }
   CHECK(found_sample);
 
+  // The checkpoint remembers its BPE (a fingerprint of the merges in the task state): the file replaced by another
+  // BPE of the same vocab size is refused on resume, naming data.tokenizer; the original file resumes.
+  std::string original = read_all(dir / "bpe.json");
+  BPE::train(english_corpus(20000, 7) + kChinese + kChinese, {.vocab_size = 400}).save(dir / "bpe.json");
+  REQUIRE(BPE::load(dir / "bpe.json").vocab_size() == 400);
+  REQUIRE(BPE::load(dir / "bpe.json").fingerprint() != bpe.fingerprint());
+  auto swapped = liandan::testing::run_process(bin, {"resume", dir / "run-lm", "--set", "steps=4"}, 120);
+  INFO(swapped.output);
+  CHECK(swapped.exit_code != 0);
+  CHECK(swapped.output.find("data.tokenizer BPE file is not the one this checkpoint was trained with") != std::string::npos);
+  write_bytes(dir / "bpe.json", original);
+  auto resumed = liandan::testing::run_process(bin, {"resume", dir / "run-lm", "--set", "steps=4"}, 120);
+  INFO(resumed.output);
+  CHECK(resumed.exit_code == 0);
+
   // Bad values of the key are errors naming it.
   auto bad_run = [&](std::vector<std::string> sets, std::initializer_list<std::string> parts) {
     std::vector<std::string> args{"train", dir / "lm.toml", "--run-dir", dir / "run-bad", "--overwrite"};

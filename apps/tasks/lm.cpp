@@ -185,8 +185,12 @@ class LMTask : public Task {
     return {"generated text (" + file.string() + "):", "----", text, "----"};
   }
 
-  std::vector<int64_t> state() const override { return {int64_t(gen_.seed()), int64_t(gen_.offset())}; }
-  void set_state(const std::vector<int64_t>& s) override {
+  // The window generator's state (and, with a BPE, its fingerprint: apps/tokenizer_cmd.h).
+  std::vector<int64_t> state() const override {
+    return with_bpe_fingerprint(tok_, {int64_t(gen_.seed()), int64_t(gen_.offset())});
+  }
+  void set_state(const std::vector<int64_t>& state) override {
+    std::vector<int64_t> s = without_bpe_fingerprint(tok_, state);
     LD_CHECK(s.size() == 2, "lm: task state must hold 2 integers, got ", s.size());
     gen_.set_state(uint64_t(s[0]), uint64_t(s[1]));
   }

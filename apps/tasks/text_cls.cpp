@@ -143,8 +143,9 @@ class TextClsTask : public Task {
     write_file_atomic(dir + "/" + tag + "-predictions.txt", all);
     return lines;
   }
-  std::vector<int64_t> state() const override { return loader_.state(); }
-  void set_state(const std::vector<int64_t>& s) override { loader_.set_state(s); }
+  // The loader's state (and, with a BPE, its fingerprint: apps/tokenizer_cmd.h).
+  std::vector<int64_t> state() const override { return with_bpe_fingerprint(tok_, loader_.state()); }
+  void set_state(const std::vector<int64_t>& s) override { loader_.set_state(without_bpe_fingerprint(tok_, s)); }
 
  private:
   static data::LabelledText load(Config& c, const std::string& key, const std::string& path,

@@ -460,6 +460,14 @@ std::string BPE::decode(const std::vector<int64_t>& ids) const {
 
 // ---------------------------------------------------------------- the JSON file
 
+int64_t BPE::fingerprint() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits, over the merges' ids as 8 bytes each
+  for (auto [a, b] : merges_)
+    for (uint64_t v : {uint64_t(uint32_t(a)), uint64_t(uint32_t(b))})
+      for (int i = 0; i < 4; ++i) h = (h ^ ((v >> (8 * i)) & 0xFF)) * 1099511628211ull;
+  return int64_t(h >> 1);
+}
+
 std::string BPE::to_json() const {
   std::ostringstream o;
   o << "{\"format\": \"" << kFormat << "\", \"vocab_size\": " << vocab_size() << ", \"merges\": [";

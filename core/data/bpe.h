@@ -62,6 +62,8 @@ class BPE {
 
   int64_t vocab_size() const { return int64_t(tokens_.size()); }
   const std::vector<std::pair<int32_t, int32_t>>& merges() const { return merges_; }
+  // 63 bits of an FNV-1a hash of the merges: two files with the same merges in the same order have the same one.
+  int64_t fingerprint() const;
   // The bytes of token `id` (out of range: an Error).
   const std::string& token_bytes(int64_t id) const;
 

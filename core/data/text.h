@@ -64,6 +64,8 @@ class Tokenizer {
   // Ids out of range are an error naming the id and the vocab size.
   std::string decode(const std::vector<int64_t>& ids) const;
   std::string decode(const Tensor& ids) const;  // i64, any shape, row-major order
+  // The BPE model of a bpe tokenizer, else null.
+  const BPE* bpe_model() const { return bpe_.get(); }
 
  private:
   TextMode mode_ = TextMode::bytes;
