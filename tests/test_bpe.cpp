@@ -10,7 +10,7 @@
 #include <random>
 #include <set>
 
-#include "tests/temp_dir.h"
+#include "tests/test_files.h"
 #include "core/data/bpe.h"
 #include "core/data/text.h"
 #include "core/error.h"
@@ -23,26 +23,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using liandan::testing::check_error;
+using liandan::testing::read_bytes;
 using liandan::testing::TempDir;
+using liandan::testing::write_bytes;
 
-void write_bytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
-std::string read_all(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL("expected a liandan::Error");
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    INFO(msg);
-    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
-  }
-}
 
 // English-like text (deterministic): frequent words from a list and invented words of 1-4 syllables, with
 // spaces, punctuation, numbers and line breaks; thousands of distinct words, so training has pairs left.
@@ -302,7 +289,7 @@ TEST_CASE("BPE JSON: save/load round trip, atomic file, the exact format") {
   CHECK(back.merges() == big.merges());
   CHECK(back.vocab_size() == 400);
   CHECK(back.encode(corpus) == big.encode(corpus));
-  CHECK(back.to_json() == read_all(dir / "bpe.json"));
+  CHECK(back.to_json() == read_bytes(dir / "bpe.json"));
   for (auto& e : fs::directory_iterator(dir.path)) CHECK(e.path().filename() == "bpe.json");  // no temporaries left
   // Other JSON spellings of the same content load too.
   CHECK(BPE::from_json(R"({"merges":[[97,97]],"vocab_size":257,"format":"liandan-bpe-1"})").merges().size() == 1);
@@ -444,13 +431,13 @@ TEST_CASE("liandan tokenizer train + liandan train lm and text_cls with data.tok
   INFO(lm.output);
   REQUIRE(lm.exit_code == 0);
   CHECK(lm.output.find("vocab 400") != std::string::npos);
-  std::string cfg = read_all(fs::path(dir / "run-lm") / "config.toml");
+  std::string cfg = read_bytes(fs::path(dir / "run-lm") / "config.toml");
   CHECK(cfg.find("tokenizer = '" + dir / "bpe.json" + "'") + cfg.find("tokenizer = \"" + dir / "bpe.json" + "\"") !=
         2 * std::string::npos);
   bool found_sample = false;
   for (auto& e : fs::recursive_directory_iterator(fs::path(dir / "run-lm") / "samples")) {
     if (e.path().extension() != ".txt") continue;
-    std::string s = read_all(e.path());
+    std::string s = read_bytes(e.path());
     CHECK(s.rfind("the quick", 0) == 0);  // the prompt, decoded back through the BPE
     found_sample = true;
   }
@@ -458,7 +445,7 @@ TEST_CASE("liandan tokenizer train + liandan train lm and text_cls with data.tok
 
   // The checkpoint remembers its BPE (a fingerprint of the merges in the task state): the file replaced by another
   // BPE of the same vocab size is refused on resume, naming data.tokenizer; the original file resumes.
-  std::string original = read_all(dir / "bpe.json");
+  std::string original = read_bytes(dir / "bpe.json");
   BPE::train(english_corpus(20000, 7) + kChinese + kChinese, {.vocab_size = 400}).save(dir / "bpe.json");
   REQUIRE(BPE::load(dir / "bpe.json").vocab_size() == 400);
   REQUIRE(BPE::load(dir / "bpe.json").fingerprint() != bpe.fingerprint());

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <set>
 
-#include "tests/temp_dir.h"
+#include "tests/test_files.h"
 #include "core/data/composite.h"
 #include "core/data/image.h"
 #include "core/data/loader.h"
@@ -23,28 +23,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using liandan::testing::check_error;
+using liandan::testing::read_bytes;
 using liandan::testing::TempDir;
+using liandan::testing::write_bytes;
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-std::string read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
 
-// Runs f, which must throw a liandan::Error whose message contains every one of `parts`.
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL("expected a liandan::Error");
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    INFO(msg);
-    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
-  }
-}
+
 
 std::vector<int64_t> i64s(const Tensor& t) {
   Tensor c = t.contiguous();

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "tests/test_files.h"
 #include "core/serialize.h"
 #include "process.h"
 
@@ -33,6 +34,11 @@ using liandan::testing::run_process;
 namespace fs = std::filesystem;
 
 namespace {
+
+using liandan::testing::check_error;
+using liandan::testing::read_bytes;
+using liandan::testing::TempDir;
+using liandan::testing::write_bytes;
 
 const char* kRunConfig = R"(task = "spirals"
 seed = 3
@@ -54,16 +60,6 @@ lr = 1e-2
 
 const std::vector<std::string> kEnv = {"OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE"};
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-// Replaces the file (not writing through it: in a run directory, last.safetensors is a hard link).
-void write_bytes(const fs::path& p, const std::string& s) {
-  fs::remove(p);
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f.write(s.data(), std::streamsize(s.size()));
-}
 
 uint64_t header_len(const std::string& b) {
   uint64_t n = 0;

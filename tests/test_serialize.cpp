@@ -18,6 +18,7 @@
 #include <future>
 #include <random>
 
+#include "tests/test_files.h"
 #include "core/ops.h"
 #include "core/serialize.h"
 
@@ -26,33 +27,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "liandan_serialize_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using liandan::testing::check_error;
+using liandan::testing::read_bytes;
+using liandan::testing::TempDir;
+using liandan::testing::write_bytes;
 
-std::string read_bytes(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-// A new file each time, not a truncated one: ext4 flushes a file that is truncated and rewritten (auto_da_alloc),
-// which made the corruption loops below wait on the disk.
-void write_bytes(const std::string& p, const std::string& s) {
-  ::unlink(p.c_str());
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f.write(s.data(), std::streamsize(s.size()));
-}
+
 std::string hex_bytes(const std::string& hex) {
   std::string out;
   for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(char(std::stoi(hex.substr(i, 2), nullptr, 16)));
@@ -95,7 +75,7 @@ TEST_CASE("round trip of f32, f64 and i64 tensors with metadata, in order") {
   NamedTensors ts = {{"z.weight", a}, {"a.bias", b}, {"ids", c}, {"scalar", scalar}, {"empty", empty_t},
                      {"strided", strided}};
   Metadata md = {{"step", "1200"}, {"config", "{\"d\": 4}"}, {"unicode", "π ≈ 3.14"}};
-  std::string p = dir.file("model.safetensors");
+  std::string p = dir / "model.safetensors";
   save_safetensors(p, ts, md);
   auto r = load_safetensors(p);
   REQUIRE(r.tensors.size() == ts.size());
@@ -118,7 +98,7 @@ TEST_CASE("round trip of f32, f64 and i64 tensors with metadata, in order") {
 
 TEST_CASE("an empty tensor list and an empty file name list round trip") {
   TempDir dir;
-  std::string p = dir.file("e.safetensors");
+  std::string p = dir / "e.safetensors";
   save_safetensors(p, {});
   auto r = load_safetensors(p);
   CHECK(r.tensors.empty());
@@ -127,7 +107,7 @@ TEST_CASE("an empty tensor list and an empty file name list round trip") {
 
 TEST_CASE("reads the layout PyTorch's safetensors writes, every dtype") {
   TempDir dir;
-  std::string p = dir.file("ref.safetensors");
+  std::string p = dir / "ref.safetensors";
   write_bytes(p, st_file(kRefHeader, hex_bytes(kRefData)));
   auto r = load_safetensors(p);
   CHECK(r.metadata == Metadata{{"format", "pt"}, {"step", "42"}});
@@ -156,7 +136,7 @@ TEST_CASE("reads the layout PyTorch's safetensors writes, every dtype") {
 
 TEST_CASE("writes the same bytes as PyTorch's safetensors for the same tensors") {
   TempDir dir;
-  std::string p = dir.file("ours.safetensors");
+  std::string p = dir / "ours.safetensors";
   NamedTensors ts = {{"bias", from_vector(std::vector<float>{0.5f, -1.25f, 3.0f}, {3})},
                      {"w64", from_vector(std::vector<double>{1.0 / 3.0, -2.0}, {1, 2}, DType::f64)},
                      {"ids", from_vector(std::vector<int64_t>{7, -3}, {2})}};
@@ -170,20 +150,20 @@ TEST_CASE("writes the same bytes as PyTorch's safetensors for the same tensors")
       st_file(header, hex_bytes("0000003f0000a0bf00004040555555555555d53f00000000000000c00700000000000000fdffffffffffffff"));
   CHECK(read_bytes(p) == expected);
   // With checksums (the default) the one difference is the "liandan.checksums" metadata entry.
-  std::string pc = dir.file("checked.safetensors");
+  std::string pc = dir / "checked.safetensors";
   save_safetensors(pc, ts, {{"format", "pt"}, {"step", "42"}});
   std::string checked = read_bytes(pc);
   CHECK(checked.substr(checked.size() - 44) == expected.substr(expected.size() - 44));
   CHECK(checked.find("\"liandan.checksums\":\"{\\\"algorithm\\\":\\\"xxh3_64\\\"") != std::string::npos);
 
   // Storing as bf16 / f16 gives torch's bits (x.to(torch.bfloat16) / torch.float16).
-  std::string pb = dir.file("bf16.safetensors");
+  std::string pb = dir / "bf16.safetensors";
   save_safetensors(pb, {{"emb", from_vector(std::vector<float>{1.0f, -2.5f, 0.1f, 3.14159f}, {2, 2})}}, {},
                    {FloatFormat::bf16});
   std::string bytes = read_bytes(pb);
   CHECK(bytes.substr(bytes.size() - 8) == hex_bytes("803f20c0cd3d4940"));
   CHECK(bytes.find("\"dtype\":\"BF16\"") != std::string::npos);
-  std::string ph = dir.file("f16.safetensors");
+  std::string ph = dir / "f16.safetensors";
   save_safetensors(ph, {{"half", from_vector(std::vector<double>{0.1, 65504.0, -0.0001}, {3}, DType::f64)}}, {},
                    {FloatFormat::f16});
   bytes = read_bytes(ph);
@@ -249,7 +229,7 @@ TEST_CASE("bf16 / f16 storage: read back as f32 within half an ulp; f64 is round
   Generator g(3);
   Tensor x = randn({1000}, g), x64 = mul(randn({1000}, g, DType::f64), 100.0);
   for (FloatFormat ff : {FloatFormat::bf16, FloatFormat::f16}) {
-    std::string p = dir.file("h.safetensors");
+    std::string p = dir / "h.safetensors";
     save_safetensors(p, {{"x", x}, {"x64", x64}}, {}, {ff});
     auto r = load_safetensors(p);
     for (const char* n : {"x", "x64"}) {
@@ -269,7 +249,7 @@ TEST_CASE("bf16 / f16 storage: read back as f32 within half an ulp; f64 is round
   }
   // 1 + 2^-8 + 2^-30 lies just above the bf16 tie between 1 and 1 + 2^-7. Going through f32 with
   // round-to-nearest would land exactly on the tie and round down to 1.
-  std::string p = dir.file("d.safetensors");
+  std::string p = dir / "d.safetensors";
   save_safetensors(p, {{"d", from_vector(std::vector<double>{1 + 0x1p-8 + 0x1p-30, -(1 + 0x1p-8 + 0x1p-30)}, {2}, DType::f64)}},
                    {}, {FloatFormat::bf16});
   CHECK(load_safetensors(p).at("d").to_vector() == std::vector<double>{1 + 0x1p-7, -(1 + 0x1p-7)});
@@ -280,7 +260,7 @@ TEST_CASE("bf16 / f16 storage: read back as f32 within half an ulp; f64 is round
 
 TEST_CASE("SafetensorsReader reads chosen tensors and describes entries") {
   TempDir dir;
-  std::string p = dir.file("ref.safetensors");
+  std::string p = dir / "ref.safetensors";
   write_bytes(p, st_file(kRefHeader, hex_bytes(kRefData)));
   SafetensorsReader r(p);
   CHECK(r.entries().size() == 11);
@@ -298,7 +278,7 @@ TEST_CASE("SafetensorsReader reads chosen tensors and describes entries") {
 
 TEST_CASE("corrupted files are clear errors naming the file, the tensor and the field") {
   TempDir dir;
-  std::string p = dir.file("bad.safetensors");
+  std::string p = dir / "bad.safetensors";
   auto expect_error = [&](const std::string& bytes, std::vector<std::string> parts) {
     write_bytes(p, bytes);
     std::string msg;
@@ -388,7 +368,7 @@ TEST_CASE("corrupted files are clear errors naming the file, the tensor and the 
   SUBCASE("missing file and directories") {
     std::string msg;
     try {
-      load_safetensors(dir.file("does_not_exist.safetensors"));
+      load_safetensors(dir / "does_not_exist.safetensors");
     } catch (const Error& e) {
       msg = e.what();
     }
@@ -434,7 +414,7 @@ bool contains_all(const std::string& msg, const std::vector<std::string>& parts)
 // A small checkpoint as liandan writes it (with checksums): three tensors and metadata.
 struct Written {
   TempDir dir;
-  std::string path = dir.file("ckpt.safetensors");
+  std::string path = dir / "ckpt.safetensors";
   Tensor w, b, ids;
   explicit Written(SaveOptions opt = {}, const std::string& note = "x") {
     Generator g(5);
@@ -445,7 +425,7 @@ struct Written {
   }
   std::string bytes() const { return read_bytes(path); }
   std::string damaged(const std::string& bytes) const {
-    std::string q = dir.file("damaged.safetensors");
+    std::string q = dir / "damaged.safetensors";
     write_bytes(q, bytes);
     return q;
   }
@@ -503,7 +483,7 @@ TEST_CASE("every byte of a file is accounted for: trailing, inserted or missing 
 
 TEST_CASE("the tensors must tile the data buffer: no gap, no overlap, starting at 0") {
   TempDir dir;
-  std::string p = dir.file("bad.safetensors");
+  std::string p = dir / "bad.safetensors";
   auto err = [&](const std::string& header, const std::string& data) {
     write_bytes(p, st_file(header, data));
     return load_error(p);
@@ -590,7 +570,7 @@ TEST_CASE("checksums: every tensor and the metadata are verified; files without 
   }
   SUBCASE("files without checksums (PyTorch, HF) load unverified") {
     TempDir dir;
-    std::string p = dir.file("ref.safetensors");
+    std::string p = dir / "ref.safetensors";
     write_bytes(p, st_file(kRefHeader, hex_bytes(kRefData)));
     CHECK(load_error(p).empty());
     CHECK(!SafetensorsReader(p).has_checksums());
@@ -610,7 +590,7 @@ TEST_CASE("checksums: every tensor and the metadata are verified; files without 
     CHECK(contains_all(load_error(h.damaged(t)), {"tensor \"model.b\" fails its xxh3_64 checksum"}));
   }
   SUBCASE("a checksums entry passed to the writer is replaced by the writer's own") {
-    std::string q = f.dir.file("again.safetensors");
+    std::string q = f.dir / "again.safetensors";
     save_safetensors(q, {{"a", f.w}}, {{"liandan.checksums", "{\"algorithm\":\"bogus\"}"}, {"k", "v"}});
     CHECK(load_error(q).empty());
     CHECK(load_safetensors(q).metadata == Metadata{{"k", "v"}});
@@ -623,7 +603,7 @@ TEST_CASE("checksums: every tensor and the metadata are verified; files without 
 
 TEST_CASE("a path that is not a regular file is an error, never a hang (FIFO, directory, device)") {
   TempDir dir;
-  std::string fifo = dir.file("ckpt.safetensors");
+  std::string fifo = dir / "ckpt.safetensors";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   // The load runs on another thread with a deadline. Should it block (in open(), waiting for a writer),
   // opening the FIFO read-write here releases it, and the test fails instead of hanging.
@@ -645,7 +625,7 @@ TEST_CASE("random corruption of a valid file never crashes") {
   // Byte flips and truncations anywhere: the reader either loads something consistent or throws
   // liandan::Error; anything else (a crash, another exception type) fails the test.
   TempDir dir;
-  std::string p = dir.file("fuzz.safetensors");
+  std::string p = dir / "fuzz.safetensors";
   std::string valid = st_file(kRefHeader, hex_bytes(kRefData));
   std::mt19937 rng(11);
   int loaded = 0, rejected = 0, other = 0;
@@ -683,7 +663,7 @@ TEST_CASE("with checksums, no single damage of a file loads: every bit flip, rem
   // "liandan.checksums" key made the file look unchecked.)
   Written f;
   const std::string good = f.bytes();
-  const std::string q = f.dir.file("damaged.safetensors");
+  const std::string q = f.dir / "damaged.safetensors";
   long tried = 0, refused = 0;
   std::string loaded;  // the first few that were not refused
   auto attempt = [&](const std::string& bytes, const std::string& what) {
@@ -712,7 +692,7 @@ TEST_CASE("with checksums, no single damage of a file loads: every bit flip, rem
 
 TEST_CASE("writes are atomic: a failed write leaves the old file intact and no temporary file") {
   TempDir dir;
-  std::string p = dir.file("ckpt.safetensors");
+  std::string p = dir / "ckpt.safetensors";
   Tensor w = from_vector(std::vector<float>{1, 2, 3}, {3});
   save_safetensors(p, {{"w", w}}, {{"step", "1"}});
   const std::string old = read_bytes(p);
@@ -757,12 +737,12 @@ TEST_CASE("writes are atomic: a failed write leaves the old file intact and no t
     CHECK(no_temp_files());
   }
   SUBCASE("the directory does not exist") {
-    std::string q = dir.file("missing/ckpt.safetensors");
+    std::string q = dir / "missing/ckpt.safetensors";
     CHECK_THROWS_WITH_AS(save_safetensors(q, {{"w", w}}), doctest::Contains("missing/ckpt.safetensors.tmp."), Error);
     CHECK(!fs::exists(q));
   }
   SUBCASE("the target is a directory: the rename fails") {
-    std::string q = dir.file("adir");
+    std::string q = dir / "adir";
     fs::create_directory(q);
     fs::create_directory(q + "/keep");
     CHECK_THROWS_WITH_AS(save_safetensors(q, {{"w", w}}), doctest::Contains("cannot rename"), Error);
