@@ -52,14 +52,21 @@ const char* type_name(const toml::node& n) {
   }
 }
 
-template <class T> const char* wanted();
-template <> const char* wanted<int64_t>() { return "an integer"; }
-template <> const char* wanted<double>() { return "a number"; }
-template <> const char* wanted<bool>() { return "a boolean"; }
-template <> const char* wanted<std::string>() { return "a string"; }
-template <> const char* wanted<std::vector<int64_t>>() { return "an array of integers"; }
-template <> const char* wanted<std::vector<double>>() { return "an array of numbers"; }
-template <> const char* wanted<std::vector<std::string>>() { return "an array of strings"; }
+// A getter type's names: in errors ("must be an integer") and in `liandan config`'s schema ("integer").
+template <class T> struct TypeName;
+template <> struct TypeName<int64_t> { static constexpr const char *phrase = "an integer", *word = "integer"; };
+template <> struct TypeName<double> { static constexpr const char *phrase = "a number", *word = "number"; };
+template <> struct TypeName<bool> { static constexpr const char *phrase = "a boolean", *word = "boolean"; };
+template <> struct TypeName<std::string> { static constexpr const char *phrase = "a string", *word = "string"; };
+template <> struct TypeName<std::vector<int64_t>> {
+  static constexpr const char *phrase = "an array of integers", *word = "integers";
+};
+template <> struct TypeName<std::vector<double>> {
+  static constexpr const char *phrase = "an array of numbers", *word = "numbers";
+};
+template <> struct TypeName<std::vector<std::string>> {
+  static constexpr const char *phrase = "an array of strings", *word = "strings";
+};
 
 template <class T> std::optional<T> scalar_of(const toml::node& n);
 template <> std::optional<int64_t> scalar_of(const toml::node& n) { return n.value_exact<int64_t>(); }
@@ -199,7 +206,7 @@ bool Config::has(const std::string& key) const { return find(key) != nullptr; }
 template <class T>
 T Config::convert(const toml::node& n, const std::string& key) const {
   auto fail = [&] {
-    LD_FAIL("config ", source_, ": '", key, "' must be ", wanted<T>(), ", got ", type_name(n));
+    LD_FAIL("config ", source_, ": '", key, "' must be ", TypeName<T>::phrase, ", got ", type_name(n));
   };
   if constexpr (is_vector<T>::value) {
     using E = typename T::value_type;
@@ -225,14 +232,6 @@ void Config::record(const std::string& key, const T& value) {
   put(parent_table(resolved_, parts, key), parts.back(), value);
 }
 
-template <class T> const char* short_type();
-template <> const char* short_type<int64_t>() { return "integer"; }
-template <> const char* short_type<double>() { return "number"; }
-template <> const char* short_type<bool>() { return "boolean"; }
-template <> const char* short_type<std::string>() { return "string"; }
-template <> const char* short_type<std::vector<int64_t>>() { return "integers"; }
-template <> const char* short_type<std::vector<double>>() { return "numbers"; }
-template <> const char* short_type<std::vector<std::string>>() { return "strings"; }
 
 template <class T>
 T Config::get(const std::string& key, const T& fallback) {
@@ -241,7 +240,7 @@ T Config::get(const std::string& key, const T& fallback) {
   record(key, v);
   auto parts = split_key(key);
   put(parent_table(defaults_, parts, key), parts.back(), fallback);
-  types_[key] = short_type<T>();
+  types_[key] = TypeName<T>::word;
   return v;
 }
 
@@ -251,7 +250,7 @@ T Config::require(const std::string& key) {
   LD_CHECK(n, "config ", source_, ": missing required key '", key, "'");
   T v = convert<T>(*n, key);
   record(key, v);
-  types_[key] = short_type<T>();
+  types_[key] = TypeName<T>::word;
   ranges_[key] = "required";
   return v;
 }
