@@ -142,6 +142,23 @@ TEST_CASE("config keys: every key read in apps/ has a meaning, and a key no task
   CHECK(r.output.find("not a folder") == std::string::npos);
 }
 
+TEST_CASE("liandan config and --dry-run on bad input: clear errors, exit 1, never a signal") {
+  ProcessResult r = liandan_cli({"config", "nope"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("unknown task 'nope' (known: ddpm, image_cls, lm") != std::string::npos);
+  r = liandan_cli({"config"});
+  CHECK(r.exit_code != 0);
+  CHECK(!r.signaled);
+  CHECK(r.output.find("task") != std::string::npos);
+  fs::path dir = scratch("dry_bad");
+  fs::path cfg = dir / "bad.toml";
+  std::ofstream(cfg) << "task = \"spirals\"\n[model]\nhidden = 0\n";
+  r = liandan_cli({"train", cfg.string(), "--dry-run", "--run-dir", (dir / "run").string()});
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("model.hidden") != std::string::npos);
+  CHECK(!fs::exists(dir / "run"));
+}
+
 TEST_CASE("liandan train --dry-run: the parameter count of the real run, a memory estimate, nothing written") {
   fs::path dir = scratch("dry");
   fs::path cfg = dir / "spirals.toml";
