@@ -7,43 +7,23 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 
 #include <spdlog/spdlog.h>
 
 #include "apps/checkpoint.h"
-#include "apps/config_keys.h"
 #include "apps/history.h"
-#include "apps/run_settings.h"
 #include "apps/run_dir.h"
-#include "apps/task.h"
-#include "core/autograd.h"
-#include "core/data/image.h"
-#include "core/data/image_set.h"
-#include "core/error.h"
-#include "core/ops.h"
-#include "core/random.h"
-#include "core/serialize.h"
-#include "core/device.h"
-#include "core/fileio.h"
-#include "core/threads.h"
-#include "core/dist/comm.h"
-#include "nn/parallel.h"
-#include "core/allocator.h"
-#include "optim/adam.h"
-#include "optim/amos.h"
-#include "optim/clip.h"
-#include "optim/ema.h"
-#include "optim/grad_scaler.h"
-#include "optim/schedule.h"
-#include "optim/sgd.h"
-#include "optim/zero.h"
-
 #include "apps/setup.h"
 #include "apps/train_step.h"
+#include "core/dist/comm.h"
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "core/threads.h"
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
